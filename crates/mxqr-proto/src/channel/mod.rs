@@ -1,0 +1,1 @@
+//! Secure channels. OWNER: lead.

@@ -1,0 +1,1 @@
+//! State machines of the new and the existing device. OWNER: machine helper.

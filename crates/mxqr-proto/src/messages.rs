@@ -1,0 +1,1 @@
+//! The `m.login.*` messages (PROTOCOL.md section 5). OWNER: messages helper.
