@@ -1,0 +1,10 @@
+//! Async client of Matrix QR sign-in, built on the sans-IO [`mxqr_proto`].
+//!
+//! - [`rendezvous`]: both rendezvous transports (MSC4388 JSON with `sequence_token`, and the
+//!   MSC4108 2024 ETag API), with long-poll when the server offers it, polling with back-off
+//!   otherwise, recovery from lost responses and concurrent writes, and clean-up.
+
+pub mod error;
+pub mod rendezvous;
+
+pub use error::ClientError;

@@ -1,0 +1,347 @@
+//! The rendezvous session two devices talk through (PROTOCOL.md section 3).
+//!
+//! One [`Rendezvous`] hides which transport carries the payloads. Both keep one payload at a
+//! time and a version token (MSC4388 `sequence_token`, MSC4108 2024 `ETag`); every write names
+//! the last version the writer saw, and every read waits until the version changes.
+//!
+//! Field lessons built in (PROTOCOL.md section 7): expiry is measured locally from the relative
+//! lifetime the server reports, never from its clock; a write whose response was lost is
+//! retried and a 409/412 is resolved by re-reading instead of stalling; long-poll is used where
+//! the server advertises it, polling with back-off otherwise.
+
+mod msc4108;
+mod msc4388;
+
+use std::time::Duration;
+
+use mxqr_proto::channel::Binding;
+use mxqr_proto::qr::{Msc4388Prefix, QrRendezvous};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::ClientError;
+
+/// Our own `unstable_features` flag for the long-poll extension.
+pub const LONG_POLL_FEATURE: &str = "io.mxqr.rendezvous_long_poll";
+/// Longest a single long-poll request is asked to wait.
+const LONG_POLL_MAX: Duration = Duration::from_secs(30);
+/// Back-off between plain polls.
+const POLL_MIN: Duration = Duration::from_millis(250);
+const POLL_MAX: Duration = Duration::from_secs(2);
+/// Tries of a write whose response never arrived.
+const WRITE_TRIES: usize = 3;
+
+/// What the server offers, read from `GET /_matrix/client/versions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RendezvousSupport {
+    pub msc4388: bool,
+    pub msc4108: bool,
+    pub long_poll: bool,
+}
+
+impl RendezvousSupport {
+    pub fn from_versions(versions: &serde_json::Value) -> Self {
+        let flag = |name: &str| {
+            versions
+                .get("unstable_features")
+                .and_then(|f| f.get(name))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        Self {
+            msc4388: flag("io.element.msc4388"),
+            msc4108: flag("org.matrix.msc4108"),
+            long_poll: flag(LONG_POLL_FEATURE),
+        }
+    }
+
+    pub async fn discover(http: &reqwest::Client, base_url: &Url) -> Result<Self, ClientError> {
+        let url = join(base_url, "_matrix/client/versions")?;
+        let response = http.get(url).send().await?;
+        if !response.status().is_success() {
+            return Err(ClientError::from_response(response).await);
+        }
+        let versions: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("/versions is not JSON: {e}")))?;
+        Ok(Self::from_versions(&versions))
+    }
+}
+
+/// Appends a path to a base URL that may or may not end in `/`.
+pub(crate) fn join(base: &Url, path: &str) -> Result<Url, ClientError> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join(path)
+        .map_err(|e| ClientError::Protocol(format!("bad URL: {e}")))
+}
+
+enum Transport {
+    Msc4388(msc4388::Session),
+    Msc4108(msc4108::Session),
+}
+
+/// A rendezvous session, from this device's point of view.
+pub struct Rendezvous {
+    http: reqwest::Client,
+    transport: Transport,
+    long_poll: bool,
+    /// The version of the payload this device saw last (read or written).
+    token: String,
+    /// Local deadline from the server's relative lifetime.
+    expires_at: Instant,
+    /// A payload found while resolving a write conflict, handed out by the next `receive`.
+    pending: Option<String>,
+}
+
+impl std::fmt::Debug for Rendezvous {
+    // The session ID is a capability: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendezvous")
+            .field("long_poll", &self.long_poll)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One observed state of the session.
+pub(crate) struct Snapshot {
+    pub data: String,
+    pub token: String,
+    pub expires_in: Option<Duration>,
+}
+
+/// The outcome of one write attempt.
+pub(crate) enum WriteOutcome {
+    Written {
+        token: String,
+        expires_in: Option<Duration>,
+    },
+    /// 409 / 412: the version moved on.
+    Conflict,
+    Gone,
+}
+
+impl Rendezvous {
+    /// Creates an MSC4388 session on `base_url` (the device that shows the QR code does this).
+    pub async fn create_msc4388(
+        http: reqwest::Client,
+        base_url: &Url,
+        prefix: Msc4388Prefix,
+        support: &RendezvousSupport,
+        access_token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let (session, snap) =
+            msc4388::Session::create(&http, base_url, prefix, access_token).await?;
+        Ok(Self::new(
+            http,
+            Transport::Msc4388(session),
+            snap,
+            support.long_poll,
+        ))
+    }
+
+    /// Creates an MSC4108 (2024) session at the server's rendezvous endpoint.
+    pub async fn create_msc4108(
+        http: reqwest::Client,
+        base_url: &Url,
+        support: &RendezvousSupport,
+    ) -> Result<Self, ClientError> {
+        let (session, snap) = msc4108::Session::create(&http, base_url).await?;
+        Ok(Self::new(
+            http,
+            Transport::Msc4108(session),
+            snap,
+            support.long_poll,
+        ))
+    }
+
+    /// Joins the session a scanned QR code names. `long_poll` only if the QR's server
+    /// advertised it.
+    pub async fn join(
+        http: reqwest::Client,
+        rendezvous: &QrRendezvous,
+        long_poll: bool,
+    ) -> Result<Self, ClientError> {
+        let (transport, snap) = match rendezvous {
+            QrRendezvous::Msc4388 {
+                prefix,
+                rendezvous_id,
+                base_url,
+            } => {
+                let base = Url::parse(base_url)
+                    .map_err(|e| ClientError::Protocol(format!("bad base URL: {e}")))?;
+                let (s, snap) =
+                    msc4388::Session::join(&http, &base, *prefix, rendezvous_id).await?;
+                (Transport::Msc4388(s), snap)
+            }
+            QrRendezvous::Msc4108 { rendezvous_url, .. } => {
+                let url = Url::parse(rendezvous_url)
+                    .map_err(|e| ClientError::Protocol(format!("bad rendezvous URL: {e}")))?;
+                let (s, snap) = msc4108::Session::join(&http, url).await?;
+                (Transport::Msc4108(s), snap)
+            }
+        };
+        Ok(Self::new(http, transport, snap, long_poll))
+    }
+
+    fn new(http: reqwest::Client, transport: Transport, snap: Snapshot, long_poll: bool) -> Self {
+        let lifetime = snap.expires_in.unwrap_or(Duration::from_secs(120));
+        Self {
+            http,
+            transport,
+            long_poll,
+            token: snap.token,
+            expires_at: Instant::now() + lifetime,
+            pending: None,
+        }
+    }
+
+    /// What the QR code must carry for the other device to find this session.
+    pub fn qr_rendezvous(&self, homeserver: Option<String>) -> QrRendezvous {
+        match &self.transport {
+            Transport::Msc4388(s) => QrRendezvous::Msc4388 {
+                prefix: s.prefix,
+                rendezvous_id: s.id.clone(),
+                base_url: s.base_url_for_qr(),
+            },
+            Transport::Msc4108(s) => QrRendezvous::Msc4108 {
+                rendezvous_url: s.url.to_string(),
+                homeserver,
+            },
+        }
+    }
+
+    /// The binding of a payload sealed now: this session and the last version seen.
+    pub fn binding(&self) -> Binding {
+        match &self.transport {
+            Transport::Msc4388(s) => {
+                Binding::new(s.base_url.as_str(), s.id.as_str(), self.token.as_str())
+            }
+            Transport::Msc4108(s) => Binding::new(s.url.as_str(), "", self.token.as_str()),
+        }
+    }
+
+    /// Time left before the session expires, measured on this device's clock.
+    pub fn remaining(&self) -> Duration {
+        self.expires_at.saturating_duration_since(Instant::now())
+    }
+
+    fn refresh_expiry(&mut self, expires_in: Option<Duration>) {
+        if let Some(d) = expires_in {
+            self.expires_at = Instant::now() + d;
+        }
+    }
+
+    async fn get(&self, wait: Option<Duration>) -> Result<Option<Snapshot>, ClientError> {
+        match &self.transport {
+            Transport::Msc4388(s) => s.get(&self.http, &self.token, wait).await,
+            Transport::Msc4108(s) => s.get(&self.http, &self.token, wait).await,
+        }
+    }
+
+    async fn put(&self, data: &str) -> Result<WriteOutcome, ClientError> {
+        match &self.transport {
+            Transport::Msc4388(s) => s.put(&self.http, &self.token, data).await,
+            Transport::Msc4108(s) => s.put(&self.http, &self.token, data).await,
+        }
+    }
+
+    /// Writes the next payload. A lost response is retried (the server accepts the retry with
+    /// the same token and data); a conflict is resolved by re-reading: if the session holds our
+    /// payload, our earlier attempt landed; otherwise the other device wrote first, and its
+    /// payload is kept for the next [`receive`](Self::receive).
+    pub async fn send(&mut self, data: &str) -> Result<(), ClientError> {
+        if self.remaining().is_zero() {
+            return Err(ClientError::Expired);
+        }
+        let mut last_err = None;
+        for _ in 0..WRITE_TRIES {
+            match self.put(data).await {
+                Ok(WriteOutcome::Written { token, expires_in }) => {
+                    self.token = token;
+                    self.refresh_expiry(expires_in);
+                    return Ok(());
+                }
+                Ok(WriteOutcome::Gone) => return Err(self.gone()),
+                Ok(WriteOutcome::Conflict) => {
+                    let snap = self.get(None).await?.ok_or_else(|| self.gone())?;
+                    self.token = snap.token;
+                    self.refresh_expiry(snap.expires_in);
+                    if snap.data == data {
+                        return Ok(());
+                    }
+                    self.pending = Some(snap.data);
+                    return Err(ClientError::ConcurrentWrite);
+                }
+                Err(ClientError::Network(e)) if !e.is_builder() => {
+                    tracing::debug!("rendezvous write got no answer; retrying");
+                    last_err = Some(ClientError::Network(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(ClientError::Timeout))
+    }
+
+    fn gone(&self) -> ClientError {
+        if self.remaining().is_zero() {
+            ClientError::Expired
+        } else {
+            ClientError::Gone
+        }
+    }
+
+    /// Waits for the other device's next payload, at most `max_wait` and never past expiry.
+    pub async fn receive(&mut self, max_wait: Duration) -> Result<String, ClientError> {
+        if let Some(data) = self.pending.take() {
+            return Ok(data);
+        }
+        let deadline = Instant::now() + max_wait;
+        let mut backoff = POLL_MIN;
+        loop {
+            let now = Instant::now();
+            let until = deadline.min(self.expires_at);
+            if now >= until {
+                return Err(if now >= self.expires_at {
+                    ClientError::Expired
+                } else {
+                    ClientError::Timeout
+                });
+            }
+            let wait = self.long_poll.then(|| (until - now).min(LONG_POLL_MAX));
+            match self.get(wait).await? {
+                None => return Err(self.gone()),
+                Some(snap) if snap.token != self.token => {
+                    self.token = snap.token;
+                    self.refresh_expiry(snap.expires_in);
+                    return Ok(snap.data);
+                }
+                Some(snap) => {
+                    self.refresh_expiry(snap.expires_in);
+                    if !self.long_poll {
+                        tokio::time::sleep(
+                            backoff.min(until.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
+                        backoff = (backoff * 3 / 2).min(POLL_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the session on the server. Errors are ignored: the session expires anyway, and
+    /// this runs on every exit path, including after failures.
+    pub async fn delete(self) {
+        let result = match &self.transport {
+            Transport::Msc4388(s) => s.delete(&self.http).await,
+            Transport::Msc4108(s) => s.delete(&self.http).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!("rendezvous delete failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! MSC4108 (2024): the ETag rendezvous (PROTOCOL.md 3a).
+//!
+//! The session's lifetime is taken as `Expires - Date` from the server's own headers, so a
+//! skewed local clock cannot shorten it.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, DATE, ETAG, EXPIRES, HeaderMap, IF_MATCH, IF_NONE_MATCH};
+use serde::Deserialize;
+use url::Url;
+
+use super::{Snapshot, WriteOutcome, join};
+use crate::ClientError;
+
+const ENDPOINT: &str = "_matrix/client/unstable/org.matrix.msc4108/rendezvous";
+
+pub(super) struct Session {
+    pub(super) url: Url,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    url: String,
+}
+
+fn etag(headers: &HeaderMap) -> Result<String, ClientError> {
+    headers
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| ClientError::Protocol("rendezvous answer has no ETag".into()))
+}
+
+fn http_date(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<SystemTime> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+}
+
+fn lifetime(headers: &HeaderMap) -> Option<Duration> {
+    let expires = http_date(headers, EXPIRES)?;
+    let now = http_date(headers, DATE).unwrap_or_else(SystemTime::now);
+    expires.duration_since(now).ok()
+}
+
+impl Session {
+    pub(super) async fn create(
+        http: &reqwest::Client,
+        base_url: &Url,
+    ) -> Result<(Self, Snapshot), ClientError> {
+        let response = http
+            .post(join(base_url, ENDPOINT)?)
+            .header(CONTENT_TYPE, "text/plain")
+            .body("")
+            .send()
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => {}
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                return Err(ClientError::Unsupported);
+            }
+            _ => return Err(ClientError::from_response(response).await),
+        }
+        let token = etag(response.headers())?;
+        let expires_in = lifetime(response.headers());
+        let created: Created = response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("rendezvous creation: {e}")))?;
+        let url = Url::parse(&created.url)
+            .map_err(|e| ClientError::Protocol(format!("session URL: {e}")))?;
+        Ok((
+            Self { url },
+            Snapshot {
+                data: String::new(),
+                token,
+                expires_in,
+            },
+        ))
+    }
+
+    pub(super) async fn join(
+        http: &reqwest::Client,
+        url: Url,
+    ) -> Result<(Self, Snapshot), ClientError> {
+        let session = Self { url };
+        let snap = session
+            .get(http, "", None)
+            .await?
+            .ok_or(ClientError::Gone)?;
+        Ok((session, snap))
+    }
+
+    pub(super) async fn get(
+        &self,
+        http: &reqwest::Client,
+        etag_seen: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<Snapshot>, ClientError> {
+        let mut url = self.url.clone();
+        if let Some(wait) = wait {
+            url.query_pairs_mut()
+                .append_pair("timeout_ms", &wait.as_millis().to_string());
+        }
+        let mut request = http.get(url);
+        if !etag_seen.is_empty() {
+            request = request.header(IF_NONE_MATCH, etag_seen);
+        }
+        let response = request.send().await?;
+        match response.status() {
+            StatusCode::OK => {
+                let token = etag(response.headers())?;
+                let expires_in = lifetime(response.headers());
+                let data = response.text().await?;
+                Ok(Some(Snapshot {
+                    data,
+                    token,
+                    expires_in,
+                }))
+            }
+            StatusCode::NOT_MODIFIED => Ok(Some(Snapshot {
+                data: String::new(),
+                token: etag_seen.to_owned(),
+                expires_in: lifetime(response.headers()),
+            })),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(ClientError::from_response(response).await),
+        }
+    }
+
+    pub(super) async fn put(
+        &self,
+        http: &reqwest::Client,
+        etag_seen: &str,
+        data: &str,
+    ) -> Result<WriteOutcome, ClientError> {
+        let response = http
+            .put(self.url.clone())
+            .header(IF_MATCH, etag_seen)
+            .header(CONTENT_TYPE, "text/plain")
+            .body(data.to_owned())
+            .send()
+            .await?;
+        match response.status() {
+            StatusCode::ACCEPTED | StatusCode::OK => Ok(WriteOutcome::Written {
+                token: etag(response.headers())?,
+                expires_in: lifetime(response.headers()),
+            }),
+            StatusCode::PRECONDITION_FAILED => Ok(WriteOutcome::Conflict),
+            StatusCode::NOT_FOUND => Ok(WriteOutcome::Gone),
+            _ => Err(ClientError::from_response(response).await),
+        }
+    }
+
+    pub(super) async fn delete(&self, http: &reqwest::Client) -> Result<(), ClientError> {
+        let response = http.delete(self.url.clone()).send().await?;
+        if response.status().is_success() || response.status() == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(ClientError::from_response(response).await)
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! MSC4388: JSON bodies versioned by `sequence_token` (PROTOCOL.md 3b).
+
+use std::time::Duration;
+
+use mxqr_proto::qr::Msc4388Prefix;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::{Snapshot, WriteOutcome, join};
+use crate::ClientError;
+
+pub(super) struct Session {
+    pub(super) prefix: Msc4388Prefix,
+    /// The homeserver base URL as parsed (with a trailing `/` when its path is `/`): the
+    /// form the payload binding uses.
+    pub(super) base_url: Url,
+    pub(super) id: String,
+    endpoint: Url,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+    sequence_token: String,
+    expires_in_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct State {
+    data: String,
+    sequence_token: String,
+    expires_in_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Written {
+    sequence_token: String,
+    expires_in_ms: Option<u64>,
+}
+
+fn prefix_path(prefix: Msc4388Prefix) -> &'static str {
+    match prefix {
+        Msc4388Prefix::Stable => "_matrix/client/v1/rendezvous",
+        Msc4388Prefix::Unstable => "_matrix/client/unstable/io.element.msc4388/rendezvous",
+    }
+}
+
+async fn json_of<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    what: &str,
+) -> Result<T, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("{what}: {e}")))
+}
+
+impl Session {
+    fn new(base_url: &Url, prefix: Msc4388Prefix, id: String) -> Result<Self, ClientError> {
+        if id.is_empty() || id.contains('/') {
+            return Err(ClientError::Protocol("invalid rendezvous ID".into()));
+        }
+        let endpoint = join(
+            base_url,
+            &format!("{}/{}", prefix_path(prefix), urlencode(&id)),
+        )?;
+        Ok(Self {
+            prefix,
+            base_url: base_url.clone(),
+            id,
+            endpoint,
+        })
+    }
+
+    /// The base URL as the QR code carries it: no trailing `/` when the path is `/`.
+    pub(super) fn base_url_for_qr(&self) -> String {
+        let s = self.base_url.as_str();
+        if self.base_url.path() == "/" {
+            s.trim_end_matches('/').to_owned()
+        } else {
+            s.to_owned()
+        }
+    }
+
+    pub(super) async fn create(
+        http: &reqwest::Client,
+        base_url: &Url,
+        prefix: Msc4388Prefix,
+        access_token: Option<&str>,
+    ) -> Result<(Self, Snapshot), ClientError> {
+        let mut request = http
+            .post(join(base_url, prefix_path(prefix))?)
+            .json(&json!({ "data": "" }));
+        if let Some(token) = access_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        match response.status() {
+            StatusCode::OK | StatusCode::CREATED => {}
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                return Err(ClientError::Unsupported);
+            }
+            _ => return Err(ClientError::from_response(response).await),
+        }
+        let created: Created = json_of(response, "rendezvous creation").await?;
+        let session = Self::new(base_url, prefix, created.id)?;
+        let snap = Snapshot {
+            data: String::new(),
+            token: created.sequence_token,
+            expires_in: created.expires_in_ms.map(Duration::from_millis),
+        };
+        Ok((session, snap))
+    }
+
+    pub(super) async fn join(
+        http: &reqwest::Client,
+        base_url: &Url,
+        prefix: Msc4388Prefix,
+        id: &str,
+    ) -> Result<(Self, Snapshot), ClientError> {
+        let session = Self::new(base_url, prefix, id.to_owned())?;
+        let snap = session
+            .get(http, "", None)
+            .await?
+            .ok_or(ClientError::Gone)?;
+        Ok((session, snap))
+    }
+
+    pub(super) async fn get(
+        &self,
+        http: &reqwest::Client,
+        since: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<Snapshot>, ClientError> {
+        let mut url = self.endpoint.clone();
+        if let Some(wait) = wait {
+            url.query_pairs_mut()
+                .append_pair("since", since)
+                .append_pair("timeout_ms", &wait.as_millis().to_string());
+        }
+        let response = http.get(url).send().await?;
+        match response.status() {
+            StatusCode::OK => {
+                let state: State = json_of(response, "rendezvous read").await?;
+                Ok(Some(Snapshot {
+                    data: state.data,
+                    token: state.sequence_token,
+                    expires_in: state.expires_in_ms.map(Duration::from_millis),
+                }))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(ClientError::from_response(response).await),
+        }
+    }
+
+    pub(super) async fn put(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        data: &str,
+    ) -> Result<WriteOutcome, ClientError> {
+        let body = json!({ "sequence_token": token, "data": data });
+        let response = http.put(self.endpoint.clone()).json(&body).send().await?;
+        match response.status() {
+            StatusCode::OK => {
+                let written: Written = json_of(response, "rendezvous write").await?;
+                Ok(WriteOutcome::Written {
+                    token: written.sequence_token,
+                    expires_in: written.expires_in_ms.map(Duration::from_millis),
+                })
+            }
+            StatusCode::CONFLICT => Ok(WriteOutcome::Conflict),
+            StatusCode::NOT_FOUND => Ok(WriteOutcome::Gone),
+            _ => Err(ClientError::from_response(response).await),
+        }
+    }
+
+    pub(super) async fn delete(&self, http: &reqwest::Client) -> Result<(), ClientError> {
+        let response = http.delete(self.endpoint.clone()).send().await?;
+        if response.status().is_success() || response.status() == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(ClientError::from_response(response).await)
+        }
+    }
+}
+
+/// Percent-encodes a path segment (IDs are opaque strings chosen by the server).
+fn urlencode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
