@@ -3,8 +3,11 @@
 //! - [`rendezvous`]: both rendezvous transports (MSC4388 JSON with `sequence_token`, and the
 //!   MSC4108 2024 ETag API), with long-poll when the server offers it, polling with back-off
 //!   otherwise, recovery from lost responses and concurrent writes, and clean-up.
+//! - [`oauth`]: the OAuth 2.0 client: metadata, registration, device and authorization-code
+//!   grants, refresh, revocation.
 
 pub mod error;
+pub mod oauth;
 pub mod rendezvous;
 
 pub use error::ClientError;
