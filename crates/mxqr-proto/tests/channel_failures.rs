@@ -4,7 +4,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use mxqr_proto::Generation;
-use mxqr_proto::channel::{Binding, ChannelError, EstablishedChannel, GeneratorChannel, ScannerChannel};
+use mxqr_proto::channel::{
+    Binding, ChannelError, EstablishedChannel, GeneratorChannel, ScannerChannel,
+};
 
 const GENERATIONS: [Generation; 2] = [Generation::Msc4108v2024, Generation::Msc4388];
 
@@ -16,7 +18,8 @@ fn b(token: &str) -> Binding {
 fn established(generation: Generation) -> (EstablishedChannel, EstablishedChannel) {
     let mut rng = rand::rng();
     let g = GeneratorChannel::new(generation, &mut rng);
-    let (s, initiate) = ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
+    let (s, initiate) =
+        ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
     let mut g = g.receive_initiate(&initiate, &b("t0")).unwrap();
     let ok = g.seal_ok(&b("t1"), &mut rng);
     let s = s.receive_ok(&ok, &b("t1")).unwrap();
@@ -54,13 +57,21 @@ fn wrong_check_code() {
     for generation in GENERATIONS {
         let mut rng = rand::rng();
         let g = GeneratorChannel::new(generation, &mut rng);
-        let (s, initiate) = ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
+        let (s, initiate) =
+            ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
         let mut g = g.receive_initiate(&initiate, &b("t0")).unwrap();
         let ok = g.seal_ok(&b("t1"), &mut rng);
-        assert_eq!(g.seal_ok(&b("t1"), &mut rng), ok, "resending OK gives the same payload");
+        assert_eq!(
+            g.seal_ok(&b("t1"), &mut rng),
+            ok,
+            "resending OK gives the same payload"
+        );
         let s = s.receive_ok(&ok, &b("t1")).unwrap();
         let wrong = (s.check_code().digits() + 1) % 100;
-        assert_eq!(g.confirm(wrong).unwrap_err(), ChannelError::CheckCodeMismatch);
+        assert_eq!(
+            g.confirm(wrong).unwrap_err(),
+            ChannelError::CheckCodeMismatch
+        );
     }
 }
 
@@ -69,10 +80,14 @@ fn confirm_before_ok_is_refused() {
     for generation in GENERATIONS {
         let mut rng = rand::rng();
         let g = GeneratorChannel::new(generation, &mut rng);
-        let (s, initiate) = ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
+        let (s, initiate) =
+            ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
         let g = g.receive_initiate(&initiate, &b("t0")).unwrap();
         let _ = s;
-        assert_eq!(g.confirm(42).unwrap_err(), ChannelError::HandshakeIncomplete);
+        assert_eq!(
+            g.confirm(42).unwrap_err(),
+            ChannelError::HandshakeIncomplete
+        );
     }
 }
 
@@ -81,7 +96,10 @@ fn tampered() {
     for generation in GENERATIONS {
         let (mut g, mut s) = established(generation);
         let sealed = s.seal(br#"{"type":"m.login.protocol"}"#, &b("t2"));
-        assert_eq!(g.open(&flip(&sealed, 3), &b("t2")).unwrap_err(), ChannelError::Tampered);
+        assert_eq!(
+            g.open(&flip(&sealed, 3), &b("t2")).unwrap_err(),
+            ChannelError::Tampered
+        );
         // The genuine payload still opens: a forgery does not consume the position.
         assert!(g.open(&sealed, &b("t2")).is_ok());
     }
@@ -92,7 +110,8 @@ fn tampered_handshake() {
     for generation in GENERATIONS {
         let mut rng = rand::rng();
         let g = GeneratorChannel::new(generation, &mut rng);
-        let (_, initiate) = ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
+        let (_, initiate) =
+            ScannerChannel::initiate(generation, g.public_key(), &b("t0"), &mut rng).unwrap();
         let tampered = match generation {
             // ciphertext|key: flip a ciphertext byte
             Generation::Msc4108v2024 => {
@@ -101,7 +120,10 @@ fn tampered_handshake() {
             }
             Generation::Msc4388 => flip(&initiate, 33),
         };
-        assert_eq!(g.receive_initiate(&tampered, &b("t0")).unwrap_err(), ChannelError::Tampered);
+        assert_eq!(
+            g.receive_initiate(&tampered, &b("t0")).unwrap_err(),
+            ChannelError::Tampered
+        );
     }
 }
 
@@ -112,8 +134,14 @@ fn replayed() {
         let first = s.seal(br#"{"type":"m.login.protocols"}"#, &b("t2"));
         g.open(&first, &b("t2")).unwrap();
         // Same payload again, whether the attacker presents it at its old place or a new one.
-        assert_eq!(g.open(&first, &b("t2")).unwrap_err(), ChannelError::Replayed);
-        assert_eq!(g.open(&first, &b("t4")).unwrap_err(), ChannelError::Replayed);
+        assert_eq!(
+            g.open(&first, &b("t2")).unwrap_err(),
+            ChannelError::Replayed
+        );
+        assert_eq!(
+            g.open(&first, &b("t4")).unwrap_err(),
+            ChannelError::Replayed
+        );
     }
 }
 
@@ -123,7 +151,10 @@ fn reordered() {
         let (mut g, mut s) = established(generation);
         let first = s.seal(br#"{"type":"m.login.protocols"}"#, &b("t2"));
         let second = s.seal(br#"{"type":"m.login.protocol_accepted"}"#, &b("t3"));
-        assert_eq!(g.open(&second, &b("t2")).unwrap_err(), ChannelError::OutOfOrder);
+        assert_eq!(
+            g.open(&second, &b("t2")).unwrap_err(),
+            ChannelError::OutOfOrder
+        );
         assert!(g.open(&first, &b("t2")).is_ok());
         assert!(g.open(&second, &b("t3")).is_ok());
     }
@@ -134,15 +165,25 @@ fn truncated() {
     for generation in GENERATIONS {
         let (mut g, mut s) = established(generation);
         let sealed = s.seal(br#"{"type":"m.login.success"}"#, &b("t2"));
-        assert_eq!(g.open(&cut(&sealed, 10), &b("t2")).unwrap_err(), ChannelError::Truncated);
+        assert_eq!(
+            g.open(&cut(&sealed, 10), &b("t2")).unwrap_err(),
+            ChannelError::Truncated
+        );
         assert_eq!(g.open("", &b("t2")).unwrap_err(), ChannelError::Truncated);
         // Cut inside the tag: long enough to parse, but it no longer authenticates.
         let len = STANDARD_NO_PAD.decode(&sealed).unwrap().len();
-        assert_eq!(g.open(&cut(&sealed, len - 1), &b("t2")).unwrap_err(), ChannelError::Tampered);
+        assert_eq!(
+            g.open(&cut(&sealed, len - 1), &b("t2")).unwrap_err(),
+            ChannelError::Tampered
+        );
     }
     // A handshake too short for its key prefix.
     let g = GeneratorChannel::new(Generation::Msc4388, &mut rand::rng());
-    assert_eq!(g.receive_initiate(&STANDARD_NO_PAD.encode([1u8; 40]), &b("t0")).unwrap_err(), ChannelError::Truncated);
+    assert_eq!(
+        g.receive_initiate(&STANDARD_NO_PAD.encode([1u8; 40]), &b("t0"))
+            .unwrap_err(),
+        ChannelError::Truncated
+    );
 }
 
 #[test]
@@ -150,31 +191,47 @@ fn bound_to_another_rendezvous() {
     let (mut g, mut s) = established(Generation::Msc4388);
     let other = Binding::new("https://hs.example/", "another-rendezvous", "t2");
     let sealed = s.seal(br#"{"type":"m.login.protocols"}"#, &other);
-    assert_eq!(g.open(&sealed, &b("t2")).unwrap_err(), ChannelError::WrongBinding);
+    assert_eq!(
+        g.open(&sealed, &b("t2")).unwrap_err(),
+        ChannelError::WrongBinding
+    );
     let (mut g, mut s) = established(Generation::Msc4388);
     let other_server = Binding::new("https://evil.example/", "rv1", "t2");
     let sealed = s.seal(br#"{"type":"m.login.protocols"}"#, &other_server);
-    assert_eq!(g.open(&sealed, &b("t2")).unwrap_err(), ChannelError::WrongBinding);
+    assert_eq!(
+        g.open(&sealed, &b("t2")).unwrap_err(),
+        ChannelError::WrongBinding
+    );
 }
 
 #[test]
 fn malformed() {
     for generation in GENERATIONS {
         let (mut g, _) = established(generation);
-        assert_eq!(g.open("not base64 !!", &b("t2")).unwrap_err(), ChannelError::Malformed);
+        assert_eq!(
+            g.open("not base64 !!", &b("t2")).unwrap_err(),
+            ChannelError::Malformed
+        );
         let fresh = GeneratorChannel::new(generation, &mut rand::rng());
-        assert_eq!(fresh.receive_initiate("%%%", &b("t0")).unwrap_err(), ChannelError::Malformed);
+        assert_eq!(
+            fresh.receive_initiate("%%%", &b("t0")).unwrap_err(),
+            ChannelError::Malformed
+        );
     }
     let fresh = GeneratorChannel::new(Generation::Msc4108v2024, &mut rand::rng());
     // No `|key` part.
-    assert_eq!(fresh.receive_initiate("AAAA", &b("t0")).unwrap_err(), ChannelError::Malformed);
+    assert_eq!(
+        fresh.receive_initiate("AAAA", &b("t0")).unwrap_err(),
+        ChannelError::Malformed
+    );
 }
 
 #[test]
 fn low_order_keys_are_refused() {
     for generation in GENERATIONS {
         let zero = mxqr_proto::PublicKey([0; 32]);
-        let err = ScannerChannel::initiate(generation, zero, &b("t0"), &mut rand::rng()).unwrap_err();
+        let err =
+            ScannerChannel::initiate(generation, zero, &b("t0"), &mut rand::rng()).unwrap_err();
         assert_eq!(err, ChannelError::NonContributoryKey);
     }
 }
@@ -185,7 +242,11 @@ fn wrong_handshake_message() {
     // own API cannot produce one).
     let g = GeneratorChannel::new(Generation::Msc4108v2024, &mut rand::rng());
     let their = vodozemac::Curve25519PublicKey::from_bytes(g.public_key().0);
-    let out = vodozemac::ecies::Ecies::new().establish_outbound_channel(their, b"HELLO").unwrap();
-    let err = g.receive_initiate(&out.message.encode(), &b("t0")).unwrap_err();
+    let out = vodozemac::ecies::Ecies::new()
+        .establish_outbound_channel(their, b"HELLO")
+        .unwrap();
+    let err = g
+        .receive_initiate(&out.message.encode(), &b("t0"))
+        .unwrap_err();
     assert_eq!(err, ChannelError::UnexpectedHandshake);
 }

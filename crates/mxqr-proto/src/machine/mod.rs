@@ -1,1 +1,364 @@
-//! State machines of the new and the existing device. OWNER: machine helper.
+//! Sans-IO state machines of the new and the existing device (PROTOCOL.md sections 1, 4, 5).
+//!
+//! [`NewDevice`] and [`ExistingDevice`] each start either as G (they created a rendezvous
+//! and show the QR code) or as S (they scanned one), in either generation. The driver feeds
+//! [`Event`]s to `handle` and carries out the [`Action`]s it returns, in order. Nothing
+//! here touches the network or a clock: timeouts (the ~10 s device wait) and polling
+//! intervals are the driver's, reported back as events.
+//!
+//! # Driver contract
+//!
+//! - Poll the rendezvous while the machine is not finished and [`sequence_token`] is
+//!   `Some`, and report every read whose token differs from it as
+//!   [`Event::PayloadReceived`] (use the token as `If-None-Match` in the 2024 generation).
+//!   Re-reporting an already seen token, or a stale read, is harmless: it is ignored.
+//! - [`Action::Send`] is a PUT of `payload` replacing `sequence_token` (`If-Match` in 2024,
+//!   the JSON `sequence_token` in MSC4388); report [`Event::PayloadSent`] with the new token,
+//!   or [`Event::TransportFailed`]. Events that arrive meanwhile are queued by the machine
+//!   and handled after the PUT's outcome, so that each payload is sealed against the token
+//!   it will really replace.
+//! - Events that make no sense in the current state (a duplicate, or one for the other kind
+//!   of device) are ignored and produce no actions.
+//! - The last action is always [`Action::Done`] or [`Action::Failed`].
+//!
+//! # Choices where the protocol text is silent
+//!
+//! - **Who deletes the rendezvous.** The device that reads the last message of the
+//!   conversation deletes it, as does a device that stops without telling its peer (which
+//!   then sees the rendezvous vanish instead of waiting for it to expire). A device that
+//!   ends by writing a message (`m.login.failure`, `m.login.declined`, `m.login.secrets`)
+//!   leaves the rendezvous alone: a DELETE right after that PUT would race the peer's next
+//!   GET and replace the reason with a bare 404.
+//! - **A wrong check code on G** fails G locally without a word to S: until the code
+//!   matches, nothing sealed by G can be trusted by S nor anything from S by G, so G just
+//!   deletes the rendezvous. S learns of it as a transport failure.
+//! - **G before the code is confirmed** keeps S's payloads unopened (at most
+//!   [`MAX_HELD_PAYLOADS`]) and handles them in order once the code matches. This is what
+//!   lets the existing device, as G, not act on `m.login.protocol` before confirmation.
+//! - **A payload that fails to open on a trusted channel** (tampered, replayed, reordered)
+//!   is answered with `m.login.failure unexpected_message_received`: our own sealed
+//!   messages still reach only the real peer, and telling it beats leaving it waiting.
+//! - **The new device's user code** is shown once `m.login.protocol_accepted` arrives,
+//!   together with the start of token polling, as matrix-sdk does.
+//! - **`m.login.declined`** is accepted only where the table of section 5 allows it: from
+//!   the new device, after `m.login.protocol_accepted`.
+//!
+//! [`sequence_token`]: NewDevice::sequence_token
+
+mod conversation;
+mod existing_device;
+mod new_device;
+
+pub use existing_device::ExistingDevice;
+pub use new_device::NewDevice;
+
+use crate::Generation;
+use crate::channel::{ChannelError, CheckCode};
+use crate::messages::{DeviceId, FailureReason, MessageError, MessageType, SecretsMessage};
+use crate::qr::{EncodeError, EncodeSettings, Msc4388Prefix, QrCode, QrError, QrRendezvous};
+use conversation::Place;
+
+/// Payloads G keeps unopened while the user types the check code. An honest S sends at
+/// most two before it hears back; the cap only bounds what a hostile writer can make G
+/// store.
+pub const MAX_HELD_PAYLOADS: usize = 8;
+
+/// The rendezvous G created, as the server described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedRendezvous {
+    /// MSC4108 (2024): the absolute session URL from the POST and the `ETag` it returned.
+    Msc4108 { url: String, etag: String },
+    /// MSC4388: the homeserver base URL the rendezvous API was called on, the session ID,
+    /// the first `sequence_token`, and which QR prefix to write.
+    Msc4388 {
+        prefix: Msc4388Prefix,
+        base_url: String,
+        rendezvous_id: String,
+        sequence_token: String,
+    },
+}
+
+/// What the new device learned from starting the device authorization grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuthorization {
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub user_code: String,
+}
+
+/// Result of the existing device's `GET /_matrix/client/v3/devices/<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceLookup {
+    /// 404: the ID is free, as it must be before consent.
+    NotFound,
+    /// Any other answer: matrix-sdk treats every non-404 as "already exists", so do we.
+    Found,
+}
+
+/// Final answer of the new device's token endpoint polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOutcome {
+    Granted,
+    /// `access_denied`: the user refused on the consent page.
+    Denied,
+    /// `expired_token`: nobody approved in time.
+    Expired,
+}
+
+/// Something that happened, reported by the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A read of the rendezvous brought `data` under a token the machine has not seen.
+    PayloadReceived {
+        data: String,
+        sequence_token: String,
+    },
+    /// The PUT of the last [`Action::Send`] succeeded and the server gave this token.
+    PayloadSent { sequence_token: String },
+    /// G: the user typed the check code shown on the other device.
+    CheckCodeEntered(u8),
+    /// New device: metadata fetched, client registered, device authorization started.
+    DeviceAuthorizationStarted(DeviceAuthorization),
+    /// New device: its homeserver does not offer the device authorization grant.
+    DeviceAuthorizationUnsupported,
+    /// New device: the token endpoint polling ended.
+    Token(TokenOutcome),
+    /// Existing device: outcome of the device lookup.
+    DeviceLookup(DeviceLookup),
+    /// Existing device: the new device showed up in the device list.
+    DeviceAppeared,
+    /// Existing device: the new device did not show up in time (~10 s).
+    DeviceWaitTimedOut,
+    /// Existing device: the secrets to send, read from the local crypto store.
+    SecretsObtained(SecretsMessage),
+    /// The user cancelled on this device.
+    Cancelled,
+    /// A rendezvous request failed for good (including a 404 of a deleted session, or a
+    /// 409/412 conflict).
+    TransportFailed,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// G: show this QR code.
+    ShowQrCode(QrCode),
+    /// PUT `payload` to the rendezvous, replacing `sequence_token`.
+    Send {
+        payload: String,
+        sequence_token: String,
+    },
+    /// S: show the check code for the user to type on the other device.
+    ShowCheckCode(CheckCode),
+    /// G: ask the user for the check code shown on the other device.
+    AskCheckCode,
+    /// New device: fetch the auth metadata, register a client and start the device
+    /// authorization grant on `homeserver` with the scope for `device_id`. `homeserver` is
+    /// a base URL, or, from a 2024 QR code, possibly a server name (resolve it with
+    /// `.well-known`).
+    StartDeviceAuthorization {
+        homeserver: String,
+        device_id: DeviceId,
+    },
+    /// New device: show the user code (and where to type it, should the other device not
+    /// open the page itself).
+    ShowUserCode {
+        user_code: String,
+        verification_uri: String,
+    },
+    /// New device: poll the token endpoint (first poll now, then every `interval`).
+    PollToken,
+    /// New device: store these secrets, sign the device keys with the self-signing key,
+    /// upload keys and signature, enable the backup if present.
+    ImportSecrets(SecretsMessage),
+    /// Existing device: `GET /_matrix/client/v3/devices/<device_id>`; it must 404.
+    LookUpDevice { device_id: DeviceId },
+    /// Existing device: open this consent page in a browser.
+    OpenVerificationUri { uri: String },
+    /// Existing device: poll the device list until `device_id` appears, or ~10 s passed.
+    WaitForDevice { device_id: DeviceId },
+    /// Existing device: read the cross-signing keys (and backup key) from the local store.
+    ExportSecrets,
+    /// DELETE the rendezvous; failures of this request can be ignored.
+    DeleteRendezvous,
+    /// The sign-in completed on this side.
+    Done,
+    /// The sign-in failed; `told_peer` says whether the peer was sent a message saying so.
+    Failed { failure: Failure, told_peer: bool },
+}
+
+/// Why a payload from the peer was not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unexpected {
+    #[error("undecodable message: {0}")]
+    Undecodable(MessageError),
+    #[error("{0} is not expected at this point")]
+    OutOfOrder(MessageType),
+}
+
+/// Why a sign-in failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The peer sent `m.login.failure`.
+    #[error("the other device stopped: {0}")]
+    PeerFailed(FailureReason),
+    /// The new device sent `m.login.declined`: consent was refused.
+    #[error("the sign-in was declined")]
+    PeerDeclined,
+    /// This device stopped for a protocol reason (sent to the peer if `told_peer`).
+    #[error("stopped: {0}")]
+    Local(FailureReason),
+    /// The new device's authorization was denied; it sent `m.login.declined`.
+    #[error("the sign-in was declined on the consent page")]
+    Declined,
+    /// The peer sent something that does not fit; this device sent
+    /// `unexpected_message_received`.
+    #[error("{0}")]
+    Unexpected(Unexpected),
+    /// G: the typed check code did not match; the channel may be intercepted.
+    #[error("the check code did not match")]
+    CheckCodeMismatch,
+    /// A payload could not be opened (or the handshake failed).
+    #[error("secure channel: {0}")]
+    Channel(ChannelError),
+    /// G: the peer wrote more than [`MAX_HELD_PAYLOADS`] payloads before confirmation.
+    #[error("too many payloads before the check code was confirmed")]
+    Flooded,
+    /// The driver reported a transport failure.
+    #[error("the rendezvous transport failed")]
+    Transport,
+}
+
+impl Failure {
+    /// The `m.login.failure` reason involved, when there is one.
+    pub fn reason(&self) -> Option<&FailureReason> {
+        match self {
+            Failure::PeerFailed(reason) | Failure::Local(reason) => Some(reason),
+            Failure::Unexpected(_) => Some(&FailureReason::UnexpectedMessageReceived),
+            _ => None,
+        }
+    }
+}
+
+/// Why a machine could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The scanned code is not for a device of this kind.
+    #[error(transparent)]
+    Qr(#[from] QrError),
+    #[error("`{url}` is not a valid {what} URL")]
+    InvalidUrl { what: &'static str, url: String },
+    /// A 2024 code shown by an existing device must carry the homeserver.
+    #[error("the QR code does not name the homeserver")]
+    MissingHomeserver,
+    /// MSC4388 puts one URL in the code for both the rendezvous and the homeserver, so the
+    /// existing device must create the rendezvous on its own homeserver.
+    #[error("rendezvous is on {rendezvous}, but the account is on {homeserver}")]
+    HomeserverMismatch {
+        homeserver: String,
+        rendezvous: String,
+    },
+    /// The code to show cannot be written (a URL or ID too long for its length prefix).
+    #[error("the QR code cannot be written: {0}")]
+    QrEncode(#[from] EncodeError),
+    /// The QR code's key cannot be used (e.g. a low-order point).
+    #[error("secure channel: {0}")]
+    Channel(ChannelError),
+}
+
+/// Parses a URL the way every [`crate::channel::Binding`] spells it: `https://hs` becomes
+/// `https://hs/`, so both sides bind to the same string whichever form they were given.
+fn parse_url(url: &str, what: &'static str) -> Result<url::Url, StartError> {
+    url::Url::parse(url).map_err(|_| StartError::InvalidUrl {
+        what,
+        url: url.to_owned(),
+    })
+}
+
+/// MSC4388 codes carry the base URL without the trailing `/` of an empty path.
+fn qr_base_url(url: &url::Url) -> String {
+    let text = url.as_str();
+    match text.strip_suffix('/') {
+        Some(stripped)
+            if url.path() == "/" && url.query().is_none() && url.fragment().is_none() =>
+        {
+            stripped.to_owned()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// G: where the conversation takes place, and the rendezvous part of its QR code.
+/// `homeserver` goes into 2024 codes of the existing device (mode 0x04).
+fn place_of_created(
+    rendezvous: CreatedRendezvous,
+    homeserver: Option<String>,
+) -> Result<(Place, QrRendezvous), StartError> {
+    Ok(match rendezvous {
+        CreatedRendezvous::Msc4108 { url, etag } => (
+            Place {
+                generation: Generation::Msc4108v2024,
+                base_url: url.clone(),
+                rendezvous_id: String::new(),
+                sequence_token: etag,
+            },
+            QrRendezvous::Msc4108 {
+                rendezvous_url: url,
+                homeserver,
+            },
+        ),
+        CreatedRendezvous::Msc4388 {
+            prefix,
+            base_url,
+            rendezvous_id,
+            sequence_token,
+        } => {
+            let base_url = parse_url(&base_url, "rendezvous base")?;
+            (
+                Place {
+                    generation: Generation::Msc4388,
+                    base_url: base_url.to_string(),
+                    rendezvous_id: rendezvous_id.clone(),
+                    sequence_token,
+                },
+                QrRendezvous::Msc4388 {
+                    prefix,
+                    rendezvous_id,
+                    base_url: qr_base_url(&base_url),
+                },
+            )
+        }
+    })
+}
+
+/// S: where the conversation named by `qr` takes place; `sequence_token` is from S's first
+/// read of the rendezvous.
+fn place_of_scanned(qr: &QrCode, sequence_token: String) -> Result<Place, StartError> {
+    Ok(match &qr.rendezvous {
+        // The 2024 channel binds nothing; the URL is kept for uniformity.
+        QrRendezvous::Msc4108 { rendezvous_url, .. } => Place {
+            generation: Generation::Msc4108v2024,
+            base_url: rendezvous_url.clone(),
+            rendezvous_id: String::new(),
+            sequence_token,
+        },
+        QrRendezvous::Msc4388 {
+            rendezvous_id,
+            base_url,
+            ..
+        } => Place {
+            generation: Generation::Msc4388,
+            base_url: parse_url(base_url, "rendezvous base")?.to_string(),
+            rendezvous_id: rendezvous_id.clone(),
+            sequence_token,
+        },
+    })
+}
+
+/// Refuses to start showing a code that [`QrCode::encode`] could not write.
+fn check_encodable(qr: &QrCode) -> Result<(), StartError> {
+    qr.encode_with(EncodeSettings::DEFAULT)?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The signed-in device that holds the cross-signing keys.
+
+use rand_core::CryptoRng;
+
+use super::conversation::{Conduct, Conversation, Ending, Next};
+use super::{
+    Action, CreatedRendezvous, DeviceLookup, Event, Failure, StartError, Unexpected, parse_url,
+    place_of_created, place_of_scanned,
+};
+use crate::channel::GeneratorChannel;
+use crate::messages::{
+    DeviceAuthorizationGrant, DeviceId, FailureReason, HomeserverField, LoginMessage,
+    LoginProtocol, Protocol, ProtocolsMessage,
+};
+use crate::qr::{QrCode, QrIntent, QrRendezvous};
+use crate::{DeviceKind, Generation};
+
+/// The existing device's side of a QR sign-in.
+///
+/// Order (PROTOCOL.md 5): as S, send `m.login.protocols` (as G the homeserver is in the QR
+/// code, and nothing is done before the check code matched) → receive `m.login.protocol`
+/// → the device ID must be unknown (404) → open the consent page and send
+/// `m.login.protocol_accepted` → on `m.login.success` wait for the device to appear →
+/// send `m.login.secrets`.
+pub struct ExistingDevice {
+    conversation: Conversation<ExistingConduct>,
+}
+
+impl std::fmt::Debug for ExistingDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExistingDevice")
+            .field("generation", &self.conversation.generation())
+            .field("finished", &self.conversation.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExistingDevice {
+    /// As G: the driver created `rendezvous`; show the returned QR code and wait for the
+    /// new device to scan it. `homeserver` is the account's homeserver base URL; in MSC4388
+    /// the rendezvous must have been created there, since the code names one URL for both.
+    pub fn show_qr<R: CryptoRng + ?Sized>(
+        rendezvous: CreatedRendezvous,
+        homeserver: &str,
+        rng: &mut R,
+    ) -> Result<(Self, Vec<Action>), StartError> {
+        let homeserver = parse_url(homeserver, "homeserver")?;
+        // matrix-sdk writes the base URL (with its trailing `/`) into 2024 codes.
+        let (place, qr_rendezvous) = place_of_created(rendezvous, Some(homeserver.to_string()))?;
+        if place.generation == Generation::Msc4388 && place.base_url != homeserver.as_str() {
+            return Err(StartError::HomeserverMismatch {
+                homeserver: homeserver.to_string(),
+                rendezvous: place.base_url,
+            });
+        }
+        let channel = GeneratorChannel::new(place.generation, rng);
+        let qr = QrCode {
+            intent: QrIntent::Reciprocate,
+            public_key: channel.public_key(),
+            rendezvous: qr_rendezvous,
+        };
+        super::check_encodable(&qr)?;
+        let conduct = ExistingConduct {
+            generation: place.generation,
+            announce: None,
+        };
+        let conversation = Conversation::generator(conduct, place, channel);
+        Ok((Self { conversation }, vec![Action::ShowQrCode(qr)]))
+    }
+
+    /// As S: the user scanned `qr` (shown by the new device), and a read of its rendezvous
+    /// returned `sequence_token` (the 2024 `ETag`). `homeserver` is the account's
+    /// homeserver base URL, announced in `m.login.protocols`.
+    pub fn scan<R: CryptoRng + ?Sized>(
+        qr: &QrCode,
+        sequence_token: String,
+        homeserver: &str,
+        rng: &mut R,
+    ) -> Result<(Self, Vec<Action>), StartError> {
+        qr.check_scannable_by(DeviceKind::Existing)?;
+        let homeserver = parse_url(homeserver, "homeserver")?;
+        let place = place_of_scanned(qr, sequence_token)?;
+        let generation = match qr.rendezvous {
+            QrRendezvous::Msc4108 { .. } => Generation::Msc4108v2024,
+            QrRendezvous::Msc4388 { .. } => Generation::Msc4388,
+        };
+        let conduct = ExistingConduct {
+            generation,
+            announce: Some(homeserver.to_string()),
+        };
+        let (conversation, actions) = Conversation::scanner(conduct, place, qr.public_key, rng)
+            .map_err(StartError::Channel)?;
+        Ok((Self { conversation }, actions))
+    }
+
+    /// Feeds one event; returns what to do, in order. `rng` is used only by G, to seal
+    /// its OK.
+    pub fn handle<R: CryptoRng + ?Sized>(&mut self, event: Event, rng: &mut R) -> Vec<Action> {
+        self.conversation.handle(event, rng)
+    }
+
+    /// The token to read the rendezvous against; `None` while a PUT is in flight or once
+    /// finished.
+    pub fn sequence_token(&self) -> Option<&str> {
+        self.conversation.sequence_token()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.conversation.is_finished()
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.conversation.generation()
+    }
+}
+
+struct ExistingConduct {
+    generation: Generation,
+    /// As S: the homeserver to announce in `m.login.protocols`. As G the QR code carried
+    /// it, and matrix-sdk's new device expects no `m.login.protocols` then.
+    announce: Option<String>,
+}
+
+/// The existing device's steps once the channel is trusted.
+enum ExistingStep {
+    /// Waiting for the new device's `m.login.protocol`.
+    AwaitingProtocol,
+    /// The driver checks that the device ID is free.
+    LookingUpDevice {
+        device_id: DeviceId,
+        grant: DeviceAuthorizationGrant,
+    },
+    /// `m.login.protocol_accepted` sent; waiting for `m.login.success`.
+    AwaitingSuccess { device_id: DeviceId },
+    /// The driver waits for the device to show up.
+    WaitingForDevice,
+    /// The driver reads the secrets.
+    ExportingSecrets,
+}
+
+impl Conduct for ExistingConduct {
+    type Step = ExistingStep;
+
+    fn secured(&mut self, _out: &mut Vec<Action>) -> Next<ExistingStep> {
+        match self.announce.take() {
+            Some(homeserver) => {
+                let protocols = ProtocolsMessage {
+                    protocols: vec![Protocol::DeviceAuthorizationGrant],
+                    homeserver: HomeserverField::for_generation(self.generation, homeserver),
+                };
+                Next::send(ExistingStep::AwaitingProtocol, protocols)
+            }
+            None => Next::stay(ExistingStep::AwaitingProtocol),
+        }
+    }
+
+    fn message(
+        &mut self,
+        step: ExistingStep,
+        message: LoginMessage,
+        out: &mut Vec<Action>,
+    ) -> Next<ExistingStep> {
+        match (step, message) {
+            (ExistingStep::AwaitingProtocol, LoginMessage::Protocol(protocol)) => {
+                match protocol.protocol {
+                    LoginProtocol::DeviceAuthorizationGrant(grant) => {
+                        out.push(Action::LookUpDevice {
+                            device_id: protocol.device_id.clone(),
+                        });
+                        Next::stay(ExistingStep::LookingUpDevice {
+                            device_id: protocol.device_id,
+                            grant,
+                        })
+                    }
+                    LoginProtocol::Unsupported(_) => Next::fail(FailureReason::UnsupportedProtocol),
+                }
+            }
+            (ExistingStep::AwaitingSuccess { device_id }, LoginMessage::Success) => {
+                out.push(Action::WaitForDevice { device_id });
+                Next::stay(ExistingStep::WaitingForDevice)
+            }
+            (ExistingStep::AwaitingSuccess { .. }, LoginMessage::Declined) => {
+                Next::End(Ending::Failed(Failure::PeerDeclined))
+            }
+            (_, message) => Next::unexpected(Unexpected::OutOfOrder(message.message_type())),
+        }
+    }
+
+    fn event(
+        &mut self,
+        step: ExistingStep,
+        event: Event,
+        out: &mut Vec<Action>,
+    ) -> Next<ExistingStep> {
+        match (step, event) {
+            (ExistingStep::LookingUpDevice { device_id, grant }, Event::DeviceLookup(lookup)) => {
+                match lookup {
+                    DeviceLookup::NotFound => {
+                        out.push(Action::OpenVerificationUri {
+                            uri: grant.uri_to_open().to_owned(),
+                        });
+                        Next::send(
+                            ExistingStep::AwaitingSuccess { device_id },
+                            LoginMessage::ProtocolAccepted,
+                        )
+                    }
+                    DeviceLookup::Found => Next::fail(FailureReason::DeviceAlreadyExists),
+                }
+            }
+            (ExistingStep::WaitingForDevice, Event::DeviceAppeared) => {
+                out.push(Action::ExportSecrets);
+                Next::stay(ExistingStep::ExportingSecrets)
+            }
+            (ExistingStep::WaitingForDevice, Event::DeviceWaitTimedOut) => {
+                Next::fail(FailureReason::DeviceNotFound)
+            }
+            (ExistingStep::ExportingSecrets, Event::SecretsObtained(secrets)) => Next::Tell {
+                message: LoginMessage::Secrets(secrets),
+                ending: Ending::Done,
+            },
+            (step, _) => Next::stay(step),
+        }
+    }
+}

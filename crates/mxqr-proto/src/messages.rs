@@ -1,1 +1,0 @@
-//! The `m.login.*` messages (PROTOCOL.md section 5). OWNER: messages helper.

@@ -1,0 +1,1012 @@
+//! Both state machines wired through an in-memory rendezvous and the real secure channel:
+//! every QR direction and generation to completion, then every way a sign-in can fail.
+
+use std::collections::VecDeque;
+
+use mxqr_proto::Generation;
+use mxqr_proto::channel::{Binding, CheckCode, EstablishedChannel, ScannerChannel};
+use mxqr_proto::machine::{
+    Action, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event, ExistingDevice, Failure,
+    NewDevice, TokenOutcome, Unexpected,
+};
+use mxqr_proto::messages::{
+    BackupSecrets, CrossSigningSecrets, DeviceId, FailureReason, HomeserverField, LoginMessage,
+    MessageType, Protocol, ProtocolsMessage, Secret, SecretsMessage,
+};
+use mxqr_proto::qr::{Msc4388Prefix, QrCode, QrIntent};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+const HOMESERVER: &str = "https://matrix.example.org";
+const RENDEZVOUS_URL: &str = "https://matrix.example.org/_synapse/client/rendezvous/abc123";
+const RENDEZVOUS_ID: &str = "e8da6355-550b-4a32-a193-1619d9830668";
+const DEVICE_ID: &str = "wMMTDKJ5CYj0aC9Wj0pjB0gx1/tG+c8Ie2XyHcD8eWg";
+const VERIFICATION_URI: &str = "https://auth.example.org/device";
+const VERIFICATION_URI_COMPLETE: &str = "https://auth.example.org/device?code=QWERTY";
+const USER_CODE: &str = "QWERTY";
+
+const GENERATIONS: [Generation; 2] = [Generation::Msc4108v2024, Generation::Msc4388];
+
+/// Who shows the QR code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shows {
+    New,
+    Existing,
+}
+
+const DIRECTIONS: [Shows; 2] = [Shows::New, Shows::Existing];
+
+fn combos() -> impl Iterator<Item = (Generation, Shows)> {
+    GENERATIONS
+        .into_iter()
+        .flat_map(|g| DIRECTIONS.into_iter().map(move |d| (g, d)))
+}
+
+fn secrets() -> SecretsMessage {
+    SecretsMessage {
+        cross_signing: CrossSigningSecrets {
+            master_key: Secret::new("bWFzdGVyLWtleS1zZWVkLW9mLTMyLWJ5dGVzLWxvbmc"),
+            self_signing_key: Secret::new("c2VsZi1zaWduaW5nLWtleS1zZWVkLTMyLWJ5dGVzIQ"),
+            user_signing_key: Secret::new("dXNlci1zaWduaW5nLWtleS1zZWVkLTMyLWJ5dGVzIQ"),
+        },
+        backup: Some(BackupSecrets {
+            algorithm: "m.megolm_backup.v1.curve25519-aes-sha2".into(),
+            key: Secret::new("YmFja3VwLWtleS1vZi0zMi1ieXRlcy1mb3ItdGVzdHM"),
+            backup_version: "7".into(),
+        }),
+    }
+}
+
+/// A rendezvous session: one payload slot, a fresh token on every write.
+struct Rendezvous {
+    generation: Generation,
+    data: String,
+    token: String,
+    writes: u32,
+    deleted: bool,
+    /// Writes (counted from 1) whose stored data an attacker alters.
+    tamper_write: Option<u32>,
+}
+
+impl Rendezvous {
+    fn create(generation: Generation) -> Self {
+        let mut rv = Self {
+            generation,
+            data: String::new(),
+            token: String::new(),
+            writes: 0,
+            deleted: false,
+            tamper_write: None,
+        };
+        rv.token = rv.next_token();
+        rv
+    }
+
+    fn next_token(&self) -> String {
+        match self.generation {
+            // ETags, quoted as servers send them.
+            Generation::Msc4108v2024 => format!("\"etag-{}\"", self.writes),
+            Generation::Msc4388 => format!("token-{}", self.writes),
+        }
+    }
+
+    fn created(&self) -> CreatedRendezvous {
+        match self.generation {
+            Generation::Msc4108v2024 => CreatedRendezvous::Msc4108 {
+                url: RENDEZVOUS_URL.into(),
+                etag: self.token.clone(),
+            },
+            Generation::Msc4388 => CreatedRendezvous::Msc4388 {
+                prefix: Msc4388Prefix::Unstable,
+                base_url: HOMESERVER.into(),
+                rendezvous_id: RENDEZVOUS_ID.into(),
+                sequence_token: self.token.clone(),
+            },
+        }
+    }
+
+    /// The binding a hand-driven peer uses, as the machines compute it.
+    fn binding(&self, sequence_token: &str) -> Binding {
+        match self.generation {
+            Generation::Msc4108v2024 => Binding::new(RENDEZVOUS_URL, "", sequence_token),
+            Generation::Msc4388 => {
+                Binding::new(format!("{HOMESERVER}/"), RENDEZVOUS_ID, sequence_token)
+            }
+        }
+    }
+
+    fn read(&self) -> Option<(String, String)> {
+        (!self.deleted).then(|| (self.data.clone(), self.token.clone()))
+    }
+
+    /// A PUT replacing `replaces`: `None` for a stale token (409/412) or a deleted session.
+    fn write(&mut self, replaces: &str, data: String) -> Option<String> {
+        if self.deleted || replaces != self.token {
+            return None;
+        }
+        self.writes += 1;
+        self.data = if self.tamper_write == Some(self.writes) {
+            tamper(&data)
+        } else {
+            data
+        };
+        self.token = self.next_token();
+        Some(self.token.clone())
+    }
+}
+
+/// Changes one base64 character in the middle of a payload, keeping it valid base64.
+fn tamper(payload: &str) -> String {
+    let mut bytes = payload.as_bytes().to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("base64 is ASCII")
+}
+
+enum Device {
+    New(NewDevice),
+    Existing(ExistingDevice),
+}
+
+impl Device {
+    fn handle(&mut self, event: Event, rng: &mut StdRng) -> Vec<Action> {
+        match self {
+            Device::New(d) => d.handle(event, rng),
+            Device::Existing(d) => d.handle(event, rng),
+        }
+    }
+
+    fn sequence_token(&self) -> Option<&str> {
+        match self {
+            Device::New(d) => d.sequence_token(),
+            Device::Existing(d) => d.sequence_token(),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self {
+            Device::New(d) => d.is_finished(),
+            Device::Existing(d) => d.is_finished(),
+        }
+    }
+}
+
+/// How the fake driver of a side answers the machine's requests.
+#[derive(Clone)]
+struct Script {
+    authorization_supported: bool,
+    token: TokenOutcome,
+    lookup: DeviceLookup,
+    device_appears: bool,
+    /// Added to the correct check code before typing it (mod 100).
+    code_offset: u8,
+    /// The user cancels right after this action was carried out.
+    cancel_after: Option<fn(&Action) -> bool>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            authorization_supported: true,
+            token: TokenOutcome::Granted,
+            lookup: DeviceLookup::NotFound,
+            device_appears: true,
+            code_offset: 0,
+            cancel_after: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    In(Event),
+    Out(Action),
+}
+
+struct Side {
+    device: Device,
+    script: Script,
+    actions: VecDeque<Action>,
+    inbox: VecDeque<Event>,
+    log: Vec<Entry>,
+    asked_for_code: bool,
+    code_entered: bool,
+}
+
+impl Side {
+    fn new(device: Device, script: Script, actions: Vec<Action>) -> Self {
+        Self {
+            device,
+            script,
+            actions: actions.into(),
+            inbox: VecDeque::new(),
+            log: Vec::new(),
+            asked_for_code: false,
+            code_entered: false,
+        }
+    }
+
+    fn outcome(&self) -> &Action {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|entry| match entry {
+                Entry::Out(action @ (Action::Done | Action::Failed { .. })) => Some(action),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no outcome; log: {:#?}", self.log))
+    }
+
+    fn did(&self, pred: impl Fn(&Action) -> bool) -> Option<usize> {
+        self.log
+            .iter()
+            .position(|entry| matches!(entry, Entry::Out(a) if pred(a)))
+    }
+
+    fn sent_messages(&self) -> usize {
+        self.log
+            .iter()
+            .filter(|entry| matches!(entry, Entry::Out(Action::Send { .. })))
+            .count()
+    }
+}
+
+struct World {
+    rng: StdRng,
+    rv: Rendezvous,
+    sides: Vec<Side>,
+    /// The check code S shows; G's user types it.
+    shown_code: Option<CheckCode>,
+    qr: QrCode,
+    homeserver_asked: Option<String>,
+    opened_uri: Option<String>,
+    user_code_shown: Option<String>,
+    imported: Option<SecretsMessage>,
+}
+
+impl World {
+    /// G creates the rendezvous and shows its code; S scans (through the QR byte codec).
+    fn start(generation: Generation, shows: Shows, new: Script, existing: Script) -> Self {
+        let mut rng = StdRng::seed_from_u64(7);
+        let rv = Rendezvous::create(generation);
+        let device_id = DeviceId::new(DEVICE_ID).unwrap();
+        let (g, g_actions, g_script) = match shows {
+            Shows::New => {
+                let (d, a) = NewDevice::show_qr(rv.created(), device_id.clone(), &mut rng).unwrap();
+                (Device::New(d), a, new.clone())
+            }
+            Shows::Existing => {
+                let (d, a) = ExistingDevice::show_qr(rv.created(), HOMESERVER, &mut rng).unwrap();
+                (Device::Existing(d), a, existing.clone())
+            }
+        };
+        let [Action::ShowQrCode(qr)] = g_actions.as_slice() else {
+            panic!("G must start by showing its code, got {g_actions:?}");
+        };
+        let scanned = QrCode::decode(&qr.encode()).expect("the shown code reads back");
+        assert_eq!(&scanned, qr);
+        let (_, first_token) = rv.read().unwrap();
+        let (s, s_actions, s_script) = match shows {
+            Shows::New => {
+                let (d, a) =
+                    ExistingDevice::scan(&scanned, first_token, HOMESERVER, &mut rng).unwrap();
+                (Device::Existing(d), a, existing)
+            }
+            Shows::Existing => {
+                let (d, a) = NewDevice::scan(&scanned, first_token, device_id, &mut rng).unwrap();
+                (Device::New(d), a, new)
+            }
+        };
+        let mut g_side = Side::new(g, g_script, Vec::new());
+        g_side.log.push(Entry::Out(Action::ShowQrCode(qr.clone())));
+        Self {
+            rng,
+            rv,
+            sides: vec![g_side, Side::new(s, s_script, s_actions)],
+            shown_code: None,
+            qr: scanned,
+            homeserver_asked: None,
+            opened_uri: None,
+            user_code_shown: None,
+            imported: None,
+        }
+    }
+
+    fn g(&self) -> &Side {
+        &self.sides[0]
+    }
+
+    fn s(&self) -> &Side {
+        &self.sides[1]
+    }
+
+    fn new_side(&self) -> &Side {
+        match self.qr.intent {
+            QrIntent::Login => self.g(),
+            QrIntent::Reciprocate => self.s(),
+        }
+    }
+
+    fn existing_side(&self) -> &Side {
+        match self.qr.intent {
+            QrIntent::Login => self.s(),
+            QrIntent::Reciprocate => self.g(),
+        }
+    }
+
+    /// Runs until nothing more can happen. Priority: carry out actions, then deliver
+    /// events, then read the rendezvous, and only when all is quiet the user types the
+    /// check code (so G sees S's early payloads before confirmation).
+    fn run(&mut self) {
+        for _ in 0..1000 {
+            if self.step() {
+                continue;
+            }
+            return;
+        }
+        panic!("no quiescence after 1000 steps");
+    }
+
+    fn step(&mut self) -> bool {
+        for i in 0..self.sides.len() {
+            if let Some(action) = self.sides[i].actions.pop_front() {
+                self.carry_out(i, action);
+                return true;
+            }
+        }
+        for i in 0..self.sides.len() {
+            if let Some(event) = self.sides[i].inbox.pop_front() {
+                let side = &mut self.sides[i];
+                side.log.push(Entry::In(event.clone()));
+                let actions = side.device.handle(event, &mut self.rng);
+                side.actions.extend(actions);
+                return true;
+            }
+        }
+        for i in 0..self.sides.len() {
+            let side = &mut self.sides[i];
+            if side.device.is_finished() {
+                continue;
+            }
+            let Some(token) = side.device.sequence_token() else {
+                continue;
+            };
+            match self.rv.read() {
+                None => {
+                    side.inbox.push_back(Event::TransportFailed);
+                    return true;
+                }
+                Some((data, current)) if current != token => {
+                    side.inbox.push_back(Event::PayloadReceived {
+                        data,
+                        sequence_token: current,
+                    });
+                    return true;
+                }
+                Some(_) => {}
+            }
+        }
+        for i in 0..self.sides.len() {
+            let side = &mut self.sides[i];
+            if side.asked_for_code
+                && !side.code_entered
+                && !side.device.is_finished()
+                && let Some(code) = self.shown_code
+            {
+                side.code_entered = true;
+                let typed = (code.digits() + side.script.code_offset) % 100;
+                side.inbox.push_back(Event::CheckCodeEntered(typed));
+                return true;
+            }
+        }
+        false
+    }
+
+    fn carry_out(&mut self, i: usize, action: Action) {
+        self.sides[i].log.push(Entry::Out(action.clone()));
+        let script = self.sides[i].script.clone();
+        let reply = match &action {
+            Action::ShowQrCode(_) => None,
+            Action::Send {
+                payload,
+                sequence_token,
+            } => Some(match self.rv.write(sequence_token, payload.clone()) {
+                Some(token) => Event::PayloadSent {
+                    sequence_token: token,
+                },
+                None => Event::TransportFailed,
+            }),
+            Action::ShowCheckCode(code) => {
+                self.shown_code = Some(*code);
+                None
+            }
+            Action::AskCheckCode => {
+                self.sides[i].asked_for_code = true;
+                None
+            }
+            Action::StartDeviceAuthorization {
+                homeserver,
+                device_id,
+            } => {
+                assert_eq!(device_id.as_str(), DEVICE_ID);
+                self.homeserver_asked = Some(homeserver.clone());
+                Some(if script.authorization_supported {
+                    Event::DeviceAuthorizationStarted(DeviceAuthorization {
+                        verification_uri: VERIFICATION_URI.into(),
+                        verification_uri_complete: Some(VERIFICATION_URI_COMPLETE.into()),
+                        user_code: USER_CODE.into(),
+                    })
+                } else {
+                    Event::DeviceAuthorizationUnsupported
+                })
+            }
+            Action::ShowUserCode { user_code, .. } => {
+                self.user_code_shown = Some(user_code.clone());
+                None
+            }
+            Action::PollToken => Some(Event::Token(script.token)),
+            Action::ImportSecrets(secrets) => {
+                self.imported = Some(secrets.clone());
+                None
+            }
+            Action::LookUpDevice { device_id } => {
+                assert_eq!(device_id.as_str(), DEVICE_ID);
+                Some(Event::DeviceLookup(script.lookup))
+            }
+            Action::OpenVerificationUri { uri } => {
+                self.opened_uri = Some(uri.clone());
+                None
+            }
+            Action::WaitForDevice { device_id } => {
+                assert_eq!(device_id.as_str(), DEVICE_ID);
+                Some(if script.device_appears {
+                    Event::DeviceAppeared
+                } else {
+                    Event::DeviceWaitTimedOut
+                })
+            }
+            Action::ExportSecrets => Some(Event::SecretsObtained(secrets())),
+            Action::DeleteRendezvous => {
+                self.rv.deleted = true;
+                None
+            }
+            Action::Done | Action::Failed { .. } => None,
+        };
+        let side = &mut self.sides[i];
+        side.inbox.extend(reply);
+        if script.cancel_after.is_some_and(|pred| pred(&action)) {
+            side.inbox.push_back(Event::Cancelled);
+        }
+    }
+}
+
+fn failed(failure: Failure, told_peer: bool) -> Action {
+    Action::Failed { failure, told_peer }
+}
+
+fn run(generation: Generation, shows: Shows, new: Script, existing: Script) -> World {
+    let mut world = World::start(generation, shows, new, existing);
+    world.run();
+    for side in &world.sides {
+        assert!(
+            side.device.is_finished(),
+            "unfinished side: {:#?}",
+            side.log
+        );
+    }
+    world
+}
+
+#[test]
+fn every_direction_and_generation_signs_in() {
+    for (generation, shows) in combos() {
+        let world = run(generation, shows, Script::default(), Script::default());
+        let context = format!("{generation:?}, {shows:?} shows");
+        assert_eq!(world.new_side().outcome(), &Action::Done, "{context}");
+        assert_eq!(world.existing_side().outcome(), &Action::Done, "{context}");
+        assert_eq!(world.imported, Some(secrets()), "{context}");
+        assert_eq!(world.opened_uri.as_deref(), Some(VERIFICATION_URI_COMPLETE));
+        assert_eq!(world.user_code_shown.as_deref(), Some(USER_CODE));
+        // The new device deletes the rendezvous after reading the last message.
+        assert!(world.rv.deleted, "{context}");
+        assert!(
+            world
+                .new_side()
+                .did(|a| *a == Action::DeleteRendezvous)
+                .is_some()
+        );
+        assert!(
+            world
+                .existing_side()
+                .did(|a| *a == Action::DeleteRendezvous)
+                .is_none()
+        );
+
+        // As G the new device learns the homeserver from `m.login.protocols` (2024:
+        // `homeserver`, MSC4388: `base_url`); as S from the QR code. Always as parsed.
+        assert_eq!(
+            world.homeserver_asked.as_deref(),
+            Some(format!("{HOMESERVER}/").as_str()),
+            "{context}"
+        );
+    }
+}
+
+#[test]
+fn existing_device_announces_protocols_only_when_it_scanned() {
+    for generation in GENERATIONS {
+        // Existing scans: INITIATE, m.login.protocols, protocol_accepted, m.login.secrets.
+        let world = run(generation, Shows::New, Script::default(), Script::default());
+        assert_eq!(world.existing_side().sent_messages(), 4);
+        // Existing shows: OK, protocol_accepted, m.login.secrets.
+        let world = run(
+            generation,
+            Shows::Existing,
+            Script::default(),
+            Script::default(),
+        );
+        assert_eq!(world.existing_side().sent_messages(), 3);
+    }
+}
+
+#[test]
+fn generator_acts_only_after_the_check_code_matched() {
+    for (generation, shows) in combos() {
+        let world = run(generation, shows, Script::default(), Script::default());
+        let g = world.g();
+        let entered = g
+            .log
+            .iter()
+            .position(|e| matches!(e, Entry::In(Event::CheckCodeEntered(_))))
+            .unwrap();
+        // S's next payload reached G before the user typed the code...
+        let first_payload_after_ok = g
+            .log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e, Entry::In(Event::PayloadReceived { .. })))
+            .nth(1)
+            .map(|(i, _)| i)
+            .unwrap();
+        assert!(first_payload_after_ok < entered, "{generation:?} {shows:?}");
+        // ...but G only acted on it afterwards.
+        let acted = g
+            .did(|a| {
+                matches!(
+                    a,
+                    Action::LookUpDevice { .. } | Action::StartDeviceAuthorization { .. }
+                )
+            })
+            .unwrap();
+        assert!(acted > entered, "{generation:?} {shows:?}");
+    }
+}
+
+#[test]
+fn new_device_polls_only_after_protocol_accepted() {
+    for (generation, shows) in combos() {
+        let world = run(generation, shows, Script::default(), Script::default());
+        let new = world.new_side();
+        let start = new
+            .did(|a| matches!(a, Action::StartDeviceAuthorization { .. }))
+            .unwrap();
+        let poll = new.did(|a| *a == Action::PollToken).unwrap();
+        let accepted_at = world
+            .existing_side()
+            .did(|a| matches!(a, Action::OpenVerificationUri { .. }));
+        assert!(accepted_at.is_some());
+        assert!(start < poll);
+        // Between starting the grant and polling, the new device read exactly one payload
+        // of the existing device: protocol_accepted.
+        let reads = new.log[start..poll]
+            .iter()
+            .filter(|e| matches!(e, Entry::In(Event::PayloadReceived { .. })))
+            .count();
+        assert_eq!(reads, 1, "{generation:?} {shows:?}");
+    }
+}
+
+#[test]
+fn authorization_expired() {
+    for (generation, shows) in combos() {
+        let new = Script {
+            token: TokenOutcome::Expired,
+            ..Script::default()
+        };
+        let world = run(generation, shows, new, Script::default());
+        let reason = FailureReason::AuthorizationExpired;
+        assert_eq!(
+            world.new_side().outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+        assert!(world.rv.deleted);
+        assert!(world.imported.is_none());
+    }
+}
+
+#[test]
+fn device_already_exists() {
+    for (generation, shows) in combos() {
+        let existing = Script {
+            lookup: DeviceLookup::Found,
+            ..Script::default()
+        };
+        let world = run(generation, shows, Script::default(), existing);
+        let reason = FailureReason::DeviceAlreadyExists;
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert_eq!(
+            world.new_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+        // Consent was never asked for.
+        assert!(world.opened_uri.is_none());
+        assert!(world.new_side().did(|a| *a == Action::PollToken).is_none());
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn device_not_found() {
+    for (generation, shows) in combos() {
+        let existing = Script {
+            device_appears: false,
+            ..Script::default()
+        };
+        let world = run(generation, shows, Script::default(), existing);
+        let reason = FailureReason::DeviceNotFound;
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert_eq!(
+            world.new_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+        assert!(world.imported.is_none());
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn unsupported_protocol_from_new_device_homeserver() {
+    for (generation, shows) in combos() {
+        let new = Script {
+            authorization_supported: false,
+            ..Script::default()
+        };
+        let world = run(generation, shows, new, Script::default());
+        let reason = FailureReason::UnsupportedProtocol;
+        assert_eq!(
+            world.new_side().outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn user_cancelled_on_new_device() {
+    for (generation, shows) in combos() {
+        let new = Script {
+            cancel_after: Some(|a| matches!(a, Action::ShowUserCode { .. })),
+            ..Script::default()
+        };
+        let world = run(generation, shows, new, Script::default());
+        let reason = FailureReason::UserCancelled;
+        assert_eq!(
+            world.new_side().outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn user_cancelled_on_existing_device() {
+    for (generation, shows) in combos() {
+        let existing = Script {
+            cancel_after: Some(|a| matches!(a, Action::WaitForDevice { .. })),
+            ..Script::default()
+        };
+        let world = run(generation, shows, Script::default(), existing);
+        let reason = FailureReason::UserCancelled;
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert_eq!(
+            world.new_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+        assert!(world.imported.is_none());
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn cancel_before_the_channel_is_up_deletes_the_rendezvous() {
+    for (generation, shows) in combos() {
+        // G cancels as soon as it asks for the code: nothing can be sealed for S yet.
+        let cancel_on_ask = Script {
+            cancel_after: Some(|a| *a == Action::AskCheckCode),
+            ..Script::default()
+        };
+        let (new, existing) = match shows {
+            Shows::New => (cancel_on_ask, Script::default()),
+            Shows::Existing => (Script::default(), cancel_on_ask),
+        };
+        let world = run(generation, shows, new, existing);
+        assert_eq!(
+            world.g().outcome(),
+            &failed(Failure::Local(FailureReason::UserCancelled), false)
+        );
+        assert_eq!(world.s().outcome(), &failed(Failure::Transport, false));
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn declined() {
+    for (generation, shows) in combos() {
+        let new = Script {
+            token: TokenOutcome::Denied,
+            ..Script::default()
+        };
+        let world = run(generation, shows, new, Script::default());
+        assert_eq!(world.new_side().outcome(), &failed(Failure::Declined, true));
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::PeerDeclined, false)
+        );
+        assert!(world.imported.is_none());
+        assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn wrong_check_code_fails_generator_silently() {
+    for (generation, shows) in combos() {
+        let wrong = Script {
+            code_offset: 1,
+            ..Script::default()
+        };
+        let (new, existing) = match shows {
+            Shows::New => (wrong, Script::default()),
+            Shows::Existing => (Script::default(), wrong),
+        };
+        let world = run(generation, shows, new, existing);
+        let context = format!("{generation:?}, {shows:?} shows");
+        assert_eq!(
+            world.g().outcome(),
+            &failed(Failure::CheckCodeMismatch, false),
+            "{context}"
+        );
+        // G sent nothing after its OK, and deleted the rendezvous; S sees it vanish.
+        assert_eq!(world.g().sent_messages(), 1, "{context}");
+        assert!(world.rv.deleted);
+        assert_eq!(
+            world.s().outcome(),
+            &failed(Failure::Transport, false),
+            "{context}"
+        );
+        // The existing device never looked the device up nor opened the consent page.
+        assert!(world.opened_uri.is_none());
+    }
+}
+
+#[test]
+fn tampered_payload_is_refused_and_reported() {
+    for (generation, shows) in combos() {
+        let mut world = World::start(generation, shows, Script::default(), Script::default());
+        // Writes: 1 INITIATE, 2 OK, then (existing scans) 3 protocols, 4 protocol,
+        // 5 protocol_accepted; (existing shows) 3 protocol, 4 protocol_accepted.
+        world.rv.tamper_write = Some(match shows {
+            Shows::New => 5,
+            Shows::Existing => 4,
+        });
+        world.run();
+        let context = format!("{generation:?}, {shows:?} shows");
+        assert!(
+            matches!(
+                world.new_side().outcome(),
+                Action::Failed {
+                    failure: Failure::Channel(_),
+                    told_peer: true
+                }
+            ),
+            "{context}: {:?}",
+            world.new_side().outcome()
+        );
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(
+                Failure::PeerFailed(FailureReason::UnexpectedMessageReceived),
+                false
+            ),
+            "{context}"
+        );
+        assert!(world.new_side().did(|a| *a == Action::PollToken).is_none());
+        assert!(world.rv.deleted);
+    }
+}
+
+/// A hand-driven existing device that scans the new device's code, to send what a
+/// correct machine never would.
+struct RogueScanner {
+    channel: EstablishedChannel,
+    token: String,
+}
+
+impl RogueScanner {
+    /// Runs the handshake with a new device G and lets it confirm the check code.
+    fn connect(generation: Generation) -> (World, RogueScanner) {
+        let mut world = World::start(generation, Shows::New, Script::default(), Script::default());
+        // Replace the machine S by hand: drop it before it wrote anything.
+        world.sides.truncate(1);
+        let mut rng = StdRng::seed_from_u64(99);
+        let (_, t0) = world.rv.read().unwrap();
+        let (scanner, initiate) = ScannerChannel::initiate(
+            generation,
+            world.qr.public_key,
+            &world.rv.binding(&t0),
+            &mut rng,
+        )
+        .unwrap();
+        let t1 = world.rv.write(&t0, initiate).unwrap();
+        world.run();
+        let (ok, t2) = world.rv.read().unwrap();
+        assert_ne!(t1, t2, "G must have answered");
+        let channel = scanner.receive_ok(&ok, &world.rv.binding(&t1)).unwrap();
+        world.shown_code = Some(channel.check_code());
+        world.run();
+        (world, RogueScanner { channel, token: t2 })
+    }
+
+    fn send_raw(&mut self, world: &mut World, plaintext: &[u8]) {
+        let payload = self.channel.seal(plaintext, &world.rv.binding(&self.token));
+        self.token = world.rv.write(&self.token, payload).unwrap();
+        world.run();
+    }
+
+    fn send(&mut self, world: &mut World, message: LoginMessage) {
+        self.send_raw(world, &message.to_json());
+    }
+
+    /// Opens G's latest payload.
+    fn receive(&mut self, world: &World) -> LoginMessage {
+        let (data, token) = world.rv.read().expect("G left its answer in place");
+        assert_ne!(token, self.token, "G wrote nothing");
+        let plaintext = self
+            .channel
+            .open(&data, &world.rv.binding(&self.token))
+            .unwrap();
+        self.token = token;
+        LoginMessage::from_json(&plaintext).unwrap()
+    }
+}
+
+fn failure_message(reason: FailureReason) -> LoginMessage {
+    LoginMessage::Failure(mxqr_proto::messages::FailureMessage::new(reason))
+}
+
+#[test]
+fn out_of_order_message_is_answered_with_unexpected_message_received() {
+    for generation in GENERATIONS {
+        let (mut world, mut rogue) = RogueScanner::connect(generation);
+        // m.login.success before anything else.
+        rogue.send(&mut world, LoginMessage::Success);
+        assert_eq!(
+            world.g().outcome(),
+            &failed(
+                Failure::Unexpected(Unexpected::OutOfOrder(MessageType::Success)),
+                true
+            )
+        );
+        assert_eq!(
+            rogue.receive(&world),
+            failure_message(FailureReason::UnexpectedMessageReceived)
+        );
+        assert!(
+            world
+                .g()
+                .did(|a| matches!(a, Action::StartDeviceAuthorization { .. }))
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn undecodable_message_is_answered_with_unexpected_message_received() {
+    for generation in GENERATIONS {
+        let (mut world, mut rogue) = RogueScanner::connect(generation);
+        rogue.send_raw(&mut world, br#"{"type":"m.login.teleport"}"#);
+        assert!(matches!(
+            world.g().outcome(),
+            Action::Failed {
+                failure: Failure::Unexpected(Unexpected::Undecodable(_)),
+                told_peer: true
+            }
+        ));
+        assert_eq!(
+            rogue.receive(&world),
+            failure_message(FailureReason::UnexpectedMessageReceived)
+        );
+    }
+}
+
+#[test]
+fn unsupported_protocol_list_is_refused_by_new_device() {
+    for generation in GENERATIONS {
+        let (mut world, mut rogue) = RogueScanner::connect(generation);
+        rogue.send(
+            &mut world,
+            LoginMessage::Protocols(ProtocolsMessage {
+                protocols: vec![Protocol::Other("carrier_pigeon".into())],
+                homeserver: HomeserverField::for_generation(generation, format!("{HOMESERVER}/")),
+            }),
+        );
+        assert_eq!(
+            world.g().outcome(),
+            &failed(Failure::Local(FailureReason::UnsupportedProtocol), true)
+        );
+        assert_eq!(
+            rogue.receive(&world),
+            failure_message(FailureReason::UnsupportedProtocol)
+        );
+        assert!(world.homeserver_asked.is_none());
+    }
+}
+
+#[test]
+fn replayed_payload_is_refused() {
+    for generation in GENERATIONS {
+        let (mut world, mut rogue) = RogueScanner::connect(generation);
+        let protocols = LoginMessage::Protocols(ProtocolsMessage {
+            protocols: vec![Protocol::DeviceAuthorizationGrant],
+            homeserver: HomeserverField::for_generation(generation, format!("{HOMESERVER}/")),
+        });
+        rogue.send(&mut world, protocols);
+        // G started the grant and sent m.login.protocol; read it.
+        assert!(matches!(rogue.receive(&world), LoginMessage::Protocol(_)));
+        // The server hands G the earlier m.login.protocols again, under a fresh token.
+        let old = world
+            .g()
+            .log
+            .iter()
+            .filter_map(|e| match e {
+                Entry::In(Event::PayloadReceived { data, .. }) => Some(data.clone()),
+                _ => None,
+            })
+            .nth(1)
+            .unwrap();
+        let current = world.rv.token.clone();
+        world.rv.write(&current, old).unwrap();
+        world.run();
+        assert!(
+            matches!(
+                world.g().outcome(),
+                Action::Failed {
+                    failure: Failure::Channel(_),
+                    told_peer: true
+                }
+            ),
+            "{:?}",
+            world.g().outcome()
+        );
+    }
+}
