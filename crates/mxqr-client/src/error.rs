@@ -15,7 +15,11 @@ pub enum ClientError {
     },
     /// An OAuth error answer (`{"error","error_description"}`).
     #[error("authorization server answered {status} {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
-    OAuth { status: StatusCode, error: String, description: Option<String> },
+    OAuth {
+        status: StatusCode,
+        error: String,
+        description: Option<String>,
+    },
     #[error("the server does not offer this rendezvous API")]
     Unsupported,
     #[error("the rendezvous session has expired")]

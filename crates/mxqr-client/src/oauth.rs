@@ -66,9 +66,9 @@ impl AuthMetadata {
     }
 
     fn device_endpoint(&self) -> Result<&Url, ClientError> {
-        self.device_authorization_endpoint
-            .as_ref()
-            .ok_or_else(|| ClientError::Protocol("the server offers no device authorization grant".into()))
+        self.device_authorization_endpoint.as_ref().ok_or_else(|| {
+            ClientError::Protocol("the server offers no device authorization grant".into())
+        })
     }
 }
 
@@ -111,7 +111,11 @@ impl ClientMetadata {
             application_type: "native",
             // Loopback redirects match any port at authorization time (RFC 8252 7.3).
             redirect_uris: vec![Url::parse("http://127.0.0.1/callback").expect("static URL")],
-            grant_types: vec!["authorization_code".into(), "refresh_token".into(), DEVICE_CODE_GRANT.into()],
+            grant_types: vec![
+                "authorization_code".into(),
+                "refresh_token".into(),
+                DEVICE_CODE_GRANT.into(),
+            ],
             response_types: vec!["code".into()],
             token_endpoint_auth_method: "none",
         }
@@ -137,8 +141,10 @@ pub async fn register(
     if !response.status().is_success() {
         return Err(oauth_error(response).await);
     }
-    let registered: Registered =
-        response.json().await.map_err(|e| ClientError::Protocol(format!("registration: {e}")))?;
+    let registered: Registered = response
+        .json()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("registration: {e}")))?;
     Ok(registered.client_id)
 }
 
@@ -157,7 +163,10 @@ impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
             .field("access_token", &"[redacted]")
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("expires_in", &self.expires_in)
             .field("scope", &self.scope)
             .finish()
@@ -174,8 +183,16 @@ pub struct OAuthError {
 async fn oauth_error(response: reqwest::Response) -> ClientError {
     let status = response.status();
     match response.json::<OAuthError>().await {
-        Ok(e) => ClientError::OAuth { status, error: e.error, description: e.error_description },
-        Err(_) => ClientError::Status { status, errcode: None, error: None },
+        Ok(e) => ClientError::OAuth {
+            status,
+            error: e.error,
+            description: e.error_description,
+        },
+        Err(_) => ClientError::Status {
+            status,
+            errcode: None,
+            error: None,
+        },
     }
 }
 
@@ -248,25 +265,43 @@ pub async fn poll_device_token(
 ) -> Result<PollOutcome, ClientError> {
     let response = http
         .post(metadata.token_endpoint.clone())
-        .form(&[("grant_type", DEVICE_CODE_GRANT), ("device_code", device_code), ("client_id", client_id)])
+        .form(&[
+            ("grant_type", DEVICE_CODE_GRANT),
+            ("device_code", device_code),
+            ("client_id", client_id),
+        ])
         .send()
         .await?;
     let status = response.status();
     if status == StatusCode::OK {
-        let tokens = response.json().await.map_err(|e| ClientError::Protocol(format!("token: {e}")))?;
+        let tokens = response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("token: {e}")))?;
         return Ok(PollOutcome::Granted(tokens));
     }
-    if status == StatusCode::BAD_REQUEST || status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+    if status == StatusCode::BAD_REQUEST
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::UNAUTHORIZED
+    {
         if let Ok(e) = response.json::<OAuthError>().await {
             return match e.error.as_str() {
                 "authorization_pending" => Ok(PollOutcome::Pending),
                 "slow_down" => Ok(PollOutcome::SlowDown),
                 "access_denied" => Ok(PollOutcome::Denied),
                 "expired_token" => Ok(PollOutcome::Expired),
-                _ => Err(ClientError::OAuth { status, error: e.error, description: e.error_description }),
+                _ => Err(ClientError::OAuth {
+                    status,
+                    error: e.error,
+                    description: e.error_description,
+                }),
             };
         }
-        return Err(ClientError::Status { status, errcode: None, error: None });
+        return Err(ClientError::Status {
+            status,
+            errcode: None,
+            error: None,
+        });
     }
     Err(oauth_error(response).await)
 }
@@ -316,7 +351,10 @@ impl Pkce {
         let bytes: [u8; 32] = rand::rng().random();
         let verifier = URL_SAFE_NO_PAD.encode(bytes);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        Self { verifier, challenge }
+        Self {
+            verifier,
+            challenge,
+        }
     }
 }
 
@@ -359,11 +397,18 @@ async fn token_request(
     metadata: &AuthMetadata,
     form: &[(&str, &str)],
 ) -> Result<Tokens, ClientError> {
-    let response = http.post(metadata.token_endpoint.clone()).form(form).send().await?;
+    let response = http
+        .post(metadata.token_endpoint.clone())
+        .form(form)
+        .send()
+        .await?;
     if response.status() != StatusCode::OK {
         return Err(oauth_error(response).await);
     }
-    response.json().await.map_err(|e| ClientError::Protocol(format!("token: {e}")))
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("token: {e}")))
 }
 
 /// Redeems an authorization code.
@@ -399,7 +444,11 @@ pub async fn refresh(
     token_request(
         http,
         metadata,
-        &[("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ],
     )
     .await
 }
@@ -420,7 +469,11 @@ pub async fn revoke(
         .form(&[("token", token), ("client_id", client_id)])
         .send()
         .await?;
-    if response.status().is_success() { Ok(()) } else { Err(oauth_error(response).await) }
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(oauth_error(response).await)
+    }
 }
 
 #[cfg(test)]
@@ -431,7 +484,10 @@ mod tests {
     fn pkce_challenge_is_s256_of_the_verifier() {
         let p = Pkce::new();
         assert_eq!(p.verifier.len(), 43);
-        assert_eq!(p.challenge, URL_SAFE_NO_PAD.encode(Sha256::digest(p.verifier.as_bytes())));
+        assert_eq!(
+            p.challenge,
+            URL_SAFE_NO_PAD.encode(Sha256::digest(p.verifier.as_bytes()))
+        );
         assert_ne!(Pkce::new().verifier, p.verifier);
     }
 
@@ -441,6 +497,9 @@ mod tests {
             device_scope("AB+/c", ScopeSpelling::Stable),
             "urn:matrix:client:api:* urn:matrix:client:device:AB+/c"
         );
-        assert!(device_scope("X", ScopeSpelling::Unstable).starts_with("urn:matrix:org.matrix.msc2967.client:api:*"));
+        assert!(
+            device_scope("X", ScopeSpelling::Unstable)
+                .starts_with("urn:matrix:org.matrix.msc2967.client:api:*")
+        );
     }
 }

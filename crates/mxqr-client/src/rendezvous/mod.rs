@@ -15,6 +15,7 @@ mod msc4388;
 use std::time::Duration;
 
 use mxqr_proto::channel::Binding;
+use mxqr_proto::machine::CreatedRendezvous;
 use mxqr_proto::qr::{Msc4388Prefix, QrRendezvous};
 use tokio::time::Instant;
 use url::Url;
@@ -199,6 +200,48 @@ impl Rendezvous {
         }
     }
 
+    /// The version of the payload this device saw last.
+    pub fn sequence_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The session as the state machine of the device that created it needs it.
+    pub fn created(&self) -> CreatedRendezvous {
+        match &self.transport {
+            Transport::Msc4388(s) => CreatedRendezvous::Msc4388 {
+                prefix: s.prefix,
+                base_url: s.base_url.to_string(),
+                rendezvous_id: s.id.clone(),
+                sequence_token: self.token.clone(),
+            },
+            Transport::Msc4108(s) => CreatedRendezvous::Msc4108 {
+                url: s.url.to_string(),
+                etag: self.token.clone(),
+            },
+        }
+    }
+
+    /// Writes `data` replacing the version `token` (as a state machine asks), and returns the
+    /// new version.
+    pub async fn send_replacing(&mut self, token: &str, data: &str) -> Result<String, ClientError> {
+        token.clone_into(&mut self.token);
+        self.send(data).await?;
+        Ok(self.token.clone())
+    }
+
+    /// Waits for a payload newer than `token`; returns it with its version.
+    pub async fn receive_after(
+        &mut self,
+        token: &str,
+        max_wait: Duration,
+    ) -> Result<(String, String), ClientError> {
+        if self.pending.is_none() {
+            token.clone_into(&mut self.token);
+        }
+        let data = self.receive(max_wait).await?;
+        Ok((data, self.token.clone()))
+    }
+
     /// What the QR code must carry for the other device to find this session.
     pub fn qr_rendezvous(&self, homeserver: Option<String>) -> QrRendezvous {
         match &self.transport {
@@ -336,6 +379,12 @@ impl Rendezvous {
     /// Ends the session on the server. Errors are ignored: the session expires anyway, and
     /// this runs on every exit path, including after failures.
     pub async fn delete(self) {
+        self.delete_session().await;
+    }
+
+    /// [`delete`](Self::delete) without giving up the handle (a state machine asks for it
+    /// before its last action).
+    pub async fn delete_session(&self) {
         let result = match &self.transport {
             Transport::Msc4388(s) => s.delete(&self.http).await,
             Transport::Msc4108(s) => s.delete(&self.http).await,

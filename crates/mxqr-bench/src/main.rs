@@ -1,0 +1,472 @@
+//! `mxqr-bench rendezvous`: drives complete rendezvous conversations against a server on this
+//! machine and reports throughput, latency percentiles, errors by status and the server's peak
+//! RSS. It refuses non-loopback targets: load tests never leave the machine.
+//!
+//! One flow is one sign-in's worth of rendezvous traffic, run by a single task playing both
+//! devices in turn: create, then `--messages` payloads alternating between the scanner and the
+//! generator (each a write and the peer's read), then delete. With the default 7 messages a flow
+//! is 16 requests, close to the 15 a real sign-in makes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use reqwest::{Client, RequestBuilder, Response, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(
+    name = "mxqr-bench",
+    about = "Load generator for the mxqr rendezvous (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run rendezvous flows against a server.
+    Rendezvous(RendezvousArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Transport {
+    /// JSON with `sequence_token` (`/_matrix/client/v1/rendezvous` unless --prefix says).
+    Msc4388,
+    /// ETag-based MSC4108 (2024).
+    Msc4108,
+}
+
+#[derive(clap::Args, Clone)]
+struct RendezvousArgs {
+    /// Homeserver base URL (loopback only), e.g. http://127.0.0.1:8008.
+    #[arg(long)]
+    url: String,
+    /// Which rendezvous API to exercise.
+    #[arg(long, value_enum, default_value = "msc4388")]
+    transport: Transport,
+    /// Create path; default: the stable MSC4388 prefix or the MSC4108 endpoint.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Flows to run in total.
+    #[arg(long, default_value_t = 1000)]
+    flows: u64,
+    /// Flows in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u64,
+    /// Stop starting flows after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    /// Payloads exchanged per flow.
+    #[arg(long, default_value_t = 7)]
+    messages: u32,
+    /// Size of each payload in bytes.
+    #[arg(long, default_value_t = 256)]
+    payload_bytes: usize,
+    /// Process ID of the server, to report its peak RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// Why a flow stopped early.
+#[derive(Debug, thiserror::Error)]
+enum FlowError {
+    #[error("HTTP {0}")]
+    Status(StatusCode),
+    #[error("transport error")]
+    Io,
+    #[error("unexpected response: {0}")]
+    Protocol(&'static str),
+}
+
+impl FlowError {
+    fn label(&self) -> String {
+        match self {
+            Self::Status(s) => s.as_u16().to_string(),
+            Self::Io => "io".into(),
+            Self::Protocol(_) => "protocol".into(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+struct Runner {
+    client: Client,
+    args: RendezvousArgs,
+    create_url: String,
+    base: String,
+    requests: AtomicU64,
+}
+
+impl Runner {
+    /// Sends one request, recording its latency.
+    async fn send(
+        &self,
+        request: RequestBuilder,
+        latencies: &mut Vec<u64>,
+    ) -> Result<Response, FlowError> {
+        let started = Instant::now();
+        let response = request.send().await.map_err(|_| FlowError::Io)?;
+        latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(response)
+    }
+
+    fn payload(&self, flow: u64, message: u32) -> String {
+        let stamp = format!("{flow}:{message}:");
+        let mut text = stamp.clone();
+        while text.len() < self.args.payload_bytes.max(stamp.len()) {
+            text.push('A');
+        }
+        text
+    }
+
+    async fn flow(&self, flow: u64, latencies: &mut Vec<u64>) -> Result<(), FlowError> {
+        match self.args.transport {
+            Transport::Msc4388 => self.flow_msc4388(flow, latencies).await,
+            Transport::Msc4108 => self.flow_msc4108(flow, latencies).await,
+        }
+    }
+
+    async fn json_ok(&self, response: Response) -> Result<Value, FlowError> {
+        if response.status() != StatusCode::OK {
+            return Err(FlowError::Status(response.status()));
+        }
+        response
+            .json()
+            .await
+            .map_err(|_| FlowError::Protocol("body is not JSON"))
+    }
+
+    async fn flow_msc4388(&self, flow: u64, latencies: &mut Vec<u64>) -> Result<(), FlowError> {
+        let created = self
+            .send(
+                self.client
+                    .post(&self.create_url)
+                    .json(&json!({ "data": "" })),
+                latencies,
+            )
+            .await?;
+        let created = self.json_ok(created).await?;
+        let id = created["id"].as_str().ok_or(FlowError::Protocol("no id"))?;
+        let session = format!("{}/{id}", self.create_url);
+        let mut token = created["sequence_token"]
+            .as_str()
+            .ok_or(FlowError::Protocol("no sequence_token"))?
+            .to_owned();
+        for message in 0..self.args.messages {
+            let data = self.payload(flow, message);
+            let put = self
+                .send(
+                    self.client
+                        .put(&session)
+                        .json(&json!({ "sequence_token": token, "data": data })),
+                    latencies,
+                )
+                .await?;
+            let put = self.json_ok(put).await?;
+            let written = put["sequence_token"]
+                .as_str()
+                .ok_or(FlowError::Protocol("no sequence_token"))?;
+            let read = self.send(self.client.get(&session), latencies).await?;
+            let read = self.json_ok(read).await?;
+            if read["sequence_token"] != written || read["data"] != data.as_str() {
+                return Err(FlowError::Protocol("peer did not read the write"));
+            }
+            token = written.to_owned();
+        }
+        let deleted = self.send(self.client.delete(&session), latencies).await?;
+        match deleted.status() {
+            StatusCode::OK => Ok(()),
+            status => Err(FlowError::Status(status)),
+        }
+    }
+
+    async fn flow_msc4108(&self, flow: u64, latencies: &mut Vec<u64>) -> Result<(), FlowError> {
+        let etag_of = |response: &Response| {
+            response
+                .headers()
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or(FlowError::Protocol("no ETag"))
+        };
+        let created = self
+            .send(
+                self.client
+                    .post(&self.create_url)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    // reqwest omits the length of an empty body; Synapse answers 400 without it.
+                    .header(header::CONTENT_LENGTH, "0")
+                    .body(""),
+                latencies,
+            )
+            .await?;
+        if created.status() != StatusCode::CREATED {
+            return Err(FlowError::Status(created.status()));
+        }
+        let mut etag = etag_of(&created)?;
+        let body: Value = created
+            .json()
+            .await
+            .map_err(|_| FlowError::Protocol("body is not JSON"))?;
+        let url = body["url"].as_str().ok_or(FlowError::Protocol("no url"))?;
+        // The session URL names the advertised host; keep the benchmark on the given base.
+        let path = url::Url::parse(url)
+            .map_err(|_| FlowError::Protocol("url does not parse"))?
+            .path()
+            .to_owned();
+        let session = format!("{}{path}", self.base);
+        for message in 0..self.args.messages {
+            let data = self.payload(flow, message);
+            let put = self
+                .send(
+                    self.client
+                        .put(&session)
+                        .header(header::IF_MATCH, &etag)
+                        .header(header::CONTENT_TYPE, "text/plain")
+                        .body(data.clone()),
+                    latencies,
+                )
+                .await?;
+            if put.status() != StatusCode::ACCEPTED {
+                return Err(FlowError::Status(put.status()));
+            }
+            let written = etag_of(&put)?;
+            let read = self
+                .send(
+                    self.client
+                        .get(&session)
+                        .header(header::IF_NONE_MATCH, &etag),
+                    latencies,
+                )
+                .await?;
+            if read.status() != StatusCode::OK {
+                return Err(FlowError::Status(read.status()));
+            }
+            if etag_of(&read)? != written {
+                return Err(FlowError::Protocol("ETag of read differs from write"));
+            }
+            let text = read.text().await.map_err(|_| FlowError::Io)?;
+            if text != data {
+                return Err(FlowError::Protocol("peer did not read the write"));
+            }
+            etag = written;
+        }
+        let deleted = self.send(self.client.delete(&session), latencies).await?;
+        match deleted.status() {
+            StatusCode::NO_CONTENT => Ok(()),
+            status => Err(FlowError::Status(status)),
+        }
+    }
+}
+
+/// Peak and current resident set of a process, in KiB, from /proc.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+async fn run(args: RendezvousArgs) -> Result<(), String> {
+    let base_url = url::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
+    if !is_loopback(&base_url) {
+        return Err("--url must be a loopback address (127.0.0.0/8, ::1, localhost)".into());
+    }
+    if args.concurrency == 0 || args.flows == 0 {
+        return Err("--flows and --concurrency must be at least 1".into());
+    }
+    let base = args.url.trim_end_matches('/').to_owned();
+    let prefix = args.prefix.clone().unwrap_or_else(|| {
+        match args.transport {
+            Transport::Msc4388 => "/_matrix/client/v1/rendezvous",
+            Transport::Msc4108 => "/_matrix/client/unstable/org.matrix.msc4108/rendezvous",
+        }
+        .to_owned()
+    });
+    let client = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let runner = Arc::new(Runner {
+        client,
+        create_url: format!("{base}{prefix}"),
+        base,
+        args: args.clone(),
+        requests: AtomicU64::new(0),
+    });
+    let next_flow = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(args.max_seconds);
+
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let (runner, next_flow, completed, stats) = (
+                runner.clone(),
+                next_flow.clone(),
+                completed.clone(),
+                stats.clone(),
+            );
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                loop {
+                    let flow = next_flow.fetch_add(1, Ordering::Relaxed);
+                    if flow >= runner.args.flows || Instant::now() >= stop_at {
+                        break;
+                    }
+                    match runner.flow(flow, &mut latencies).await {
+                        Ok(()) => {
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => *errors.entry(err.label()).or_default() += 1,
+                    }
+                }
+                let mut stats = stats.lock().await;
+                stats.latencies_us.append(&mut latencies);
+                for (label, count) in errors {
+                    *stats.errors.entry(label).or_default() += count;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.map_err(|e| format!("worker failed: {e}"))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut stats = stats.lock().await;
+    stats.latencies_us.sort_unstable();
+    let flows = completed.load(Ordering::Relaxed);
+    let requests = runner.requests.load(Ordering::Relaxed);
+    println!("transport        {:?}", args.transport);
+    println!("concurrency      {}", args.concurrency);
+    println!("elapsed_s        {elapsed:.2}");
+    println!("flows_ok         {flows}");
+    println!("flows_per_s      {:.1}", flows as f64 / elapsed);
+    println!("requests         {requests}");
+    println!("requests_per_s   {:.1}", requests as f64 / elapsed);
+    println!(
+        "latency_p50_ms   {:.2}",
+        percentile(&stats.latencies_us, 50.0)
+    );
+    println!(
+        "latency_p99_ms   {:.2}",
+        percentile(&stats.latencies_us, 99.0)
+    );
+    println!(
+        "latency_max_ms   {:.2}",
+        percentile(&stats.latencies_us, 100.0)
+    );
+    if stats.errors.is_empty() {
+        println!("errors           none");
+    }
+    for (label, count) in &stats.errors {
+        println!(
+            "errors[{label}]{:>width$}{count}",
+            "",
+            width = 6usize.saturating_sub(label.len()) + 1
+        );
+    }
+    if let Some(pid) = args.server_pid {
+        match memory_kib(pid) {
+            Some((peak, now)) => {
+                println!("server_peak_rss_mib {:.1}", peak as f64 / 1024.0);
+                println!("server_rss_mib      {:.1}", now as f64 / 1024.0);
+            }
+            None => println!("server_rss         unavailable (no /proc/{pid}/status)"),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let Command::Rendezvous(args) = Cli::parse().command;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        for ok in [
+            "http://127.0.0.1:8008",
+            "http://127.5.0.1/",
+            "http://[::1]:1/",
+            "http://localhost:8008",
+        ] {
+            assert!(is_loopback(&url::Url::parse(ok).unwrap()), "{ok}");
+        }
+        for refused in [
+            "http://10.0.0.1/",
+            "http://example.org/",
+            "http://192.168.1.1:8008",
+        ] {
+            assert!(
+                !is_loopback(&url::Url::parse(refused).unwrap()),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let sorted: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile(&sorted, 50.0), 51.0);
+        assert_eq!(percentile(&sorted, 100.0), 100.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}

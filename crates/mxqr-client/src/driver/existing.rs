@@ -1,0 +1,214 @@
+//! The existing device: checks the new device's ID is free, opens the consent page, waits for
+//! the new device to appear, then hands over the cross-signing and backup secrets.
+
+use std::time::Duration;
+
+use mxqr_proto::Generation;
+use mxqr_proto::machine::{Action, DeviceLookup, Event, ExistingDevice};
+use mxqr_proto::messages::{DeviceId, SecretsMessage};
+use mxqr_proto::qr::QrCode;
+use reqwest::StatusCode;
+use url::Url;
+
+use super::new::{create_rendezvous, pick_generation, scanned_support, urlencoding};
+use super::{Background, DriverError, Handled, Handler, Step, Ui, UiEvent, run};
+use crate::ClientError;
+use crate::rendezvous::{Rendezvous, RendezvousSupport, join};
+
+/// How often, and how long, the existing device looks for the new device after
+/// `m.login.success` (matrix-sdk: every 500 ms for 10 s).
+const DEVICE_POLL_EVERY: Duration = Duration::from_millis(500);
+const DEVICE_POLL_FOR: Duration = Duration::from_secs(10);
+
+/// A signed-in existing device: its homeserver, its access token and the secrets it holds.
+pub struct ExistingSession {
+    pub homeserver: Url,
+    pub access_token: String,
+    pub secrets: SecretsMessage,
+}
+
+impl std::fmt::Debug for ExistingSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExistingSession")
+            .field("homeserver", &self.homeserver.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A completed grant: the device that was signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantOutcome {
+    pub device_id: DeviceId,
+}
+
+struct ExistingHandler<'a, U: Ui> {
+    http: reqwest::Client,
+    session: &'a ExistingSession,
+    ui: &'a mut U,
+    device_id: Option<DeviceId>,
+    cause: Option<ClientError>,
+}
+
+/// `GET /_matrix/client/v3/devices/<id>`: the status alone matters (404: free).
+async fn device_status(
+    http: &reqwest::Client,
+    homeserver: &Url,
+    access_token: &str,
+    device_id: &DeviceId,
+) -> Result<StatusCode, ClientError> {
+    let path = format!(
+        "_matrix/client/v3/devices/{}",
+        urlencoding(device_id.as_str())
+    );
+    let response = http
+        .get(join(homeserver, &path)?)
+        .bearer_auth(access_token)
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+impl<U: Ui> Handler for ExistingHandler<'_, U> {
+    type Ui = U;
+    fn ui(&mut self) -> &mut U {
+        self.ui
+    }
+
+    async fn handle(&mut self, action: Action) -> Handled {
+        match action {
+            Action::LookUpDevice { device_id } => {
+                let status = device_status(
+                    &self.http,
+                    &self.session.homeserver,
+                    &self.session.access_token,
+                    &device_id,
+                )
+                .await;
+                self.device_id = Some(device_id);
+                match status {
+                    Ok(StatusCode::NOT_FOUND) => {
+                        Handled::Now(vec![Event::DeviceLookup(DeviceLookup::NotFound)])
+                    }
+                    Ok(_) => Handled::Now(vec![Event::DeviceLookup(DeviceLookup::Found)]),
+                    Err(e) => {
+                        self.cause = Some(e);
+                        Handled::Now(vec![Event::Cancelled])
+                    }
+                }
+            }
+            Action::OpenVerificationUri { uri } => {
+                self.ui.show(UiEvent::OpenVerificationUri(uri));
+                self.ui.show(UiEvent::Step(Step::WaitingForNewDevice));
+                Handled::Now(vec![])
+            }
+            Action::WaitForDevice { device_id } => {
+                let http = self.http.clone();
+                let homeserver = self.session.homeserver.clone();
+                let token = self.session.access_token.clone();
+                let wait: Background = Box::pin(async move {
+                    let deadline = tokio::time::Instant::now() + DEVICE_POLL_FOR;
+                    loop {
+                        if let Ok(StatusCode::OK) =
+                            device_status(&http, &homeserver, &token, &device_id).await
+                        {
+                            return Event::DeviceAppeared;
+                        }
+                        if tokio::time::Instant::now() + DEVICE_POLL_EVERY > deadline {
+                            return Event::DeviceWaitTimedOut;
+                        }
+                        tokio::time::sleep(DEVICE_POLL_EVERY).await;
+                    }
+                });
+                Handled::Later(wait)
+            }
+            Action::ExportSecrets => {
+                Handled::Now(vec![Event::SecretsObtained(self.session.secrets.clone())])
+            }
+            other => {
+                tracing::warn!(?other, "action not meant for the existing device");
+                Handled::Now(vec![])
+            }
+        }
+    }
+
+    fn take_cause(&mut self) -> Option<ClientError> {
+        self.cause.take()
+    }
+}
+
+async fn drive<U: Ui>(
+    http: reqwest::Client,
+    session: &ExistingSession,
+    ui: &mut U,
+    mut rendezvous: Rendezvous,
+    start: impl FnOnce(
+        &Rendezvous,
+    ) -> Result<(ExistingDevice, Vec<Action>), mxqr_proto::machine::StartError>,
+) -> Result<GrantOutcome, DriverError> {
+    let (mut machine, initial) = match start(&rendezvous) {
+        Ok(started) => started,
+        Err(e) => {
+            rendezvous.delete().await;
+            return Err(e.into());
+        }
+    };
+    let mut handler = ExistingHandler {
+        http,
+        session,
+        ui,
+        device_id: None,
+        cause: None,
+    };
+    run(&mut machine, initial, &mut rendezvous, &mut handler).await?;
+    let device_id = handler.device_id.ok_or_else(|| {
+        DriverError::Client(ClientError::Protocol("grant ended without a device".into()))
+    })?;
+    Ok(GrantOutcome { device_id })
+}
+
+/// The existing device shows a QR code on its own homeserver for a new device to scan.
+pub async fn grant_show_qr<U: Ui>(
+    http: reqwest::Client,
+    session: &ExistingSession,
+    generation: Option<Generation>,
+    ui: &mut U,
+) -> Result<GrantOutcome, DriverError> {
+    let support = RendezvousSupport::discover(&http, &session.homeserver).await?;
+    let generation = pick_generation(generation, &support)?;
+    let rendezvous = create_rendezvous(
+        &http,
+        &session.homeserver,
+        generation,
+        &support,
+        Some(&session.access_token),
+    )
+    .await?;
+    let homeserver = session.homeserver.to_string();
+    drive(http, session, ui, rendezvous, |rv| {
+        ExistingDevice::show_qr(rv.created(), &homeserver, &mut rand::rng())
+    })
+    .await
+}
+
+/// The existing device scanned `qr`, shown by a new device.
+pub async fn grant_scan<U: Ui>(
+    http: reqwest::Client,
+    session: &ExistingSession,
+    qr: &QrCode,
+    ui: &mut U,
+) -> Result<GrantOutcome, DriverError> {
+    qr.check_scannable_by(mxqr_proto::DeviceKind::Existing)
+        .map_err(mxqr_proto::machine::StartError::Qr)?;
+    let support = scanned_support(&http, qr).await;
+    let rendezvous = Rendezvous::join(http.clone(), &qr.rendezvous, support.long_poll).await?;
+    let homeserver = session.homeserver.to_string();
+    drive(http, session, ui, rendezvous, |rv| {
+        ExistingDevice::scan(
+            qr,
+            rv.sequence_token().to_owned(),
+            &homeserver,
+            &mut rand::rng(),
+        )
+    })
+    .await
+}

@@ -1,0 +1,228 @@
+//! Drivers: the sans-IO state machines of [`mxqr_proto::machine`] connected to real HTTP.
+//!
+//! A driver carries out each [`Action`] a machine returns and feeds back the [`Event`] that
+//! came of it: rendezvous reads and writes, the OAuth calls of the new device, the device
+//! look-ups of the existing device, and what the person sees and types ([`Ui`]). Waits that
+//! may take long (token polling, the device appearing) run while the rendezvous is watched,
+//! so a failure sent by the other device is seen at once.
+
+mod existing;
+mod new;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use mxqr_proto::channel::CheckCode;
+use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, NewDevice, StartError};
+use mxqr_proto::qr::QrCode;
+
+pub use existing::{ExistingSession, GrantOutcome, grant_scan, grant_show_qr};
+pub use new::{E2eeReport, E2eeSetup, LoginOutcome, NewDeviceOptions, login_scan, login_show_qr};
+
+use crate::ClientError;
+use crate::rendezvous::Rendezvous;
+
+/// What a person is shown while a sign-in runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiEvent {
+    /// Show this QR code for the other device to scan.
+    ShowQrCode(QrCode),
+    /// Show this check code; the person types it on the other device.
+    ShowCheckCode(CheckCode),
+    /// New device: the code to confirm on the consent page.
+    ShowUserCode {
+        user_code: String,
+        verification_uri: String,
+    },
+    /// Existing device: open the consent page (in a browser, or print the link).
+    OpenVerificationUri(String),
+    /// A step began; long waits say so, so a progress indicator can run.
+    Step(Step),
+}
+
+/// Steps of a sign-in, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    WaitingForOtherDevice,
+    StartingAuthorization,
+    WaitingForConsent,
+    WaitingForNewDevice,
+    SettingUpEncryption,
+}
+
+/// The person's side of a sign-in.
+pub trait Ui: Send {
+    fn show(&mut self, event: UiEvent);
+    /// G: the two digits shown on the other device, or `None` if the person cancelled.
+    fn ask_check_code(&mut self) -> impl Future<Output = Option<u8>> + Send;
+}
+
+/// Why a sign-in did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot start: {0}")]
+    Start(#[from] StartError),
+    #[error("{failure}")]
+    Failed {
+        failure: Failure,
+        /// Whether the other device was told.
+        told_peer: bool,
+        /// The request error behind a transport or local failure, when there was one.
+        cause: Option<ClientError>,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The sign-in itself went through, but setting up encryption on the new device did not.
+    #[error("signed in, but end-to-end encryption could not be set up: {0}")]
+    E2ee(ClientError),
+}
+
+/// The two machines, driven alike.
+pub(crate) trait Machine {
+    fn handle(&mut self, event: Event) -> Vec<Action>;
+    fn sequence_token(&self) -> Option<String>;
+}
+
+impl Machine for NewDevice {
+    fn handle(&mut self, event: Event) -> Vec<Action> {
+        NewDevice::handle(self, event, &mut rand::rng())
+    }
+    fn sequence_token(&self) -> Option<String> {
+        NewDevice::sequence_token(self).map(str::to_owned)
+    }
+}
+
+impl Machine for ExistingDevice {
+    fn handle(&mut self, event: Event) -> Vec<Action> {
+        ExistingDevice::handle(self, event, &mut rand::rng())
+    }
+    fn sequence_token(&self) -> Option<String> {
+        ExistingDevice::sequence_token(self).map(str::to_owned)
+    }
+}
+
+/// A wait that runs while the rendezvous is watched, ending in an event.
+pub(crate) type Background = Pin<Box<dyn Future<Output = Event> + Send>>;
+
+/// What a device-specific action handler decided.
+pub(crate) enum Handled {
+    /// Events to feed the machine now.
+    Now(Vec<Event>),
+    /// A long wait to run alongside the rendezvous.
+    Later(Background),
+}
+
+/// Device-specific actions.
+pub(crate) trait Handler {
+    type Ui: Ui;
+    fn ui(&mut self) -> &mut Self::Ui;
+    fn handle(&mut self, action: Action) -> impl Future<Output = Handled> + Send;
+    /// The request error behind the last failed step, reported with the failure.
+    fn take_cause(&mut self) -> Option<ClientError>;
+}
+
+/// Longest single wait for the other device's next payload.
+const RECEIVE_SLICE: Duration = Duration::from_secs(30);
+
+/// Runs `machine` to its end. Returns `Ok(())` on [`Action::Done`].
+pub(crate) async fn run<M, H>(
+    machine: &mut M,
+    initial: Vec<Action>,
+    rendezvous: &mut Rendezvous,
+    handler: &mut H,
+) -> Result<(), DriverError>
+where
+    M: Machine,
+    H: Handler,
+{
+    let mut queue: VecDeque<Action> = initial.into();
+    let mut background: Option<Background> = None;
+    let mut transport_error: Option<ClientError> = None;
+    loop {
+        while let Some(action) = queue.pop_front() {
+            let events = match action {
+                Action::Send {
+                    payload,
+                    sequence_token,
+                } => match rendezvous.send_replacing(&sequence_token, &payload).await {
+                    Ok(token) => vec![Event::PayloadSent {
+                        sequence_token: token,
+                    }],
+                    Err(e) => {
+                        transport_error = Some(e);
+                        vec![Event::TransportFailed]
+                    }
+                },
+                Action::DeleteRendezvous => {
+                    rendezvous.delete_session().await;
+                    vec![]
+                }
+                Action::Done => return Ok(()),
+                Action::Failed { failure, told_peer } => {
+                    let cause = transport_error.take().or_else(|| handler.take_cause());
+                    return Err(DriverError::Failed {
+                        failure,
+                        told_peer,
+                        cause,
+                    });
+                }
+                Action::ShowQrCode(qr) => {
+                    handler.ui().show(UiEvent::ShowQrCode(qr));
+                    handler
+                        .ui()
+                        .show(UiEvent::Step(Step::WaitingForOtherDevice));
+                    vec![]
+                }
+                Action::ShowCheckCode(code) => {
+                    handler.ui().show(UiEvent::ShowCheckCode(code));
+                    vec![]
+                }
+                Action::AskCheckCode => match handler.ui().ask_check_code().await {
+                    Some(code) => vec![Event::CheckCodeEntered(code)],
+                    None => vec![Event::Cancelled],
+                },
+                other => match handler.handle(other).await {
+                    Handled::Now(events) => events,
+                    Handled::Later(wait) => {
+                        background = Some(wait);
+                        vec![]
+                    }
+                },
+            };
+            for event in events {
+                queue.extend(machine.handle(event));
+            }
+        }
+
+        // Nothing to do but wait: for the other device, or for a background wait.
+        let token = machine.sequence_token();
+        let event = tokio::select! {
+            received = async {
+                match &token {
+                    Some(t) => rendezvous.receive_after(t, RECEIVE_SLICE).await,
+                    None => std::future::pending().await,
+                }
+            } => match received {
+                Ok((data, sequence_token)) => Event::PayloadReceived { data, sequence_token },
+                // Nothing yet: look again (the session's own expiry ends this).
+                Err(ClientError::Timeout) => continue,
+                Err(e) => {
+                    transport_error = Some(e);
+                    Event::TransportFailed
+                }
+            },
+            event = async {
+                match background.as_mut() {
+                    Some(wait) => wait.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                background = None;
+                event
+            }
+        };
+        queue.extend(machine.handle(event));
+    }
+}

@@ -1,0 +1,339 @@
+//! Application state, router assembly and the serving loop.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{self, CreateAuthorizer};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::matrix;
+use crate::metrics::Metrics;
+use crate::ratelimit::{RateLimiter, client_key};
+use crate::rendezvous;
+use crate::response::json;
+use crate::store::{MemoryStore, RendezvousStore, SessionLimits};
+
+/// How often expired sessions are purged (waking long-polls on them) and idle rate-limit
+/// buckets dropped.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The client address a request is attributed to, for rate limiting.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+struct Shared {
+    config: Config,
+    public_url: String,
+    store: Arc<dyn RendezvousStore>,
+    authorizer: Box<dyn CreateAuthorizer>,
+    create_limiter: Option<RateLimiter>,
+    write_limiter: Option<RateLimiter>,
+    client_ip_header: Option<HeaderName>,
+    metrics: Metrics,
+    /// Flips to `true` when the server starts shutting down, ending long-polls early.
+    shutdown: tokio::sync::watch::Sender<bool>,
+    oauth: std::sync::OnceLock<crate::oauth::OAuthState>,
+}
+
+/// Shared state handed to every handler (cheap to clone).
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// State for `config` with the in-memory store and the configured session limits.
+    pub fn new(config: Config) -> Self {
+        let limits = config.session_limits();
+        Self::with_store(config, Arc::new(MemoryStore::new(limits)))
+    }
+
+    /// State with explicit session limits, bypassing the 120–300 s TTL floor of user
+    /// configuration (tests use sub-second lives).
+    pub fn with_limits(config: Config, limits: SessionLimits) -> Self {
+        Self::with_store(config, Arc::new(MemoryStore::new(limits)))
+    }
+
+    /// State over any store back end, with the configured creation policy.
+    pub fn with_store(config: Config, store: Arc<dyn RendezvousStore>) -> Self {
+        let authorizer = auth::for_policy(config.rendezvous.create_policy);
+        Self::with_parts(config, store, authorizer)
+    }
+
+    /// State over any store back end and creation policy (a token validator plugs in here).
+    pub fn with_parts(
+        config: Config,
+        store: Arc<dyn RendezvousStore>,
+        authorizer: Box<dyn CreateAuthorizer>,
+    ) -> Self {
+        let rl = &config.rate_limit;
+        let (create_limiter, write_limiter) = if rl.enabled {
+            (
+                Some(RateLimiter::new(rl.create_per_second, rl.create_burst)),
+                Some(RateLimiter::new(rl.write_per_second, rl.write_burst)),
+            )
+        } else {
+            (None, None)
+        };
+        let client_ip_header = rl
+            .client_ip_header
+            .as_deref()
+            .and_then(|h| HeaderName::try_from(h).ok());
+        Self(Arc::new(Shared {
+            public_url: config.effective_public_url(),
+            authorizer,
+            store,
+            create_limiter,
+            write_limiter,
+            client_ip_header,
+            metrics: Metrics::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
+            oauth: std::sync::OnceLock::new(),
+            config,
+        }))
+    }
+
+    /// Effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// Base URL clients see, ending in `/`.
+    pub fn public_url(&self) -> &str {
+        &self.0.public_url
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &dyn RendezvousStore {
+        &*self.0.store
+    }
+
+    /// The MSC4388 creation policy.
+    pub fn authorizer(&self) -> &dyn CreateAuthorizer {
+        &*self.0.authorizer
+    }
+
+    /// Runs a long-poll `wait`, but answers with `now` instead once shutdown begins, so a
+    /// graceful stop is not held up for the length of a poll.
+    pub async fn until_shutdown<T>(
+        &self,
+        wait: impl Future<Output = T>,
+        now: impl Future<Output = T>,
+    ) -> T {
+        let mut stopping = self.0.shutdown.subscribe();
+        // The watch guards are not `Send`: let none of them live across an await.
+        let already = *stopping.borrow_and_update();
+        if already {
+            return now.await;
+        }
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+        };
+        tokio::select! {
+            value = wait => value,
+            () = stopped => now.await,
+        }
+    }
+
+    /// Attaches accounts and the OAuth server (see [`crate::oauth::app_state`]).
+    pub fn with_oauth(self, oauth: crate::oauth::OAuthState) -> Self {
+        let _ = self.0.oauth.set(oauth);
+        self
+    }
+
+    /// Accounts and the OAuth server, when attached.
+    pub fn oauth(&self) -> Option<&crate::oauth::OAuthState> {
+        self.0.oauth.get()
+    }
+
+    /// Charges one session creation to `client`.
+    pub fn check_create_rate(&self, client: ClientIp) -> Result<(), ApiError> {
+        Self::charge(self.0.create_limiter.as_ref(), client)
+    }
+
+    /// Charges one write to `client`.
+    pub fn check_write_rate(&self, client: ClientIp) -> Result<(), ApiError> {
+        Self::charge(self.0.write_limiter.as_ref(), client)
+    }
+
+    fn charge(limiter: Option<&RateLimiter>, client: ClientIp) -> Result<(), ApiError> {
+        match limiter {
+            Some(limiter) => limiter
+                .check(client_key(client.0))
+                .map_err(|retry_after| ApiError::LimitExceeded { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    fn client_ip(&self, request: &Request) -> ClientIp {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let forwarded = self.0.client_ip_header.as_ref().and_then(|name| {
+            let value = request
+                .headers()
+                .get_all(name)
+                .iter()
+                .next_back()?
+                .to_str()
+                .ok()?;
+            value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+        });
+        ClientIp(forwarded.or(peer).unwrap_or(IpAddr::from([0u8, 0, 0, 0])))
+    }
+
+    /// Periodic maintenance: purge expired sessions, drop idle rate-limit buckets.
+    async fn maintain(self) {
+        let mut interval = tokio::time::interval(PURGE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Some(oauth) = self.0.oauth.get() {
+                oauth.purge_expired().await;
+            }
+            match self.0.store.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "expired rendezvous sessions purged"),
+                Err(err) => tracing::warn!(%err, "purging expired sessions failed"),
+            }
+            for limiter in [&self.0.create_limiter, &self.0.write_limiter]
+                .into_iter()
+                .flatten()
+            {
+                limiter.prune();
+            }
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let config = state.config();
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/_matrix/client/versions", get(matrix::versions));
+    if config.rendezvous.msc4388_enabled {
+        app = app.merge(rendezvous::msc4388::routes());
+    }
+    if config.rendezvous.msc4108_enabled {
+        app = app.merge(rendezvous::msc4108::routes(
+            &config.rendezvous.msc4108_sessions_path,
+        ));
+    }
+    if let Some(oauth) = state.oauth() {
+        app = app.merge(crate::oauth::routes(oauth.clone()));
+    }
+    app = app.merge(matrix::routes(&state));
+    let body_limit = config.rendezvous.max_body_bytes;
+    app.fallback(unknown_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors())
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// CORS for browser clients: any origin (the rendezvous carries only end-to-end encrypted
+/// payloads, and requests are credential-free or bearer-token based).
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("prefer"),
+            HeaderName::from_static("x-requested-with"),
+        ])
+        .expose_headers([header::ETAG, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(86_400))
+}
+
+/// Outermost layer: attributes the client address, stamps `Cache-Control`, records metrics
+/// and logs the route template (never the concrete path, whose session ID is a secret).
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().clone();
+    let client = state.client_ip(&request);
+    request.extensions_mut().insert(client);
+    let mut response = next.run(request).await;
+    // Proxies must neither cache nor rewrite (compression weakens ETags): PROTOCOL.md §7.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-transform"),
+    );
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .0
+        .metrics
+        .record(&route, method.as_str(), status, elapsed);
+    tracing::debug!(%method, route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    response
+}
+
+async fn health() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.0.metrics.render(&state.0.store.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn unknown_endpoint() -> ApiError {
+    ApiError::UnknownEndpoint
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, with background maintenance.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let maintenance = tokio::spawn(state.clone().maintain());
+    let stopping = state.0.shutdown.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
+        .await;
+    maintenance.abort();
+    result
+}

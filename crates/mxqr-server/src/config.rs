@@ -1,0 +1,518 @@
+//! Server configuration: TOML file, then `MXQR_*` environment variables, then command-line flags.
+//!
+//! Environment mapping: `MXQR_` + the key path in upper case, with `__` between table levels.
+//! `listen` is `MXQR_LISTEN`, `[rendezvous] ttl_secs` is `MXQR_RENDEZVOUS__TTL_SECS`,
+//! `[rate_limit] create_burst` is `MXQR_RATE_LIMIT__CREATE_BURST`. A value is read as a TOML value
+//! when it parses as one (`true`, `180`, `2.5`, `"text"`), otherwise as a plain string.
+//! `MXQR_CONFIG` names the config file (the `--config` flag wins). Variables whose first segment
+//! is not a top-level key are ignored (other mxqr commands use `MXQR_*` too); an unknown key
+//! inside a known table is an error, so typos do not pass silently.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::SessionLimits;
+
+/// Top-level keys; an `MXQR_*` variable must start with one of them to be read.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "public_url",
+    "log",
+    "rendezvous",
+    "rate_limit",
+    "server_name",
+    "database",
+    "oauth",
+];
+
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "MXQR_CONFIG";
+
+/// Session life bounds MSC4388 asks for (SHOULD keep sessions 120–300 s).
+const TTL_RANGE_SECS: std::ops::RangeInclusive<u64> = 120..=300;
+
+/// Longest a long-poll may hold a request: beyond this, proxies start cutting connections.
+pub const LONG_POLL_CAP_MS: u64 = 30_000;
+
+/// Smallest body limit that still admits a 4096-character payload of 4-byte characters.
+const MIN_BODY_BYTES: usize = 4096 * 4 + 1024;
+
+/// Everything `mxqr serve` can be told.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for persistent state (created at start; the rendezvous itself is in memory).
+    pub data_dir: PathBuf,
+    /// Base URL clients reach this server at; default `http://<listen>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// `tracing` filter, e.g. `info` or `mxqr_server=debug` (`RUST_LOG` wins when set).
+    pub log: String,
+    /// Rendezvous APIs and session limits.
+    pub rendezvous: RendezvousConfig,
+    /// Per-client-address rate limits.
+    pub rate_limit: RateLimitConfig,
+    /// Matrix server name (the part after `:` in user IDs); default: the `public_url` host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Persistent store for accounts and OAuth.
+    pub database: crate::oauth::DatabaseConfig,
+    /// Accounts and the OAuth 2.0 authorization server.
+    pub oauth: crate::oauth::OAuthConfig,
+}
+
+/// Who may create an MSC4388 session.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CreatePolicy {
+    /// Anyone.
+    Open,
+    /// Only requests with an access token.
+    Authenticated,
+}
+
+/// `[rendezvous]` table.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RendezvousConfig {
+    /// Serve MSC4388 (stable and unstable prefixes).
+    pub msc4388_enabled: bool,
+    /// Serve the MSC4108 (2024) ETag rendezvous.
+    pub msc4108_enabled: bool,
+    /// MSC4388 creation policy: `open` or `authenticated`.
+    pub create_policy: CreatePolicy,
+    /// Session life in seconds, 120–300.
+    pub ttl_secs: u64,
+    /// Restart the life (`ttl_secs`) on every successful write.
+    pub renew_on_write: bool,
+    /// Upper bound on a session's life from creation, renewals included.
+    pub max_lifetime_secs: u64,
+    /// Live sessions at most; a create beyond it evicts the session closest to expiry.
+    pub max_sessions: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a long-poll GET may wait, in milliseconds (at most 30000).
+    pub long_poll_max_ms: u64,
+    /// Path (under `public_url`) of MSC4108 session URLs.
+    pub msc4108_sessions_path: String,
+}
+
+/// `[rate_limit]` table: token buckets per client address (IPv6 grouped by /64).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Apply the limits below.
+    pub enabled: bool,
+    /// Sustained session creations per second per address.
+    pub create_per_second: f64,
+    /// Creations allowed in a burst.
+    pub create_burst: u32,
+    /// Sustained writes (PUT) per second per address.
+    pub write_per_second: f64,
+    /// Writes allowed in a burst.
+    pub write_burst: u32,
+    /// Header carrying the client address set by a trusted reverse proxy (its last entry is
+    /// used, e.g. `x-forwarded-for`); unset: the TCP peer address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip_header: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            data_dir: PathBuf::from("./mxqr-data"),
+            public_url: None,
+            log: "info".to_owned(),
+            rendezvous: RendezvousConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            server_name: None,
+            database: crate::oauth::DatabaseConfig::default(),
+            oauth: crate::oauth::OAuthConfig::default(),
+        }
+    }
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        Self {
+            msc4388_enabled: true,
+            msc4108_enabled: true,
+            create_policy: CreatePolicy::Open,
+            ttl_secs: 180,
+            renew_on_write: true,
+            max_lifetime_secs: 600,
+            max_sessions: 1_000_000,
+            max_body_bytes: 64 * 1024,
+            long_poll_max_ms: LONG_POLL_CAP_MS,
+            msc4108_sessions_path: "_matrix/client/unstable/org.matrix.msc4108/rendezvous"
+                .to_owned(),
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            create_per_second: 1.0,
+            create_burst: 20,
+            write_per_second: 10.0,
+            write_burst: 100,
+            client_ip_header: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File named.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The config file is not TOML.
+    #[error("config file {path} is not valid TOML: {source}")]
+    Syntax {
+        /// File named.
+        path: PathBuf,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// A key has the wrong type or is unknown.
+    #[error("invalid configuration: {0}")]
+    Shape(toml::de::Error),
+    /// An `MXQR_*` variable clashes with the structure (a table set to a value or vice versa).
+    #[error("environment variable {0} does not fit the configuration structure")]
+    Env(String),
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line; they override file and environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--public-url`.
+    pub public_url: Option<String>,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `MXQR_*` pairs from `env`, then `overrides`, and checks
+    /// the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        source,
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("MXQR_") else {
+                continue;
+            };
+            let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if !TOP_LEVEL_KEYS.contains(&segments[0].as_str()) {
+                continue;
+            }
+            set_path(&mut table, &segments, env_value(&value))
+                .map_err(|()| ConfigError::Env(name))?;
+        }
+        let strings = [
+            ("listen", overrides.listen.clone()),
+            (
+                "data_dir",
+                overrides.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("public_url", overrides.public_url.clone()),
+        ];
+        for (key, value) in strings {
+            if let Some(value) = value {
+                table.insert(key.to_owned(), toml::Value::String(value));
+            }
+        }
+        let config = Self::deserialize(toml::Value::Table(table)).map_err(ConfigError::Shape)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and formats that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.rendezvous;
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if !TTL_RANGE_SECS.contains(&r.ttl_secs) {
+            return invalid(format!(
+                "rendezvous.ttl_secs must be within 120..=300, got {}",
+                r.ttl_secs
+            ));
+        }
+        if r.max_lifetime_secs < r.ttl_secs {
+            return invalid("rendezvous.max_lifetime_secs must be at least ttl_secs".into());
+        }
+        if r.max_sessions == 0 {
+            return invalid("rendezvous.max_sessions must be at least 1".into());
+        }
+        if r.max_body_bytes < MIN_BODY_BYTES {
+            return invalid(format!(
+                "rendezvous.max_body_bytes must be at least {MIN_BODY_BYTES} (a 4096-character payload)"
+            ));
+        }
+        if r.long_poll_max_ms > LONG_POLL_CAP_MS {
+            return invalid(format!(
+                "rendezvous.long_poll_max_ms must be at most {LONG_POLL_CAP_MS}"
+            ));
+        }
+        let path = r.msc4108_sessions_path.trim_matches('/');
+        let path_ok = !path.is_empty()
+            && path.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+            });
+        if !path_ok {
+            return invalid(format!(
+                "rendezvous.msc4108_sessions_path {:?} must be /-separated segments of [A-Za-z0-9._~-]",
+                r.msc4108_sessions_path
+            ));
+        }
+        // Those paths carry MSC4388 sessions already: the routes would collide.
+        let msc4388_prefixes = [
+            "_matrix/client/v1/rendezvous",
+            "_matrix/client/unstable/io.element.msc4388/rendezvous",
+        ];
+        if msc4388_prefixes.contains(&path) {
+            return invalid(format!(
+                "rendezvous.msc4108_sessions_path {path:?} is an MSC4388 prefix"
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return invalid(format!(
+                        "public_url {url:?} must be an absolute http(s) URL"
+                    ));
+                }
+            }
+        }
+        let rl = &self.rate_limit;
+        if rl.enabled {
+            let rate_ok = |v: f64| v.is_finite() && v > 0.0;
+            if !rate_ok(rl.create_per_second) || !rate_ok(rl.write_per_second) {
+                return invalid("rate_limit.*_per_second must be positive".into());
+            }
+            if rl.create_burst == 0 || rl.write_burst == 0 {
+                return invalid("rate_limit.*_burst must be at least 1".into());
+            }
+        }
+        if let Some(header) = &rl.client_ip_header
+            && axum::http::HeaderName::try_from(header.as_str()).is_err()
+        {
+            return invalid(format!(
+                "rate_limit.client_ip_header {header:?} is not a header name"
+            ));
+        }
+        self.oauth.validate().map_err(ConfigError::Invalid)?;
+        if self.effective_server_name().is_empty() {
+            return invalid("server_name must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The base URL clients see, always ending in `/`.
+    pub fn effective_public_url(&self) -> String {
+        let mut url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/", self.listen));
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        url
+    }
+
+    /// The Matrix server name: `server_name`, else the host (and port) of the public URL.
+    pub fn effective_server_name(&self) -> String {
+        if let Some(name) = &self.server_name {
+            return name.clone();
+        }
+        url::Url::parse(&self.effective_public_url())
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// The SQLite database file: `database.sqlite_path`, else `<data_dir>/mxqr.sqlite3`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.database
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mxqr.sqlite3"))
+    }
+
+    /// The configuration as TOML, with `public_url` resolved (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.public_url = Some(self.effective_public_url());
+        // Every field is a plain string, number, bool or table: serialising cannot fail.
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Session limits for the store.
+    pub fn session_limits(&self) -> SessionLimits {
+        let r = &self.rendezvous;
+        SessionLimits {
+            ttl: Duration::from_secs(r.ttl_secs),
+            renew_on_write: r.renew_on_write,
+            max_lifetime: Duration::from_secs(r.max_lifetime_secs),
+            max_sessions: r.max_sessions,
+        }
+    }
+}
+
+/// Reads an environment value as TOML when it is one, else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), ()> {
+    match path {
+        [] => Err(()),
+        [last] => {
+            if matches!(table.get(last.as_str()), Some(toml::Value::Table(_))) {
+                return Err(());
+            }
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let config = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.effective_public_url(), "http://127.0.0.1:8008/");
+        let printed = config.to_toml();
+        let dir = std::env::temp_dir().join(format!("mxqr-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("printed.toml");
+        std::fs::write(&file, &printed).unwrap();
+        let reread = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(reread.rendezvous, config.rendezvous);
+        assert_eq!(reread.public_url.as_deref(), Some("http://127.0.0.1:8008/"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("mxqr-config-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[rendezvous]\nttl_secs = 150\ncreate_policy = \"authenticated\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("MXQR_RENDEZVOUS__TTL_SECS", "200"),
+                ("MXQR_RATE_LIMIT__ENABLED", "false"),
+                ("MXQR_PUBLIC_URL", "https://mx.example.org"),
+                ("MXQR_HOMESERVER", "ignored: not a server key"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:9100".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.rendezvous.ttl_secs, 200);
+        assert_eq!(config.rendezvous.create_policy, CreatePolicy::Authenticated);
+        assert!(!config.rate_limit.enabled);
+        assert_eq!(config.effective_public_url(), "https://mx.example.org/");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_message() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+        for pairs in [
+            &[("MXQR_RENDEZVOUS__TTL_SECS", "60")][..],
+            &[("MXQR_RENDEZVOUS__TTL_SECS", "301")],
+            &[("MXQR_RENDEZVOUS__TTL_SEC", "200")],
+            &[("MXQR_RENDEZVOUS", "1")],
+            &[("MXQR_LISTEN", "not an address")],
+            &[("MXQR_PUBLIC_URL", "ftp://x")],
+            &[("MXQR_RENDEZVOUS__MSC4108_SESSIONS_PATH", "a//b")],
+            &[(
+                "MXQR_RENDEZVOUS__MSC4108_SESSIONS_PATH",
+                "/_matrix/client/v1/rendezvous/",
+            )],
+            &[("MXQR_RENDEZVOUS__LONG_POLL_MAX_MS", "60000")],
+            &[("MXQR_RATE_LIMIT__WRITE_PER_SECOND", "0")],
+            &[("MXQR_RENDEZVOUS__MAX_BODY_BYTES", "100")],
+        ] {
+            let err = load(pairs).expect_err(&format!("{pairs:?} must be refused"));
+            assert!(!err.to_string().is_empty());
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Persistent store for accounts, OAuth 2.0 clients, grants and tokens, behind one async trait.
+//!
+//! The HTTP layer and `mxqr admin` speak only to [`Db`]; the SQLite back end ([`SqliteDb`]) is
+//! the first implementation and a PostgreSQL one can follow over the same portable schema
+//! (`migrations/`). Every operation that must be atomic (redeeming a code once, rotating a
+//! refresh token, redeeming a device grant once) is one trait method, so each back end
+//! implements it as one transaction. Secrets never reach this layer: callers pass SHA-256
+//! digests (hex) of codes and tokens.
+
+mod client;
+mod sqlite;
+
+use std::sync::Arc;
+
+pub use client::{BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus, UploadedKey};
+pub use sqlite::SqliteDb;
+
+use crate::store::BoxFuture;
+
+/// Result of a store call.
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A row with this key exists already (user, device code, …).
+    #[error("already exists")]
+    Conflict,
+    /// The named row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The database could not be opened or migrated.
+    #[error("cannot open database {path}: {detail}")]
+    Open {
+        /// Location.
+        path: String,
+        /// Cause.
+        detail: String,
+    },
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// A user account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Localpart of the Matrix user ID.
+    pub localpart: String,
+    /// Argon2id PHC string; `None` for accounts that cannot log in with a password.
+    pub password_hash: Option<String>,
+    /// Locked accounts cannot log in and their sessions are ended.
+    pub locked: bool,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+}
+
+/// A device of a user, with its live OAuth session if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Device ID.
+    pub device_id: String,
+    /// Optional human name.
+    pub display_name: Option<String>,
+    /// Creation time, ms.
+    pub created_at: i64,
+    /// Client that signed the device in (its live session), if any.
+    pub client_id: Option<String>,
+    /// Start of the live session, ms.
+    pub session_created_at: Option<i64>,
+}
+
+/// Hashes and expiry of a freshly minted access/refresh pair.
+#[derive(Clone, Debug)]
+pub struct NewTokens {
+    /// SHA-256 (hex) of the access token.
+    pub access_hash: String,
+    /// SHA-256 (hex) of the refresh token.
+    pub refresh_hash: String,
+    /// Access-token expiry, ms.
+    pub access_expires_at: i64,
+}
+
+/// Who a session (and so its tokens) belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Localpart of the user.
+    pub localpart: String,
+    /// Device the tokens are bound to.
+    pub device_id: String,
+    /// Client, `None` for tokens minted by `mxqr admin issue-token`.
+    pub client_id: Option<String>,
+    /// Granted scope (space-separated, as requested).
+    pub scope: String,
+}
+
+/// What an access token stands for (bearer authentication).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Localpart of the user.
+    pub localpart: String,
+    /// Device ID the token is bound to.
+    pub device_id: String,
+    /// Granted scope.
+    pub scope: String,
+    /// Expiry, ms since the epoch.
+    pub expires_at: i64,
+    /// OAuth session the token belongs to.
+    pub session_id: String,
+}
+
+/// Outcome of presenting a refresh token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A new pair was stored (normal rotation, or a retry after a lost response).
+    Rotated(Grant),
+    /// Unknown, revoked or belonging to an ended session.
+    Invalid,
+    /// An already-exchanged token came back outside the retry window: the session is revoked.
+    Reused,
+}
+
+/// A code redemption, checked against the stored code inside the transaction.
+#[derive(Clone, Debug)]
+pub struct RedeemCode {
+    /// SHA-256 (hex) of the code.
+    pub code_hash: String,
+    /// `client_id` of the token request.
+    pub client_id: String,
+    /// `redirect_uri` of the token request.
+    pub redirect_uri: String,
+    /// S256 of the presented `code_verifier` (compared in constant time).
+    pub computed_challenge: String,
+    /// Tokens to store on success.
+    pub tokens: NewTokens,
+}
+
+/// Outcome of redeeming an authorization code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeOutcome {
+    /// Tokens were stored for this grant.
+    Issued(Grant),
+    /// The code is unknown, expired, or does not match the request (reason for the client).
+    Invalid(&'static str),
+    /// The code was redeemed before: whatever it issued is now revoked.
+    Reused,
+}
+
+/// A stored authorization code.
+#[derive(Clone, Debug)]
+pub struct NewAuthCode {
+    /// SHA-256 (hex) of the code.
+    pub code_hash: String,
+    /// Client it was issued to.
+    pub client_id: String,
+    /// User who consented.
+    pub localpart: String,
+    /// Device ID from the scope.
+    pub device_id: String,
+    /// Scope granted.
+    pub scope: String,
+    /// Redirect URI of the authorization request.
+    pub redirect_uri: String,
+    /// PKCE S256 challenge.
+    pub code_challenge: String,
+    /// Expiry, ms.
+    pub expires_at: i64,
+}
+
+/// A new device authorization request.
+#[derive(Clone, Debug)]
+pub struct NewDeviceGrant {
+    /// SHA-256 (hex) of the device code.
+    pub device_code_hash: String,
+    /// Normalized user code (8 letters, no dash).
+    pub user_code: String,
+    /// Requesting client.
+    pub client_id: String,
+    /// Requested scope.
+    pub scope: String,
+    /// Device ID from the scope.
+    pub device_id: String,
+    /// Address the request came from (shown on the consent page).
+    pub requester_ip: String,
+    /// User agent of the request (shown on the consent page).
+    pub requester_ua: String,
+    /// Expiry, ms.
+    pub expires_at: i64,
+    /// Initial polling interval, seconds.
+    pub interval_secs: i64,
+}
+
+/// A pending device grant as the consent page shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceGrantView {
+    /// Normalized user code.
+    pub user_code: String,
+    /// Requesting client.
+    pub client_id: String,
+    /// Requested scope.
+    pub scope: String,
+    /// Device ID from the scope.
+    pub device_id: String,
+    /// Requesting address.
+    pub requester_ip: String,
+    /// Requesting user agent.
+    pub requester_ua: String,
+    /// Request time, ms.
+    pub created_at: i64,
+    /// Expiry, ms.
+    pub expires_at: i64,
+}
+
+/// Outcome of looking a user code up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserCodeLookup {
+    /// A pending, unexpired grant.
+    Pending(DeviceGrantView),
+    /// No pending grant has this code.
+    NotFound,
+    /// The grant has been looked up too often and is now denied (phishing/brute-force guard).
+    TooManyAttempts,
+}
+
+/// Outcome of a token-endpoint poll with a device code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// No grant has this device code.
+    Unknown,
+    /// The user has not decided yet.
+    Pending,
+    /// Polled before the interval elapsed; the interval grew by 5 s.
+    SlowDown,
+    /// The user refused.
+    Denied,
+    /// The grant expired.
+    Expired,
+    /// Tokens were issued by an earlier poll.
+    AlreadyRedeemed,
+    /// Tokens were stored for this grant now.
+    Issued(Grant),
+}
+
+/// The persistent store. Times are ms since the Unix epoch, passed in by the caller so that
+/// tests can drive a clock. The client-server key and device operations live in the
+/// [`ClientDb`] supertrait.
+pub trait Db: ClientDb + Send + Sync + 'static {
+    /// Creates a user; [`DbError::Conflict`] if the localpart is taken.
+    fn create_user<'a>(
+        &'a self,
+        localpart: &'a str,
+        password_hash: Option<&'a str>,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
+    /// The user with this localpart.
+    fn user<'a>(&'a self, localpart: &'a str) -> BoxFuture<'a, DbResult<Option<User>>>;
+    /// All users, by localpart.
+    fn users(&self) -> BoxFuture<'_, DbResult<Vec<User>>>;
+    /// Locks or unlocks a user; locking ends its browser and OAuth sessions.
+    /// [`DbError::NotFound`] if there is no such user.
+    fn set_locked<'a>(
+        &'a self,
+        localpart: &'a str,
+        locked: bool,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
+
+    /// Devices of a user, oldest first.
+    fn devices<'a>(&'a self, localpart: &'a str) -> BoxFuture<'a, DbResult<Vec<Device>>>;
+    /// One device of a user.
+    fn device<'a>(
+        &'a self,
+        localpart: &'a str,
+        device_id: &'a str,
+    ) -> BoxFuture<'a, DbResult<Option<Device>>>;
+    /// Deletes a device and revokes its tokens; `false` if it did not exist.
+    fn delete_device<'a>(
+        &'a self,
+        localpart: &'a str,
+        device_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<bool>>;
+
+    /// Stores client metadata unless identical metadata (same hash) exists; returns the
+    /// client ID in force (the existing one, or `new_client_id`).
+    fn register_client<'a>(
+        &'a self,
+        metadata_hash: &'a str,
+        metadata: &'a str,
+        new_client_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<String>>;
+    /// The registered metadata (JSON) of a client.
+    fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, DbResult<Option<String>>>;
+
+    /// Starts an OAuth session with a first token pair, creating the device if needed.
+    /// Returns the session ID.
+    fn issue_session<'a>(
+        &'a self,
+        grant: &'a Grant,
+        tokens: &'a NewTokens,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<String>>;
+    /// What a live (unexpired, unrevoked) access token stands for.
+    fn token_info<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>>;
+    /// Exchanges a refresh token for `tokens`, with the retry window `grace_ms`. A token of
+    /// another client than `client_id` (when given) is [`RefreshOutcome::Invalid`].
+    fn refresh<'a>(
+        &'a self,
+        refresh_hash: &'a str,
+        client_id: Option<&'a str>,
+        tokens: &'a NewTokens,
+        now: i64,
+        grace_ms: i64,
+    ) -> BoxFuture<'a, DbResult<RefreshOutcome>>;
+    /// Revokes the session of an access or refresh token; `false` if the token is unknown.
+    fn revoke_token<'a>(&'a self, token_hash: &'a str, now: i64) -> BoxFuture<'a, DbResult<bool>>;
+
+    /// Stores an authorization code.
+    fn create_auth_code<'a>(
+        &'a self,
+        code: &'a NewAuthCode,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
+    /// Redeems a code once; a second redemption revokes what the first issued.
+    fn redeem_auth_code<'a>(
+        &'a self,
+        request: &'a RedeemCode,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<CodeOutcome>>;
+
+    /// Stores a device grant; [`DbError::Conflict`] when the user code is taken.
+    fn create_device_grant<'a>(
+        &'a self,
+        grant: &'a NewDeviceGrant,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
+    /// Looks a user code up, counting the lookup against the grant's cap `max_lookups`.
+    fn lookup_user_code<'a>(
+        &'a self,
+        user_code: &'a str,
+        now: i64,
+        max_lookups: i64,
+    ) -> BoxFuture<'a, DbResult<UserCodeLookup>>;
+    /// Approves (for `localpart`) or denies a pending grant; `false` if it is no longer
+    /// pending.
+    fn decide_device_grant<'a>(
+        &'a self,
+        user_code: &'a str,
+        localpart: &'a str,
+        approve: bool,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<bool>>;
+    /// One poll of the token endpoint; issues `tokens` at most once per grant. A device code
+    /// of another client is [`PollOutcome::Unknown`].
+    fn poll_device_grant<'a>(
+        &'a self,
+        device_code_hash: &'a str,
+        client_id: &'a str,
+        tokens: &'a NewTokens,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<PollOutcome>>;
+
+    /// Stores a browser (cookie) session.
+    fn create_browser_session<'a>(
+        &'a self,
+        session_hash: &'a str,
+        localpart: &'a str,
+        now: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
+    /// The unlocked user of a live browser session.
+    fn browser_session_user<'a>(
+        &'a self,
+        session_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<Option<String>>>;
+    /// Ends a browser session.
+    fn delete_browser_session<'a>(&'a self, session_hash: &'a str) -> BoxFuture<'a, DbResult<()>>;
+
+    /// Records the user's approval of a cross-signing key reset until `expires_at`.
+    fn approve_cross_signing_reset<'a>(
+        &'a self,
+        localpart: &'a str,
+        now: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
+    /// Whether a cross-signing reset is approved at `now` (read by
+    /// `/keys/device_signing/upload`).
+    fn cross_signing_reset_allowed<'a>(
+        &'a self,
+        localpart: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<bool>>;
+
+    /// Deletes expired codes, grants and browser sessions; returns the rows removed.
+    fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>>;
+}
+
+/// Shared handle to a store.
+pub type SharedDb = Arc<dyn Db>;

@@ -1,0 +1,109 @@
+//! Discovery, `whoami`, logout and global account data.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::auth::Authed;
+use super::parse_body;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::response::{RawBody, json};
+
+/// `GET /.well-known/matrix/client`: where the client-server API lives. CORS comes from the
+/// global layer, as the spec asks for this document.
+pub async fn well_known(State(state): State<AppState>) -> Response {
+    let base_url = state.public_url().trim_end_matches('/');
+    json(
+        StatusCode::OK,
+        &json!({ "m.homeserver": { "base_url": base_url } }),
+    )
+}
+
+/// `GET /_matrix/client/v3/account/whoami`.
+pub async fn whoami(auth: Authed) -> Response {
+    json(
+        StatusCode::OK,
+        &json!({ "user_id": auth.user_id, "device_id": auth.device_id(), "is_guest": false }),
+    )
+}
+
+/// `POST /_matrix/client/v3/logout`: the spec deletes the token's device with it (and so
+/// its keys), which also revokes every token of the device.
+pub async fn logout(auth: Authed) -> Result<Response, ApiError> {
+    let db = auth.oauth.db();
+    let now = auth.oauth.now_ms();
+    db.delete_device(auth.localpart(), auth.device_id(), now)
+        .await?;
+    // The device row may already be gone (deleted elsewhere): still end this token's session.
+    db.revoke_token(&auth.token_hash, now).await?;
+    Ok(json(StatusCode::OK, &json!({})))
+}
+
+/// `POST /_matrix/client/v3/logout/all`: every device of the user, every token.
+pub async fn logout_all(auth: Authed) -> Result<Response, ApiError> {
+    let db = auth.oauth.db();
+    let now = auth.oauth.now_ms();
+    for device in db.devices(auth.localpart()).await? {
+        db.delete_device(auth.localpart(), &device.device_id, now)
+            .await?;
+    }
+    // Sessions whose device row was already deleted.
+    db.revoke_user_sessions(auth.localpart(), now).await?;
+    Ok(json(StatusCode::OK, &json!({})))
+}
+
+/// Account data is private: only its owner may read or write it.
+fn own_user(auth: &Authed, user_id: &str) -> Result<(), ApiError> {
+    if user_id == auth.user_id {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "cannot access another user's account data",
+        ))
+    }
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`; `M_NOT_FOUND` when unset
+/// (matrix-sdk's background fetch of `m.secret_storage.default_key` expects exactly that).
+pub async fn get_account_data(
+    auth: Authed,
+    Path((user_id, data_type)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    own_user(&auth, &user_id)?;
+    let stored = auth
+        .oauth
+        .db()
+        .account_data(auth.localpart(), &data_type)
+        .await?
+        .ok_or(ApiError::Missing("account data not found"))?;
+    // Stored by `put_account_data` from a parsed object, so it parses back.
+    let content: Value = serde_json::from_str(&stored).map_err(|err| {
+        tracing::error!(%err, "stored account data is not JSON");
+        ApiError::Database
+    })?;
+    Ok(json(StatusCode::OK, &content))
+}
+
+/// Types the server manages through other endpoints: the spec refuses them here with 405.
+const SERVER_MANAGED_TYPES: [&str; 2] = ["m.fully_read", "m.push_rules"];
+
+/// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`: stores any JSON object.
+pub async fn put_account_data(
+    auth: Authed,
+    Path((user_id, data_type)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    own_user(&auth, &user_id)?;
+    if SERVER_MANAGED_TYPES.contains(&data_type.as_str()) {
+        return Err(ApiError::ServerManaged(data_type));
+    }
+    let content: serde_json::Map<String, Value> = parse_body(&body)?;
+    let text = Value::Object(content).to_string();
+    auth.oauth
+        .db()
+        .put_account_data(auth.localpart(), &data_type, &text, auth.oauth.now_ms())
+        .await?;
+    Ok(json(StatusCode::OK, &json!({})))
+}

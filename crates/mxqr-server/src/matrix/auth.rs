@@ -1,0 +1,85 @@
+//! Bearer authentication of the client-server API with this server's OAuth access tokens.
+//!
+//! Only the `Authorization: Bearer` header is read: the `access_token` query parameter was
+//! deprecated in spec v1.11 and leaks tokens into logs. The answer tells a client what to do:
+//! `M_MISSING_TOKEN`, `M_UNKNOWN_TOKEN` with `soft_logout: true` when refreshing will help
+//! (expired) and `false` when it will not (revoked, unknown), `M_USER_LOCKED` for a locked
+//! account, and `M_FORBIDDEN` when the token's scope does not cover the client API.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use crate::app::AppState;
+use crate::db::{TokenInfo, TokenStatus};
+use crate::error::ApiError;
+use crate::oauth::{OAuthState, scope, tokens};
+
+/// An authenticated request: who is calling, from which device.
+pub struct Authed {
+    /// Accounts and the OAuth store.
+    pub oauth: OAuthState,
+    /// The token's user, device and session.
+    pub info: TokenInfo,
+    /// `@localpart:server_name`.
+    pub user_id: String,
+    /// SHA-256 (hex) of the presented access token (for `/logout`).
+    pub token_hash: String,
+}
+
+impl Authed {
+    /// The caller's localpart.
+    pub fn localpart(&self) -> &str {
+        &self.info.localpart
+    }
+
+    /// The device the token is bound to.
+    pub fn device_id(&self) -> &str {
+        &self.info.device_id
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        // The routes needing this are mounted only with accounts attached; be safe anyway.
+        let oauth = state.oauth().ok_or(ApiError::UnknownEndpoint)?.clone();
+        let token = bearer(parts).ok_or(ApiError::MissingToken)?;
+        // A malformed token cannot be ours: refuse without a database lookup.
+        if !tokens::well_formed(tokens::Kind::Access, token) {
+            return Err(ApiError::UnknownToken { soft_logout: false });
+        }
+        let token_hash = tokens::hash(token);
+        let info = match oauth.db().token_status(&token_hash, oauth.now_ms()).await? {
+            TokenStatus::Live(info) => info,
+            TokenStatus::Expired => return Err(ApiError::UnknownToken { soft_logout: true }),
+            TokenStatus::Locked => return Err(ApiError::UserLocked),
+            TokenStatus::Revoked | TokenStatus::Unknown => {
+                return Err(ApiError::UnknownToken { soft_logout: false });
+            }
+        };
+        if !scope::grants_client_api(&info.scope) {
+            return Err(ApiError::Forbidden(
+                "the access token's scope does not include the client-server API",
+            ));
+        }
+        Ok(Self {
+            user_id: oauth.user_id(&info.localpart),
+            oauth,
+            info,
+            token_hash,
+        })
+    }
+}

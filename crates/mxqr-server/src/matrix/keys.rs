@@ -1,0 +1,828 @@
+//! `/_matrix/client/v3/keys/*`: device, one-time, fallback and cross-signing keys, and
+//! signatures between them.
+//!
+//! Everything stored has been checked with `mxqr-keys` (canonical JSON, Ed25519): a device can
+//! publish only its own device keys, self-signed; a signature is stored only if it verifies
+//! against the key it names; replacing the cross-signing keys needs the account page's reset
+//! approval. Signatures by keys the server cannot check (an old self-signing key, another
+//! user's key on device keys) are dropped rather than published.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use mxqr_keys::{
+    Ed25519PublicKey, KeyUsage, cross_signing_key_id, cross_signing_public_key, ed25519_key_id,
+    ed25519_public_key_from_base64, signing_input, verify_cross_signing_key, verify_device_keys,
+    verify_json,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::auth::Authed;
+use super::devices::oauth_uia;
+use super::{parse_body, parse_user_id};
+use crate::db::{SharedDb, StoredDeviceKeys, UploadedKey};
+use crate::error::ApiError;
+use crate::response::{RawBody, json};
+
+/// Compare-and-swap attempts before giving up on a key object under heavy concurrent writes.
+const CAS_ATTEMPTS: usize = 8;
+
+/// One-time plus fallback keys accepted in one upload (matrix-sdk sends at most 50).
+const MAX_KEYS_PER_UPLOAD: usize = 1000;
+
+/// Algorithm of signed Curve25519 one-time and fallback keys: the only one the server checks.
+const SIGNED_CURVE25519: &str = "signed_curve25519";
+
+fn stored_json(text: &str) -> Result<Value, ApiError> {
+    // Everything in the key tables was serialised from a parsed value.
+    serde_json::from_str(text).map_err(|err| {
+        tracing::error!(%err, "stored key object is not JSON");
+        ApiError::Database
+    })
+}
+
+/// Whether two key objects sign the same content (ignoring `signatures` and `unsigned`).
+fn same_content(a: &Value, b: &Value) -> bool {
+    matches!((signing_input(a), signing_input(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `signatures.<user_id>` as `(key ID, signature)` pairs (non-string entries skipped).
+fn signatures_by(value: &Value, user_id: &str) -> Vec<(String, String)> {
+    value
+        .get("signatures")
+        .and_then(|s| s.get(user_id))
+        .and_then(Value::as_object)
+        .map(|by_user| {
+            by_user
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Signatures of `user_id` in `uploaded` that `stored` does not have yet.
+fn new_signatures(uploaded: &Value, stored: &Value, user_id: &str) -> Vec<(String, String)> {
+    let known = signatures_by(stored, user_id);
+    signatures_by(uploaded, user_id)
+        .into_iter()
+        .filter(|entry| !known.contains(entry))
+        .collect()
+}
+
+/// Adds signatures of `user_id` to a stored object (which always is a JSON object).
+fn add_signatures(target: &mut Value, user_id: &str, signatures: &[(String, String)]) {
+    let Some(map) = target.as_object_mut() else {
+        return;
+    };
+    let all = map
+        .entry("signatures")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !all.is_object() {
+        *all = Value::Object(Map::new());
+    }
+    let Some(all) = all.as_object_mut() else {
+        return;
+    };
+    let by_user = all
+        .entry(user_id)
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !by_user.is_object() {
+        *by_user = Value::Object(Map::new());
+    }
+    if let Some(by_user) = by_user.as_object_mut() {
+        for (key_id, signature) in signatures {
+            by_user.insert(key_id.clone(), Value::String(signature.clone()));
+        }
+    }
+}
+
+/// Keeps, of `value`'s signatures, only those of `user_id` whose key is in `keyring` and that
+/// verify; returns the cleaned object (without `unsigned`, which the server fills in).
+fn retain_verified(
+    mut value: Value,
+    user_id: &str,
+    keyring: &HashMap<String, Ed25519PublicKey>,
+) -> Value {
+    let good: Vec<(String, String)> = signatures_by(&value, user_id)
+        .into_iter()
+        .filter(|(key_id, _)| {
+            keyring
+                .get(key_id)
+                .is_some_and(|key| verify_json(&value, user_id, key_id, key).is_ok())
+        })
+        .collect();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("unsigned");
+        map.remove("signatures");
+    }
+    add_signatures(&mut value, user_id, &good);
+    value
+}
+
+/// A user's stored cross-signing keys, parsed.
+#[derive(Default)]
+struct CrossSigning {
+    master: Option<(Value, Ed25519PublicKey)>,
+    self_signing: Option<(Value, Ed25519PublicKey)>,
+    user_signing: Option<(Value, Ed25519PublicKey)>,
+}
+
+impl CrossSigning {
+    fn get(&self, usage: KeyUsage) -> Option<&(Value, Ed25519PublicKey)> {
+        match usage {
+            KeyUsage::Master => self.master.as_ref(),
+            KeyUsage::SelfSigning => self.self_signing.as_ref(),
+            KeyUsage::UserSigning => self.user_signing.as_ref(),
+        }
+    }
+}
+
+const USAGES: [KeyUsage; 3] = [
+    KeyUsage::Master,
+    KeyUsage::SelfSigning,
+    KeyUsage::UserSigning,
+];
+
+fn usage_named(name: &str) -> Option<KeyUsage> {
+    USAGES.into_iter().find(|u| u.as_str() == name)
+}
+
+async fn load_cross_signing(
+    db: &SharedDb,
+    localpart: &str,
+    user_id: &str,
+) -> Result<CrossSigning, ApiError> {
+    let mut out = CrossSigning::default();
+    for (usage, text) in db.cross_signing_keys(localpart).await? {
+        let Some(usage) = usage_named(&usage) else {
+            continue;
+        };
+        let value = stored_json(&text)?;
+        let key = cross_signing_public_key(&value, user_id, usage).map_err(|err| {
+            tracing::error!(%err, "stored cross-signing key does not parse");
+            ApiError::Database
+        })?;
+        let slot = match usage {
+            KeyUsage::Master => &mut out.master,
+            KeyUsage::SelfSigning => &mut out.self_signing,
+            KeyUsage::UserSigning => &mut out.user_signing,
+        };
+        *slot = Some((value, key));
+    }
+    Ok(out)
+}
+
+/// The Ed25519 key of a stored `device_keys` object.
+fn device_ed25519(keys: &StoredDeviceKeys, value: &Value) -> Option<Ed25519PublicKey> {
+    let encoded = value
+        .get("keys")?
+        .get(ed25519_key_id(&keys.device_id))?
+        .as_str()?;
+    ed25519_public_key_from_base64(encoded).ok()
+}
+
+/// `ed25519:<device_id>` → key, for the user's devices with uploaded keys.
+async fn device_keyring(
+    db: &SharedDb,
+    localpart: &str,
+) -> Result<HashMap<String, Ed25519PublicKey>, ApiError> {
+    let mut ring = HashMap::new();
+    for stored in db.device_keys(localpart, &[]).await? {
+        let value = stored_json(&stored.key_json)?;
+        if let Some(key) = device_ed25519(&stored, &value) {
+            ring.insert(ed25519_key_id(&stored.device_id), key);
+        }
+    }
+    Ok(ring)
+}
+
+// ---------------------------------------------------------------------------------------
+// POST /keys/upload
+
+#[derive(Deserialize)]
+struct UploadBody {
+    device_keys: Option<Value>,
+    one_time_keys: Option<Map<String, Value>>,
+    #[serde(alias = "org.matrix.msc2732.fallback_keys")]
+    fallback_keys: Option<Map<String, Value>>,
+}
+
+/// Splits `algorithm:key_id` and checks a signed Curve25519 key's signature when the
+/// device's Ed25519 key is known.
+fn check_one_time_key(
+    auth: &Authed,
+    full_id: &str,
+    value: &Value,
+    device_key: Option<&Ed25519PublicKey>,
+) -> Result<UploadedKey, ApiError> {
+    let (algorithm, key_id) = full_id
+        .split_once(':')
+        .filter(|(a, k)| !a.is_empty() && !k.is_empty())
+        .ok_or_else(|| ApiError::Invalid(format!("key ID {full_id:?} is not algorithm:id")))?;
+    if algorithm == SIGNED_CURVE25519 {
+        if !value.get("key").is_some_and(Value::is_string) {
+            return Err(ApiError::Invalid(format!(
+                "{full_id}: a signed_curve25519 key needs a `key` string"
+            )));
+        }
+        if let Some(device_key) = device_key {
+            verify_json(
+                value,
+                &auth.user_id,
+                &ed25519_key_id(auth.device_id()),
+                device_key,
+            )
+            .map_err(|err| ApiError::Invalid(format!("{full_id}: {err}")))?;
+        }
+    }
+    Ok(UploadedKey {
+        algorithm: algorithm.to_owned(),
+        key_id: key_id.to_owned(),
+        key_json: value.to_string(),
+    })
+}
+
+/// Checks and stores the caller's `device_keys`: its own, self-signed, plus a verifying
+/// self-signing-key signature if present.
+async fn store_device_keys(auth: &Authed, uploaded: &Value) -> Result<(), ApiError> {
+    let identity = verify_device_keys(uploaded, &auth.user_id, auth.device_id())
+        .map_err(|err| ApiError::Invalid(format!("device_keys: {err}")))?;
+    let db = auth.oauth.db();
+    let cross = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
+    let self_key_id = ed25519_key_id(auth.device_id());
+    let mut keyring = HashMap::from([(self_key_id, identity.ed25519)]);
+    if let Some((_, ssk)) = &cross.self_signing {
+        let ssk_id = cross_signing_key_id(ssk);
+        // A signature claiming to be the self-signing key's must verify: the new device
+        // believes itself cross-signed after this upload (PROTOCOL.md §7).
+        if signatures_by(uploaded, &auth.user_id)
+            .iter()
+            .any(|(key_id, _)| *key_id == ssk_id)
+        {
+            verify_json(uploaded, &auth.user_id, &ssk_id, ssk).map_err(|err| {
+                ApiError::Invalid(format!("device_keys: self-signing signature: {err}"))
+            })?;
+        }
+        keyring.insert(ssk_id, *ssk);
+    }
+    let cleaned = retain_verified(uploaded.clone(), &auth.user_id, &keyring);
+    let ids = [auth.device_id().to_owned()];
+    for _ in 0..CAS_ATTEMPTS {
+        let stored = db.device_keys(auth.localpart(), &ids).await?.pop();
+        let (old, new) = match &stored {
+            None => (None, cleaned.to_string()),
+            Some(stored) => {
+                let current = stored_json(&stored.key_json)?;
+                if !same_content(&current, &cleaned) {
+                    return Err(ApiError::Invalid(
+                        "device_keys: this device already has different keys; \
+                         a new identity needs a new device ID"
+                            .into(),
+                    ));
+                }
+                let added = new_signatures(&cleaned, &current, &auth.user_id);
+                if added.is_empty() {
+                    return Ok(());
+                }
+                let mut merged = current;
+                add_signatures(&mut merged, &auth.user_id, &added);
+                (Some(stored.key_json.as_str()), merged.to_string())
+            }
+        };
+        if db
+            .swap_device_keys(
+                auth.localpart(),
+                auth.device_id(),
+                old,
+                &new,
+                auth.oauth.now_ms(),
+            )
+            .await?
+        {
+            return Ok(());
+        }
+    }
+    tracing::warn!("device keys kept changing under a concurrent writer");
+    Err(ApiError::Database)
+}
+
+/// `POST /_matrix/client/v3/keys/upload`.
+pub async fn upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let request: UploadBody = parse_body(&body)?;
+    let one_time = request.one_time_keys.unwrap_or_default();
+    let fallback = request.fallback_keys.unwrap_or_default();
+    if one_time.len() + fallback.len() > MAX_KEYS_PER_UPLOAD {
+        return Err(ApiError::InvalidParam(
+            "too many keys in one upload (at most 1000)",
+        ));
+    }
+    let db = auth.oauth.db();
+    // Everything is checked before anything is stored: a refused request changes nothing.
+    let device_key = match &request.device_keys {
+        Some(device_keys) => Some(
+            verify_device_keys(device_keys, &auth.user_id, auth.device_id())
+                .map_err(|err| ApiError::Invalid(format!("device_keys: {err}")))?
+                .ed25519,
+        ),
+        None => {
+            let ids = [auth.device_id().to_owned()];
+            match db.device_keys(auth.localpart(), &ids).await?.pop() {
+                Some(stored) => device_ed25519(&stored, &stored_json(&stored.key_json)?),
+                None => None,
+            }
+        }
+    };
+    let one_time = one_time
+        .iter()
+        .map(|(id, value)| check_one_time_key(&auth, id, value, device_key.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fallback = fallback
+        .iter()
+        .map(|(id, value)| check_one_time_key(&auth, id, value, device_key.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(device_keys) = &request.device_keys {
+        store_device_keys(&auth, device_keys).await?;
+    }
+    let now = auth.oauth.now_ms();
+    if !one_time.is_empty() {
+        db.add_one_time_keys(auth.localpart(), auth.device_id(), &one_time, now)
+            .await
+            .map_err(|err| match err {
+                crate::db::DbError::Conflict => ApiError::Invalid(
+                    "a one-time key ID was already uploaded with a different key".into(),
+                ),
+                other => other.into(),
+            })?;
+    }
+    for key in &fallback {
+        db.set_fallback_key(auth.localpart(), auth.device_id(), key, now)
+            .await?;
+    }
+    let mut counts: Map<String, Value> = db
+        .one_time_key_counts(auth.localpart(), auth.device_id())
+        .await?
+        .into_iter()
+        .map(|(algorithm, n)| (algorithm, n.into()))
+        .collect();
+    // Clients read this count to decide how many keys to top up: always present.
+    counts.entry(SIGNED_CURVE25519).or_insert(0.into());
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "one_time_key_counts": counts }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// POST /keys/query and /keys/claim
+
+#[derive(Deserialize)]
+struct QueryBody {
+    device_keys: Map<String, Value>,
+}
+
+/// A remote server this homeserver cannot ask (it does not federate).
+fn remote_failure() -> Value {
+    json!({ "errcode": "M_UNRECOGNIZED", "error": "this server does not federate" })
+}
+
+/// The local user's localpart, or `None` for a remote user; 400 for a malformed ID.
+fn local_user<'a>(auth: &Authed, user_id: &'a str) -> Result<Option<&'a str>, ApiError> {
+    let parsed = parse_user_id(user_id)
+        .ok_or_else(|| ApiError::Invalid(format!("{user_id:?} is not a user ID")))?;
+    Ok((parsed.server_name == auth.oauth.server_name()).then_some(parsed.localpart))
+}
+
+/// `POST /_matrix/client/v3/keys/query`.
+pub async fn query(auth: Authed, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let request: QueryBody = parse_body(&body)?;
+    let db = auth.oauth.db();
+    let mut device_keys = Map::new();
+    let mut masters = Map::new();
+    let mut self_signing = Map::new();
+    let mut user_signing = Map::new();
+    let mut failures = Map::new();
+    for (user_id, wanted) in &request.device_keys {
+        let wanted: Vec<String> = serde_json::from_value(wanted.clone()).map_err(|_| {
+            ApiError::BadJson(format!(
+                "device_keys.{user_id} must be a list of device IDs"
+            ))
+        })?;
+        let Some(localpart) = local_user(&auth, user_id)? else {
+            let server = parse_user_id(user_id).map_or("", |u| u.server_name);
+            failures.insert(server.to_owned(), remote_failure());
+            continue;
+        };
+        let mut devices = Map::new();
+        for stored in db.device_keys(localpart, &wanted).await? {
+            let mut value = stored_json(&stored.key_json)?;
+            if let (Some(name), Some(map)) = (&stored.display_name, value.as_object_mut()) {
+                map.insert("unsigned".into(), json!({ "device_display_name": name }));
+            }
+            devices.insert(stored.device_id, value);
+        }
+        device_keys.insert(user_id.clone(), Value::Object(devices));
+
+        let cross = load_cross_signing(db, localpart, user_id).await?;
+        if let Some((mut master, key)) = cross.master {
+            if *user_id != auth.user_id {
+                // The caller's own user-signing signatures of this master key: only for it.
+                let target = key.to_base64();
+                let mine: Vec<(String, String)> = db
+                    .user_signatures(auth.localpart(), user_id)
+                    .await?
+                    .into_iter()
+                    .filter(|(target_key, _, _)| *target_key == target)
+                    .map(|(_, signer_key, signature)| (signer_key, signature))
+                    .collect();
+                add_signatures(&mut master, &auth.user_id, &mine);
+            }
+            masters.insert(user_id.clone(), master);
+        }
+        if let Some((ssk, _)) = cross.self_signing {
+            self_signing.insert(user_id.clone(), ssk);
+        }
+        if *user_id == auth.user_id
+            && let Some((usk, _)) = cross.user_signing
+        {
+            user_signing.insert(user_id.clone(), usk);
+        }
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "device_keys": device_keys,
+            "master_keys": masters,
+            "self_signing_keys": self_signing,
+            "user_signing_keys": user_signing,
+            "failures": failures,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ClaimBody {
+    one_time_keys: Map<String, Value>,
+}
+
+/// `POST /_matrix/client/v3/keys/claim`: one one-time key per device, else its fallback key.
+pub async fn claim(auth: Authed, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let request: ClaimBody = parse_body(&body)?;
+    let db = auth.oauth.db();
+    let mut claimed = Map::new();
+    let mut failures = Map::new();
+    for (user_id, wanted) in &request.one_time_keys {
+        let wanted: HashMap<String, String> =
+            serde_json::from_value(wanted.clone()).map_err(|_| {
+                ApiError::BadJson(format!(
+                    "one_time_keys.{user_id} must map device IDs to algorithms"
+                ))
+            })?;
+        let Some(localpart) = local_user(&auth, user_id)? else {
+            let server = parse_user_id(user_id).map_or("", |u| u.server_name);
+            failures.insert(server.to_owned(), remote_failure());
+            continue;
+        };
+        let mut devices = Map::new();
+        for (device_id, algorithm) in &wanted {
+            if let Some(key) = db.claim_key(localpart, device_id, algorithm).await? {
+                let value = stored_json(&key.key_json)?;
+                devices.insert(
+                    device_id.clone(),
+                    json!({ format!("{}:{}", key.algorithm, key.key_id): value }),
+                );
+            }
+        }
+        claimed.insert(user_id.clone(), Value::Object(devices));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "one_time_keys": claimed, "failures": failures }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// POST /keys/device_signing/upload
+
+#[derive(Deserialize)]
+struct DeviceSigningBody {
+    master_key: Option<Value>,
+    self_signing_key: Option<Value>,
+    user_signing_key: Option<Value>,
+    auth: Option<Map<String, Value>>,
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`.
+///
+/// The first upload needs no approval; so does re-uploading the keys in force. Replacing a
+/// key needs the reset approval from the account page (`org.matrix.cross_signing_reset`),
+/// else 401 with the `m.oauth` flow; the approval is used up by the replacement.
+pub async fn device_signing_upload(
+    auth: Authed,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let request: DeviceSigningBody = parse_body(&body)?;
+    let user_id = auth.user_id.as_str();
+    let db = auth.oauth.db();
+    let stored = load_cross_signing(db, auth.localpart(), user_id).await?;
+    let invalid = |usage: KeyUsage, err: mxqr_keys::VerifyError| {
+        ApiError::Invalid(format!("{}: {err}", usage.field()))
+    };
+
+    let new_master = match &request.master_key {
+        Some(value) => Some(
+            cross_signing_public_key(value, user_id, KeyUsage::Master)
+                .map_err(|e| invalid(KeyUsage::Master, e))?,
+        ),
+        None => None,
+    };
+    let Some(master) = new_master.or(stored.master.as_ref().map(|(_, k)| *k)) else {
+        return Err(ApiError::Invalid(
+            "master_key is required: no master key is stored yet".into(),
+        ));
+    };
+    let mut uploads: Vec<(KeyUsage, Value, Ed25519PublicKey)> = Vec::new();
+    if let (Some(value), Some(key)) = (&request.master_key, new_master) {
+        // Device signatures on the master key are kept if they verify.
+        let ring = device_keyring(db, auth.localpart()).await?;
+        uploads.push((
+            KeyUsage::Master,
+            retain_verified(value.clone(), user_id, &ring),
+            key,
+        ));
+    }
+    let master_ring = HashMap::from([(cross_signing_key_id(&master), master)]);
+    for (usage, value) in [
+        (KeyUsage::SelfSigning, &request.self_signing_key),
+        (KeyUsage::UserSigning, &request.user_signing_key),
+    ] {
+        if let Some(value) = value {
+            let key = verify_cross_signing_key(value, user_id, usage, &master)
+                .map_err(|e| invalid(usage, e))?;
+            uploads.push((
+                usage,
+                retain_verified(value.clone(), user_id, &master_ring),
+                key,
+            ));
+        }
+    }
+    if uploads.is_empty() {
+        return Ok(json(StatusCode::OK, &json!({})));
+    }
+    // A new master key invalidates the subkeys it did not sign.
+    if new_master.is_some_and(|m| stored.master.as_ref().is_some_and(|(_, old)| *old != m)) {
+        for usage in [KeyUsage::SelfSigning, KeyUsage::UserSigning] {
+            if stored.get(usage).is_some() && !uploads.iter().any(|(u, _, _)| *u == usage) {
+                return Err(ApiError::Invalid(format!(
+                    "a new master key needs a new {} too",
+                    usage.field()
+                )));
+            }
+        }
+    }
+    let replaces = uploads
+        .iter()
+        .any(|(usage, _, key)| stored.get(*usage).is_some_and(|(_, old)| old != key));
+    if !replaces
+        && uploads
+            .iter()
+            .all(|(usage, _, _)| stored.get(*usage).is_some())
+    {
+        // Re-upload of the keys in force (a retried bootstrap): nothing changes.
+        return Ok(json(StatusCode::OK, &json!({})));
+    }
+    if replaces
+        && !auth
+            .oauth
+            .cross_signing_reset_allowed(auth.localpart())
+            .await?
+    {
+        let url = format!(
+            "{}?action=org.matrix.cross_signing_reset",
+            auth.oauth.url("account")
+        );
+        return Err(oauth_uia(&url, request.auth.is_some()));
+    }
+    let rows: Vec<(String, String)> = uploads
+        .iter()
+        .map(|(usage, value, _)| (usage.as_str().to_owned(), value.to_string()))
+        .collect();
+    db.put_cross_signing_keys(auth.localpart(), &rows, replaces, auth.oauth.now_ms())
+        .await?;
+    Ok(json(StatusCode::OK, &json!({})))
+}
+
+// ---------------------------------------------------------------------------------------
+// POST /keys/signatures/upload
+
+/// Why one signed object of `/keys/signatures/upload` was refused (reported per object in
+/// `failures`, the request itself succeeds).
+#[derive(Debug, thiserror::Error)]
+enum SignatureFailure {
+    #[error("no such device or key of this user")]
+    UnknownTarget,
+    #[error("the signed object differs from the published key")]
+    ContentMismatch,
+    #[error("signature by {0} does not verify")]
+    Invalid(String),
+    #[error("signature by {0}: the signing key is not one this object can be signed with")]
+    WrongSigner(String),
+    #[error("the signed object is not a JSON object")]
+    NotAnObject,
+}
+
+impl SignatureFailure {
+    fn to_json(&self) -> Value {
+        let errcode = match self {
+            Self::UnknownTarget => "M_NOT_FOUND",
+            Self::NotAnObject => "M_BAD_JSON",
+            Self::ContentMismatch | Self::Invalid(_) | Self::WrongSigner(_) => {
+                "M_INVALID_SIGNATURE"
+            }
+        };
+        json!({ "errcode": errcode, "error": self.to_string() })
+    }
+}
+
+/// Verifies the new signatures of `signer` on `uploaded` (same content as `stored`) with
+/// `keyring`; returns them, or the first failure.
+fn verified_new_signatures(
+    uploaded: &Value,
+    stored: &Value,
+    signer: &str,
+    keyring: &HashMap<String, Ed25519PublicKey>,
+) -> Result<Vec<(String, String)>, SignatureFailure> {
+    if !same_content(uploaded, stored) {
+        return Err(SignatureFailure::ContentMismatch);
+    }
+    let added = new_signatures(uploaded, stored, signer);
+    for (key_id, _) in &added {
+        let key = keyring
+            .get(key_id)
+            .ok_or_else(|| SignatureFailure::WrongSigner(key_id.clone()))?;
+        verify_json(uploaded, signer, key_id, key)
+            .map_err(|_| SignatureFailure::Invalid(key_id.clone()))?;
+    }
+    Ok(added)
+}
+
+/// Which stored object a signatures-upload entry targets.
+enum Target {
+    Device(StoredDeviceKeys),
+    OwnMaster,
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`.
+pub async fn signatures_upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let request: Map<String, Value> = parse_body(&body)?;
+    let mut failures = Map::new();
+    for (user_id, objects) in &request {
+        let objects = objects.as_object().ok_or_else(|| {
+            ApiError::BadJson(format!("{user_id} must map key IDs to signed objects"))
+        })?;
+        let mut user_failures = Map::new();
+        for (id, uploaded) in objects {
+            let outcome = if !uploaded.is_object() {
+                Err(SignatureFailure::NotAnObject)
+            } else if *user_id == auth.user_id {
+                sign_own_key(&auth, id, uploaded).await?
+            } else {
+                sign_other_master(&auth, user_id, id, uploaded).await?
+            };
+            if let Err(failure) = outcome {
+                user_failures.insert(id.clone(), failure.to_json());
+            }
+        }
+        if !user_failures.is_empty() {
+            failures.insert(user_id.clone(), Value::Object(user_failures));
+        }
+    }
+    Ok(json(StatusCode::OK, &json!({ "failures": failures })))
+}
+
+/// The caller signs one of its own devices (with the self-signing key) or its own master key
+/// (with a device key).
+async fn sign_own_key(
+    auth: &Authed,
+    id: &str,
+    uploaded: &Value,
+) -> Result<Result<(), SignatureFailure>, ApiError> {
+    let db = auth.oauth.db();
+    let user_id = auth.user_id.as_str();
+    for _ in 0..CAS_ATTEMPTS {
+        let cross = load_cross_signing(db, auth.localpart(), user_id).await?;
+        let ids = [id.to_owned()];
+        let target = match db.device_keys(auth.localpart(), &ids).await?.pop() {
+            Some(device) => Target::Device(device),
+            None if cross
+                .master
+                .as_ref()
+                .is_some_and(|(_, key)| key.to_base64() == id) =>
+            {
+                Target::OwnMaster
+            }
+            None => return Ok(Err(SignatureFailure::UnknownTarget)),
+        };
+        let swapped = match target {
+            Target::Device(device) => {
+                let Some((_, ssk)) = &cross.self_signing else {
+                    return Ok(Err(SignatureFailure::WrongSigner(
+                        "the self-signing key (none is published)".into(),
+                    )));
+                };
+                let ring = HashMap::from([(cross_signing_key_id(ssk), *ssk)]);
+                let current = stored_json(&device.key_json)?;
+                let added = match verified_new_signatures(uploaded, &current, user_id, &ring) {
+                    Ok(added) if added.is_empty() => return Ok(Ok(())),
+                    Ok(added) => added,
+                    Err(failure) => return Ok(Err(failure)),
+                };
+                let mut merged = current;
+                add_signatures(&mut merged, user_id, &added);
+                db.swap_device_keys(
+                    auth.localpart(),
+                    id,
+                    Some(&device.key_json),
+                    &merged.to_string(),
+                    auth.oauth.now_ms(),
+                )
+                .await?
+            }
+            Target::OwnMaster => {
+                // The exact stored text is the compare-and-swap operand.
+                let Some((_, text)) = db
+                    .cross_signing_keys(auth.localpart())
+                    .await?
+                    .into_iter()
+                    .find(|(usage, _)| usage == KeyUsage::Master.as_str())
+                else {
+                    return Ok(Err(SignatureFailure::UnknownTarget));
+                };
+                let current = stored_json(&text)?;
+                let ring = device_keyring(db, auth.localpart()).await?;
+                let added = match verified_new_signatures(uploaded, &current, user_id, &ring) {
+                    Ok(added) if added.is_empty() => return Ok(Ok(())),
+                    Ok(added) => added,
+                    Err(failure) => return Ok(Err(failure)),
+                };
+                let mut merged = current;
+                add_signatures(&mut merged, user_id, &added);
+                db.swap_cross_signing_key(
+                    auth.localpart(),
+                    KeyUsage::Master.as_str(),
+                    &text,
+                    &merged.to_string(),
+                    auth.oauth.now_ms(),
+                )
+                .await?
+            }
+        };
+        if swapped {
+            return Ok(Ok(()));
+        }
+    }
+    tracing::warn!("key object kept changing under a concurrent writer");
+    Err(ApiError::Database)
+}
+
+/// The caller signs another local user's master key with its user-signing key; the
+/// signature is stored apart and shown only to the caller.
+async fn sign_other_master(
+    auth: &Authed,
+    user_id: &str,
+    id: &str,
+    uploaded: &Value,
+) -> Result<Result<(), SignatureFailure>, ApiError> {
+    let Some(localpart) = parse_user_id(user_id)
+        .filter(|u| u.server_name == auth.oauth.server_name())
+        .map(|u| u.localpart)
+    else {
+        return Ok(Err(SignatureFailure::UnknownTarget));
+    };
+    let db = auth.oauth.db();
+    let target = load_cross_signing(db, localpart, user_id).await?;
+    let Some((master, key)) = target.master else {
+        return Ok(Err(SignatureFailure::UnknownTarget));
+    };
+    if key.to_base64() != id {
+        return Ok(Err(SignatureFailure::UnknownTarget));
+    }
+    let own = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
+    let Some((_, usk)) = own.user_signing else {
+        return Ok(Err(SignatureFailure::WrongSigner(
+            "the user-signing key (none is published)".into(),
+        )));
+    };
+    let ring = HashMap::from([(cross_signing_key_id(&usk), usk)]);
+    let added = match verified_new_signatures(uploaded, &master, &auth.user_id, &ring) {
+        Ok(added) => added,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    for (signer_key_id, signature) in &added {
+        db.add_user_signature(auth.localpart(), user_id, id, signer_key_id, signature)
+            .await?;
+    }
+    Ok(Ok(()))
+}

@@ -1,0 +1,391 @@
+//! JSON endpoints: server metadata, registration, device authorization, token, revocation.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::client::{ClientMetadata, DEVICE_CODE_GRANT, MetadataError};
+use super::tokens::{self, Kind};
+use super::{Minted, OAuthError, OAuthState, RequestIp, ms, scope};
+use crate::db::{CodeOutcome, Grant, NewDeviceGrant, PollOutcome, RedeemCode, RefreshOutcome};
+use crate::response::json as json_response;
+
+/// Account-management actions: the spec's stable names and the MSC4191 names older clients
+/// send (both are served by `/account`).
+const ACCOUNT_ACTIONS: [&str; 8] = [
+    "org.matrix.profile",
+    "org.matrix.devices_list",
+    "org.matrix.device_view",
+    "org.matrix.device_delete",
+    "org.matrix.cross_signing_reset",
+    "org.matrix.sessions_list",
+    "org.matrix.session_view",
+    "org.matrix.session_end",
+];
+
+/// Attempts to find a free user code before giving up (collisions are ~1 in 2^34 each).
+const USER_CODE_TRIES: usize = 5;
+
+/// `application/x-www-form-urlencoded` parameters; a repeated parameter is an error
+/// (RFC 6749 §3.1).
+pub(crate) struct Params(HashMap<String, String>);
+
+impl Params {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for (key, value) in url::form_urlencoded::parse(body) {
+            if map.insert(key.to_string(), value.into_owned()).is_some() {
+                return Err(format!("parameter {key} is repeated"));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    /// A parameter, with empty values treated as absent.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, key: &str) -> Result<&str, OAuthError> {
+        self.get(key)
+            .ok_or_else(|| OAuthError::InvalidRequest(format!("{key} is required")))
+    }
+}
+
+fn form(body: Result<Bytes, BytesRejection>) -> Result<Params, OAuthError> {
+    let body =
+        body.map_err(|_| OAuthError::InvalidRequest("request body could not be read".into()))?;
+    Params::parse(&body).map_err(OAuthError::InvalidRequest)
+}
+
+/// The registered client, or `invalid_client`.
+pub(crate) async fn load_client(
+    state: &OAuthState,
+    client_id: &str,
+) -> Result<Option<ClientMetadata>, crate::db::DbError> {
+    Ok(state
+        .db()
+        .client(client_id)
+        .await?
+        .and_then(|text| ClientMetadata::from_stored(&text)))
+}
+
+async fn require_client(state: &OAuthState, client_id: &str) -> Result<ClientMetadata, OAuthError> {
+    load_client(state, client_id)
+        .await?
+        .ok_or_else(|| OAuthError::InvalidClient("unknown client_id".into()))
+}
+
+/// `GET /_matrix/client/v1/auth_metadata` (and the unstable and RFC 8414 paths).
+pub async fn metadata(State(state): State<OAuthState>) -> Response {
+    let mut body = json!({
+        "issuer": state.public_url(),
+        "authorization_endpoint": state.url("oauth2/authorize"),
+        "token_endpoint": state.url("oauth2/token"),
+        "registration_endpoint": state.url("oauth2/registration"),
+        "revocation_endpoint": state.url("oauth2/revoke"),
+        "device_authorization_endpoint": state.url("oauth2/device"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "fragment"],
+        "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "scopes_supported": [
+            "urn:matrix:client:api:*",
+            "urn:matrix:org.matrix.msc2967.client:api:*",
+        ],
+        "account_management_uri": state.url("account"),
+        "account_management_actions_supported": ACCOUNT_ACTIONS,
+    });
+    if state.registration_enabled() {
+        body["prompt_values_supported"] = json!(["create"]);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// `POST /oauth2/registration` (RFC 7591 with the Matrix metadata rules).
+pub async fn register(
+    State(state): State<OAuthState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match register_inner(&state, body).await {
+        Ok(response) => response,
+        Err(err) => axum::response::IntoResponse::into_response(err),
+    }
+}
+
+async fn register_inner(
+    state: &OAuthState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let body = body
+        .map_err(|_| OAuthError::InvalidClientMetadata("request body could not be read".into()))?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| OAuthError::InvalidClientMetadata(format!("body is not JSON: {e}")))?;
+    let metadata = super::client::validate(&value).map_err(|e| match e {
+        MetadataError::RedirectUri(m) => OAuthError::InvalidRedirectUri(m),
+        MetadataError::Metadata(m) => OAuthError::InvalidClientMetadata(m),
+    })?;
+    // serde_json maps keep keys sorted: this serialization is canonical.
+    let canonical = serde_json::to_string(&metadata.json)
+        .map_err(|e| OAuthError::InvalidClientMetadata(e.to_string()))?;
+    let candidate = hex::encode(rand::random::<[u8; 12]>());
+    let client_id = state
+        .db()
+        .register_client(
+            &tokens::hash(&canonical),
+            &canonical,
+            &candidate,
+            state.now_ms(),
+        )
+        .await?;
+    let mut response = metadata.json;
+    response.insert("client_id".into(), Value::String(client_id));
+    response.insert(
+        "client_id_issued_at".into(),
+        Value::from(state.now_ms() / 1000),
+    );
+    Ok(json_response(StatusCode::CREATED, &response))
+}
+
+/// `POST /oauth2/device` (RFC 8628 §3.1).
+pub async fn device_authorization(
+    State(state): State<OAuthState>,
+    RequestIp(ip): RequestIp,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let params = form(body)?;
+    let client_id = params.require("client_id")?;
+    let client = require_client(&state, client_id).await?;
+    if !client.allows_grant(DEVICE_CODE_GRANT) {
+        return Err(OAuthError::UnauthorizedClient(
+            "the client did not register the device_code grant type".into(),
+        ));
+    }
+    let requested = scope::parse(params.get("scope").unwrap_or(""))
+        .map_err(|e| OAuthError::InvalidScope(e.to_string()))?;
+    let life = state.lifetimes().clone();
+    let now = state.now_ms();
+    let device_code = tokens::generate(Kind::DeviceCode);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect::<String>();
+    let mut grant = NewDeviceGrant {
+        device_code_hash: tokens::hash(&device_code),
+        user_code: String::new(),
+        client_id: client_id.to_owned(),
+        scope: requested.granted,
+        device_id: requested.device_id,
+        requester_ip: ip.to_string(),
+        requester_ua: user_agent,
+        expires_at: now.saturating_add(ms(life.device_code)),
+        interval_secs: i64::try_from(life.device_interval_secs).unwrap_or(5),
+    };
+    let mut stored = false;
+    for _ in 0..USER_CODE_TRIES {
+        grant.user_code = tokens::user_code();
+        match state.db().create_device_grant(&grant, now).await {
+            Ok(()) => {
+                stored = true;
+                break;
+            }
+            Err(crate::db::DbError::Conflict) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    if !stored {
+        return Err(OAuthError::Unavailable(crate::db::DbError::Conflict));
+    }
+    let verification_uri = state.url("link");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "device_code": device_code,
+            "user_code": tokens::display_user_code(&grant.user_code),
+            "verification_uri": verification_uri,
+            "verification_uri_complete": format!("{verification_uri}?code={}", grant.user_code),
+            "expires_in": life.device_code.as_secs(),
+            "interval": life.device_interval_secs,
+        }),
+    ))
+}
+
+fn token_response(state: &OAuthState, minted: &Minted, grant: &Grant) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "access_token": minted.access_token,
+            "token_type": "Bearer",
+            "expires_in": state.lifetimes().access_token.as_secs(),
+            "refresh_token": minted.refresh_token,
+            "scope": grant.scope,
+        }),
+    )
+}
+
+/// `POST /oauth2/token`: authorization_code, refresh_token and device_code grants.
+pub async fn token(
+    State(state): State<OAuthState>,
+    RequestIp(ip): RequestIp,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let params = form(body)?;
+    match params.require("grant_type")? {
+        "authorization_code" => authorization_code_grant(&state, &params).await,
+        "refresh_token" => refresh_grant(&state, &params).await,
+        DEVICE_CODE_GRANT => device_code_grant(&state, &params, ip).await,
+        other => Err(OAuthError::UnsupportedGrantType(format!(
+            "grant_type {other:?} is not supported"
+        ))),
+    }
+}
+
+async fn authorization_code_grant(
+    state: &OAuthState,
+    params: &Params,
+) -> Result<Response, OAuthError> {
+    let code = params.require("code")?;
+    let client_id = params.require("client_id")?;
+    let redirect_uri = params.require("redirect_uri")?;
+    let verifier = params.require("code_verifier")?;
+    let client = require_client(state, client_id).await?;
+    if !client.allows_grant("authorization_code") {
+        return Err(OAuthError::UnauthorizedClient(
+            "the client did not register the authorization_code grant type".into(),
+        ));
+    }
+    if !tokens::valid_pkce_string(verifier) {
+        return Err(OAuthError::InvalidRequest(
+            "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]".into(),
+        ));
+    }
+    if !tokens::well_formed(Kind::AuthCode, code) {
+        return Err(OAuthError::InvalidGrant(
+            "unknown authorization code".into(),
+        ));
+    }
+    let minted = state.mint();
+    let request = RedeemCode {
+        code_hash: tokens::hash(code),
+        client_id: client_id.to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        computed_challenge: tokens::s256(verifier),
+        tokens: minted.stored.clone(),
+    };
+    match state
+        .db()
+        .redeem_auth_code(&request, state.now_ms())
+        .await?
+    {
+        CodeOutcome::Issued(grant) => Ok(token_response(state, &minted, &grant)),
+        CodeOutcome::Invalid(reason) => Err(OAuthError::InvalidGrant(reason.into())),
+        CodeOutcome::Reused => Err(OAuthError::InvalidGrant(
+            "authorization code already used; the tokens it issued are revoked".into(),
+        )),
+    }
+}
+
+async fn refresh_grant(state: &OAuthState, params: &Params) -> Result<Response, OAuthError> {
+    let refresh = params.require("refresh_token")?;
+    if !tokens::well_formed(Kind::Refresh, refresh) {
+        return Err(OAuthError::InvalidGrant("unknown refresh token".into()));
+    }
+    let minted = state.mint();
+    let grace = ms(state.lifetimes().refresh_grace);
+    match state
+        .db()
+        .refresh(
+            &tokens::hash(refresh),
+            params.get("client_id"),
+            &minted.stored,
+            state.now_ms(),
+            grace,
+        )
+        .await?
+    {
+        RefreshOutcome::Rotated(grant) => Ok(token_response(state, &minted, &grant)),
+        RefreshOutcome::Invalid => Err(OAuthError::InvalidGrant(
+            "unknown or revoked refresh token".into(),
+        )),
+        RefreshOutcome::Reused => Err(OAuthError::InvalidGrant(
+            "refresh token reused; the session is revoked".into(),
+        )),
+    }
+}
+
+async fn device_code_grant(
+    state: &OAuthState,
+    params: &Params,
+    ip: std::net::IpAddr,
+) -> Result<Response, OAuthError> {
+    let device_code = params.require("device_code")?;
+    let client_id = params.require("client_id")?;
+    let unknown = |state: &OAuthState| match state.check_unknown_code(ip) {
+        Ok(()) => OAuthError::InvalidGrant("unknown device code".into()),
+        Err(wait) => OAuthError::RateLimited(wait),
+    };
+    if !tokens::well_formed(Kind::DeviceCode, device_code) {
+        return Err(unknown(state));
+    }
+    require_client(state, client_id).await?;
+    let minted = state.mint();
+    let outcome = state
+        .db()
+        .poll_device_grant(
+            &tokens::hash(device_code),
+            client_id,
+            &minted.stored,
+            state.now_ms(),
+        )
+        .await?;
+    match outcome {
+        PollOutcome::Unknown => Err(unknown(state)),
+        PollOutcome::Pending => Err(OAuthError::AuthorizationPending),
+        PollOutcome::SlowDown => Err(OAuthError::SlowDown),
+        PollOutcome::Denied => Err(OAuthError::AccessDenied),
+        PollOutcome::Expired => Err(OAuthError::ExpiredToken),
+        PollOutcome::AlreadyRedeemed => Err(OAuthError::InvalidGrant(
+            "the device code was already exchanged".into(),
+        )),
+        PollOutcome::Issued(grant) => Ok(token_response(state, &minted, &grant)),
+    }
+}
+
+/// `POST /oauth2/revoke` (RFC 7009): either token ends the whole session; unknown tokens
+/// are answered 200 like known ones.
+pub async fn revoke(
+    State(state): State<OAuthState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let params = form(body)?;
+    let token = params.require("token")?;
+    match params.get("token_type_hint") {
+        None | Some("access_token" | "refresh_token") => {}
+        Some(other) => {
+            return Err(OAuthError::UnsupportedTokenType(format!(
+                "token_type_hint {other:?} is not supported"
+            )));
+        }
+    }
+    if tokens::well_formed(Kind::Access, token) || tokens::well_formed(Kind::Refresh, token) {
+        state
+            .db()
+            .revoke_token(&tokens::hash(token), state.now_ms())
+            .await?;
+    }
+    Ok(json_response(StatusCode::OK, &json!({})))
+}

@@ -1,0 +1,101 @@
+//! The one place where OAuth endpoint failures become `{"error","error_description"}` JSON.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::db::DbError;
+use crate::response::json;
+
+/// Every refusal of the JSON OAuth endpoints (RFC 6749 §5.2, RFC 7591 §3.2.2, RFC 8628 §3.5).
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// `invalid_request`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// `invalid_client` (unknown `client_id`).
+    #[error("{0}")]
+    InvalidClient(String),
+    /// `invalid_grant`.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// `unauthorized_client`: the client did not register this grant type.
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    /// `unsupported_grant_type`.
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// `unsupported_token_type` (revocation).
+    #[error("{0}")]
+    UnsupportedTokenType(String),
+    /// `invalid_scope`.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// `invalid_redirect_uri` (registration).
+    #[error("{0}")]
+    InvalidRedirectUri(String),
+    /// `invalid_client_metadata` (registration).
+    #[error("{0}")]
+    InvalidClientMetadata(String),
+    /// `authorization_pending`.
+    #[error("the user has not yet approved the request")]
+    AuthorizationPending,
+    /// `slow_down`.
+    #[error("polling too fast: wait the interval, which grew by 5 seconds")]
+    SlowDown,
+    /// `access_denied`.
+    #[error("the user denied the request")]
+    AccessDenied,
+    /// `expired_token`.
+    #[error("the device code expired; start over")]
+    ExpiredToken,
+    /// Per-address limit reached (HTTP 429, reported as `slow_down`).
+    #[error("too many attempts from this address")]
+    RateLimited(Duration),
+    /// The store failed (HTTP 503 `temporarily_unavailable`, never a 500).
+    #[error("temporarily unavailable")]
+    Unavailable(#[from] DbError),
+}
+
+impl OAuthError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            Self::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            Self::UnauthorizedClient(_) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+            Self::UnsupportedGrantType(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            Self::UnsupportedTokenType(_) => (StatusCode::BAD_REQUEST, "unsupported_token_type"),
+            Self::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            Self::InvalidRedirectUri(_) => (StatusCode::BAD_REQUEST, "invalid_redirect_uri"),
+            Self::InvalidClientMetadata(_) => (StatusCode::BAD_REQUEST, "invalid_client_metadata"),
+            Self::AuthorizationPending => (StatusCode::BAD_REQUEST, "authorization_pending"),
+            Self::SlowDown => (StatusCode::BAD_REQUEST, "slow_down"),
+            Self::AccessDenied => (StatusCode::BAD_REQUEST, "access_denied"),
+            Self::ExpiredToken => (StatusCode::BAD_REQUEST, "expired_token"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        if let Self::Unavailable(err) = &self {
+            tracing::error!(%err, "OAuth store failure");
+        }
+        let (status, code) = self.status_and_code();
+        let mut response = json(
+            status,
+            &serde_json::json!({ "error": code, "error_description": self.to_string() }),
+        );
+        if let Self::RateLimited(wait) = self {
+            let secs = wait.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

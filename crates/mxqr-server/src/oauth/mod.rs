@@ -1,0 +1,398 @@
+//! Accounts and the Matrix OAuth 2.0 authorization server (Matrix spec "OAuth 2.0 API"):
+//! server metadata, dynamic client registration, the authorization-code (PKCE) and device
+//! authorization grants, refresh with rotation, revocation, and the bearer-token lookup the
+//! client-server API uses. The HTML side (login, consent, `/link`, account pages) lives in
+//! [`crate::web`].
+
+pub mod client;
+mod config;
+pub(crate) mod endpoints;
+mod error;
+pub mod password;
+pub mod scope;
+pub mod tokens;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+
+pub use config::{DatabaseConfig, OAuthConfig};
+pub use error::OAuthError;
+
+use crate::app::ClientIp;
+use crate::auth::CreateAuthorizer;
+use crate::config::Config;
+use crate::db::{DbResult, NewTokens, SharedDb, SqliteDb, TokenInfo};
+use crate::ratelimit::{RateLimiter, client_key};
+use crate::store::BoxFuture;
+
+/// Source of the current time, injectable so tests can expire codes without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that starts at the system time and moves only when told (tests).
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(AtomicI64::new(SystemClock.now_ms()))
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Lifetimes and caps, from `[oauth]` or (in tests) set directly, bypassing the config floors.
+#[derive(Clone, Debug)]
+pub struct Lifetimes {
+    /// Access-token life.
+    pub access_token: Duration,
+    /// Retry window of a superseded refresh token.
+    pub refresh_grace: Duration,
+    /// Authorization-code life.
+    pub auth_code: Duration,
+    /// Device-code life.
+    pub device_code: Duration,
+    /// Initial polling interval, seconds.
+    pub device_interval_secs: u64,
+    /// Lookups of one user code before its grant is refused.
+    pub user_code_max_lookups: u32,
+    /// Browser sign-in life.
+    pub browser_session: Duration,
+    /// How long an approved cross-signing reset stays usable.
+    pub cross_signing_reset: Duration,
+}
+
+impl Lifetimes {
+    /// The configured values.
+    pub fn from_config(c: &OAuthConfig) -> Self {
+        Self {
+            access_token: Duration::from_secs(c.access_token_ttl_secs),
+            refresh_grace: Duration::from_secs(c.refresh_grace_secs),
+            auth_code: Duration::from_secs(c.auth_code_ttl_secs),
+            device_code: Duration::from_secs(c.device_code_ttl_secs),
+            device_interval_secs: c.device_poll_interval_secs,
+            user_code_max_lookups: c.user_code_max_lookups,
+            browser_session: Duration::from_secs(c.browser_session_ttl_secs),
+            cross_signing_reset: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Interval between database purges.
+const PURGE_EVERY_MS: i64 = 60_000;
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+struct Inner {
+    db: SharedDb,
+    clock: Arc<dyn Clock>,
+    life: Lifetimes,
+    public_url: String,
+    server_name: String,
+    registration_enabled: bool,
+    secure_cookies: bool,
+    last_purge: AtomicI64,
+    attempt_limiter: Option<RateLimiter>,
+    unknown_code_limiter: Option<RateLimiter>,
+}
+
+/// Shared state of the OAuth endpoints and pages (cheap to clone).
+#[derive(Clone)]
+pub struct OAuthState(Arc<Inner>);
+
+/// A freshly minted token pair: the secrets for the client and the digests for the store.
+pub struct Minted {
+    /// Access token (secret).
+    pub access_token: String,
+    /// Refresh token (secret).
+    pub refresh_token: String,
+    /// What the store keeps.
+    pub stored: NewTokens,
+}
+
+impl OAuthState {
+    /// Opens the SQLite store named by `config` and builds the state with the system clock.
+    pub async fn open(config: &Config) -> DbResult<Self> {
+        let db = SqliteDb::open(&config.sqlite_path()).await?;
+        Ok(Self::new(config, Arc::new(db)))
+    }
+
+    /// State over `db` with the configured lifetimes and the system clock.
+    pub fn new(config: &Config, db: SharedDb) -> Self {
+        Self::with_clock(
+            config,
+            db,
+            Arc::new(SystemClock),
+            Lifetimes::from_config(&config.oauth),
+        )
+    }
+
+    /// State with an explicit clock and lifetimes (tests).
+    pub fn with_clock(
+        config: &Config,
+        db: SharedDb,
+        clock: Arc<dyn Clock>,
+        life: Lifetimes,
+    ) -> Self {
+        let public_url = config.effective_public_url();
+        let limiter = || {
+            config.rate_limit.enabled.then(|| {
+                RateLimiter::new(
+                    config.oauth.attempts_per_second,
+                    config.oauth.attempts_burst,
+                )
+            })
+        };
+        Self(Arc::new(Inner {
+            db,
+            clock,
+            life,
+            secure_cookies: public_url.starts_with("https://"),
+            server_name: config.effective_server_name(),
+            public_url,
+            registration_enabled: config.oauth.registration_enabled,
+            last_purge: AtomicI64::new(0),
+            attempt_limiter: limiter(),
+            unknown_code_limiter: limiter(),
+        }))
+    }
+
+    /// The store.
+    pub fn db(&self) -> &SharedDb {
+        &self.0.db
+    }
+
+    /// Current time, ms since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.0.clock.now_ms()
+    }
+
+    /// Lifetimes in force.
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.0.life
+    }
+
+    /// Base URL, ending in `/`.
+    pub fn public_url(&self) -> &str {
+        &self.0.public_url
+    }
+
+    /// `public_url` + `path` (no leading `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.0.public_url)
+    }
+
+    /// The Matrix server name.
+    pub fn server_name(&self) -> &str {
+        &self.0.server_name
+    }
+
+    /// `@localpart:server_name`.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.0.server_name)
+    }
+
+    /// Whether self-registration is on.
+    pub fn registration_enabled(&self) -> bool {
+        self.0.registration_enabled
+    }
+
+    /// Whether cookies get the `Secure` attribute (public URL is https).
+    pub fn secure_cookies(&self) -> bool {
+        self.0.secure_cookies
+    }
+
+    /// Charges one code entry or login attempt to `ip`.
+    pub(crate) fn check_attempt(&self, ip: IpAddr) -> Result<(), Duration> {
+        match &self.0.attempt_limiter {
+            Some(l) => l.check(client_key(ip)),
+            None => Ok(()),
+        }
+    }
+
+    /// Charges one unknown device code at the token endpoint to `ip`.
+    pub(crate) fn check_unknown_code(&self, ip: IpAddr) -> Result<(), Duration> {
+        match &self.0.unknown_code_limiter {
+            Some(l) => l.check(client_key(ip)),
+            None => Ok(()),
+        }
+    }
+
+    /// Mints an access/refresh pair expiring per the configured access-token life.
+    pub fn mint(&self) -> Minted {
+        let access_token = tokens::generate(tokens::Kind::Access);
+        let refresh_token = tokens::generate(tokens::Kind::Refresh);
+        let stored = NewTokens {
+            access_hash: tokens::hash(&access_token),
+            refresh_hash: tokens::hash(&refresh_token),
+            access_expires_at: self.now_ms().saturating_add(ms(self.0.life.access_token)),
+        };
+        Minted {
+            access_token,
+            refresh_token,
+            stored,
+        }
+    }
+
+    /// What a presented access token stands for: `None` when it is malformed, unknown,
+    /// revoked, expired, or its user is locked. This is the bearer authentication of the
+    /// client-server API.
+    pub async fn token_info(&self, access_token: &str) -> DbResult<Option<TokenInfo>> {
+        if !tokens::well_formed(tokens::Kind::Access, access_token) {
+            return Ok(None);
+        }
+        self.0
+            .db
+            .token_info(&tokens::hash(access_token), self.now_ms())
+            .await
+    }
+
+    /// Whether a cross-signing reset is approved for the user now.
+    pub async fn cross_signing_reset_allowed(&self, localpart: &str) -> DbResult<bool> {
+        self.0
+            .db
+            .cross_signing_reset_allowed(localpart, self.now_ms())
+            .await
+    }
+
+    /// An MSC4388 creation policy that accepts only live access tokens with client-API scope.
+    pub fn create_authorizer(&self) -> Box<dyn CreateAuthorizer> {
+        Box::new(TokenAuthorizer(self.clone()))
+    }
+
+    /// Periodic clean-up of expired codes, grants and browser sessions; called every second
+    /// by the server's maintenance task, it touches the database at most once a minute.
+    pub async fn purge_expired(&self) {
+        let now = self.now_ms();
+        let last = self.0.last_purge.load(Ordering::Relaxed);
+        if now - last < PURGE_EVERY_MS
+            || self
+                .0
+                .last_purge
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match self.0.db.purge_expired(self.now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired OAuth rows purged"),
+            Err(err) => tracing::warn!(%err, "purging expired OAuth rows failed"),
+        }
+        for limiter in [&self.0.attempt_limiter, &self.0.unknown_code_limiter]
+            .into_iter()
+            .flatten()
+        {
+            limiter.prune();
+        }
+    }
+}
+
+/// The application state `mxqr serve` runs: the rendezvous with the configured store and,
+/// when `[oauth] enabled`, accounts and the OAuth server over the SQLite database. With
+/// `create_policy = "authenticated"` rendezvous creation then checks tokens against it.
+pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
+    if !config.oauth.enabled {
+        return Ok(crate::AppState::new(config));
+    }
+    let oauth = OAuthState::open(&config).await?;
+    let authorizer = match config.rendezvous.create_policy {
+        crate::config::CreatePolicy::Authenticated => oauth.create_authorizer(),
+        crate::config::CreatePolicy::Open => {
+            crate::auth::for_policy(config.rendezvous.create_policy)
+        }
+    };
+    let store = Arc::new(crate::store::MemoryStore::new(config.session_limits()));
+    Ok(crate::AppState::with_parts(config, store, authorizer).with_oauth(oauth))
+}
+
+/// Validates bearer tokens against the store for rendezvous creation.
+struct TokenAuthorizer(OAuthState);
+
+impl CreateAuthorizer for TokenAuthorizer {
+    fn may_create<'a>(&'a self, access_token: Option<&'a str>) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(token) = access_token else {
+                return false;
+            };
+            match self.0.token_info(token).await {
+                Ok(Some(info)) => scope::grants_client_api(&info.scope),
+                Ok(None) => false,
+                Err(err) => {
+                    tracing::error!(%err, "token lookup failed; refusing creation");
+                    false
+                }
+            }
+        })
+    }
+}
+
+/// The client address the outer middleware attributed the request to.
+pub(crate) struct RequestIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ClientIp>()
+                .map_or(IpAddr::from([0u8, 0, 0, 0]), |c| c.0),
+        ))
+    }
+}
+
+/// Routes of the OAuth API and its pages, ready to merge into the application router.
+pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+    let metadata = get(endpoints::metadata);
+    Router::new()
+        .route("/_matrix/client/v1/auth_metadata", metadata.clone())
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata",
+            metadata.clone(),
+        )
+        .route("/.well-known/oauth-authorization-server", metadata)
+        .route("/oauth2/registration", post(endpoints::register))
+        .route("/oauth2/device", post(endpoints::device_authorization))
+        .route("/oauth2/token", post(endpoints::token))
+        .route("/oauth2/revoke", post(endpoints::revoke))
+        .merge(crate::web::routes())
+        .with_state(state)
+}

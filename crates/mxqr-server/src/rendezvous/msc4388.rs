@@ -1,0 +1,228 @@
+//! MSC4388 rendezvous: JSON bodies, `sequence_token` versioning (PROTOCOL.md §3b), plus the
+//! idempotent `PUT …/{id}/{txnId}` form and the long-poll extension
+//! (`GET …/{id}?since=<token>&timeout_ms=<n>`).
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
+use crate::app::{AppState, ClientIp};
+use crate::auth::bearer_token;
+use crate::error::{ApiError, ConflictStyle};
+use crate::response::{RawBody, json};
+use crate::store::{SequenceToken, SessionMeta, Transport, Write};
+
+/// Stable prefix (Matrix spec).
+pub const STABLE_PREFIX: &str = "/_matrix/client/v1/rendezvous";
+/// Unstable prefix (what Synapse and ruma use today).
+pub const UNSTABLE_PREFIX: &str = "/_matrix/client/unstable/io.element.msc4388/rendezvous";
+
+/// Routes under both prefixes; they share sessions and differ only in the conflict errcode.
+pub fn routes() -> Router<AppState> {
+    let under = |prefix: &str, style: ConflictStyle| {
+        Router::new()
+            .route(prefix, get(discover).post(create))
+            .route(
+                &format!("{prefix}/{{id}}"),
+                get(read).put(write).delete(remove),
+            )
+            .route(&format!("{prefix}/{{id}}/{{txn_id}}"), put(write_txn))
+            .layer(Extension(style))
+    };
+    under(STABLE_PREFIX, ConflictStyle::Msc4388Stable)
+        .merge(under(UNSTABLE_PREFIX, ConflictStyle::Msc4388Unstable))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    data: String,
+}
+
+#[derive(Deserialize)]
+struct WriteBody {
+    sequence_token: String,
+    data: String,
+}
+
+/// Parses a JSON body, telling "not JSON" (`M_NOT_JSON`) from "wrong shape" (`M_BAD_JSON`).
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| match err.classify() {
+        serde_json::error::Category::Data => ApiError::BadJson(err.to_string()),
+        _ => ApiError::NotJson(err.to_string()),
+    })
+}
+
+fn check_size(data: &str) -> Result<(), ApiError> {
+    // Cheap byte test first: fewer bytes than the limit means fewer characters too.
+    if data.len() > MAX_PAYLOAD && data.chars().count() > MAX_PAYLOAD {
+        return Err(ApiError::TooLarge("data is longer than 4096 characters"));
+    }
+    Ok(())
+}
+
+fn millis(meta: &SessionMeta) -> u64 {
+    u64::try_from(meta.expires_in.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `GET <prefix>`: may this requester create a session?
+async fn discover(State(state): State<AppState>, headers: HeaderMap) -> Json<serde_json::Value> {
+    let allowed = state.authorizer().may_create(bearer_token(&headers)).await;
+    Json(json!({ "create_available": allowed }))
+}
+
+/// `POST <prefix>` `{"data"}` → `{"id","sequence_token","expires_in_ms"}`.
+async fn create(
+    State(state): State<AppState>,
+    Extension(style): Extension<ConflictStyle>,
+    Extension(client): Extension<ClientIp>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    if !state.authorizer().may_create(bearer_token(&headers)).await {
+        return Err(ApiError::Forbidden(
+            "creating a rendezvous session needs an access token here",
+        ));
+    }
+    state.check_create_rate(client)?;
+    let CreateBody { data } = parse_body(&body)?;
+    check_size(&data)?;
+    let (id, meta) = state
+        .store()
+        .create(Transport::Msc4388, Arc::from(data))
+        .await
+        .map_err(|e| ApiError::from_store(e, style))?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "id": id.to_string(),
+            "sequence_token": meta.token.to_string(),
+            "expires_in_ms": millis(&meta),
+        }),
+    ))
+}
+
+/// `GET <prefix>/{id}`, optionally long-polling until the token differs from `since`.
+async fn read(
+    State(state): State<AppState>,
+    Extension(style): Extension<ConflictStyle>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    refuse_navigation(&headers)?;
+    let poll = PollQuery::parse(query.as_deref())?;
+    let id = parse_id(&id)?;
+    let store = state.store();
+    let snapshot = match (poll.since, poll.timeout) {
+        (Some(since), Some(timeout)) => match since.parse::<SequenceToken>() {
+            Ok(since) => {
+                let until = deadline(timeout, state.config().rendezvous.long_poll_max_ms);
+                state
+                    .until_shutdown(
+                        store.wait_for_change(Transport::Msc4388, id, since, until),
+                        store.get(Transport::Msc4388, id),
+                    )
+                    .await
+            }
+            // A token we never issued differs from the current one: answer at once.
+            Err(_) => store.get(Transport::Msc4388, id).await,
+        },
+        _ => store.get(Transport::Msc4388, id).await,
+    }
+    .map_err(|e| ApiError::from_store(e, style))?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "data": &*snapshot.data,
+            "sequence_token": snapshot.meta.token.to_string(),
+            "expires_in_ms": millis(&snapshot.meta),
+        }),
+    ))
+}
+
+/// `PUT <prefix>/{id}` `{"sequence_token","data"}` → `{"sequence_token"}`.
+async fn write(
+    State(state): State<AppState>,
+    Extension(style): Extension<ConflictStyle>,
+    Extension(client): Extension<ClientIp>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    do_write(state, style, client, &id, None, &body).await
+}
+
+/// `PUT <prefix>/{id}/{txnId}`: as `PUT <prefix>/{id}`, and a repeat with the same
+/// transaction ID and body gets the first answer again.
+async fn write_txn(
+    State(state): State<AppState>,
+    Extension(style): Extension<ConflictStyle>,
+    Extension(client): Extension<ClientIp>,
+    Path((id, txn_id)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    if txn_id.is_empty() || txn_id.len() > 255 {
+        return Err(ApiError::InvalidParam("txnId must be 1 to 255 bytes"));
+    }
+    do_write(state, style, client, &id, Some(txn_id.into()), &body).await
+}
+
+async fn do_write(
+    state: AppState,
+    style: ConflictStyle,
+    client: ClientIp,
+    id: &str,
+    txn_id: Option<Box<str>>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    state.check_write_rate(client)?;
+    let WriteBody {
+        sequence_token,
+        data,
+    } = parse_body(body)?;
+    check_size(&data)?;
+    let id = parse_id(id)?;
+    // A token we never issued cannot be current: that is a stale write, not a bad request.
+    let expected = sequence_token
+        .parse::<SequenceToken>()
+        .map_err(|_| ApiError::ConcurrentWrite(style))?;
+    let meta = state
+        .store()
+        .update(
+            Transport::Msc4388,
+            id,
+            Write {
+                expected,
+                data: Arc::from(data),
+                txn_id,
+            },
+        )
+        .await
+        .map_err(|e| ApiError::from_store(e, style))?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "sequence_token": meta.token.to_string() }),
+    ))
+}
+
+/// `DELETE <prefix>/{id}` → `{}`.
+async fn remove(
+    State(state): State<AppState>,
+    Extension(style): Extension<ConflictStyle>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store()
+        .delete(Transport::Msc4388, id)
+        .await
+        .map_err(|e| ApiError::from_store(e, style))?;
+    Ok(json(StatusCode::OK, &json!({})))
+}

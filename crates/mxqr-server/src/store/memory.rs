@@ -1,0 +1,410 @@
+//! In-memory [`RendezvousStore`]: one process, sessions lost on restart.
+//!
+//! Layout is chosen for a million live sessions in well under 1 GiB: IDs and tokens are
+//! integers, times are milliseconds since the store started, the payload is one shared string,
+//! and the wake-up handle and transaction log are allocated only when used. Expiry uses an
+//! ordered index `(expires_ms, id)`, so purging and eviction touch only the sessions concerned.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+use super::{
+    BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
+    StoreError, StoreStats, Transport, Write,
+};
+
+/// Transaction IDs remembered per session: both sides alternate writes, and a retry arrives
+/// soon after the original, so a few suffice.
+const TXN_LOG_LEN: usize = 4;
+
+/// Expired sessions removed per lock acquisition, so a mass expiry never stalls requests.
+const PURGE_BATCH: usize = 1024;
+
+struct TxnRecord {
+    txn_id: Box<str>,
+    fingerprint: u64,
+    outcome: Result<u64, StoreError>,
+}
+
+/// Boxed inside [`Entry`] so sessions that never use transaction IDs pay one pointer.
+#[derive(Default)]
+struct TxnLog(VecDeque<TxnRecord>);
+
+struct Entry {
+    data: Arc<str>,
+    token: u64,
+    /// Token the latest write replaced (0: none yet), for the retried-write rule.
+    prev_token: u64,
+    created_ms: u64,
+    expires_ms: u64,
+    modified_ms: u64,
+    transport: Transport,
+    waiters: Option<Arc<Notify>>,
+    txns: Option<Box<TxnLog>>,
+}
+
+impl Entry {
+    fn wake(&mut self) {
+        if let Some(waiters) = self.waiters.take() {
+            waiters.notify_waiters();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<u128, Entry>,
+    by_expiry: BTreeSet<(u64, u128)>,
+}
+
+impl Inner {
+    /// Removes a session, waking its waiters; returns its transport.
+    fn remove(&mut self, id: u128) -> Option<Transport> {
+        let mut entry = self.sessions.remove(&id)?;
+        self.by_expiry.remove(&(entry.expires_ms, id));
+        entry.wake();
+        Some(entry.transport)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    live: [AtomicU64; 2],
+    created: [AtomicU64; 2],
+    expired: [AtomicU64; 2],
+    evicted: [AtomicU64; 2],
+    deleted: [AtomicU64; 2],
+}
+
+impl Counters {
+    fn bump(counter: &[AtomicU64; 2], transport: Transport) {
+        counter[transport.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn gone(&self, counter: &[AtomicU64; 2], transport: Transport) {
+        Self::bump(counter, transport);
+        self.live[transport.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The in-memory back end.
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    limits: SessionLimits,
+    epoch: Instant,
+    epoch_wall: SystemTime,
+    hasher: RandomState,
+    counters: Counters,
+}
+
+impl MemoryStore {
+    /// An empty store enforcing `limits`.
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            limits,
+            epoch: Instant::now(),
+            epoch_wall: SystemTime::now(),
+            hasher: RandomState::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the maps consistent (no multi-step invariant
+        // is broken mid-way by anything that can panic), so keep serving.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ms_since_epoch(Instant::now())
+    }
+
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn meta(&self, entry: &Entry, now_ms: u64) -> SessionMeta {
+        SessionMeta {
+            token: SequenceToken(entry.token),
+            expires_in: Duration::from_millis(entry.expires_ms.saturating_sub(now_ms)),
+            last_modified: self.epoch_wall + Duration::from_millis(entry.modified_ms),
+        }
+    }
+
+    fn ms(duration: Duration) -> u64 {
+        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Looks up a live session of `transport`, dropping it first if it has expired.
+    fn live_entry<'a>(
+        &self,
+        inner: &'a mut Inner,
+        transport: Transport,
+        id: SessionId,
+        now_ms: u64,
+    ) -> Result<&'a mut Entry, StoreError> {
+        let expired = match inner.sessions.get(&id.0) {
+            None => return Err(StoreError::NotFound),
+            Some(entry) if entry.transport != transport => return Err(StoreError::NotFound),
+            Some(entry) => entry.expires_ms <= now_ms,
+        };
+        if expired {
+            if let Some(t) = inner.remove(id.0) {
+                self.counters.gone(&self.counters.expired, t);
+            }
+            return Err(StoreError::NotFound);
+        }
+        inner.sessions.get_mut(&id.0).ok_or(StoreError::NotFound)
+    }
+
+    fn purge_batch(&self, now_ms: u64) -> (usize, bool) {
+        let mut inner = self.lock();
+        let mut removed = 0;
+        while removed < PURGE_BATCH {
+            let Some(&(expires_ms, id)) = inner.by_expiry.first() else {
+                return (removed, false);
+            };
+            if expires_ms > now_ms {
+                return (removed, false);
+            }
+            if let Some(t) = inner.remove(id) {
+                self.counters.gone(&self.counters.expired, t);
+            }
+            removed += 1;
+        }
+        (removed, true)
+    }
+
+    fn do_create(&self, transport: Transport, data: Arc<str>) -> (SessionId, SessionMeta) {
+        let now_ms = self.now_ms();
+        let mut inner = self.lock();
+        while inner.sessions.len() >= self.limits.max_sessions.max(1) {
+            // Evict the session closest to expiry: it is the one most likely abandoned, and a
+            // user starting a sign-in now is never refused.
+            let Some(&(expires_ms, victim)) = inner.by_expiry.first() else {
+                break;
+            };
+            if let Some(t) = inner.remove(victim) {
+                let counter = if expires_ms <= now_ms {
+                    &self.counters.expired
+                } else {
+                    &self.counters.evicted
+                };
+                self.counters.gone(counter, t);
+            }
+        }
+        let mut id = SessionId::random();
+        while inner.sessions.contains_key(&id.0) {
+            id = SessionId::random();
+        }
+        let expires_ms = now_ms.saturating_add(Self::ms(self.limits.ttl));
+        let entry = Entry {
+            data,
+            token: SequenceToken::fresh(&[]).0,
+            prev_token: 0,
+            created_ms: now_ms,
+            expires_ms,
+            modified_ms: now_ms,
+            transport,
+            waiters: None,
+            txns: None,
+        };
+        let meta = self.meta(&entry, now_ms);
+        inner.sessions.insert(id.0, entry);
+        inner.by_expiry.insert((expires_ms, id.0));
+        Counters::bump(&self.counters.created, transport);
+        Counters::bump(&self.counters.live, transport);
+        (id, meta)
+    }
+
+    fn do_update(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        write: Write,
+    ) -> Result<SessionMeta, StoreError> {
+        let now_ms = self.now_ms();
+        let fingerprint = self.hasher.hash_one((write.expected.0, &*write.data));
+        let mut inner = self.lock();
+        let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
+
+        if let (Some(txn_id), Some(log)) = (&write.txn_id, &entry.txns)
+            && let Some(record) = log.0.iter().find(|r| r.txn_id == *txn_id)
+        {
+            if record.fingerprint != fingerprint {
+                return Err(StoreError::TxnReused);
+            }
+            let token = record.outcome.clone()?;
+            let mut meta = self.meta(entry, now_ms);
+            meta.token = SequenceToken(token);
+            return Ok(meta);
+        }
+
+        let outcome = if write.expected.0 == entry.token {
+            let token = SequenceToken::fresh(&[entry.token, entry.prev_token]).0;
+            entry.prev_token = entry.token;
+            entry.token = token;
+            entry.data = write.data;
+            entry.modified_ms = now_ms;
+            entry.wake();
+            Ok(Some(token))
+        } else if entry.prev_token != 0
+            && write.expected.0 == entry.prev_token
+            && *entry.data == *write.data
+        {
+            // A retry of the latest write whose response was lost: same answer again.
+            Ok(None)
+        } else {
+            Err(StoreError::ConcurrentWrite)
+        };
+
+        if let Some(txn_id) = write.txn_id {
+            let log = entry.txns.get_or_insert_with(Default::default);
+            if log.0.len() == TXN_LOG_LEN {
+                log.0.pop_front();
+            }
+            log.0.push_back(TxnRecord {
+                txn_id,
+                fingerprint,
+                outcome: outcome.clone().map(|_| entry.token),
+            });
+        }
+
+        let renewed = matches!(outcome, Ok(Some(_))) && self.limits.renew_on_write;
+        outcome?;
+        if renewed {
+            let cap = entry
+                .created_ms
+                .saturating_add(Self::ms(self.limits.max_lifetime));
+            let new_expiry = now_ms
+                .saturating_add(Self::ms(self.limits.ttl))
+                .min(cap)
+                .max(entry.expires_ms);
+            let old_expiry = std::mem::replace(&mut entry.expires_ms, new_expiry);
+            let meta = self.meta(entry, now_ms);
+            if old_expiry != new_expiry {
+                inner.by_expiry.remove(&(old_expiry, id.0));
+                inner.by_expiry.insert((new_expiry, id.0));
+            }
+            return Ok(meta);
+        }
+        Ok(self.meta(entry, now_ms))
+    }
+}
+
+impl RendezvousStore for MemoryStore {
+    fn create(
+        &self,
+        transport: Transport,
+        data: Arc<str>,
+    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>> {
+        Box::pin(async move { Ok(self.do_create(transport, data)) })
+    }
+
+    fn get(
+        &self,
+        transport: Transport,
+        id: SessionId,
+    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(async move {
+            let now_ms = self.now_ms();
+            let mut inner = self.lock();
+            let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
+            Ok(Snapshot {
+                data: entry.data.clone(),
+                meta: self.meta(entry, now_ms),
+            })
+        })
+    }
+
+    fn wait_for_change(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        since: SequenceToken,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(async move {
+            loop {
+                let now_ms = self.now_ms();
+                let notify: Arc<Notify>;
+                let notified;
+                {
+                    let mut inner = self.lock();
+                    let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
+                    if entry.token != since.0 || Instant::now() >= deadline {
+                        return Ok(Snapshot {
+                            data: entry.data.clone(),
+                            meta: self.meta(entry, now_ms),
+                        });
+                    }
+                    notify = entry
+                        .waiters
+                        .get_or_insert_with(|| Arc::new(Notify::new()))
+                        .clone();
+                    // Created under the lock: any later write's `notify_waiters` reaches it.
+                    notified = notify.notified();
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                }
+            }
+        })
+    }
+
+    fn update(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        write: Write,
+    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>> {
+        Box::pin(async move { self.do_update(transport, id, write) })
+    }
+
+    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let now_ms = self.now_ms();
+            let mut inner = self.lock();
+            self.live_entry(&mut inner, transport, id, now_ms)?;
+            if let Some(t) = inner.remove(id.0) {
+                self.counters.gone(&self.counters.deleted, t);
+            }
+            Ok(())
+        })
+    }
+
+    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let now_ms = self.now_ms();
+            let mut total = 0;
+            loop {
+                let (removed, more) = self.purge_batch(now_ms);
+                total += removed;
+                if !more {
+                    return Ok(total);
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    }
+
+    fn stats(&self) -> StoreStats {
+        let read =
+            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
+        StoreStats {
+            live: read(&self.counters.live),
+            created: read(&self.counters.created),
+            expired: read(&self.counters.expired),
+            evicted: read(&self.counters.evicted),
+            deleted: read(&self.counters.deleted),
+        }
+    }
+}

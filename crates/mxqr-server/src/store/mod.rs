@@ -1,0 +1,176 @@
+//! Rendezvous session storage behind one async trait.
+//!
+//! The HTTP layer speaks only to [`RendezvousStore`], so a shared back end (PostgreSQL with
+//! `LISTEN/NOTIFY` for wake-ups) can replace the in-memory one to run several instances. The
+//! trait carries everything a back end must get right atomically: compare-and-set on the
+//! sequence token, the retried-write rule, transaction-ID idempotency and waiting for a change.
+
+mod ids;
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use ids::{InvalidId, SequenceToken, SessionId};
+pub use memory::MemoryStore;
+
+/// Boxed future, so the trait stays object-safe (`Arc<dyn RendezvousStore>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which rendezvous API a session belongs to; a session is visible only through its own API.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Transport {
+    /// MSC4388: JSON bodies with `sequence_token`.
+    Msc4388,
+    /// MSC4108 (2024 revision): text bodies, ETag versioning.
+    Msc4108,
+}
+
+impl Transport {
+    /// Both transports, for per-transport statistics.
+    pub const ALL: [Transport; 2] = [Transport::Msc4388, Transport::Msc4108];
+
+    /// Label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Msc4388 => "msc4388",
+            Transport::Msc4108 => "msc4108",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Transport::Msc4388 => 0,
+            Transport::Msc4108 => 1,
+        }
+    }
+}
+
+/// Lifetime and capacity rules a store enforces.
+#[derive(Clone, Debug)]
+pub struct SessionLimits {
+    /// Life of a session from creation (and from each write when `renew_on_write`).
+    pub ttl: Duration,
+    /// Extend the life to `ttl` after each successful write.
+    pub renew_on_write: bool,
+    /// Hard cap on a session's life from creation, whatever the renewals.
+    pub max_lifetime: Duration,
+    /// Live sessions at most; creating one more evicts the session closest to expiry.
+    pub max_sessions: usize,
+}
+
+/// Version metadata of a session, as the HTTP layer reports it.
+#[derive(Clone, Debug)]
+pub struct SessionMeta {
+    /// Token of the current payload.
+    pub token: SequenceToken,
+    /// Time left before expiry, measured by the server (clients must not compare clocks).
+    pub expires_in: Duration,
+    /// Wall-clock time of the last write (MSC4108 `Last-Modified`).
+    pub last_modified: SystemTime,
+}
+
+/// A session's payload with its metadata.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Current payload.
+    pub data: Arc<str>,
+    /// Its version and expiry.
+    pub meta: SessionMeta,
+}
+
+/// A write that replaces the payload if `expected` is still current.
+#[derive(Clone, Debug)]
+pub struct Write {
+    /// Token the writer last saw.
+    pub expected: SequenceToken,
+    /// New payload.
+    pub data: Arc<str>,
+    /// Client transaction ID (`PUT …/{id}/{txnId}`): a repeat with the same body gets the
+    /// first answer again.
+    pub txn_id: Option<Box<str>>,
+}
+
+/// Why a store operation did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Unknown, deleted, evicted or expired session (or one of the other transport).
+    #[error("no such rendezvous session")]
+    NotFound,
+    /// The expected token is not the current one.
+    #[error("the sequence token is stale")]
+    ConcurrentWrite,
+    /// The transaction ID was used before with a different body.
+    #[error("transaction ID reused with a different request body")]
+    TxnReused,
+    /// The back end could not be reached or failed.
+    #[error("rendezvous store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Counters for metrics and health; cheap to read, may lag a shared back end slightly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Live sessions per transport ([`Transport::index`] order).
+    pub live: [u64; 2],
+    /// Sessions created since start, per transport.
+    pub created: [u64; 2],
+    /// Sessions that reached their expiry, per transport.
+    pub expired: [u64; 2],
+    /// Sessions evicted by the live-session cap, per transport.
+    pub evicted: [u64; 2],
+    /// Sessions deleted by a client, per transport.
+    pub deleted: [u64; 2],
+}
+
+/// Storage of rendezvous sessions.
+///
+/// Implementations must make [`update`](Self::update) atomic (compare-and-set on the token)
+/// and wake every [`wait_for_change`](Self::wait_for_change) caller of a session when it is
+/// written, deleted, evicted or expires.
+pub trait RendezvousStore: Send + Sync + 'static {
+    /// Creates a session holding `data`; returns its ID and metadata.
+    fn create(
+        &self,
+        transport: Transport,
+        data: Arc<str>,
+    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>>;
+
+    /// Current payload of a live session.
+    fn get(
+        &self,
+        transport: Transport,
+        id: SessionId,
+    ) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+
+    /// Waits until the session's token differs from `since` or `deadline` passes, then
+    /// answers as [`get`](Self::get) would.
+    fn wait_for_change(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        since: SequenceToken,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+
+    /// Replaces the payload if `write.expected` is current. Also succeeds, returning the
+    /// current metadata unchanged, when `write.expected` is the token the latest write
+    /// replaced and the data is identical: that is a retry whose response was lost.
+    fn update(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        write: Write,
+    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>>;
+
+    /// Removes a session.
+    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Removes sessions past their expiry; returns how many. Called periodically.
+    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// Counters for metrics.
+    fn stats(&self) -> StoreStats;
+}

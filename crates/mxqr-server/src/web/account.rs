@@ -1,0 +1,178 @@
+//! Account pages behind `account_management_uri`: `?action=` selects the view, with the
+//! spec's stable action names and the MSC4191 ones older clients send.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Serialize;
+
+use super::{PageError, PageResult, Visit, see_other, show_time};
+use crate::oauth::OAuthState;
+use crate::oauth::endpoints::{Params, load_client};
+
+#[derive(Serialize)]
+struct DeviceRow {
+    device_id: String,
+    client: String,
+    since: String,
+}
+
+async fn client_label(state: &OAuthState, client_id: Option<&str>) -> Result<String, PageError> {
+    Ok(match client_id {
+        None => "Issued by the server administrator".to_owned(),
+        Some(id) => match load_client(state, id).await? {
+            Some(c) => c.display_name(),
+            None => id.to_owned(),
+        },
+    })
+}
+
+/// `GET /account[?action=…&device_id=…]`.
+pub(crate) async fn account_page(
+    State(state): State<OAuthState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> PageResult {
+    let raw = query.clone().unwrap_or_default();
+    let params = super::query_params(query)?;
+    let visit = Visit::of(&state, &headers).await?;
+    let Some(localpart) = visit.localpart.clone() else {
+        let next = if raw.is_empty() {
+            "/account".to_owned()
+        } else {
+            format!("/account?{raw}")
+        };
+        return Ok(visit.login_redirect(&state, &next));
+    };
+    let device_id = params.get("device_id");
+    match (params.get("action"), device_id) {
+        (Some("org.matrix.device_view" | "org.matrix.session_view"), Some(id)) => {
+            device_page(&state, &visit, &localpart, id, false).await
+        }
+        (Some("org.matrix.device_delete" | "org.matrix.session_end"), Some(id)) => {
+            device_page(&state, &visit, &localpart, id, true).await
+        }
+        (Some("org.matrix.cross_signing_reset"), _) => visit.render(
+            &state,
+            StatusCode::OK,
+            "reset.html",
+            minijinja::context! { title => "Reset cross-signing keys" },
+        ),
+        _ => {
+            let mut devices = Vec::new();
+            for d in state.db().devices(&localpart).await? {
+                devices.push(DeviceRow {
+                    client: client_label(&state, d.client_id.as_deref()).await?,
+                    since: d
+                        .session_created_at
+                        .map(show_time)
+                        .unwrap_or_else(|| "not signed in".into()),
+                    device_id: d.device_id,
+                });
+            }
+            let notice = params.get("notice").map(|n| match n {
+                "device_deleted" => "The device was signed out.",
+                _ => "",
+            });
+            visit.render(
+                &state,
+                StatusCode::OK,
+                "account.html",
+                minijinja::context! { title => "Your account", devices => devices, notice => notice },
+            )
+        }
+    }
+}
+
+async fn device_page(
+    state: &OAuthState,
+    visit: &Visit,
+    localpart: &str,
+    device_id: &str,
+    confirm_delete: bool,
+) -> PageResult {
+    let Some(device) = state.db().device(localpart, device_id).await? else {
+        return Err(PageError::NotFound(
+            "you have no device with this ID".into(),
+        ));
+    };
+    visit.render(
+        state,
+        StatusCode::OK,
+        "device.html",
+        minijinja::context! {
+            title => format!("Device {}", device.device_id),
+            client => client_label(state, device.client_id.as_deref()).await?,
+            created => show_time(device.created_at),
+            since => device.session_created_at.map(show_time),
+            display_name => device.display_name,
+            device_id => device.device_id,
+            confirm_delete => confirm_delete,
+        },
+    )
+}
+
+async fn signed_in_form(
+    state: &OAuthState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Visit, Params, Option<String>), PageError> {
+    let visit = Visit::of(state, headers).await?;
+    let params = Params::parse(body).map_err(PageError::BadRequest)?;
+    visit.check_csrf(params.get("csrf"))?;
+    let localpart = visit.localpart.clone();
+    Ok((visit, params, localpart))
+}
+
+/// `POST /account/device/delete`: signs a device out (revokes its tokens, removes it).
+pub(crate) async fn delete_device(
+    State(state): State<OAuthState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let (visit, params, localpart) = signed_in_form(&state, &headers, &body).await?;
+    let Some(localpart) = localpart else {
+        return Ok(visit.login_redirect(&state, "/account"));
+    };
+    let device_id = params
+        .get("device_id")
+        .ok_or_else(|| PageError::BadRequest("device_id is missing".into()))?;
+    if !state
+        .db()
+        .delete_device(&localpart, device_id, state.now_ms())
+        .await?
+    {
+        return Err(PageError::NotFound(
+            "you have no device with this ID".into(),
+        ));
+    }
+    Ok(see_other("/account?notice=device_deleted"))
+}
+
+/// `POST /account/cross-signing-reset`: lets a device replace the cross-signing keys without
+/// user-interactive auth for a short while (read by `/keys/device_signing/upload`).
+pub(crate) async fn allow_reset(
+    State(state): State<OAuthState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> PageResult {
+    let (visit, _params, localpart) = signed_in_form(&state, &headers, &body).await?;
+    let Some(localpart) = localpart else {
+        return Ok(visit.login_redirect(&state, "/account?action=org.matrix.cross_signing_reset"));
+    };
+    let now = state.now_ms();
+    let until = now.saturating_add(
+        i64::try_from(state.lifetimes().cross_signing_reset.as_millis()).unwrap_or(i64::MAX),
+    );
+    state
+        .db()
+        .approve_cross_signing_reset(&localpart, now, until)
+        .await?;
+    visit.render(
+        &state,
+        StatusCode::OK,
+        "reset.html",
+        minijinja::context! { title => "Reset cross-signing keys", allowed_until => show_time(until) },
+    )
+}

@@ -1,0 +1,285 @@
+//! `GET/POST /oauth2/authorize`: the authorization-code grant's front channel.
+//!
+//! Until `client_id` and `redirect_uri` are known to belong together, errors are shown on a
+//! page (redirecting to an unverified URI would make this server an open redirector); after
+//! that they go back to the client as RFC 6749 §4.1.2.1 error responses.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use url::Url;
+
+use super::{PageError, PageResult, Visit, see_other};
+use crate::db::NewAuthCode;
+use crate::oauth::client::ClientMetadata;
+use crate::oauth::endpoints::{Params, load_client};
+use crate::oauth::scope::{self, MatrixScope};
+use crate::oauth::{OAuthState, tokens};
+
+/// Parameters carried from the consent page back to the POST.
+const CARRIED: [&str; 9] = [
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "response_mode",
+    "state",
+    "scope",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Query,
+    Fragment,
+}
+
+struct AuthRequest {
+    client_id: String,
+    client: ClientMetadata,
+    redirect_uri: String,
+    mode: Mode,
+    state: Option<String>,
+    scope: MatrixScope,
+    challenge: String,
+    prompt: Option<String>,
+    carried: Vec<(String, String)>,
+}
+
+pub(crate) enum Rejection {
+    /// The redirect URI is not trusted: show the error here.
+    Page(PageError),
+    /// Tell the client through its redirect URI.
+    Client(Response),
+}
+
+impl From<PageError> for Rejection {
+    fn from(err: PageError) -> Self {
+        Self::Page(err)
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Page(err) => err.into_response(),
+            Self::Client(response) => response,
+        }
+    }
+}
+
+/// A redirect to the client with `pairs` in the query or the fragment.
+fn to_client(redirect_uri: &str, mode: Mode, pairs: &[(&str, &str)]) -> Response {
+    let Ok(mut url) = Url::parse(redirect_uri) else {
+        return PageError::BadRequest("the redirect URI is not valid".into()).into_response();
+    };
+    match mode {
+        Mode::Query => {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in pairs {
+                query.append_pair(k, v);
+            }
+        }
+        Mode::Fragment => {
+            let mut fragment = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs {
+                fragment.append_pair(k, v);
+            }
+            url.set_fragment(Some(&fragment.finish()));
+        }
+    }
+    see_other(url.as_str())
+}
+
+fn client_error(req: (&str, Mode, Option<&str>), error: &str, description: &str) -> Rejection {
+    let (redirect_uri, mode, state) = req;
+    let mut pairs = vec![("error", error), ("error_description", description)];
+    if let Some(s) = state {
+        pairs.push(("state", s));
+    }
+    Rejection::Client(to_client(redirect_uri, mode, &pairs))
+}
+
+async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Rejection> {
+    let bad = |m: &str| Rejection::Page(PageError::BadRequest(m.to_owned()));
+    let client_id = params
+        .get("client_id")
+        .ok_or_else(|| bad("client_id is missing"))?;
+    let client = load_client(state, client_id)
+        .await
+        .map_err(PageError::from)?
+        .ok_or_else(|| bad("this application is not registered (unknown client_id)"))?;
+    let redirect_uri = params
+        .get("redirect_uri")
+        .ok_or_else(|| bad("redirect_uri is missing"))?;
+    if !client.matching_redirect_uri(redirect_uri) {
+        return Err(bad("redirect_uri is not registered for this application"));
+    }
+    let client_state = params.get("state");
+    let mode = match params.get("response_mode") {
+        None | Some("query") => Mode::Query,
+        Some("fragment") => Mode::Fragment,
+        Some(_) => {
+            return Err(client_error(
+                (redirect_uri, Mode::Query, client_state),
+                "invalid_request",
+                "response_mode must be query or fragment",
+            ));
+        }
+    };
+    let req = (redirect_uri, mode, client_state);
+    if params.get("response_type") != Some("code") {
+        return Err(client_error(
+            req,
+            "unsupported_response_type",
+            "response_type must be code",
+        ));
+    }
+    if !client.allows_grant("authorization_code") {
+        return Err(client_error(
+            req,
+            "unauthorized_client",
+            "the client did not register the authorization_code grant type",
+        ));
+    }
+    if params.get("code_challenge_method") != Some("S256") {
+        return Err(client_error(
+            req,
+            "invalid_request",
+            "PKCE with code_challenge_method S256 is required",
+        ));
+    }
+    let challenge = params.get("code_challenge").unwrap_or("");
+    if challenge.len() != 43 || !tokens::valid_pkce_string(challenge) {
+        return Err(client_error(
+            req,
+            "invalid_request",
+            "code_challenge must be a 43-character S256 challenge",
+        ));
+    }
+    let requested = scope::parse(params.get("scope").unwrap_or(""))
+        .map_err(|e| client_error(req, "invalid_scope", &e.to_string()))?;
+    let carried = CARRIED
+        .iter()
+        .filter_map(|k| params.get(k).map(|v| ((*k).to_owned(), v.to_owned())))
+        .collect();
+    Ok(AuthRequest {
+        client_id: client_id.to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        mode,
+        state: client_state.map(str::to_owned),
+        scope: requested,
+        challenge: challenge.to_owned(),
+        prompt: params.get("prompt").map(str::to_owned),
+        carried,
+        client,
+    })
+}
+
+fn authorize_path(carried: &[(String, String)]) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in carried {
+        query.append_pair(k, v);
+    }
+    format!("/oauth2/authorize?{}", query.finish())
+}
+
+/// `GET /oauth2/authorize`: checks the request, signs the user in, then asks for consent.
+pub(crate) async fn authorize_page(
+    State(state): State<OAuthState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Rejection> {
+    let params = super::query_params(query)?;
+    let request = validate(&state, &params).await?;
+    let visit = Visit::of(&state, &headers).await?;
+    let Some(localpart) = visit.localpart.clone() else {
+        let next = authorize_path(&request.carried);
+        if request.prompt.as_deref() == Some("create") && state.registration_enabled() {
+            let query: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", &next)
+                .finish();
+            let mut response = see_other(&format!("/register?{query}"));
+            visit.finish(&state, &mut response);
+            return Ok(response);
+        }
+        return Ok(visit.login_redirect(&state, &next));
+    };
+    Ok(consent(&state, &visit, &request, &localpart)?)
+}
+
+fn consent(
+    state: &OAuthState,
+    visit: &Visit,
+    request: &AuthRequest,
+    localpart: &str,
+) -> PageResult {
+    visit.render(
+        state,
+        StatusCode::OK,
+        "consent.html",
+        minijinja::context! {
+            title => "Allow access",
+            client_name => request.client.display_name(),
+            client_uri => &request.client.client_uri,
+            device_id => &request.scope.device_id,
+            redirect_uri => &request.redirect_uri,
+            params => &request.carried,
+            user_id => state.user_id(localpart),
+        },
+    )
+}
+
+/// `POST /oauth2/authorize`: the consent decision.
+pub(crate) async fn authorize_submit(
+    State(state): State<OAuthState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Rejection> {
+    let visit = Visit::of(&state, &headers).await?;
+    let params = Params::parse(&body).map_err(PageError::BadRequest)?;
+    visit.check_csrf(params.get("csrf"))?;
+    let request = validate(&state, &params).await?;
+    let Some(localpart) = visit.localpart.clone() else {
+        return Ok(visit.login_redirect(&state, &authorize_path(&request.carried)));
+    };
+    let req = (
+        request.redirect_uri.as_str(),
+        request.mode,
+        request.state.as_deref(),
+    );
+    if params.get("decision") != Some("approve") {
+        return Err(client_error(
+            req,
+            "access_denied",
+            "the user denied the request",
+        ));
+    }
+    let code = tokens::generate(tokens::Kind::AuthCode);
+    let now = state.now_ms();
+    let life = i64::try_from(state.lifetimes().auth_code.as_millis()).unwrap_or(i64::MAX);
+    state
+        .db()
+        .create_auth_code(
+            &NewAuthCode {
+                code_hash: tokens::hash(&code),
+                client_id: request.client_id.clone(),
+                localpart,
+                device_id: request.scope.device_id.clone(),
+                scope: request.scope.granted.clone(),
+                redirect_uri: request.redirect_uri.clone(),
+                code_challenge: request.challenge.clone(),
+                expires_at: now.saturating_add(life),
+            },
+            now,
+        )
+        .await
+        .map_err(PageError::from)?;
+    let mut pairs = vec![("code", code.as_str())];
+    if let Some(s) = request.state.as_deref() {
+        pairs.push(("state", s));
+    }
+    Ok(to_client(&request.redirect_uri, request.mode, &pairs))
+}

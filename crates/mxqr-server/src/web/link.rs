@@ -1,0 +1,198 @@
+//! `/link`: the RFC 8628 verification URI. The person enters (or follows a link with) the
+//! user code, sees what is asking and from where, confirms explicitly, and approves or denies.
+//!
+//! Guessing is bounded three ways: 20^8 codes, a per-address limit on every code entry, and
+//! a per-grant cap on lookups after which the grant is refused.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+
+use super::{PageError, PageResult, Visit, show_time};
+use crate::db::UserCodeLookup;
+use crate::oauth::endpoints::{Params, load_client};
+use crate::oauth::{OAuthState, RequestIp, tokens};
+
+fn entry_form(
+    state: &OAuthState,
+    visit: &Visit,
+    status: StatusCode,
+    code: &str,
+    error: Option<&str>,
+) -> PageResult {
+    visit.render(
+        state,
+        status,
+        "link.html",
+        minijinja::context! { title => "Sign in a device", code => code, error => error },
+    )
+}
+
+/// Looks `typed` up (counting the attempt) and shows the consent page or the entry form.
+async fn show_grant(
+    state: &OAuthState,
+    visit: &Visit,
+    ip: std::net::IpAddr,
+    typed: &str,
+    error: Option<&str>,
+) -> PageResult {
+    state.check_attempt(ip).map_err(PageError::RateLimited)?;
+    let Some(code) = tokens::normalize_user_code(typed) else {
+        return entry_form(
+            state,
+            visit,
+            StatusCode::BAD_REQUEST,
+            typed,
+            Some("That is not a valid code: it has 8 letters, like WDJB-MJHT."),
+        );
+    };
+    let max = i64::from(state.lifetimes().user_code_max_lookups);
+    let grant = match state
+        .db()
+        .lookup_user_code(&code, state.now_ms(), max)
+        .await?
+    {
+        UserCodeLookup::Pending(grant) => grant,
+        UserCodeLookup::NotFound => {
+            return entry_form(
+                state,
+                visit,
+                StatusCode::NOT_FOUND,
+                typed,
+                Some(
+                    "No sign-in is waiting for this code. It may have expired: start again on the device.",
+                ),
+            );
+        }
+        UserCodeLookup::TooManyAttempts => {
+            return entry_form(
+                state,
+                visit,
+                StatusCode::FORBIDDEN,
+                "",
+                Some(
+                    "This code was tried too many times and is no longer valid. Start again on the device.",
+                ),
+            );
+        }
+    };
+    let client = load_client(state, &grant.client_id).await?;
+    let (client_name, client_uri) = match &client {
+        Some(c) => (c.display_name(), c.client_uri.clone()),
+        None => ("Unknown application".to_owned(), String::new()),
+    };
+    visit.render(
+        state,
+        StatusCode::OK,
+        "device_consent.html",
+        minijinja::context! {
+            title => "Sign in a device",
+            client_name => client_name,
+            client_uri => client_uri,
+            device_id => grant.device_id,
+            requester_ip => grant.requester_ip,
+            requester_ua => grant.requester_ua,
+            requested_at => show_time(grant.created_at),
+            user_code => tokens::display_user_code(&grant.user_code),
+            code => grant.user_code,
+            error => error,
+        },
+    )
+}
+
+/// `GET /link[?code=…]`.
+pub(crate) async fn link_page(
+    State(state): State<OAuthState>,
+    RequestIp(ip): RequestIp,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> PageResult {
+    let raw_query = query.clone().unwrap_or_default();
+    let params = super::query_params(query)?;
+    let visit = Visit::of(&state, &headers).await?;
+    if visit.localpart.is_none() {
+        let next = if raw_query.is_empty() {
+            "/link".to_owned()
+        } else {
+            format!("/link?{raw_query}")
+        };
+        return Ok(visit.login_redirect(&state, &next));
+    }
+    match params.get("code") {
+        Some(typed) => show_grant(&state, &visit, ip, typed, None).await,
+        None => entry_form(&state, &visit, StatusCode::OK, "", None),
+    }
+}
+
+/// `POST /link`: a typed code (shows the consent page) or a decision on one.
+pub(crate) async fn link_submit(
+    State(state): State<OAuthState>,
+    RequestIp(ip): RequestIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> PageResult {
+    let visit = Visit::of(&state, &headers).await?;
+    let params = Params::parse(&body).map_err(PageError::BadRequest)?;
+    visit.check_csrf(params.get("csrf"))?;
+    let Some(localpart) = visit.localpart.clone() else {
+        return Ok(visit.login_redirect(&state, "/link"));
+    };
+    let typed = params.get("code").unwrap_or("");
+    let decision = params.get("decision");
+    let approve = match decision {
+        None => return show_grant(&state, &visit, ip, typed, None).await,
+        Some("approve") => true,
+        Some("deny") => false,
+        Some(_) => return Err(PageError::BadRequest("unknown decision".into())),
+    };
+    if approve && params.get("confirm") != Some("yes") {
+        return show_grant(
+            &state,
+            &visit,
+            ip,
+            typed,
+            Some("Tick the box to confirm that you started this sign-in yourself."),
+        )
+        .await;
+    }
+    state.check_attempt(ip).map_err(PageError::RateLimited)?;
+    let Some(code) = tokens::normalize_user_code(typed) else {
+        return entry_form(
+            &state,
+            &visit,
+            StatusCode::BAD_REQUEST,
+            typed,
+            Some("That is not a valid code."),
+        );
+    };
+    let decided = state
+        .db()
+        .decide_device_grant(&code, &localpart, approve, state.now_ms())
+        .await?;
+    let (status, title, message) = match (decided, approve) {
+        (true, true) => (
+            StatusCode::OK,
+            "Device signed in",
+            "The device is being signed in. You can return to it now.",
+        ),
+        (true, false) => (
+            StatusCode::OK,
+            "Sign-in denied",
+            "The device was not signed in.",
+        ),
+        (false, _) => (
+            StatusCode::NOT_FOUND,
+            "Code no longer valid",
+            "This sign-in is no longer waiting: it expired or was already decided.",
+        ),
+    };
+    visit.render(
+        &state,
+        status,
+        "message.html",
+        minijinja::context! {
+            title => title, message => message, error => !decided,
+            link => "/account", link_text => "Your account",
+        },
+    )
+}

@@ -1,0 +1,310 @@
+//! Server-rendered pages: sign-in, registration, OAuth consent, `/link` for device codes and
+//! the account pages (`account_management_uri`).
+//!
+//! Every form carries a CSRF token checked against a cookie (double submit: an attacker's page
+//! can neither read nor set the HttpOnly, SameSite=Lax cookie). Pages load nothing external
+//! and forbid framing through the Content-Security-Policy.
+
+mod account;
+mod authorize;
+mod link;
+mod login;
+
+use std::sync::LazyLock;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use minijinja::Environment;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::db::DbError;
+use crate::oauth::{OAuthState, tokens};
+
+/// Cookie holding the browser session token.
+const SESSION_COOKIE: &str = "mxqr_session";
+/// Cookie holding the CSRF token (double submit).
+const CSRF_COOKIE: &str = "mxqr_csrf";
+
+const CSP: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    for (name, source) in [
+        ("base.html", include_str!("templates/base.html")),
+        ("message.html", include_str!("templates/message.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("register.html", include_str!("templates/register.html")),
+        ("consent.html", include_str!("templates/consent.html")),
+        ("link.html", include_str!("templates/link.html")),
+        (
+            "device_consent.html",
+            include_str!("templates/device_consent.html"),
+        ),
+        ("account.html", include_str!("templates/account.html")),
+        ("device.html", include_str!("templates/device.html")),
+        ("reset.html", include_str!("templates/reset.html")),
+    ] {
+        // The templates are part of the binary and covered by tests: a syntax error is a
+        // build-time mistake, reported when the page is rendered.
+        if let Err(err) = env.add_template(name, source) {
+            tracing::error!(%err, name, "template does not parse");
+        }
+    }
+    env
+});
+
+/// Why a page request failed; rendered as an HTML page at one place ([`IntoResponse`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// The request cannot be served as made (shown to the person).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The CSRF token is missing or wrong.
+    #[error("the form expired or was not sent from this site; reload the page and try again")]
+    Csrf,
+    /// Nothing here.
+    #[error("{0}")]
+    NotFound(String),
+    /// Too many attempts from this address.
+    #[error("too many attempts; wait a minute and try again")]
+    RateLimited(Duration),
+    /// The store failed.
+    #[error("the service is temporarily unavailable; try again shortly")]
+    Unavailable(#[from] DbError),
+    /// A template failed to render.
+    #[error("the page could not be displayed; try again shortly")]
+    Render(#[from] minijinja::Error),
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Csrf => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(err) => {
+                tracing::error!(%err, "page store failure");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Render(err) => {
+                tracing::error!(%err, "page render failure");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let context = minijinja::context! {
+            title => "Something went wrong",
+            message => self.to_string(),
+            error => true,
+            server_name => "",
+        };
+        let body = TEMPLATES
+            .get_template("message.html")
+            .and_then(|t| t.render(context))
+            .unwrap_or_else(|_| "<!DOCTYPE html><title>Error</title><p>Error</p>".to_owned());
+        let mut response = html(status, body);
+        if let Self::RateLimited(wait) = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+/// Result of a page handler.
+pub type PageResult = Result<Response, PageError>;
+
+/// An HTML response with the page security headers.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// A `303 See Other` to `location`.
+fn see_other(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The value of cookie `name`.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn set_cookie(
+    state: &OAuthState,
+    name: &str,
+    value: &str,
+    max_age: Option<Duration>,
+) -> HeaderValue {
+    let mut text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if let Some(age) = max_age {
+        text.push_str(&format!("; Max-Age={}", age.as_secs()));
+    }
+    if state.secure_cookies() {
+        text.push_str("; Secure");
+    }
+    // Values are base62 tokens: always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+/// What a page needs from the request: the CSRF token (created if missing) and the signed-in
+/// user.
+pub(crate) struct Visit {
+    csrf: String,
+    new_csrf: bool,
+    localpart: Option<String>,
+}
+
+impl Visit {
+    async fn of(state: &OAuthState, headers: &HeaderMap) -> Result<Self, PageError> {
+        let existing = cookie(headers, CSRF_COOKIE)
+            .filter(|v| v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let (csrf, new_csrf) = match existing {
+            Some(v) => (v.to_owned(), false),
+            None => (tokens::csrf_token(), true),
+        };
+        let localpart = match cookie(headers, SESSION_COOKIE) {
+            Some(token) if tokens::well_formed(tokens::Kind::BrowserSession, token) => {
+                state
+                    .db()
+                    .browser_session_user(&tokens::hash(token), state.now_ms())
+                    .await?
+            }
+            _ => None,
+        };
+        Ok(Self {
+            csrf,
+            new_csrf,
+            localpart,
+        })
+    }
+
+    /// Checks the form's `csrf` field against the cookie, in constant time.
+    fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
+        match submitted {
+            Some(s) if !self.new_csrf && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => {
+                Ok(())
+            }
+            _ => Err(PageError::Csrf),
+        }
+    }
+
+    /// Renders `template` with the common context (CSRF token, user, server name).
+    fn render(
+        &self,
+        state: &OAuthState,
+        status: StatusCode,
+        template: &str,
+        context: impl Serialize,
+    ) -> PageResult {
+        let common = minijinja::context! {
+            csrf => &self.csrf,
+            server_name => state.server_name(),
+            user_id => self.localpart.as_deref().map(|l| state.user_id(l)),
+            registration_enabled => state.registration_enabled(),
+        };
+        let body = TEMPLATES.get_template(template)?.render(
+            minijinja::context! { ..minijinja::Value::from_serialize(&context), ..common },
+        )?;
+        let mut response = html(status, body);
+        self.finish(state, &mut response);
+        Ok(response)
+    }
+
+    /// Adds the CSRF cookie when this visit created the token.
+    fn finish(&self, state: &OAuthState, response: &mut Response) {
+        if self.new_csrf {
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                set_cookie(state, CSRF_COOKIE, &self.csrf, None),
+            );
+        }
+    }
+
+    /// A redirect to the sign-in page, returning to `next` afterwards.
+    fn login_redirect(&self, state: &OAuthState, next: &str) -> Response {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", next)
+            .finish();
+        let mut response = see_other(&format!("/login?{query}"));
+        self.finish(state, &mut response);
+        response
+    }
+}
+
+/// Query-string parameters (same rules as form bodies: no repeated parameters).
+fn query_params(raw: Option<String>) -> Result<crate::oauth::endpoints::Params, PageError> {
+    crate::oauth::endpoints::Params::parse(raw.unwrap_or_default().as_bytes())
+        .map_err(PageError::BadRequest)
+}
+
+/// `next` targets must stay on this site: a path, not `//host` or `/\host`.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.starts_with("/\\") => {
+            n.to_owned()
+        }
+        _ => "/account".to_owned(),
+    }
+}
+
+/// A time for people: `Mon, 23 Nov 2026 08:00:00 GMT`.
+fn show_time(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Routes of the pages.
+pub(crate) fn routes() -> Router<OAuthState> {
+    Router::new()
+        .route("/login", get(login::login_page).post(login::login_submit))
+        .route(
+            "/register",
+            get(login::register_page).post(login::register_submit),
+        )
+        .route("/logout", post(login::logout))
+        .route(
+            "/oauth2/authorize",
+            get(authorize::authorize_page).post(authorize::authorize_submit),
+        )
+        .route("/link", get(link::link_page).post(link::link_submit))
+        .route("/account", get(account::account_page))
+        .route("/account/device/delete", post(account::delete_device))
+        .route("/account/cross-signing-reset", post(account::allow_reset))
+}

@@ -1,0 +1,148 @@
+//! In-process server over real HTTP on 127.0.0.1:0, for the integration tests.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::time::Duration;
+
+use mxqr_server::store::SessionLimits;
+use mxqr_server::{AppState, Config};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const STABLE: &str = "/_matrix/client/v1/rendezvous";
+pub const UNSTABLE: &str = "/_matrix/client/unstable/io.element.msc4388/rendezvous";
+pub const MSC4108: &str = "/_matrix/client/unstable/org.matrix.msc4108/rendezvous";
+
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Configuration for tests: no rate limits unless a test turns them on.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.rate_limit.enabled = false;
+    config
+}
+
+/// Limits with a life of `ttl` (below the user-config floor on purpose).
+pub fn limits(ttl: Duration) -> SessionLimits {
+    SessionLimits {
+        ttl,
+        renew_on_write: false,
+        max_lifetime: ttl,
+        max_sessions: 10_000,
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let config = test_config();
+        let limits = config.session_limits();
+        Self::with(config, limits).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let limits = config.session_limits();
+        Self::with(config, limits).await
+    }
+
+    pub async fn with(mut config: Config, limits: SessionLimits) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        config.listen = addr;
+        if config.public_url.is_none() {
+            config.public_url = Some(format!("http://{addr}/"));
+        }
+        let state = AppState::with_limits(config, limits);
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(mxqr_server::serve(state, listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::builder()
+                .timeout(Duration::from_secs(40))
+                .build()
+                .unwrap(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// `POST <prefix>` with `{"data"}`; returns (id, token).
+    pub async fn create(&self, prefix: &str, data: &str) -> (String, String) {
+        let response = self
+            .client
+            .post(self.url(prefix))
+            .json(&serde_json::json!({ "data": data }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["sequence_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// `PUT <prefix>/{id}` with `{"sequence_token","data"}`.
+    pub async fn put(&self, prefix: &str, id: &str, token: &str, data: &str) -> Response {
+        self.client
+            .put(self.url(&format!("{prefix}/{id}")))
+            .json(&serde_json::json!({ "sequence_token": token, "data": data }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+}
+
+/// Asserts a Matrix error response and returns its body.
+pub async fn expect_error(response: Response, status: StatusCode, errcode: &str) -> Value {
+    assert_eq!(response.status(), status, "status for {errcode}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "errors are JSON"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], errcode, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// Value of a metric line with exactly these labels, e.g. `name{transport="msc4388"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

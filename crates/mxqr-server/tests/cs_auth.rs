@@ -1,0 +1,218 @@
+//! Bearer authentication, discovery, `whoami`, logout and the Matrix error answers of the
+//! client-server endpoints.
+
+mod cs_support;
+mod oauth_support;
+
+use std::time::Duration;
+
+use cs_support::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const WHOAMI: &str = "/_matrix/client/v3/account/whoami";
+
+#[tokio::test]
+async fn whoami_with_stable_and_unstable_scopes() {
+    let server = start().await;
+    let stable = token(&server, "PHONE").await;
+    let (status, body) = get(&server, WHOAMI, &stable).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ "user_id": USER, "device_id": "PHONE", "is_guest": false })
+    );
+
+    let unstable = token_with_scope(&server, "alice", "LAPTOP", &unstable_scope("LAPTOP")).await;
+    let (status, body) = get(&server, WHOAMI, &unstable).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["device_id"], "LAPTOP");
+}
+
+#[tokio::test]
+async fn missing_malformed_and_unknown_tokens() {
+    let server = start().await;
+    assert_error(
+        &call(&server, Method::GET, WHOAMI, None, None).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+    // The deprecated query parameter is not read.
+    let real = token(&server, "PHONE").await;
+    assert_error(
+        &call(
+            &server,
+            Method::GET,
+            &format!("{WHOAMI}?access_token={real}"),
+            None,
+            None,
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+    for bad in ["garbage", "mxqr_at_short_000000"] {
+        let answer = get(&server, WHOAMI, bad).await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+        assert_eq!(answer.1["soft_logout"], false);
+    }
+    // Well-formed but never issued.
+    let unknown = server.oauth.mint().access_token;
+    let answer = get(&server, WHOAMI, &unknown).await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    assert_eq!(answer.1["soft_logout"], false);
+    // A non-bearer scheme is no token.
+    let response = server
+        .http
+        .get(server.url(WHOAMI))
+        .header("authorization", format!("Basic {real}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+}
+
+#[tokio::test]
+async fn expired_token_is_a_soft_logout() {
+    let server = start().await;
+    let token = token(&server, "PHONE").await;
+    server
+        .clock
+        .advance(server.oauth.lifetimes().access_token + Duration::from_secs(1));
+    let answer = get(&server, WHOAMI, &token).await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    assert_eq!(answer.1["soft_logout"], true);
+}
+
+#[tokio::test]
+async fn locked_user_and_scope_without_client_api() {
+    let server = start().await;
+    let token = token(&server, "PHONE").await;
+    server
+        .db()
+        .set_locked("alice", true, server.oauth.now_ms())
+        .await
+        .unwrap();
+    let answer = get(&server, WHOAMI, &token).await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "M_USER_LOCKED");
+    assert_eq!(answer.1["soft_logout"], true);
+
+    server.add_user("bob").await;
+    let narrow = token_with_scope(&server, "bob", "TV", "urn:matrix:client:device:TV").await;
+    assert_error(
+        &get(&server, WHOAMI, &narrow).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn logout_deletes_the_device_and_revokes_its_token_only() {
+    let server = start().await;
+    let phone = token(&server, "PHONE").await;
+    let laptop = token(&server, "LAPTOP").await;
+    let (status, body) = post(&server, "/_matrix/client/v3/logout", &phone, &json!({})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    let answer = get(&server, WHOAMI, &phone).await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN");
+    assert_eq!(answer.1["soft_logout"], false);
+    assert_error(
+        &get(&server, "/_matrix/client/v3/devices/PHONE", &laptop).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert_eq!(get(&server, WHOAMI, &laptop).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_all_ends_every_session() {
+    let server = start().await;
+    let phone = token(&server, "PHONE").await;
+    let laptop = token(&server, "LAPTOP").await;
+    let (status, _) = post(&server, "/_matrix/client/v3/logout/all", &phone, &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    for token in [&phone, &laptop] {
+        assert_error(
+            &get(&server, WHOAMI, token).await,
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+        );
+    }
+    assert!(server.db().devices("alice").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn well_known_versions_and_cors() {
+    let server = start().await;
+    let response = server
+        .http
+        .get(server.url("/.well-known/matrix/client"))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body, json!({ "m.homeserver": { "base_url": server.base } }));
+
+    let (status, body) = call(&server, Method::GET, "/_matrix/client/versions", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let versions: Vec<&str> = body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for n in 1..=18 {
+        assert!(versions.contains(&format!("v1.{n}").as_str()), "v1.{n}");
+    }
+
+    // A browser's preflight for an authenticated key upload.
+    let response = server
+        .http
+        .request(
+            Method::OPTIONS,
+            server.url("/_matrix/client/v3/keys/upload"),
+        )
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+}
+
+#[tokio::test]
+async fn unknown_endpoints_and_methods() {
+    let server = start().await;
+    let token = token(&server, "PHONE").await;
+    assert_error(
+        &get(&server, "/_matrix/client/v3/no_such_thing", &token).await,
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &get(&server, "/_matrix/client/v3/keys/upload", &token).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &post(&server, WHOAMI, &token, &json!({})).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+    );
+}

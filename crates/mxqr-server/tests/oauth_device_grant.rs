@@ -1,0 +1,436 @@
+//! Device authorization grant (RFC 8628) with `/link` code entry and consent over HTTP.
+
+mod oauth_support;
+
+use std::time::Duration;
+
+use oauth_support::*;
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+const DEVICE_ID: &str = "abcdEFGH+/ijklMNOP0123456789abcdEFGHijklMNO";
+
+async fn start_grant(server: &OAuthServer, client_id: &str, scope: &str) -> (StatusCode, Value) {
+    let response = server
+        .http
+        .post(server.url("/oauth2/device"))
+        .header("user-agent", "TestDevice/1.0")
+        .form(&[("client_id", client_id), ("scope", scope)])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+async fn poll(server: &OAuthServer, client_id: &str, device_code: &str) -> (StatusCode, Value) {
+    server
+        .token(&[
+            ("grant_type", DEVICE_GRANT),
+            ("device_code", device_code),
+            ("client_id", client_id),
+        ])
+        .await
+}
+
+async fn signed_in(server: &OAuthServer) -> Client {
+    server.add_user("alice").await;
+    let browser = browser();
+    assert_eq!(
+        server.login(&browser, "alice").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    browser
+}
+
+/// Opens `/link`, types `typed`, and returns the consent page.
+async fn enter_code(server: &OAuthServer, browser: &Client, typed: &str) -> (StatusCode, String) {
+    let page = browser.get(server.url("/link")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let response = browser
+        .post(server.url("/link"))
+        .form(&[("csrf", hidden(&html, "csrf").as_str()), ("code", typed)])
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+async fn decide(
+    server: &OAuthServer,
+    browser: &Client,
+    consent: &str,
+    decision: &str,
+    confirm: bool,
+) -> (StatusCode, String) {
+    let mut fields = form_fields(consent, "/link");
+    fields.push(("decision".into(), decision.into()));
+    if confirm {
+        fields.push(("confirm".into(), "yes".into()));
+    }
+    let response = browser
+        .post(server.url("/link"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn device_grant_happy_path() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await;
+    let (status, grant) = start_grant(&server, &client_id, &unstable_scope(DEVICE_ID)).await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    let user_code = grant["user_code"].as_str().unwrap();
+    assert_eq!(user_code.len(), 9);
+    assert_eq!(&user_code[4..5], "-");
+    assert!(
+        user_code
+            .chars()
+            .filter(|c| *c != '-')
+            .all(|c| "BCDFGHJKLMNPQRSTVWXZ".contains(c))
+    );
+    assert_eq!(grant["verification_uri"], server.url("/link"));
+    assert_eq!(
+        grant["verification_uri_complete"],
+        format!(
+            "{}?code={}",
+            server.url("/link"),
+            user_code.replace('-', "")
+        )
+    );
+    assert_eq!(grant["expires_in"], 1200);
+    assert_eq!(grant["interval"], 5);
+    let device_code = grant["device_code"].as_str().unwrap();
+    assert!(device_code.len() >= 22, "at least 128 bits");
+
+    // First poll immediately: pending.
+    let (status, body) = poll(&server, &client_id, device_code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("authorization_pending"))
+    );
+    assert!(
+        server
+            .db()
+            .device("alice", DEVICE_ID)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The person types the code in lower case with spaces; the page shows what is asking.
+    let typed = format!(" {} ", user_code.to_lowercase().replace('-', " "));
+    let (status, consent) = enter_code(&server, &browser, &typed).await;
+    assert_eq!(status, StatusCode::OK, "{consent}");
+    let unescaped = consent.replace("&#x2f;", "/");
+    for shown in [
+        "Test App",
+        "https://app.example.com/",
+        "127.0.0.1",
+        "TestDevice/1.0",
+        user_code,
+        "@alice:example.test",
+    ] {
+        assert!(
+            unescaped.contains(shown),
+            "consent shows {shown}:\n{consent}"
+        );
+    }
+    assert!(
+        consent.contains("abcdEFGH+&#x2f;ijkl"),
+        "device ID shown (escaped)"
+    );
+    assert!(consent.contains("type=\"checkbox\" name=\"confirm\""));
+
+    // Approval without the confirmation box is not taken.
+    let (status, again) = decide(&server, &browser, &consent, "approve", false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(again.contains("Tick the box"));
+    let (status, _) = poll(&server, &client_id, device_code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, done) = decide(&server, &browser, &consent, "approve", true).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert!(done.contains("Device signed in"));
+
+    server.clock.advance(Duration::from_secs(10));
+    let (status, tokens) = poll(&server, &client_id, device_code).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["scope"], unstable_scope(DEVICE_ID));
+    assert!(tokens["expires_in"].as_u64().unwrap() > 0);
+    assert!(tokens["refresh_token"].is_string());
+    let info = server
+        .oauth
+        .token_info(tokens["access_token"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.device_id, DEVICE_ID);
+    assert!(
+        server
+            .db()
+            .device("alice", DEVICE_ID)
+            .await
+            .unwrap()
+            .is_some(),
+        "device created at issuance"
+    );
+
+    // Redeemed once: later polls get nothing.
+    let (status, body) = poll(&server, &client_id, device_code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+}
+
+#[tokio::test]
+async fn verification_uri_complete_needs_login_then_shows_consent() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    server.add_user("alice").await;
+    let (_, grant) = start_grant(&server, &client_id, &scope("DEV1")).await;
+    let complete = grant["verification_uri_complete"].as_str().unwrap();
+    let browser = browser();
+    let response = browser.get(complete).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let login = location(&response);
+    assert!(
+        login.starts_with("/login?next=%2Flink%3Fcode%3D"),
+        "{login}"
+    );
+    let page = browser
+        .get(server.url(&login))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let next = hidden(&page, "next");
+    let response = browser
+        .post(server.url("/login"))
+        .form(&[
+            ("csrf", hidden(&page, "csrf").as_str()),
+            ("username", "alice"),
+            ("password", PASSWORD),
+            ("next", &next),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&response), next);
+    let consent = browser.get(server.url(&next)).send().await.unwrap();
+    assert_eq!(consent.status(), StatusCode::OK);
+    let html = consent.text().await.unwrap();
+    let (status, _) = decide(&server, &browser, &html, "deny", false).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = poll(&server, &client_id, grant["device_code"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("access_denied"))
+    );
+}
+
+#[tokio::test]
+async fn slow_down_and_expiry() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let (_, grant) = start_grant(&server, &client_id, &scope("DEV1")).await;
+    let code = grant["device_code"].as_str().unwrap();
+    let (_, body) = poll(&server, &client_id, code).await;
+    assert_eq!(body["error"], "authorization_pending");
+    let (status, body) = poll(&server, &client_id, code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("slow_down"))
+    );
+    // The interval is now 10 s: 6 s later is still too early, 11 s later is fine.
+    server.clock.advance(Duration::from_secs(6));
+    let (_, body) = poll(&server, &client_id, code).await;
+    assert_eq!(body["error"], "slow_down");
+    server.clock.advance(Duration::from_secs(16));
+    let (_, body) = poll(&server, &client_id, code).await;
+    assert_eq!(body["error"], "authorization_pending");
+
+    server.clock.advance(Duration::from_secs(1200));
+    let (status, body) = poll(&server, &client_id, code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("expired_token"))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_polls_redeem_once() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await;
+    let (_, grant) = start_grant(&server, &client_id, &scope("DEVCONC")).await;
+    let (_, consent) = enter_code(&server, &browser, grant["user_code"].as_str().unwrap()).await;
+    let (status, _) = decide(&server, &browser, &consent, "approve", true).await;
+    assert_eq!(status, StatusCode::OK);
+    let code = grant["device_code"].as_str().unwrap().to_owned();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let http = api_client();
+        let url = server.url("/oauth2/token");
+        let (code, client_id) = (code.clone(), client_id.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .form(&[
+                    ("grant_type", DEVICE_GRANT),
+                    ("device_code", &code),
+                    ("client_id", &client_id),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let status = task.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+            "{status}"
+        );
+        ok += usize::from(status == StatusCode::OK);
+    }
+    assert_eq!(ok, 1, "exactly one poll gets tokens");
+}
+
+#[tokio::test]
+async fn request_errors() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    for bad in [
+        "urn:matrix:client:api:*".to_owned(),
+        "urn:matrix:client:device:X".to_owned(),
+        format!("{} urn:matrix:client:device:Y", scope("X")),
+        "urn:matrix:client:api:* urn:matrix:org.matrix.msc2967.client:device:X".to_owned(),
+    ] {
+        let (status, body) = start_grant(&server, &client_id, &bad).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_scope")),
+            "{bad}"
+        );
+    }
+    let (status, body) = start_grant(&server, "nope", &scope("X")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+    // A client that did not register the device grant.
+    let web = server
+        .register(serde_json::json!({"client_uri": "https://web.example.com/", "redirect_uris": ["https://web.example.com/cb"]}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let (status, body) =
+        start_grant(&server, web["client_id"].as_str().unwrap(), &scope("X")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unauthorized_client"))
+    );
+    // Unknown device codes and another client's device code.
+    let (status, body) = poll(&server, &client_id, "mxqr_dc_nope").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let (_, grant) = start_grant(&server, &client_id, &scope("X")).await;
+    let (status, body) = poll(
+        &server,
+        web["client_id"].as_str().unwrap(),
+        grant["device_code"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    // Missing parameters.
+    let (status, body) = server.token(&[("grant_type", DEVICE_GRANT)]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (status, body) = server.token(&[("grant_type", "password")]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+    );
+}
+
+#[tokio::test]
+async fn per_grant_lookup_cap_and_wrong_codes() {
+    let server = OAuthServer::with(Options {
+        max_lookups: 2,
+        ..Options::default()
+    })
+    .await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await;
+    let (_, grant) = start_grant(&server, &client_id, &scope("CAP")).await;
+    let user_code = grant["user_code"].as_str().unwrap();
+    let (status, page) = enter_code(&server, &browser, "BBBB-BBBB").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("No sign-in is waiting"));
+    let (status, _) = enter_code(&server, &browser, "AEIO-UUUU").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for _ in 0..2 {
+        let (status, _) = enter_code(&server, &browser, user_code).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, page) = enter_code(&server, &browser, user_code).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("tried too many times"));
+    let (_, body) = poll(&server, &client_id, grant["device_code"].as_str().unwrap()).await;
+    assert_eq!(body["error"], "access_denied");
+}
+
+#[tokio::test]
+async fn per_address_limits() {
+    let server = OAuthServer::with(Options {
+        rate_limit: true,
+        ..Options::default()
+    })
+    .await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await; // one login attempt used
+    let mut limited = false;
+    for _ in 0..10 {
+        let (status, _) = enter_code(&server, &browser, "BBBB-CCCC").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    assert!(limited, "code entry is limited per address");
+
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let fake = format!("mxqr_dc_{i}");
+        let (status, body) = poll(&server, &client_id, &fake).await;
+        statuses.push((status, body["error"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(
+        statuses[0],
+        (StatusCode::BAD_REQUEST, "invalid_grant".to_owned())
+    );
+    assert_eq!(
+        statuses[7],
+        (StatusCode::TOO_MANY_REQUESTS, "slow_down".to_owned())
+    );
+}

@@ -1,0 +1,197 @@
+//! Server metadata and dynamic client registration over HTTP.
+
+mod oauth_support;
+
+use oauth_support::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn metadata_on_all_three_paths() {
+    let server = OAuthServer::start().await;
+    let base = format!("{}/", server.base);
+    let mut bodies = Vec::new();
+    for path in [
+        "/_matrix/client/v1/auth_metadata",
+        "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let response = server.http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        bodies.push(response.json::<Value>().await.unwrap());
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[0], bodies[2]);
+    let m = &bodies[0];
+    assert_eq!(m["issuer"], base);
+    for (key, path) in [
+        ("authorization_endpoint", "oauth2/authorize"),
+        ("token_endpoint", "oauth2/token"),
+        ("registration_endpoint", "oauth2/registration"),
+        ("revocation_endpoint", "oauth2/revoke"),
+        ("device_authorization_endpoint", "oauth2/device"),
+        ("account_management_uri", "account"),
+    ] {
+        assert_eq!(m[key], format!("{base}{path}"), "{key}");
+    }
+    assert_eq!(m["response_types_supported"], json!(["code"]));
+    assert_eq!(m["response_modes_supported"], json!(["query", "fragment"]));
+    assert_eq!(
+        m["grant_types_supported"],
+        json!(["authorization_code", "refresh_token", DEVICE_GRANT])
+    );
+    assert_eq!(m["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(m["token_endpoint_auth_methods_supported"], json!(["none"]));
+    let actions = m["account_management_actions_supported"]
+        .as_array()
+        .unwrap();
+    for action in [
+        "org.matrix.profile",
+        "org.matrix.devices_list",
+        "org.matrix.device_view",
+        "org.matrix.device_delete",
+        "org.matrix.cross_signing_reset",
+    ] {
+        assert!(actions.contains(&json!(action)), "{action}");
+    }
+    assert!(
+        m.get("prompt_values_supported").is_none(),
+        "registration is off"
+    );
+
+    let open = OAuthServer::with(Options {
+        registration: true,
+        ..Options::default()
+    })
+    .await;
+    let m: Value = open
+        .http
+        .get(open.url("/_matrix/client/v1/auth_metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["prompt_values_supported"], json!(["create"]));
+}
+
+fn native(redirect_uris: &[&str]) -> Value {
+    json!({
+        "client_uri": "https://example.com/",
+        "application_type": "native",
+        "redirect_uris": redirect_uris,
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    })
+}
+
+fn web(redirect_uris: &[&str]) -> Value {
+    json!({ "client_uri": "https://example.com/", "redirect_uris": redirect_uris })
+}
+
+#[tokio::test]
+async fn redirect_uri_rules() {
+    let server = OAuthServer::start().await;
+    let valid = [
+        web(&["https://example.com/callback"]),
+        web(&["https://app.example.com/callback"]),
+        native(&["com.example.app:/callback"]),
+        native(&["com.example:/callback"]),
+        native(&["http://127.0.0.1/callback"]),
+        native(&["http://127.0.0.1:8080/callback"]),
+        native(&["http://[::1]/callback"]),
+        native(&["https://example.com/callback"]),
+    ];
+    for body in valid {
+        let response = server.register(body.clone()).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{body}");
+    }
+    let invalid = [
+        web(&["http://example.com/callback"]),
+        web(&["https://example.org/callback"]),
+        web(&["https://evilexample.com/callback"]),
+        web(&["https://example.com/callback#fragment"]),
+        web(&["com.example.app:/callback"]),
+        native(&["http://localhost/callback"]),
+        native(&["http://localhost:8080/callback"]),
+        native(&["com.example.app://callback"]),
+        native(&["org.example:/callback"]),
+        native(&["example:/callback"]),
+        native(&["http://10.0.0.1/callback"]),
+    ];
+    for body in invalid {
+        let response = server.register(body.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_redirect_uri", "{body}");
+        assert!(
+            error["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+}
+
+#[tokio::test]
+async fn metadata_rules_and_deduplication() {
+    let server = OAuthServer::start().await;
+    for body in [
+        json!({"redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "http://example.com/", "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://user:pw@example.com/", "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://example.com/", "application_type": "desktop", "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://example.com/", "token_endpoint_auth_method": "client_secret_post", "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://example.com/", "grant_types": ["password"], "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://example.com/", "response_types": ["code", "token"], "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://example.com/", "logo_uri": "https://cdn.other.net/logo.png", "redirect_uris": ["https://example.com/cb"]}),
+        json!({"client_uri": "https://example.com/", "policy_uri#de": "http://example.com/de", "redirect_uris": ["https://example.com/cb"]}),
+        json!(["not", "an", "object"]),
+    ] {
+        let response = server.register(body.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_client_metadata", "{body}");
+    }
+    let response = server
+        .http
+        .post(server.url("/oauth2/registration"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let body = json!({
+        "client_uri": "https://example.com/",
+        "client_name": "Example",
+        "client_name#fr": "Exemple",
+        "tos_uri": "https://example.com/tos",
+        "policy_uri#fr": "https://docs.example.com/fr/policy",
+        "logo_uri": "https://example.com/logo.png",
+        "application_type": "native",
+        "redirect_uris": ["com.example.app:/cb"],
+        "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    let first: Value = server.register(body.clone()).await.json().await.unwrap();
+    assert_eq!(first["client_name#fr"], "Exemple");
+    assert_eq!(first["policy_uri#fr"], "https://docs.example.com/fr/policy");
+    assert_eq!(first["redirect_uris"], json!(["com.example.app:/cb"]));
+    let response = server.register(body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let second: Value = response.json().await.unwrap();
+    assert_eq!(
+        first["client_id"], second["client_id"],
+        "identical metadata, same client"
+    );
+    let other: Value = server
+        .register(json!({"client_uri": "https://example.com/", "client_name": "Other", "redirect_uris": ["https://example.com/cb"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(first["client_id"], other["client_id"]);
+}
