@@ -18,8 +18,16 @@ bash scripts/install-test-deps.sh
 step "building the workspace (tests included)"
 cargo build --workspace --all-targets --locked
 
+step "starting a throw-away PostgreSQL for the pg_* tests"
+PG_DIR=$(mktemp -d /tmp/mxqr-pg.XXXXXX)
+trap 'bash scripts/pg-test-server.sh stop "$PG_DIR"' EXIT
+MXQR_TEST_PG_URL=$(bash scripts/pg-test-server.sh start "$PG_DIR" | tail -n 1)
+export MXQR_TEST_PG_URL
+echo "$MXQR_TEST_PG_URL"
+
 step "running the test suites"
 cargo test --workspace --locked --no-fail-fast
+bash scripts/pg-test-server.sh stop "$PG_DIR"
 
 step "fuzzing every parser for ${FUZZ_SECONDS}s each"
 bash scripts/fuzz.sh "$FUZZ_SECONDS"

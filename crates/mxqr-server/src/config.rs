@@ -101,6 +101,12 @@ pub struct RendezvousConfig {
     pub long_poll_max_ms: u64,
     /// Path (under `public_url`) of MSC4108 session URLs.
     pub msc4108_sessions_path: String,
+    /// Keep sessions in this PostgreSQL database (`postgres://…`) instead of memory, so that
+    /// several instances behind one load balancer serve the same sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    /// Pooled connections to `postgres_url` (one more is kept for `LISTEN`).
+    pub postgres_max_connections: u32,
 }
 
 /// `[rate_limit]` table: token buckets per client address (IPv6 grouped by /64).
@@ -153,6 +159,8 @@ impl Default for RendezvousConfig {
             long_poll_max_ms: LONG_POLL_CAP_MS,
             msc4108_sessions_path: "_matrix/client/unstable/org.matrix.msc4108/rendezvous"
                 .to_owned(),
+            postgres_url: None,
+            postgres_max_connections: 16,
         }
     }
 }
@@ -311,6 +319,14 @@ impl Config {
             return invalid(format!(
                 "rendezvous.msc4108_sessions_path {path:?} is an MSC4388 prefix"
             ));
+        }
+        if let Some(url) = &r.postgres_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return invalid("rendezvous.postgres_url must start with postgres://".into());
+        }
+        if r.postgres_max_connections == 0 {
+            return invalid("rendezvous.postgres_max_connections must be at least 1".into());
         }
         if let Some(url) = &self.public_url {
             match url::Url::parse(url) {
@@ -510,6 +526,8 @@ mod tests {
             &[("MXQR_RENDEZVOUS__LONG_POLL_MAX_MS", "60000")],
             &[("MXQR_RATE_LIMIT__WRITE_PER_SECOND", "0")],
             &[("MXQR_RENDEZVOUS__MAX_BODY_BYTES", "100")],
+            &[("MXQR_RENDEZVOUS__POSTGRES_URL", "mysql://db/mxqr")],
+            &[("MXQR_RENDEZVOUS__POSTGRES_MAX_CONNECTIONS", "0")],
         ] {
             let err = load(pairs).expect_err(&format!("{pairs:?} must be refused"));
             assert!(!err.to_string().is_empty());

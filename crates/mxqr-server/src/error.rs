@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use crate::response::json;
 use crate::store::StoreError;
 
+/// `Retry-After` (seconds) on a 503: long enough for a pool to reconnect, short for a sign-in.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 /// How a stale write is reported: MSC4388 uses 409 (with an unstable errcode under the
 /// unstable prefix), MSC4108 uses 412 like any failed `If-Match`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +177,18 @@ impl IntoResponse for ApiError {
             ),
             // A UIA 401 carries the flows; the errcode only once the client tried to authenticate.
             Self::AuthRequired(body) => json(status, &*body),
+            // An outage is usually brief (a database restart or failover): say when to retry.
+            Self::Unavailable | Self::Database => {
+                let mut response = json(
+                    status,
+                    &serde_json::json!({ "errcode": errcode, "error": error }),
+                );
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+                response
+            }
             _ => json(
                 status,
                 &serde_json::json!({ "errcode": errcode, "error": error }),

@@ -216,3 +216,29 @@ async fn unknown_endpoints_and_methods() {
         "M_UNRECOGNIZED",
     );
 }
+
+#[tokio::test]
+async fn writes_are_rate_limited_per_client() {
+    let server = OAuthServer::with(oauth_support::Options {
+        rate_limit: true,
+        ..Default::default()
+    })
+    .await;
+    server.add_user("alice").await;
+    let token = token(&server, "PHONE").await;
+    let claim = json!({ "one_time_keys": { USER: { "OTHER": "signed_curve25519" } } });
+    let mut limited = None;
+    // The default write budget is a burst of 100.
+    for _ in 0..150 {
+        let answer = post(&server, "/_matrix/client/v3/keys/claim", &token, &claim).await;
+        if answer.0 != StatusCode::OK {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("claims must be rate limited");
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    assert!(limited.1["retry_after_ms"].as_u64().unwrap() > 0);
+    // Reads are not charged.
+    assert_eq!(get(&server, WHOAMI, &token).await.0, StatusCode::OK);
+}

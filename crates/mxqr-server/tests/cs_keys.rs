@@ -93,9 +93,24 @@ async fn upload_refuses_keys_of_another_device_or_user_and_bad_self_signatures()
     let published = query_user(&server, &device.token, USER).await;
     assert_eq!(published["device_keys"][USER], json!({}), "nothing stored");
 
-    // The genuine keys go in; signatures the server cannot check are not published.
+    // An own-user signature by a key the server does not know (a stale self-signing key)
+    // is refused loudly rather than dropped.
     let mut keys = device.device_keys();
-    keys["signatures"][USER]["ed25519:SOMEONE"] = json!("bm90IGEgc2lnbmF0dXJl");
+    sign_json(&mut keys, USER, "ed25519:STALE", &Ed25519SecretKey::new()).unwrap();
+    assert_error(
+        &post(
+            &server,
+            UPLOAD,
+            &device.token,
+            &json!({ "device_keys": keys }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+
+    // The genuine keys go in; other users' signatures and `unsigned` are not published.
+    let mut keys = device.device_keys();
     keys["signatures"]["@bob:example.test"] = json!({ "ed25519:X": "eA" });
     keys["unsigned"] = json!({ "device_display_name": "spoofed" });
     let (status, counts) = post(
@@ -702,4 +717,59 @@ async fn user_signing_signatures_are_shown_only_to_the_signer() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(answer["device_keys"]["@nobody:example.test"], json!({}));
     assert!(answer["failures"]["elsewhere.test"].is_object());
+}
+
+#[tokio::test]
+async fn a_recreated_device_id_starts_without_the_old_keys() {
+    let server = start().await;
+    let mut first = TestDevice::new(&server).await;
+    let body = first.upload_body(None, 3);
+    assert_eq!(
+        post(&server, UPLOAD, &first.token, &body).await.0,
+        StatusCode::OK
+    );
+    // Deleted through the account page (not through this API), then the same ID comes back
+    // with another identity.
+    server.clock.advance(std::time::Duration::from_secs(1));
+    assert!(
+        server
+            .db()
+            .delete_device("alice", &first.device_id, server.oauth.now_ms())
+            .await
+            .unwrap()
+    );
+    server.clock.advance(std::time::Duration::from_secs(1));
+    let observer = token(&server, "OBSERVER").await;
+    let published = query_user(&server, &observer, USER).await;
+    assert!(
+        published["device_keys"][USER]
+            .get(first.device_id.as_str())
+            .is_none()
+    );
+
+    let reborn_token = token(&server, &first.device_id).await;
+    let other = mxqr_keys::Account::new();
+    let claim =
+        json!({ "one_time_keys": { USER: { first.device_id.as_str(): "signed_curve25519" } } });
+    let (_, claimed) = post(&server, CLAIM, &observer, &claim).await;
+    assert_eq!(
+        claimed["one_time_keys"][USER],
+        json!({}),
+        "old one-time keys are gone"
+    );
+    let keys = mxqr_keys::device_keys(&other, USER, &first.device_id).unwrap();
+    let (status, counts) = post(
+        &server,
+        UPLOAD,
+        &reborn_token,
+        &json!({ "device_keys": keys }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{counts}");
+    assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 0);
+    let published = query_user(&server, &observer, USER).await;
+    assert_eq!(
+        published["device_keys"][USER][first.device_id.as_str()],
+        keys
+    );
 }

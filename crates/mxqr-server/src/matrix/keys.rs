@@ -4,8 +4,8 @@
 //! Everything stored has been checked with `mxqr-keys` (canonical JSON, Ed25519): a device can
 //! publish only its own device keys, self-signed; a signature is stored only if it verifies
 //! against the key it names; replacing the cross-signing keys needs the account page's reset
-//! approval. Signatures by keys the server cannot check (an old self-signing key, another
-//! user's key on device keys) are dropped rather than published.
+//! approval. In `/keys/upload` a signature the server cannot check is refused; in
+//! `/keys/signatures/upload` it is reported in `failures`.
 
 use std::collections::HashMap;
 
@@ -255,18 +255,20 @@ async fn store_device_keys(auth: &Authed, uploaded: &Value) -> Result<(), ApiErr
     let self_key_id = ed25519_key_id(auth.device_id());
     let mut keyring = HashMap::from([(self_key_id, identity.ed25519)]);
     if let Some((_, ssk)) = &cross.self_signing {
-        let ssk_id = cross_signing_key_id(ssk);
-        // A signature claiming to be the self-signing key's must verify: the new device
-        // believes itself cross-signed after this upload (PROTOCOL.md §7).
-        if signatures_by(uploaded, &auth.user_id)
-            .iter()
-            .any(|(key_id, _)| *key_id == ssk_id)
-        {
-            verify_json(uploaded, &auth.user_id, &ssk_id, ssk).map_err(|err| {
-                ApiError::Invalid(format!("device_keys: self-signing signature: {err}"))
-            })?;
-        }
-        keyring.insert(ssk_id, *ssk);
+        keyring.insert(cross_signing_key_id(ssk), *ssk);
+    }
+    // Own-user signatures can only be the device's and the self-signing key's; each must
+    // verify, since a device that sent one believes itself cross-signed (PROTOCOL.md §7).
+    // Another user's signature on device keys means nothing and is dropped.
+    for (key_id, _) in signatures_by(uploaded, &auth.user_id) {
+        let key = keyring.get(&key_id).ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "device_keys: signature by {key_id}, which is neither this device's key \
+                 nor the published self-signing key"
+            ))
+        })?;
+        verify_json(uploaded, &auth.user_id, &key_id, key)
+            .map_err(|err| ApiError::Invalid(format!("device_keys: {key_id}: {err}")))?;
     }
     let cleaned = retain_verified(uploaded.clone(), &auth.user_id, &keyring);
     let ids = [auth.device_id().to_owned()];

@@ -11,12 +11,15 @@ mod keys;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
+use crate::app::{AppState, ClientIp};
 use crate::db::DbError;
 use crate::error::ApiError;
 
@@ -90,6 +93,25 @@ pub fn routes(state: &AppState) -> Router<AppState> {
                 .put(backup::update)
                 .delete(backup::delete_version),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), charge_writes))
+}
+
+/// Charges every state-changing request to the client's write budget (the rendezvous
+/// `[rate_limit] write_*` bucket): it bounds, among others, draining other devices'
+/// one-time keys through `/keys/claim`. Reads are free.
+async fn charge_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        let client = request.extensions().get::<ClientIp>().copied();
+        if let Some(client) = client
+            && let Err(err) = state.check_write_rate(client)
+        {
+            return err.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 impl From<DbError> for ApiError {

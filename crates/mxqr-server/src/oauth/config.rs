@@ -36,10 +36,11 @@ pub struct OAuthConfig {
     pub user_code_max_lookups: u32,
     /// Browser sign-in life in seconds (300–2592000).
     pub browser_session_ttl_secs: u64,
-    /// Sustained code entries / logins per second per address (when `rate_limit.enabled`).
-    pub attempts_per_second: f64,
-    /// Code entries / logins allowed in a burst per address.
-    pub attempts_burst: u32,
+    /// Failed sign-ins, user-code entries and device-code polls allowed per address within
+    /// `failed_attempts_window_secs` (when `rate_limit.enabled`).
+    pub failed_attempts_max: u32,
+    /// Window of `failed_attempts_max`, seconds.
+    pub failed_attempts_window_secs: u64,
 }
 
 impl Default for OAuthConfig {
@@ -54,8 +55,8 @@ impl Default for OAuthConfig {
             device_poll_interval_secs: 5,
             user_code_max_lookups: 5,
             browser_session_ttl_secs: 86_400,
-            attempts_per_second: 0.1,
-            attempts_burst: 10,
+            failed_attempts_max: 10,
+            failed_attempts_window_secs: 300,
         }
     }
 }
@@ -101,11 +102,60 @@ impl OAuthConfig {
                 ));
             }
         }
-        if !(self.attempts_per_second.is_finite() && self.attempts_per_second > 0.0)
-            || self.attempts_burst == 0
-        {
-            return Err("oauth.attempts_per_second and attempts_burst must be positive".into());
+        if self.failed_attempts_max == 0 || self.failed_attempts_window_secs == 0 {
+            return Err(
+                "oauth.failed_attempts_max and failed_attempts_window_secs must be positive".into(),
+            );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Overrides};
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, crate::ConfigError> {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        Config::load(None, env, &Overrides::default())
+    }
+
+    #[test]
+    fn env_mapping_defaults_and_ranges() {
+        let config = load(&[
+            ("MXQR_OAUTH__REGISTRATION_ENABLED", "true"),
+            ("MXQR_OAUTH__ACCESS_TOKEN_TTL_SECS", "600"),
+            ("MXQR_SERVER_NAME", "example.org"),
+            ("MXQR_DATABASE__SQLITE_PATH", "/var/lib/mxqr/db.sqlite3"),
+            ("MXQR_PUBLIC_URL", "https://matrix.example.org/"),
+        ])
+        .unwrap();
+        assert!(config.oauth.registration_enabled);
+        assert_eq!(config.oauth.access_token_ttl_secs, 600);
+        assert_eq!(config.effective_server_name(), "example.org");
+        assert_eq!(
+            config.sqlite_path(),
+            std::path::PathBuf::from("/var/lib/mxqr/db.sqlite3")
+        );
+
+        let defaults = load(&[("MXQR_PUBLIC_URL", "https://matrix.example.org:8448/")]).unwrap();
+        assert_eq!(defaults.effective_server_name(), "matrix.example.org:8448");
+        assert_eq!(
+            defaults.sqlite_path(),
+            defaults.data_dir.join("mxqr.sqlite3")
+        );
+        assert_eq!(defaults.oauth.device_code_ttl_secs, 1200);
+
+        for bad in [
+            ("MXQR_OAUTH__ACCESS_TOKEN_TTL_SECS", "5"),
+            ("MXQR_OAUTH__DEVICE_POLL_INTERVAL_SECS", "0"),
+            ("MXQR_OAUTH__FAILED_ATTEMPTS_MAX", "0"),
+            ("MXQR_OAUTH__NO_SUCH_KEY", "1"),
+            ("MXQR_SERVER_NAME", ""),
+        ] {
+            assert!(load(&[bad]).is_err(), "{bad:?} must be refused");
+        }
     }
 }

@@ -334,9 +334,12 @@ async fn device_code_grant(
 ) -> Result<Response, OAuthError> {
     let device_code = params.require("device_code")?;
     let client_id = params.require("client_id")?;
-    let unknown = |state: &OAuthState| match state.check_unknown_code(ip) {
-        Ok(()) => OAuthError::InvalidGrant("unknown device code".into()),
-        Err(wait) => OAuthError::RateLimited(wait),
+    state
+        .check_unknown_code(ip)
+        .map_err(OAuthError::RateLimited)?;
+    let unknown = |state: &OAuthState| {
+        state.unknown_code(ip);
+        OAuthError::InvalidGrant("unknown device code".into())
     };
     if !tokens::well_formed(Kind::DeviceCode, device_code) {
         return Err(unknown(state));

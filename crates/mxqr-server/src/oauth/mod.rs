@@ -8,6 +8,7 @@ pub mod client;
 mod config;
 pub(crate) mod endpoints;
 mod error;
+mod limits;
 pub mod password;
 pub mod scope;
 pub mod tokens;
@@ -30,8 +31,8 @@ use crate::app::ClientIp;
 use crate::auth::CreateAuthorizer;
 use crate::config::Config;
 use crate::db::{DbResult, NewTokens, SharedDb, SqliteDb, TokenInfo};
-use crate::ratelimit::{RateLimiter, client_key};
 use crate::store::BoxFuture;
+use limits::FailureLimiter;
 
 /// Source of the current time, injectable so tests can expire codes without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -128,8 +129,8 @@ struct Inner {
     registration_enabled: bool,
     secure_cookies: bool,
     last_purge: AtomicI64,
-    attempt_limiter: Option<RateLimiter>,
-    unknown_code_limiter: Option<RateLimiter>,
+    attempt_limiter: Option<FailureLimiter>,
+    unknown_code_limiter: Option<FailureLimiter>,
 }
 
 /// Shared state of the OAuth endpoints and pages (cheap to clone).
@@ -173,9 +174,9 @@ impl OAuthState {
         let public_url = config.effective_public_url();
         let limiter = || {
             config.rate_limit.enabled.then(|| {
-                RateLimiter::new(
-                    config.oauth.attempts_per_second,
-                    config.oauth.attempts_burst,
+                FailureLimiter::new(
+                    config.oauth.failed_attempts_max,
+                    Duration::from_secs(config.oauth.failed_attempts_window_secs),
                 )
             })
         };
@@ -238,19 +239,38 @@ impl OAuthState {
         self.0.secure_cookies
     }
 
-    /// Charges one code entry or login attempt to `ip`.
+    /// Refuses `ip` while it has used up its failed sign-ins and code entries.
     pub(crate) fn check_attempt(&self, ip: IpAddr) -> Result<(), Duration> {
-        match &self.0.attempt_limiter {
-            Some(l) => l.check(client_key(ip)),
+        match self.0.attempt_limiter.as_ref().and_then(|l| l.blocked(ip)) {
+            Some(wait) => Err(wait),
             None => Ok(()),
         }
     }
 
-    /// Charges one unknown device code at the token endpoint to `ip`.
+    /// Counts a failed sign-in or code entry of `ip`.
+    pub(crate) fn attempt_failed(&self, ip: IpAddr) {
+        if let Some(l) = &self.0.attempt_limiter {
+            l.fail(ip);
+        }
+    }
+
+    /// Refuses `ip` while it has used up its unknown device codes at the token endpoint.
     pub(crate) fn check_unknown_code(&self, ip: IpAddr) -> Result<(), Duration> {
-        match &self.0.unknown_code_limiter {
-            Some(l) => l.check(client_key(ip)),
+        match self
+            .0
+            .unknown_code_limiter
+            .as_ref()
+            .and_then(|l| l.blocked(ip))
+        {
+            Some(wait) => Err(wait),
             None => Ok(()),
+        }
+    }
+
+    /// Counts an unknown device code presented by `ip`.
+    pub(crate) fn unknown_code(&self, ip: IpAddr) {
+        if let Some(l) = &self.0.unknown_code_limiter {
+            l.fail(ip);
         }
     }
 
@@ -328,8 +348,15 @@ impl OAuthState {
 /// when `[oauth] enabled`, accounts and the OAuth server over the SQLite database. With
 /// `create_policy = "authenticated"` rendezvous creation then checks tokens against it.
 pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
+    let store =
+        crate::store::open_configured(&config)
+            .await
+            .map_err(|e| crate::db::DbError::Open {
+                path: "rendezvous.postgres_url".into(),
+                detail: e.to_string(),
+            })?;
     if !config.oauth.enabled {
-        return Ok(crate::AppState::new(config));
+        return Ok(crate::AppState::with_store(config, store));
     }
     let oauth = OAuthState::open(&config).await?;
     let authorizer = match config.rendezvous.create_policy {
@@ -338,7 +365,6 @@ pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
             crate::auth::for_policy(config.rendezvous.create_policy)
         }
     };
-    let store = Arc::new(crate::store::MemoryStore::new(config.session_limits()));
     Ok(crate::AppState::with_parts(config, store, authorizer).with_oauth(oauth))
 }
 

@@ -58,13 +58,16 @@ pub fn parse(scope: &str) -> Result<MatrixScope, ScopeError> {
             continue;
         }
         tokens.push(token);
-        if token == STABLE_API {
-            api = Some(Spelling::Stable);
-        } else if token == UNSTABLE_API {
-            if api == Some(Spelling::Stable) {
+        let api_spelling = match token {
+            STABLE_API => Some(Spelling::Stable),
+            UNSTABLE_API => Some(Spelling::Unstable),
+            _ => None,
+        };
+        if let Some(spelling) = api_spelling {
+            if api.is_some_and(|seen| seen != spelling) {
                 return Err(ScopeError("stable and unstable Matrix scopes are mixed"));
             }
-            api = Some(Spelling::Unstable);
+            api = Some(spelling);
         } else if let Some((spelling, id)) = token
             .strip_prefix(STABLE_DEVICE)
             .map(|id| (Spelling::Stable, id))

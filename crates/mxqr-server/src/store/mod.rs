@@ -7,6 +7,7 @@
 
 mod ids;
 mod memory;
+mod postgres;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use ids::{InvalidId, SequenceToken, SessionId};
 pub use memory::MemoryStore;
+pub use postgres::{PgStoreError, PostgresStore, open_configured};
 
 /// Boxed future, so the trait stays object-safe (`Arc<dyn RendezvousStore>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

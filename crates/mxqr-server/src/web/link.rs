@@ -38,6 +38,7 @@ async fn show_grant(
 ) -> PageResult {
     state.check_attempt(ip).map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
+        state.attempt_failed(ip);
         return entry_form(
             state,
             visit,
@@ -54,6 +55,7 @@ async fn show_grant(
     {
         UserCodeLookup::Pending(grant) => grant,
         UserCodeLookup::NotFound => {
+            state.attempt_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -65,6 +67,7 @@ async fn show_grant(
             );
         }
         UserCodeLookup::TooManyAttempts => {
+            state.attempt_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -157,6 +160,7 @@ pub(crate) async fn link_submit(
     }
     state.check_attempt(ip).map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
+        state.attempt_failed(ip);
         return entry_form(
             &state,
             &visit,
@@ -169,6 +173,9 @@ pub(crate) async fn link_submit(
         .db()
         .decide_device_grant(&code, &localpart, approve, state.now_ms())
         .await?;
+    if !decided {
+        state.attempt_failed(ip);
+    }
     let (status, title, message) = match (decided, approve) {
         (true, true) => (
             StatusCode::OK,

@@ -76,17 +76,20 @@ pub(crate) async fn login_submit(
         Some(user) if matches && user.password_hash.is_some() && !user.locked => {
             sign_in(&state, &visit, &user.localpart, &next).await
         }
-        _ => visit.render(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            "login.html",
-            minijinja::context! {
-                title => "Sign in",
-                next => next,
-                username => typed,
-                error => "Wrong username or password, or the account is locked.",
-            },
-        ),
+        _ => {
+            state.attempt_failed(ip);
+            visit.render(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                "login.html",
+                minijinja::context! {
+                    title => "Sign in",
+                    next => next,
+                    username => typed,
+                    error => "Wrong username or password, or the account is locked.",
+                },
+            )
+        }
     }
 }
 
@@ -160,7 +163,10 @@ pub(crate) async fn register_submit(
         .await
     {
         Ok(()) => sign_in(&state, &visit, &username, &next).await,
-        Err(DbError::Conflict) => refuse("This username is taken."),
+        Err(DbError::Conflict) => {
+            state.attempt_failed(ip);
+            refuse("This username is taken.")
+        }
         Err(err) => Err(err.into()),
     }
 }

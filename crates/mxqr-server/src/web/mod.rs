@@ -308,3 +308,53 @@ pub(crate) fn routes() -> Router<OAuthState> {
         .route("/account/device/delete", post(account::delete_device))
         .route("/account/cross-signing-reset", post(account::allow_reset))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_site() {
+        assert_eq!(safe_next(Some("/link?code=X")), "/link?code=X");
+        for bad in [
+            None,
+            Some("https://evil.example/"),
+            Some("//evil.example/"),
+            Some("/\\evil"),
+            Some(""),
+        ] {
+            assert_eq!(safe_next(bad), "/account", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_template_parses() {
+        for name in [
+            "message.html",
+            "login.html",
+            "register.html",
+            "consent.html",
+            "link.html",
+            "device_consent.html",
+            "account.html",
+            "device.html",
+            "reset.html",
+        ] {
+            let template = TEMPLATES.get_template(name).unwrap();
+            template
+                .render(minijinja::context! { csrf => "t", server_name => "s" })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; mxqr_csrf=abc; b=2"),
+        );
+        assert_eq!(cookie(&headers, CSRF_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, SESSION_COOKIE), None);
+    }
+}

@@ -99,7 +99,7 @@ impl OAuthServer {
         };
         config.rate_limit.enabled = options.rate_limit;
         config.oauth.registration_enabled = options.registration;
-        config.oauth.attempts_burst = 5;
+        config.oauth.failed_attempts_max = 5;
         let db = SqliteDb::open(&config.sqlite_path()).await.unwrap();
         let clock = Arc::new(ManualClock::default());
         let mut life = Lifetimes::from_config(&config.oauth);

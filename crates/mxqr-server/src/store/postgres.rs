@@ -1,0 +1,767 @@
+//! PostgreSQL [`RendezvousStore`]: sessions shared by several mxqr instances.
+//!
+//! Every rule of the in-memory store holds across instances because the database decides it:
+//! a write is one statement that compares and sets the token (the retried-write rule is read
+//! from the same snapshot), creation applies the session cap in one round trip through a SQL
+//! function, and expiry uses the database clock and an index on `expires_at`. Long-polls wait
+//! on a per-instance map of [`Notify`] handles; every write, delete and eviction sends
+//! `NOTIFY mxqr_rendezvous, '<id hex>'`, and each instance's `LISTEN` connection wakes its
+//! local waiters, which then read the session again. Waiters also wake at the session's expiry
+//! and whenever the listening connection was lost, so a missed notification costs a re-read,
+//! never a hung poll.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, Postgres, Row, Transaction};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::{
+    BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
+    StoreError, StoreStats, Transport, Write,
+};
+
+/// Channel carrying the hex ID of every session written, deleted or evicted.
+const CHANNEL: &str = "mxqr_rendezvous";
+
+/// Longest wait for a pooled connection: past it the request gets a 503, not a hang.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Bound on one store operation, for a database that accepts connections but stalls.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause before the listening connection is re-established after a failure.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Expired sessions deleted per statement, so a mass expiry never holds long locks.
+const PURGE_BATCH: i64 = 1000;
+
+/// Transaction IDs remembered per session, as in the memory store.
+const TXN_LOG_LEN: i64 = 4;
+
+/// Why the PostgreSQL store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PgStoreError {
+    /// The URL does not parse as a PostgreSQL connection string.
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(String),
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    /// The schema could not be created or upgraded.
+    #[error("cannot migrate the PostgreSQL rendezvous schema: {0}")]
+    Migrate(String),
+}
+
+/// Local waiters per session ID; entries exist only while someone waits.
+#[derive(Default)]
+struct Waiters(Mutex<HashMap<u128, Arc<Notify>>>);
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u128, Arc<Notify>>> {
+        // The map stays consistent whatever panicked while holding the lock.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(self: &Arc<Self>, id: u128) -> WaiterGuard {
+        let notify = self.lock().entry(id).or_default().clone();
+        WaiterGuard {
+            waiters: self.clone(),
+            id,
+            notify,
+        }
+    }
+
+    fn wake(&self, id: u128) {
+        if let Some(notify) = self.lock().get(&id) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for notify in self.lock().values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// A registration in [`Waiters`], removed with the last waiter of its session (also when a
+/// long-poll is cancelled).
+struct WaiterGuard {
+    waiters: Arc<Waiters>,
+    id: u128,
+    notify: Arc<Notify>,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        let mut map = self.waiters.lock();
+        // Two references left: the map's and ours. Registrations happen under this lock too.
+        if map
+            .get(&self.id)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Counters of what this instance did; `live` mirrors the database's count.
+#[derive(Default)]
+struct Counters {
+    live: [AtomicU64; 2],
+    created: [AtomicU64; 2],
+    expired: [AtomicU64; 2],
+    evicted: [AtomicU64; 2],
+    deleted: [AtomicU64; 2],
+}
+
+impl Counters {
+    fn add(counter: &[AtomicU64; 2], transport: Transport, n: u64) {
+        counter[transport.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn set_live(&self, msc4388: i64, msc4108: i64) {
+        let live = [msc4388, msc4108].map(|n| u64::try_from(n).unwrap_or(0));
+        for (slot, value) in self.live.iter().zip(live) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The PostgreSQL back end.
+pub struct PostgresStore {
+    pool: PgPool,
+    limits: SessionLimits,
+    waiters: Arc<Waiters>,
+    counters: Counters,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn transport_code(transport: Transport) -> i16 {
+    match transport {
+        Transport::Msc4388 => 0,
+        Transport::Msc4108 => 1,
+    }
+}
+
+fn transport_from_code(code: i16) -> Option<Transport> {
+    match code {
+        0 => Some(Transport::Msc4388),
+        1 => Some(Transport::Msc4108),
+        _ => None,
+    }
+}
+
+/// Tokens are u64 bit patterns stored in `BIGINT`.
+fn token_sql(token: u64) -> i64 {
+    i64::from_ne_bytes(token.to_ne_bytes())
+}
+
+fn token_rust(token: i64) -> u64 {
+    u64::from_ne_bytes(token.to_ne_bytes())
+}
+
+fn id_sql(id: SessionId) -> Vec<u8> {
+    id.0.to_be_bytes().to_vec()
+}
+
+fn id_hex(id: SessionId) -> String {
+    format!("{:032x}", id.0)
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unavailable(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// Fingerprint of a write for transaction-ID idempotency: stable across instances, unlike the
+/// memory store's per-process hasher.
+fn fingerprint(write: &Write) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(write.expected.0.to_be_bytes());
+    hash.update(write.data.as_bytes());
+    hash.finalize().to_vec()
+}
+
+/// Reads `expires_in_ms` and `modified_ms` columns into metadata.
+fn meta_from_row(row: &PgRow, token: u64) -> Result<SessionMeta, sqlx::Error> {
+    let expires_in_ms: i64 = row.try_get("expires_in_ms")?;
+    let modified_ms: i64 = row.try_get("modified_ms")?;
+    Ok(SessionMeta {
+        token: SequenceToken(token),
+        expires_in: Duration::from_millis(u64::try_from(expires_in_ms).unwrap_or(0)),
+        last_modified: UNIX_EPOCH + Duration::from_millis(u64::try_from(modified_ms).unwrap_or(0)),
+    })
+}
+
+/// Columns every read returns, computed by the database clock.
+const META_COLUMNS: &str = "(extract(epoch FROM expires_at - now()) * 1000)::BIGINT AS expires_in_ms, \
+     (extract(epoch FROM modified_at) * 1000)::BIGINT AS modified_ms";
+
+/// Compare-and-set in one statement. `upd` writes when `$3` is the current token; `cur` reads
+/// the same snapshot to tell a lost race or stale token (`2`) from a retry of the latest write
+/// (`1`: `$3` is the token it replaced and the data is identical). The new token is `$4`, or
+/// `$5` should `$4` equal the token being replaced (the caller draws both different from `$3`
+/// and from each other), so no write reuses either of the session's last two tokens.
+const UPDATE_SQL: &str = "\
+WITH upd AS (
+    UPDATE rendezvous_sessions SET
+        prev_token = token,
+        token = CASE WHEN prev_token = $4 THEN $5 ELSE $4 END,
+        data = $6,
+        modified_at = now(),
+        expires_at = CASE WHEN $7 THEN GREATEST(expires_at, LEAST(
+            now() + $8 * INTERVAL '1 millisecond',
+            created_at + $9 * INTERVAL '1 millisecond')) ELSE expires_at END
+    WHERE id = $1 AND transport = $2 AND token = $3 AND expires_at > now()
+    RETURNING token, expires_at, modified_at
+), cur AS (
+    SELECT token, prev_token, data, expires_at, modified_at FROM rendezvous_sessions
+    WHERE id = $1 AND transport = $2 AND expires_at > now()
+), announced AS (
+    SELECT pg_notify('mxqr_rendezvous', $10)::TEXT AS sent FROM upd
+)
+SELECT 0::SMALLINT AS outcome, token,
+    (extract(epoch FROM expires_at - now()) * 1000)::BIGINT AS expires_in_ms,
+    (extract(epoch FROM modified_at) * 1000)::BIGINT AS modified_ms,
+    (SELECT count(*) FROM announced) AS notified
+FROM upd
+UNION ALL
+SELECT CASE WHEN prev_token = $3 AND data = $6 THEN 1 ELSE 2 END::SMALLINT, token,
+    (extract(epoch FROM expires_at - now()) * 1000)::BIGINT,
+    (extract(epoch FROM modified_at) * 1000)::BIGINT,
+    0
+FROM cur WHERE NOT EXISTS (SELECT 1 FROM upd)";
+
+/// Where the transaction-ID path ended.
+enum TxnStep {
+    /// A new transaction ID: the compare-and-set ran and was logged; commit.
+    Fresh(CasOutcome),
+    /// A repeated transaction ID: its first answer again; nothing to commit.
+    Repeat(Result<SessionMeta, StoreError>),
+}
+
+/// What a compare-and-set statement found.
+enum CasOutcome {
+    Written(SessionMeta),
+    Retry(SessionMeta),
+    Conflict,
+    NotFound,
+}
+
+impl PostgresStore {
+    /// Connects to `url` with a pool of `max_connections`, creates or upgrades the schema and
+    /// starts listening for wake-ups from other instances.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        limits: SessionLimits,
+    ) -> Result<Self, PgStoreError> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| PgStoreError::Url(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            // One connection is held by the listener.
+            .max_connections(max_connections.max(1) + 1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        // Several instances starting at once: sqlx serialises them with an advisory lock.
+        // `pg_migrations/`, apart from the SQLite ones; dated versions never collide with
+        // another migration set sharing the database.
+        let mut migrator = sqlx::migrate!("./pg_migrations");
+        // Another migration set (accounts on PostgreSQL) may share the database.
+        migrator.set_ignore_missing(true);
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| PgStoreError::Migrate(e.to_string()))?;
+        // Listen before serving: a long-poll started at once must not miss its wake-up.
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        let waiters = Arc::new(Waiters::default());
+        let task = tokio::spawn(listen(pool.clone(), listener, waiters.clone()));
+        let store = Self {
+            pool,
+            limits,
+            waiters,
+            counters: Counters::default(),
+            listener: task,
+        };
+        store
+            .refresh_live()
+            .await
+            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        Ok(store)
+    }
+
+    /// Runs one store operation with the overall time bound.
+    async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(OPERATION_TIMEOUT, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "PostgreSQL did not answer in time".into(),
+                ))
+            })
+    }
+
+    async fn refresh_live(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT live_msc4388, live_msc4108 FROM rendezvous_counts")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        self.counters.set_live(
+            row.try_get("live_msc4388").map_err(unavailable)?,
+            row.try_get("live_msc4108").map_err(unavailable)?,
+        );
+        Ok(())
+    }
+
+    async fn do_create(
+        &self,
+        transport: Transport,
+        data: Arc<str>,
+    ) -> Result<(SessionId, SessionMeta), StoreError> {
+        let max_sessions = i64::try_from(self.limits.max_sessions.max(1)).unwrap_or(i64::MAX);
+        // A taken ID (2^-128 per try) yields no row: draw again.
+        for _ in 0..4 {
+            let id = SessionId::random();
+            let token = SequenceToken::fresh(&[]);
+            let row = sqlx::query(
+                "SELECT expires_in_ms, modified_ms, live_msc4388, live_msc4108, evicted, expired \
+                 FROM mxqr_rendezvous_create($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id_sql(id))
+            .bind(transport_code(transport))
+            .bind(&*data)
+            .bind(token_sql(token.0))
+            .bind(ms(self.limits.ttl))
+            .bind(max_sessions)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            let Some(row) = row else { continue };
+            let meta = meta_from_row(&row, token.0).map_err(unavailable)?;
+            self.counters.set_live(
+                row.try_get("live_msc4388").map_err(unavailable)?,
+                row.try_get("live_msc4108").map_err(unavailable)?,
+            );
+            Counters::add(&self.counters.created, transport, 1);
+            for (column, counter) in [
+                ("evicted", &self.counters.evicted),
+                ("expired", &self.counters.expired),
+            ] {
+                let codes: Vec<i16> = row.try_get(column).map_err(unavailable)?;
+                for t in codes.into_iter().filter_map(transport_from_code) {
+                    Counters::add(counter, t, 1);
+                }
+            }
+            return Ok((id, meta));
+        }
+        Err(StoreError::Unavailable(
+            "could not draw an unused session ID".into(),
+        ))
+    }
+
+    async fn do_get(&self, transport: Transport, id: SessionId) -> Result<Snapshot, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT data, token, {META_COLUMNS} FROM rendezvous_sessions \
+             WHERE id = $1 AND transport = $2 AND expires_at > now()"
+        ))
+        .bind(id_sql(id))
+        .bind(transport_code(transport))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        let data: String = row.try_get("data").map_err(unavailable)?;
+        let token: i64 = row.try_get("token").map_err(unavailable)?;
+        Ok(Snapshot {
+            data: Arc::from(data),
+            meta: meta_from_row(&row, token_rust(token)).map_err(unavailable)?,
+        })
+    }
+
+    /// The compare-and-set statement, on the pool or inside a transaction.
+    async fn compare_and_set<'e>(
+        &self,
+        executor: impl Executor<'e, Database = Postgres>,
+        transport: Transport,
+        id: SessionId,
+        write: &Write,
+    ) -> Result<CasOutcome, StoreError> {
+        let first = SequenceToken::fresh(&[write.expected.0]);
+        let second = SequenceToken::fresh(&[write.expected.0, first.0]);
+        let row = sqlx::query(UPDATE_SQL)
+            .bind(id_sql(id))
+            .bind(transport_code(transport))
+            .bind(token_sql(write.expected.0))
+            .bind(token_sql(first.0))
+            .bind(token_sql(second.0))
+            .bind(&*write.data)
+            .bind(self.limits.renew_on_write)
+            .bind(ms(self.limits.ttl))
+            .bind(ms(self.limits.max_lifetime))
+            .bind(id_hex(id))
+            .fetch_optional(executor)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else {
+            return Ok(CasOutcome::NotFound);
+        };
+        let outcome: i16 = row.try_get("outcome").map_err(unavailable)?;
+        let token = token_rust(row.try_get("token").map_err(unavailable)?);
+        let meta = meta_from_row(&row, token).map_err(unavailable)?;
+        Ok(match outcome {
+            0 => CasOutcome::Written(meta),
+            1 => CasOutcome::Retry(meta),
+            _ => CasOutcome::Conflict,
+        })
+    }
+
+    async fn do_update(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        write: Write,
+    ) -> Result<SessionMeta, StoreError> {
+        let outcome = match &write.txn_id {
+            None => {
+                self.compare_and_set(&self.pool, transport, id, &write)
+                    .await?
+            }
+            Some(txn_id) => {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                match self
+                    .update_with_txn_id(&mut tx, transport, id, &write, txn_id)
+                    .await?
+                {
+                    TxnStep::Fresh(outcome) => {
+                        tx.commit().await.map_err(unavailable)?;
+                        outcome
+                    }
+                    TxnStep::Repeat(answer) => return answer,
+                }
+            }
+        };
+        match outcome {
+            CasOutcome::Written(meta) => {
+                // The NOTIFY reaches this instance too; waking here saves its round trip.
+                self.waiters.wake(id.0);
+                Ok(meta)
+            }
+            CasOutcome::Retry(meta) => Ok(meta),
+            CasOutcome::Conflict => Err(StoreError::ConcurrentWrite),
+            CasOutcome::NotFound => Err(StoreError::NotFound),
+        }
+    }
+
+    /// The transaction-ID path, under a row lock so the log and the write agree.
+    async fn update_with_txn_id(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        transport: Transport,
+        id: SessionId,
+        write: &Write,
+        txn_id: &str,
+    ) -> Result<TxnStep, StoreError> {
+        let locked = sqlx::query(
+            "SELECT 1 FROM rendezvous_sessions \
+             WHERE id = $1 AND transport = $2 AND expires_at > now() FOR UPDATE",
+        )
+        .bind(id_sql(id))
+        .bind(transport_code(transport))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+        if locked.is_none() {
+            return Ok(TxnStep::Fresh(CasOutcome::NotFound));
+        }
+        let fingerprint = fingerprint(write);
+        let earlier = sqlx::query(
+            "SELECT fingerprint, outcome FROM rendezvous_txns WHERE session_id = $1 AND txn_id = $2",
+        )
+        .bind(id_sql(id))
+        .bind(txn_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(earlier) = earlier {
+            let seen: Vec<u8> = earlier.try_get("fingerprint").map_err(unavailable)?;
+            if seen != fingerprint {
+                return Ok(TxnStep::Repeat(Err(StoreError::TxnReused)));
+            }
+            let Some(token) = earlier
+                .try_get::<Option<i64>, _>("outcome")
+                .map_err(unavailable)?
+            else {
+                return Ok(TxnStep::Repeat(Err(StoreError::ConcurrentWrite)));
+            };
+            let mut current = self.do_get_in(tx, transport, id).await?;
+            current.token = SequenceToken(token_rust(token));
+            return Ok(TxnStep::Repeat(Ok(current)));
+        }
+        let outcome = self
+            .compare_and_set(&mut **tx, transport, id, write)
+            .await?;
+        let answered = match &outcome {
+            CasOutcome::Written(meta) | CasOutcome::Retry(meta) => Some(token_sql(meta.token.0)),
+            CasOutcome::Conflict | CasOutcome::NotFound => None,
+        };
+        sqlx::query(
+            "INSERT INTO rendezvous_txns (session_id, txn_id, fingerprint, outcome) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id_sql(id))
+        .bind(txn_id)
+        .bind(fingerprint)
+        .bind(answered)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM rendezvous_txns WHERE session_id = $1 AND seq <= (\
+                SELECT seq FROM rendezvous_txns WHERE session_id = $1 \
+                ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+        )
+        .bind(id_sql(id))
+        .bind(TXN_LOG_LEN)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+        Ok(TxnStep::Fresh(outcome))
+    }
+
+    /// Metadata of a live session inside a transaction.
+    async fn do_get_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        transport: Transport,
+        id: SessionId,
+    ) -> Result<SessionMeta, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT token, {META_COLUMNS} FROM rendezvous_sessions \
+             WHERE id = $1 AND transport = $2 AND expires_at > now()"
+        ))
+        .bind(id_sql(id))
+        .bind(transport_code(transport))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound)?;
+        let token: i64 = row.try_get("token").map_err(unavailable)?;
+        meta_from_row(&row, token_rust(token)).map_err(unavailable)
+    }
+
+    async fn do_delete(&self, transport: Transport, id: SessionId) -> Result<(), StoreError> {
+        let deleted = sqlx::query(
+            "WITH gone AS (DELETE FROM rendezvous_sessions \
+                 WHERE id = $1 AND transport = $2 AND expires_at > now() RETURNING id) \
+             SELECT pg_notify('mxqr_rendezvous', $3)::TEXT AS sent FROM gone",
+        )
+        .bind(id_sql(id))
+        .bind(transport_code(transport))
+        .bind(id_hex(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if deleted.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        self.waiters.wake(id.0);
+        Counters::add(&self.counters.deleted, transport, 1);
+        self.counters.live[transport.index()]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok();
+        Ok(())
+    }
+
+    async fn do_purge(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            // SKIP LOCKED: instances purging at once split the work instead of queueing.
+            let gone: Vec<i16> = sqlx::query_scalar(
+                "DELETE FROM rendezvous_sessions WHERE id IN (\
+                    SELECT id FROM rendezvous_sessions WHERE expires_at <= now() \
+                    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING transport",
+            )
+            .bind(PURGE_BATCH)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            for t in gone.iter().copied().filter_map(transport_from_code) {
+                Counters::add(&self.counters.expired, t, 1);
+            }
+            total += gone.len();
+            if i64::try_from(gone.len()).unwrap_or(i64::MAX) < PURGE_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.refresh_live().await?;
+        Ok(total)
+    }
+
+    async fn do_wait(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        since: SequenceToken,
+        deadline: Instant,
+    ) -> Result<Snapshot, StoreError> {
+        let registration = self.waiters.register(id.0);
+        loop {
+            // Armed before reading, so a NOTIFY arriving between read and wait is not lost.
+            let notified = registration.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let snapshot = self.bounded(self.do_get(transport, id)).await?;
+            let now = Instant::now();
+            if snapshot.meta.token != since || now >= deadline {
+                return Ok(snapshot);
+            }
+            // Expiry sends no notification: wake when it is due and read the 404.
+            let expiry = now + snapshot.meta.expires_in + Duration::from_millis(5);
+            let wake_at = deadline.min(expiry);
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
+            }
+        }
+    }
+}
+
+/// Receives notifications and wakes local waiters; reconnects after any failure and then
+/// wakes everyone, since notifications sent meanwhile are lost.
+async fn listen(pool: PgPool, mut listener: PgListener, waiters: Arc<Waiters>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                if let Ok(id) = u128::from_str_radix(notification.payload(), 16) {
+                    waiters.wake(id);
+                }
+                continue;
+            }
+            // Connection lost and re-established by sqlx (channels re-subscribed).
+            Ok(None) => {
+                waiters.wake_all();
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "rendezvous LISTEN connection failed; reconnecting");
+                waiters.wake_all();
+            }
+        }
+        loop {
+            tokio::time::sleep(LISTEN_RETRY).await;
+            match PgListener::connect_with(&pool).await {
+                Ok(mut fresh) => match fresh.listen(CHANNEL).await {
+                    Ok(()) => {
+                        listener = fresh;
+                        waiters.wake_all();
+                        break;
+                    }
+                    Err(err) => tracing::warn!(%err, "rendezvous LISTEN failed"),
+                },
+                Err(err) => tracing::warn!(%err, "rendezvous LISTEN connection failed"),
+            }
+        }
+    }
+}
+
+impl RendezvousStore for PostgresStore {
+    fn create(
+        &self,
+        transport: Transport,
+        data: Arc<str>,
+    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>> {
+        Box::pin(self.bounded(self.do_create(transport, data)))
+    }
+
+    fn get(
+        &self,
+        transport: Transport,
+        id: SessionId,
+    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(self.bounded(self.do_get(transport, id)))
+    }
+
+    fn wait_for_change(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        since: SequenceToken,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        // Each read inside is bounded; the wait itself lasts until `deadline`.
+        Box::pin(self.do_wait(transport, id, since, deadline))
+    }
+
+    fn update(
+        &self,
+        transport: Transport,
+        id: SessionId,
+        write: Write,
+    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>> {
+        Box::pin(self.bounded(self.do_update(transport, id, write)))
+    }
+
+    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.bounded(self.do_delete(transport, id)))
+    }
+
+    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(self.bounded(self.do_purge()))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let read =
+            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
+        StoreStats {
+            live: read(&self.counters.live),
+            created: read(&self.counters.created),
+            expired: read(&self.counters.expired),
+            evicted: read(&self.counters.evicted),
+            deleted: read(&self.counters.deleted),
+        }
+    }
+}
+
+/// The store `[rendezvous]` asks for: PostgreSQL when `postgres_url` is set, else memory.
+pub async fn open_configured(
+    config: &crate::config::Config,
+) -> Result<Arc<dyn RendezvousStore>, PgStoreError> {
+    let limits = config.session_limits();
+    Ok(match &config.rendezvous.postgres_url {
+        Some(url) => Arc::new(
+            PostgresStore::connect(url, config.rendezvous.postgres_max_connections, limits).await?,
+        ),
+        None => Arc::new(super::MemoryStore::new(limits)),
+    })
+}

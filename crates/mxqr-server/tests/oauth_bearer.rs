@@ -1,0 +1,96 @@
+//! The server `mxqr serve` builds (`oauth::app_state`): with `create_policy = "authenticated"`
+//! rendezvous creation accepts only live access tokens from the accounts database.
+
+use mxqr_server::Config;
+use mxqr_server::config::CreatePolicy;
+use mxqr_server::db::Grant;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const STABLE: &str = "/_matrix/client/v1/rendezvous";
+
+#[tokio::test]
+async fn rendezvous_creation_checks_tokens_against_the_database() {
+    let dir = std::env::temp_dir().join(format!(
+        "mxqr-oauth-bearer-{}-{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 4]>())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config {
+        listen: addr,
+        data_dir: dir.clone(),
+        public_url: Some(format!("http://{addr}/")),
+        ..Config::default()
+    };
+    config.rate_limit.enabled = false;
+    config.rendezvous.create_policy = CreatePolicy::Authenticated;
+    let state = mxqr_server::oauth::app_state(config).await.unwrap();
+    let oauth = state.oauth().expect("OAuth attached").clone();
+    oauth
+        .db()
+        .create_user("alice", None, oauth.now_ms())
+        .await
+        .unwrap();
+    let minted = oauth.mint();
+    let grant = Grant {
+        localpart: "alice".into(),
+        device_id: "DEV".into(),
+        client_id: None,
+        scope: "urn:matrix:client:api:* urn:matrix:client:device:DEV".into(),
+    };
+    oauth
+        .db()
+        .issue_session(&grant, &minted.stored, oauth.now_ms())
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mxqr_server::serve(state, listener, async {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}{STABLE}");
+
+    let forged = "mxqr_at_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA_000000";
+    for token in [None, Some("not-a-token"), Some(forged)] {
+        let mut request = http.post(&url).json(&json!({ "data": "x" }));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{token:?}");
+    }
+    let response = http
+        .post(&url)
+        .bearer_auth(&minted.access_token)
+        .json(&json!({ "data": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let body: Value = response.json().await.unwrap();
+    assert!(body["id"].is_string(), "{body}");
+
+    // Revoked: refused again.
+    let response = http
+        .post(format!("http://{addr}/oauth2/revoke"))
+        .form(&[("token", minted.refresh_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = http
+        .post(&url)
+        .bearer_auth(&minted.access_token)
+        .json(&json!({ "data": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    let _ = tx.send(());
+    let _ = std::fs::remove_dir_all(&dir);
+}
