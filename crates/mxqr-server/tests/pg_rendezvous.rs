@@ -643,3 +643,30 @@ async fn a_database_outage_is_a_503_with_retry_after_then_recovers() {
     assert!(started.elapsed() < Duration::from_secs(2));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn postgres_url_in_the_config_selects_the_shared_store() {
+    let (db, _) = fresh_database().await;
+    let server = PgServer::start(&db).await;
+    let mut config = test_config();
+    config.rendezvous.postgres_url = Some(db.clone());
+    let store = mxqr_server::store::open_configured(&config).await.unwrap();
+    let (id, meta) = store
+        .create(mxqr_server::store::Transport::Msc4388, "via config".into())
+        .await
+        .unwrap();
+    let body = read(&server, STABLE, &id.to_string()).await;
+    assert_eq!(body["data"], "via config");
+    assert_eq!(body["sequence_token"], meta.token.to_string());
+
+    // Unreachable database: start-up fails with an error, quickly.
+    config.rendezvous.postgres_url = Some("postgres://postgres@127.0.0.1:1/none".into());
+    let started = Instant::now();
+    let err = mxqr_server::store::open_configured(&config)
+        .await
+        .err()
+        .expect("no database there");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    server.stop().await;
+}

@@ -18,19 +18,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a profile for a signed-in device: token import, device-code sign-in, bootstrap.
+    Account(cli::account::AccountArgs),
     /// Manage accounts and mint tokens (works while the server runs).
     Admin(cli::admin::AdminArgs),
+    /// Let a new device sign in, from this profile's signed-in device.
+    Grant(cli::signin::GrantArgs),
+    /// Sign this machine in as a new device with a QR code.
+    Login(cli::signin::LoginArgs),
+    /// Sign this profile's device out and remove the profile.
+    Logout(cli::account::LogoutArgs),
     /// Read, check and draw login QR codes.
     #[command(subcommand)]
     Qr(cli::qr::QrCommand),
     /// Run the rendezvous server.
     Serve(cli::serve::ServeArgs),
+    /// Show who this profile is signed in as.
+    Whoami(cli::account::WhoamiArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Account(args) => cli::account::run(args),
         Command::Admin(args) => cli::admin::run(args),
+        Command::Grant(args) => cli::signin::grant(args),
+        Command::Login(args) => cli::signin::login(args),
+        Command::Logout(args) => cli::account::logout(args),
         Command::Qr(command) => cli::qr::run(command),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Whoami(args) => cli::account::whoami(args),
     }
 }

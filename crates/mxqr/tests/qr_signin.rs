@@ -321,7 +321,7 @@ async fn all_four_combinations_sign_in_and_cross_sign() {
             let new_http = http.clone();
             let hs = base.to_string();
             let new_side = tokio::spawn(async move {
-                let result = match new_qr_rx {
+                match new_qr_rx {
                     None => {
                         login_show_qr(new_http, &hs, &options, &mut new_account, &mut new_ui).await
                     }
@@ -329,8 +329,7 @@ async fn all_four_combinations_sign_in_and_cross_sign() {
                         let qr = rx.await.expect("the existing device shows a QR code");
                         login_scan(new_http, &qr, &options, &mut new_account, &mut new_ui).await
                     }
-                };
-                result
+                }
             });
             let existing_http = http.clone();
             let existing_session = ExistingSession {

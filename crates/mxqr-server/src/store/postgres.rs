@@ -282,11 +282,10 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|e| PgStoreError::Connect(e.to_string()))?;
-        // Several instances starting at once: sqlx serialises them with an advisory lock.
-        // `pg_migrations/`, apart from the SQLite ones; dated versions never collide with
-        // another migration set sharing the database.
+        // `pg_migrations/`, apart from the SQLite ones. Its dated versions never collide with
+        // another migration set sharing the database (accounts on PostgreSQL, later), whose
+        // entries it ignores. Instances starting at once queue on sqlx's advisory lock.
         let mut migrator = sqlx::migrate!("./pg_migrations");
-        // Another migration set (accounts on PostgreSQL) may share the database.
         migrator.set_ignore_missing(true);
         migrator
             .run(&pool)

@@ -1,9 +1,13 @@
 //! Subcommands, and the conventions they share: errors are one line on stderr starting with
 //! `error: `, so scripts and users can rely on the first line being the whole story.
 
+pub mod account;
 pub mod admin;
+pub mod profile;
 pub mod qr;
 pub mod serve;
+pub mod signin;
+pub mod ui;
 
 use std::process::ExitCode;
 
@@ -23,4 +27,49 @@ pub fn fail(status: u8, message: impl std::fmt::Display) -> ExitCode {
         .collect();
     eprintln!("error: {}", one_line.join("; "));
     ExitCode::from(status)
+}
+
+/// Why a client command failed: bad usage (exit 2) or a failure of the sign-in, the network
+/// or the store (exit 1). The message is the whole story, in plain words.
+#[derive(Debug)]
+pub enum CliError {
+    Usage(String),
+    Failed(String),
+}
+
+impl CliError {
+    pub fn usage(e: impl std::fmt::Display) -> Self {
+        CliError::Usage(e.to_string())
+    }
+    pub fn failed(e: impl std::fmt::Display) -> Self {
+        CliError::Failed(e.to_string())
+    }
+}
+
+/// Runs a client command on a fresh runtime.
+pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(
+    future: F,
+) -> Result<(), CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start: {e}")))?
+        .block_on(future)
+}
+
+/// Reports the end of a client command: in JSON mode also as an `error` event on stdout, so a
+/// script reading events sees why the stream ended.
+pub fn finish(json: bool, result: Result<(), CliError>) -> ExitCode {
+    let (status, message) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(CliError::Usage(m)) => (EXIT_INVALID_INPUT, m),
+        Err(CliError::Failed(m)) => (EXIT_FAILURE, m),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "error", "message": message })
+        );
+    }
+    fail(status, message)
 }

@@ -1,0 +1,209 @@
+//! What a person (or a script) sees while a sign-in runs.
+//!
+//! Plain mode draws the QR code and prints one line per step with the elapsed time. JSON mode
+//! prints one object per line on stdout, so two `mxqr` processes can be piped together:
+//!
+//! - `{"event":"qr","base64":…,"generation":…}`: the QR code to scan (`mxqr login --scan`
+//!   and `mxqr grant --scan` take the base64 as it is).
+//! - `{"event":"check_code","code":"07"}`: type this on the other device.
+//! - `{"event":"enter_check_code"}`: this process now reads the code from stdin.
+//! - `{"event":"user_code","user_code":…,"verification_uri":…}`: the code on the consent page.
+//! - `{"event":"verification_uri","uri":…}`: open this page to approve the new device.
+//! - `{"event":"step","step":…,"elapsed_ms":…}`: progress.
+//! - `{"event":"done",…}` or `{"event":"error","message":…}`: the end.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mxqr_client::driver::{Step, Ui, UiEvent};
+use mxqr_proto::qr::render::{self, TerminalOptions};
+use serde_json::{Value, json};
+
+pub struct CliUi {
+    pub json: bool,
+    /// The check code given on the command line, used instead of asking.
+    pub check_code: Option<u8>,
+    pub no_browser: bool,
+    started: Instant,
+}
+
+impl CliUi {
+    pub fn new(json: bool, check_code: Option<u8>, no_browser: bool) -> Self {
+        Self {
+            json,
+            check_code,
+            no_browser,
+            started: Instant::now(),
+        }
+    }
+
+    /// One JSON event on stdout, flushed at once so a reading process sees it now.
+    pub fn emit(&self, value: Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{value}");
+        let _ = out.flush();
+    }
+
+    /// A progress line: to stderr in plain mode (stdout stays for the QR and the summary).
+    pub fn progress(&self, step: &str, text: &str) {
+        let elapsed = self.started.elapsed();
+        if self.json {
+            self.emit(json!({
+                "event": "step",
+                "step": step,
+                "elapsed_ms": elapsed.as_millis() as u64,
+            }));
+        } else {
+            eprintln!("[{:6.1}s] {text}", elapsed.as_secs_f64());
+        }
+    }
+
+    fn open_browser(&self, uri: &str) {
+        if self.no_browser {
+            return;
+        }
+        let opened = std::process::Command::new("xdg-open")
+            .arg(uri)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if opened.is_err() && !self.json {
+            eprintln!("(could not start a browser; open the link by hand)");
+        }
+    }
+}
+
+fn step_name(step: Step) -> (&'static str, &'static str) {
+    match step {
+        Step::WaitingForOtherDevice => ("waiting_for_other_device", "waiting for the other device"),
+        Step::StartingAuthorization => ("starting_authorization", "asking the server to sign in"),
+        Step::WaitingForConsent => (
+            "waiting_for_consent",
+            "waiting for approval on the other device",
+        ),
+        Step::WaitingForNewDevice => ("waiting_for_new_device", "waiting for the new device"),
+        Step::SettingUpEncryption => ("setting_up_encryption", "setting up encryption"),
+    }
+}
+
+impl Ui for CliUi {
+    fn show(&mut self, event: UiEvent) {
+        match event {
+            UiEvent::ShowQrCode(qr) => {
+                let payload = qr.encode();
+                let base64 = STANDARD.encode(&payload);
+                if self.json {
+                    self.emit(json!({
+                        "event": "qr",
+                        "base64": base64,
+                        "generation": qr.generation().as_str(),
+                    }));
+                } else {
+                    match render::render_terminal(&payload, TerminalOptions::default()) {
+                        Ok(text) => print!("{text}"),
+                        Err(e) => eprintln!("(cannot draw the QR code: {e})"),
+                    }
+                    println!("Scan this code with the other device, or paste this there:");
+                    println!("{base64}");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            UiEvent::ShowCheckCode(code) => {
+                if self.json {
+                    self.emit(json!({ "event": "check_code", "code": code.to_string() }));
+                } else {
+                    println!("Check code: {code}  (enter it on the other device)");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            UiEvent::ShowUserCode {
+                user_code,
+                verification_uri,
+            } => {
+                if self.json {
+                    self.emit(json!({
+                        "event": "user_code",
+                        "user_code": user_code,
+                        "verification_uri": verification_uri,
+                    }));
+                } else {
+                    println!("Approve the code {user_code} at {verification_uri}");
+                }
+            }
+            UiEvent::OpenVerificationUri(uri) => {
+                if self.json {
+                    self.emit(json!({ "event": "verification_uri", "uri": uri }));
+                } else {
+                    println!("Approve the new device in your browser: {uri}");
+                    let _ = std::io::stdout().flush();
+                }
+                self.open_browser(&uri);
+            }
+            UiEvent::Step(step) => {
+                let (name, text) = step_name(step);
+                self.progress(name, text);
+            }
+        }
+    }
+
+    async fn ask_check_code(&mut self) -> Option<u8> {
+        if let Some(code) = self.check_code {
+            return Some(code);
+        }
+        if self.json {
+            self.emit(json!({ "event": "enter_check_code" }));
+        }
+        let json = self.json;
+        let read = tokio::task::spawn_blocking(move || {
+            loop {
+                if !json {
+                    eprint!("Enter the two-digit check code shown on the other device: ");
+                    let _ = std::io::stderr().flush();
+                }
+                let mut line = String::new();
+                match std::io::stdin().read_line(&mut line) {
+                    // End of input: the person gave up.
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => match parse_check_code(&line) {
+                        Ok(code) => return Some(code),
+                        Err(e) if json => {
+                            eprintln!("error: {e}");
+                            return None;
+                        }
+                        Err(e) => eprintln!("{e}"),
+                    },
+                }
+            }
+        });
+        read.await.ok().flatten()
+    }
+}
+
+/// A check code as typed: one or two digits.
+pub fn parse_check_code(text: &str) -> Result<u8, String> {
+    let text = text.trim();
+    match text.parse::<u8>() {
+        Ok(n) if (1..=2).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a check code (two digits, 00 to 99)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_check_code;
+
+    #[test]
+    fn check_codes_are_one_or_two_digits() {
+        assert_eq!(parse_check_code("07\n"), Ok(7));
+        assert_eq!(parse_check_code(" 7 "), Ok(7));
+        assert_eq!(parse_check_code("99"), Ok(99));
+        for bad in ["", "100", "-1", "+5", "ab", "007"] {
+            assert!(parse_check_code(bad).is_err(), "{bad:?}");
+        }
+    }
+}
