@@ -15,8 +15,8 @@ rustc --version
 step "installing test dependencies"
 bash scripts/install-test-deps.sh
 
-step "building the workspace (tests included)"
-cargo build --workspace --all-targets --locked
+step "building the workspace and its tests (once: the test profile is what cargo test uses)"
+cargo test --workspace --locked --no-run
 
 step "starting a throw-away PostgreSQL for the pg_* tests"
 PG_DIR=$(mktemp -d /tmp/mxqr-pg.XXXXXX)
