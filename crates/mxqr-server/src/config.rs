@@ -6,7 +6,8 @@
 //! when it parses as one (`true`, `180`, `2.5`, `"text"`), otherwise as a plain string.
 //! `MXQR_CONFIG` names the config file (the `--config` flag wins). Variables whose first segment
 //! is not a top-level key are ignored (other mxqr commands use `MXQR_*` too); an unknown key
-//! inside a known table is an error, so typos do not pass silently.
+//! inside a known table is an error, so typos do not pass silently. `MXQR_DATABASE_URL` is
+//! accepted for `[database] url` (`MXQR_DATABASE__URL`), after the common `DATABASE_URL`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 
 /// Environment variable naming the config file.
 pub const CONFIG_ENV: &str = "MXQR_CONFIG";
+
+/// Short form of `MXQR_DATABASE__URL`.
+pub const DATABASE_URL_ENV: &str = "MXQR_DATABASE_URL";
 
 /// Session life bounds MSC4388 asks for (SHOULD keep sessions 120–300 s).
 const TTL_RANGE_SECS: std::ops::RangeInclusive<u64> = 120..=300;
@@ -97,7 +101,8 @@ pub struct RendezvousConfig {
     pub max_sessions: usize,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// Longest a long-poll GET may wait, in milliseconds (at most 30000).
+    /// Longest a long-poll GET may wait, in milliseconds (at most 30000); 0 turns long-poll
+    /// off: it is no longer advertised and every GET answers at once.
     pub long_poll_max_ms: u64,
     /// Path (under `public_url`) of MSC4108 session URLs.
     pub msc4108_sessions_path: String,
@@ -245,7 +250,11 @@ impl Config {
             let Some(rest) = name.strip_prefix("MXQR_") else {
                 continue;
             };
-            let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let segments: Vec<String> = if name == DATABASE_URL_ENV {
+                vec!["database".into(), "url".into()]
+            } else {
+                rest.split("__").map(str::to_ascii_lowercase).collect()
+            };
             if !TOP_LEVEL_KEYS.contains(&segments[0].as_str()) {
                 continue;
             }
@@ -328,6 +337,14 @@ impl Config {
         if r.postgres_max_connections == 0 {
             return invalid("rendezvous.postgres_max_connections must be at least 1".into());
         }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return invalid("database.url must start with postgres://".into());
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections must be at least 1".into());
+        }
         if let Some(url) = &self.public_url {
             match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -397,6 +414,15 @@ impl Config {
             .sqlite_path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("mxqr.sqlite3"))
+    }
+
+    /// The PostgreSQL database of the rendezvous: `rendezvous.postgres_url`, else
+    /// `database.url` (instances sharing accounts must share sessions too); `None`: memory.
+    pub fn rendezvous_postgres_url(&self) -> Option<&str> {
+        self.rendezvous
+            .postgres_url
+            .as_deref()
+            .or(self.database.url.as_deref())
     }
 
     /// The configuration as TOML, with `public_url` resolved (for `--print-config`).
@@ -509,6 +535,28 @@ mod tests {
     }
 
     #[test]
+    fn database_url_selects_postgres_for_accounts_and_rendezvous() {
+        let load =
+            |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default()).unwrap();
+        let sqlite = load(&[]);
+        assert_eq!(sqlite.database.url, None);
+        assert_eq!(sqlite.rendezvous_postgres_url(), None);
+        for name in ["MXQR_DATABASE_URL", "MXQR_DATABASE__URL"] {
+            let pg = load(&[(name, "postgres://db/mxqr")]);
+            assert_eq!(pg.database.url.as_deref(), Some("postgres://db/mxqr"));
+            assert_eq!(pg.rendezvous_postgres_url(), Some("postgres://db/mxqr"));
+        }
+        let split = load(&[
+            ("MXQR_DATABASE_URL", "postgres://db/accounts"),
+            ("MXQR_RENDEZVOUS__POSTGRES_URL", "postgres://db/rendezvous"),
+        ]);
+        assert_eq!(
+            split.rendezvous_postgres_url(),
+            Some("postgres://db/rendezvous")
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused_with_a_message() {
         let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
         for pairs in [
@@ -528,6 +576,8 @@ mod tests {
             &[("MXQR_RENDEZVOUS__MAX_BODY_BYTES", "100")],
             &[("MXQR_RENDEZVOUS__POSTGRES_URL", "mysql://db/mxqr")],
             &[("MXQR_RENDEZVOUS__POSTGRES_MAX_CONNECTIONS", "0")],
+            &[("MXQR_DATABASE_URL", "sqlite:///tmp/x")],
+            &[("MXQR_DATABASE__MAX_CONNECTIONS", "0")],
         ] {
             let err = load(pairs).expect_err(&format!("{pairs:?} must be refused"));
             assert!(!err.to_string().is_empty());

@@ -22,6 +22,8 @@ enum Command {
     Account(cli::account::AccountArgs),
     /// Manage accounts and mint tokens (works while the server runs).
     Admin(cli::admin::AdminArgs),
+    /// Run a throw-away server and sign devices in with QR in every combination, timed.
+    Demo(cli::demo::DemoArgs),
     /// Let a new device sign in, from this profile's signed-in device.
     Grant(cli::signin::GrantArgs),
     /// Sign this machine in as a new device with a QR code.
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Account(args) => cli::account::run(args),
         Command::Admin(args) => cli::admin::run(args),
+        Command::Demo(args) => cli::demo::run(args),
         Command::Grant(args) => cli::signin::grant(args),
         Command::Login(args) => cli::signin::login(args),
         Command::Logout(args) => cli::account::logout(args),

@@ -57,6 +57,12 @@ pub trait Ui: Send {
     fn show(&mut self, event: UiEvent);
     /// G: the two digits shown on the other device, or `None` if the person cancelled.
     fn ask_check_code(&mut self) -> impl Future<Output = Option<u8>> + Send;
+    /// Completes when the person cancels (Ctrl-C, a Cancel button). The driver then tells
+    /// the other device over the secure channel when there is one, deletes the rendezvous
+    /// and ends with [`Failure::Local`] `UserCancelled`. Never completes by default.
+    fn cancelled(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 /// Why a sign-in did not complete.
@@ -221,6 +227,11 @@ where
             } => {
                 background = None;
                 event
+            }
+            () = handler.ui().cancelled() => {
+                // A pending wait (token polling, the device appearing) is abandoned.
+                background = None;
+                Event::Cancelled
             }
         };
         queue.extend(machine.handle(event));

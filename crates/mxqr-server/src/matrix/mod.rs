@@ -42,9 +42,12 @@ pub async fn versions(State(state): State<AppState>) -> Json<Value> {
         rendezvous.msc4388_enabled.into(),
     );
     // Our extension: GET …/rendezvous/{id}?since=…&timeout_ms=… waits for a change.
+    // `long_poll_max_ms = 0` turns it off (requests then answer at once).
     unstable.insert(
         "io.mxqr.rendezvous_long_poll".into(),
-        (rendezvous.msc4388_enabled || rendezvous.msc4108_enabled).into(),
+        ((rendezvous.msc4388_enabled || rendezvous.msc4108_enabled)
+            && rendezvous.long_poll_max_ms > 0)
+            .into(),
     );
     Json(json!({ "versions": VERSIONS, "unstable_features": unstable }))
 }

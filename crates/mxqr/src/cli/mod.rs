@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod demo;
 pub mod profile;
 pub mod qr;
 pub mod serve;
@@ -16,6 +17,8 @@ use std::process::ExitCode;
 pub const EXIT_INVALID_INPUT: u8 = 2;
 /// Exit status for failures of the environment, such as a file that cannot be written.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Prints `error: <message>` as exactly one line and returns `status`.
 pub fn fail(status: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -35,6 +38,8 @@ pub fn fail(status: u8, message: impl std::fmt::Display) -> ExitCode {
 pub enum CliError {
     Usage(String),
     Failed(String),
+    /// The person pressed Ctrl-C; exits with 130 like an interrupted shell command.
+    Cancelled(String),
 }
 
 impl CliError {
@@ -64,6 +69,7 @@ pub fn finish(json: bool, result: Result<(), CliError>) -> ExitCode {
         Ok(()) => return ExitCode::SUCCESS,
         Err(CliError::Usage(m)) => (EXIT_INVALID_INPUT, m),
         Err(CliError::Failed(m)) => (EXIT_FAILURE, m),
+        Err(CliError::Cancelled(m)) => (EXIT_INTERRUPTED, m),
     };
     if json {
         println!(

@@ -162,7 +162,7 @@ async fn run_login(args: LoginArgs) -> Result<(), CliError> {
             ));
         }
     };
-    let outcome = result.map_err(|e| CliError::Failed(describe(&e)))?;
+    let outcome = result.map_err(|e| cli_error(&e))?;
 
     let mut session = Session {
         homeserver: Some(outcome.homeserver.clone()),
@@ -236,7 +236,7 @@ async fn run_grant(args: GrantArgs) -> Result<(), CliError> {
         Some(qr) => grant_scan(http, &session, qr, &mut ui).await,
         None => grant_show_qr(http, &session, common.generation(), &mut ui).await,
     };
-    let outcome = result.map_err(|e| CliError::Failed(describe(&e)))?;
+    let outcome = result.map_err(|e| cli_error(&e))?;
     let backup = secrets.backup.is_some();
     if common.json {
         ui.emit(json!({
@@ -296,6 +296,17 @@ fn read_qr(input: &str) -> Result<QrCode, CliError> {
     };
     QrCode::decode(&payload)
         .map_err(|e| CliError::Usage(format!("the scanned code is not a login QR code: {e}")))
+}
+
+/// A driver error as the command's outcome: Ctrl-C is a cancellation, not a failure.
+fn cli_error(error: &DriverError) -> CliError {
+    match error {
+        DriverError::Failed {
+            failure: Failure::Local(FailureReason::UserCancelled),
+            ..
+        } => CliError::Cancelled(describe(error)),
+        _ => CliError::Failed(describe(error)),
+    }
 }
 
 /// A driver error in plain words, with the request error behind it when there is one.

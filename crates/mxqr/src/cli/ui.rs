@@ -13,13 +13,14 @@
 //! - `{"event":"done",…}` or `{"event":"error","message":…}`: the end.
 
 use std::io::Write as _;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mxqr_client::driver::{Step, Ui, UiEvent};
 use mxqr_proto::qr::render::{self, TerminalOptions};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 pub struct CliUi {
     pub json: bool,
@@ -27,15 +28,48 @@ pub struct CliUi {
     pub check_code: Option<u8>,
     pub no_browser: bool,
     started: Instant,
+    interrupted: watch::Receiver<bool>,
 }
 
+/// How long the sign-in may take to tell the other device and clean up after Ctrl-C before
+/// the process leaves anyway.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 impl CliUi {
+    /// Must run inside the tokio runtime: the first Ctrl-C cancels the sign-in cleanly (the
+    /// other device is told, the rendezvous deleted); a second one, or a clean-up that takes
+    /// too long, ends the process at once.
     pub fn new(json: bool, check_code: Option<u8>, no_browser: bool) -> Self {
+        let (tx, interrupted) = watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return std::future::pending().await;
+            }
+            let _ = tx.send(true);
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = tokio::time::sleep(CANCEL_GRACE) => {}
+            }
+            eprintln!("error: interrupted");
+            std::process::exit(super::EXIT_INTERRUPTED.into());
+        });
         Self {
             json,
             check_code,
             no_browser,
             started: Instant::now(),
+            interrupted,
+        }
+    }
+
+    /// Completes once Ctrl-C was pressed.
+    fn interrupted(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.interrupted.clone();
+        async move {
+            if rx.wait_for(|pressed| *pressed).await.is_err() {
+                // The watcher is gone (no signal handling here): never cancel.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -178,7 +212,14 @@ impl Ui for CliUi {
                 }
             }
         });
-        read.await.ok().flatten()
+        tokio::select! {
+            code = read => code.ok().flatten(),
+            () = self.interrupted() => None,
+        }
+    }
+
+    fn cancelled(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.interrupted()
     }
 }
 
