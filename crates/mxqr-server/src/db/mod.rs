@@ -1,18 +1,20 @@
 //! Persistent store for accounts, OAuth 2.0 clients, grants and tokens, behind one async trait.
 //!
-//! The HTTP layer and `mxqr admin` speak only to [`Db`]; the SQLite back end ([`SqliteDb`]) is
-//! the first implementation and a PostgreSQL one can follow over the same portable schema
-//! (`migrations/`). Every operation that must be atomic (redeeming a code once, rotating a
-//! refresh token, redeeming a device grant once) is one trait method, so each back end
-//! implements it as one transaction. Secrets never reach this layer: callers pass SHA-256
-//! digests (hex) of codes and tokens.
+//! The HTTP layer and `mxqr admin` speak only to [`Db`], opened by [`open`]: SQLite
+//! ([`SqliteDb`], `migrations/`) by default, PostgreSQL ([`PgDb`], `pg_db_migrations/`) when
+//! `database.url` is set, so that several instances can share accounts and tokens. Every
+//! operation that must be atomic (redeeming a code once, rotating a refresh token, redeeming a
+//! device grant once) is one trait method, so each back end implements it as one transaction.
+//! Secrets never reach this layer: callers pass SHA-256 digests (hex) of codes and tokens.
 
 mod client;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
 pub use client::{BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus, UploadedKey};
+pub use postgres::PgDb;
 pub use sqlite::SqliteDb;
 
 use crate::store::BoxFuture;
@@ -37,9 +39,23 @@ pub enum DbError {
         /// Cause.
         detail: String,
     },
+    /// The database cannot be reached or gave up on the call (connection lost, pool
+    /// exhausted, timeout, shutdown): a retry may succeed, so clients get 503 with
+    /// `Retry-After`.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// Any other database failure.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// Opens the store `config` names: PostgreSQL when `database.url` is set, else the SQLite
+/// file. `mxqr serve` and `mxqr admin` both come here, so they always agree.
+pub async fn open(config: &crate::Config) -> DbResult<SharedDb> {
+    Ok(match &config.database.url {
+        Some(url) => Arc::new(PgDb::connect(url, config.database.max_connections).await?),
+        None => Arc::new(SqliteDb::open(&config.sqlite_path()).await?),
+    })
 }
 
 /// A user account.

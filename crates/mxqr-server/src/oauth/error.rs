@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use crate::db::DbError;
 use crate::response::json;
 
+/// `Retry-After` (seconds) on a 503, as the client-server API answers.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 /// Every refusal of the JSON OAuth endpoints (RFC 6749 §5.2, RFC 7591 §3.2.2, RFC 8628 §3.5).
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -90,8 +93,13 @@ impl IntoResponse for OAuthError {
             status,
             &serde_json::json!({ "error": code, "error_description": self.to_string() }),
         );
-        if let Self::RateLimited(wait) = self {
-            let secs = wait.as_secs().max(1);
+        let retry_after = match self {
+            Self::RateLimited(wait) => Some(wait.as_secs().max(1)),
+            // An outage is usually brief (a database restart or failover): say when to retry.
+            Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -30,7 +30,7 @@ pub use error::OAuthError;
 use crate::app::ClientIp;
 use crate::auth::CreateAuthorizer;
 use crate::config::Config;
-use crate::db::{DbResult, NewTokens, SharedDb, SqliteDb, TokenInfo};
+use crate::db::{DbResult, NewTokens, SharedDb, TokenInfo};
 use crate::store::BoxFuture;
 use limits::FailureLimiter;
 
@@ -148,10 +148,11 @@ pub struct Minted {
 }
 
 impl OAuthState {
-    /// Opens the SQLite store named by `config` and builds the state with the system clock.
+    /// Opens the store named by `config` (`database.url`, else SQLite) and builds the state
+    /// with the system clock.
     pub async fn open(config: &Config) -> DbResult<Self> {
-        let db = SqliteDb::open(&config.sqlite_path()).await?;
-        Ok(Self::new(config, Arc::new(db)))
+        let db = crate::db::open(config).await?;
+        Ok(Self::new(config, db))
     }
 
     /// State over `db` with the configured lifetimes and the system clock.
@@ -345,14 +346,14 @@ impl OAuthState {
 }
 
 /// The application state `mxqr serve` runs: the rendezvous with the configured store and,
-/// when `[oauth] enabled`, accounts and the OAuth server over the SQLite database. With
+/// when `[oauth] enabled`, accounts and the OAuth server over the configured database. With
 /// `create_policy = "authenticated"` rendezvous creation then checks tokens against it.
 pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
     let store =
         crate::store::open_configured(&config)
             .await
             .map_err(|e| crate::db::DbError::Open {
-                path: "rendezvous.postgres_url".into(),
+                path: "rendezvous store (rendezvous.postgres_url, else database.url)".into(),
                 detail: e.to_string(),
             })?;
     if !config.oauth.enabled {

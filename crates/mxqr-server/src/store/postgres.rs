@@ -752,12 +752,13 @@ impl RendezvousStore for PostgresStore {
     }
 }
 
-/// The store `[rendezvous]` asks for: PostgreSQL when `postgres_url` is set, else memory.
+/// The store the configuration asks for: PostgreSQL when `rendezvous.postgres_url` or
+/// `database.url` is set, else memory.
 pub async fn open_configured(
     config: &crate::config::Config,
 ) -> Result<Arc<dyn RendezvousStore>, PgStoreError> {
     let limits = config.session_limits();
-    Ok(match &config.rendezvous.postgres_url {
+    Ok(match config.rendezvous_postgres_url() {
         Some(url) => Arc::new(
             PostgresStore::connect(url, config.rendezvous.postgres_max_connections, limits).await?,
         ),

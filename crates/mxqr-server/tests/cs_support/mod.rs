@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 #[allow(unused_imports)] // not every cs_* file needs every helper
-pub use crate::oauth_support::{OAuthServer, scope, unstable_scope};
+pub use super::oauth_support::{OAuthServer, scope, unstable_scope};
 
 pub const USER: &str = "@alice:example.test";
 

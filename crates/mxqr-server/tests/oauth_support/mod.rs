@@ -1,14 +1,18 @@
-//! In-process server with accounts and OAuth over real HTTP on 127.0.0.1:0, a temp-dir SQLite
-//! database and a manual clock, for the `oauth_*` integration tests.
+//! In-process server with accounts and OAuth over real HTTP on 127.0.0.1:0 and a manual clock,
+//! for the `oauth_*` and `cs_*` integration tests. The store is a temp-dir SQLite database, or
+//! a fresh PostgreSQL database ([`use_postgres`]): the same scenarios check both back ends.
 
 #![allow(dead_code)] // each test file uses a different subset
+
+#[path = "../pg_support/mod.rs"]
+mod pg_support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mxqr_server::db::{Db, SqliteDb};
+use mxqr_server::db::Db;
 use mxqr_server::oauth::{Lifetimes, ManualClock, OAuthState, password, tokens};
 use mxqr_server::{AppState, Config};
 use reqwest::redirect::Policy;
@@ -22,11 +26,29 @@ pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Selects the store of every [`OAuthServer`]: `sqlite` (default) or `postgres`.
+pub const BACKEND_ENV: &str = "MXQR_TEST_DB";
+
+/// Whether the servers run on PostgreSQL: always in the `pg_db` binary, which includes the
+/// suites' files to run their scenarios on `PgDb`; elsewhere when `MXQR_TEST_DB=postgres`.
+pub fn use_postgres() -> bool {
+    if module_path!().starts_with("pg_db::") {
+        return true;
+    }
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite" | "") | Err(_) => false,
+        Ok(other) => panic!("{BACKEND_ENV} must be sqlite or postgres, not {other:?}"),
+    }
+}
+
 pub struct OAuthServer {
     pub base: String,
     pub http: Client,
     pub clock: Arc<ManualClock>,
     pub oauth: OAuthState,
+    /// Name of the server's PostgreSQL database (to break it in outage tests).
+    pub pg_database: Option<String>,
     dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -100,11 +122,18 @@ impl OAuthServer {
         config.rate_limit.enabled = options.rate_limit;
         config.oauth.registration_enabled = options.registration;
         config.oauth.failed_attempts_max = 5;
-        let db = SqliteDb::open(&config.sqlite_path()).await.unwrap();
+        let mut pg_database = None;
+        if use_postgres() {
+            let (url, name) = pg_support::fresh_database().await;
+            config.database.url = Some(url);
+            pg_database = Some(name);
+        }
+        // The selection `mxqr serve` uses: `database.url` picks PostgreSQL.
+        let db = mxqr_server::db::open(&config).await.unwrap();
         let clock = Arc::new(ManualClock::default());
         let mut life = Lifetimes::from_config(&config.oauth);
         life.user_code_max_lookups = options.max_lookups;
-        let oauth = OAuthState::with_clock(&config, Arc::new(db), clock.clone(), life);
+        let oauth = OAuthState::with_clock(&config, db, clock.clone(), life);
         let state = AppState::new(config).with_oauth(oauth.clone());
         let (tx, rx) = oneshot::channel();
         tokio::spawn(mxqr_server::serve(state, listener, async {
@@ -115,6 +144,7 @@ impl OAuthServer {
             http: api_client(),
             clock,
             oauth,
+            pg_database,
             dir,
             shutdown: Some(tx),
         }

@@ -2,6 +2,8 @@
 //! `scripts/test-all.sh`), else one this test binary starts with `scripts/pg-test-server.sh`
 //! and which a watcher stops when the binary exits. Never skipped: no server is a failure.
 //! Every test gets a database of its own, so session caps and counters do not interfere.
+//! A test binary may hold several copies of this module (the `oauth_support` copy included by
+//! every suite `pg_db` runs): they share the one server through files under its directory.
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -36,6 +38,15 @@ fn start_own_server() -> String {
         "/../../scripts/pg-test-server.sh"
     );
     let dir = std::env::temp_dir().join(format!("mxqr-pg-test-{}", std::process::id()));
+    // The first copy of this module to take the lock starts the server; the others wait for
+    // it and read its URL. The watcher removes the directory, lock and URL file included.
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join("start.lock")).unwrap();
+    lock.lock().unwrap();
+    let url_file = dir.join("url");
+    if let Ok(url) = std::fs::read_to_string(&url_file) {
+        return url;
+    }
     let output = Command::new("bash")
         .arg(script)
         .arg("start")
@@ -50,12 +61,14 @@ fn start_own_server() -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
+    let url = stdout
         .lines()
         .last()
         .filter(|l| l.starts_with("postgres://"))
         .unwrap_or_else(|| panic!("no URL from {script}: {stdout}"))
-        .to_owned()
+        .to_owned();
+    std::fs::write(&url_file, &url).unwrap();
+    url
 }
 
 /// A database of its own on the test server; returns (its URL, its name).
