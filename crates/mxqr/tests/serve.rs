@@ -142,7 +142,7 @@ fn print_config_shows_environment_overrides_and_refuses_bad_values() {
 
     let output = Command::new(env!("CARGO_BIN_EXE_mxqr"))
         .args(["serve", "--print-config"])
-        .env("MXQR_RENDEZVOUS__TTL_SECS", "30")
+        .env("MXQR_RENDEZVOUS__TTL_SECS", "5")
         .env_remove("MXQR_CONFIG")
         .output()
         .unwrap();

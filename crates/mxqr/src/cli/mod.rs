@@ -55,11 +55,15 @@ impl CliError {
 pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(
     future: F,
 ) -> Result<(), CliError> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Failed(format!("cannot start: {e}")))?
-        .block_on(future)
+        .map_err(|e| CliError::Failed(format!("cannot start: {e}")))?;
+    let result = runtime.block_on(future);
+    // A blocking read of the terminal (the check-code prompt) may still be waiting after a
+    // cancellation: do not wait for it to end.
+    runtime.shutdown_background();
+    result
 }
 
 /// Reports the end of a client command: in JSON mode also as an `error` event on stdout, so a

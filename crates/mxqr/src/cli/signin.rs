@@ -301,8 +301,10 @@ fn read_qr(input: &str) -> Result<QrCode, CliError> {
 /// A driver error as the command's outcome: Ctrl-C is a cancellation, not a failure.
 fn cli_error(error: &DriverError) -> CliError {
     match error {
+        // Without a request error behind it, a local cancellation is the person's.
         DriverError::Failed {
             failure: Failure::Local(FailureReason::UserCancelled),
+            cause: None,
             ..
         } => CliError::Cancelled(describe(error)),
         _ => CliError::Failed(describe(error)),
@@ -322,9 +324,21 @@ pub fn describe(error: &DriverError) -> String {
                 Failure::Transport
                     if matches!(cause, Some(ClientError::Gone) | Some(ClientError::Expired)) =>
                 {
-                    return "the other device ended the sign-in (a wrong check code, a \
-                            cancellation, or the code expired); nothing was signed in"
-                        .to_owned();
+                    return if matches!(cause, Some(ClientError::Expired)) {
+                        "the sign-in session expired on the server before the other device \
+                         answered; nothing was signed in"
+                            .to_owned()
+                    } else {
+                        "the sign-in session is gone from the server: the other device ended it \
+                         (a wrong check code or a cancellation), or the server lost it (a \
+                         restart); nothing was signed in"
+                            .to_owned()
+                    };
+                }
+                // The driver stops (and tells the other device) when one of its own requests
+                // fails: that is the story, not a cancellation.
+                Failure::Local(FailureReason::UserCancelled) if cause.is_some() => {
+                    "the sign-in stopped".to_owned()
                 }
                 Failure::PeerFailed(reason) | Failure::Local(reason) => {
                     reason_words(reason).to_owned()
