@@ -36,8 +36,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxqr_server::db::{
-    CodeOutcome, Db, Grant, NewAuthCode, NewDeviceGrant, NewTokens, PgDb, PollOutcome, RedeemCode,
-    RefreshOutcome,
+    CodeOutcome, Db, DbError, Grant, NewAuthCode, NewDeviceGrant, NewTokens, PgDb, PollOutcome,
+    RedeemCode, RefreshOutcome,
 };
 use mxqr_server::oauth::{Clock, OAuthState, SystemClock};
 use pg_support::{admin, fresh_database, test_config};
@@ -476,6 +476,23 @@ async fn a_database_outage_is_a_503_with_retry_after_then_recovers() {
         ])
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_stalled_database_fails_the_call_instead_of_hanging() {
+    let (a, _b, pool) = two_instances().await;
+    // Connections succeed, but every query on `users` waits behind this lock.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let result = a.user("alice").await;
+    assert!(matches!(result, Err(DbError::Unavailable(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "the call hung");
+    blocker.rollback().await.unwrap();
+    assert!(a.user("alice").await.unwrap().is_some());
 }
 
 #[tokio::test]
