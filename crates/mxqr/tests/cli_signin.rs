@@ -48,6 +48,10 @@ async fn existing_shows_msc4388_and_new_scans() {
     let (status, stderr, _) = login.end();
     assert_eq!(status, Some(0), "{stderr}");
     check_signed_in(&server, &new_done, &grant_done, "new");
+    assert_eq!(
+        backup_version(&server, "new").await,
+        backup_version(&server, "old").await
+    );
 
     // Signing out ends the session on the server and removes the profile.
     let file = server.home().join("profiles/new/session.json");
@@ -83,6 +87,7 @@ async fn existing_shows_msc4388_and_new_scans() {
 async fn new_shows_msc4108_and_existing_scans() {
     let server = start_server();
     server.existing_profile();
+    let png = server.dir.join("code.png");
 
     let mut login = server.spawn_json(&[
         "login",
@@ -91,16 +96,21 @@ async fn new_shows_msc4108_and_existing_scans() {
         "--homeserver",
         server.base.as_str(),
         "--msc4108",
+        "--png",
+        png.to_str().unwrap(),
         "--json",
     ]);
+    let written = login.wait_for("qr_png");
+    assert_eq!(written["path"], png.to_str().unwrap());
     let qr = login.wait_for("qr");
     assert_eq!(qr["generation"], "msc4108-2024");
+    // The existing device scans the picture, not the text.
     let mut grant = server.spawn_json(&[
         "grant",
         "--profile",
         "old",
         "--scan",
-        qr["base64"].as_str().unwrap(),
+        png.to_str().unwrap(),
         "--json",
         "--no-browser",
     ]);
@@ -117,6 +127,10 @@ async fn new_shows_msc4108_and_existing_scans() {
     let (status, stderr, _) = grant.end();
     assert_eq!(status, Some(0), "{stderr}");
     check_signed_in(&server, &new_done, &grant_done, "new");
+    assert_eq!(
+        backup_version(&server, "new").await,
+        backup_version(&server, "old").await
+    );
 
     // An access token the server no longer knows is refreshed with the stored refresh token,
     // and the rotated pair is saved.

@@ -27,14 +27,23 @@ fn demo_signs_in_every_combination() {
     let seen: BTreeSet<(String, String, String)> = combinations
         .iter()
         .map(|c| {
-            assert_eq!(c["ok"], true, "{c}");
+            assert_eq!(c["success"], true, "{c}");
+            assert_eq!(c["cross_signed"], true, "{c}");
+            assert_eq!(c["backup_enabled"], true, "{c}");
             assert_eq!(c["rounds"], 1, "{c}");
-            let median = c["median_ms"].as_f64().expect("a timing");
-            assert!(median > 0.0 && median < 60_000.0, "{c}");
+            let elapsed = c["elapsed_ms"].as_f64().expect("a timing");
+            assert!(elapsed > 0.0 && elapsed < 60_000.0, "{c}");
+            // Each step is logged with its time; the QR code and check code among them.
+            let steps = c["steps"].as_array().expect("steps");
+            let named = |name: &str| steps.iter().any(|s| s["step"] == name);
+            assert!(
+                named("qr") && named("check_code") && named("consent_page"),
+                "{c}"
+            );
             (
                 c["polling"].as_str().unwrap().to_owned(),
                 c["generation"].as_str().unwrap().to_owned(),
-                c["shows_qr"].as_str().unwrap().to_owned(),
+                c["qr_shown_by"].as_str().unwrap().to_owned(),
             )
         })
         .collect();

@@ -126,11 +126,11 @@ async fn demo(args: DemoArgs) -> Result<(), CliError> {
         }
         for &generation in generations {
             for new_shows in [true, false] {
-                let mut times = Vec::new();
+                let mut runs = Vec::new();
                 let mut error = None;
                 for _ in 0..args.rounds {
                     match server.sign_in(&existing, generation, new_shows).await {
-                        Ok(took) => times.push(took),
+                        Ok(run) => runs.push(run),
                         Err(e) => {
                             error = Some(e);
                             break;
@@ -143,7 +143,7 @@ async fn demo(args: DemoArgs) -> Result<(), CliError> {
                     polling,
                     generation,
                     shows,
-                    &mut times,
+                    &runs,
                     error.as_deref(),
                 );
                 if error.is_some() {
@@ -181,42 +181,61 @@ fn report(
     polling: Polling,
     generation: Generation,
     shows: &str,
-    times: &mut [Duration],
+    runs: &[Run],
     error: Option<&str>,
 ) {
-    times.sort();
-    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
-    let median = times.get(times.len() / 2).map(ms);
-    let max = times.last().map(ms);
+    let mut times: Vec<f64> = runs.iter().map(|r| r.took.as_secs_f64() * 1000.0).collect();
+    times.sort_by(f64::total_cmp);
+    let round = |ms: f64| (ms * 10.0).round() / 10.0;
+    let median = times.get(times.len() / 2).copied().map(round);
+    let max = times.last().copied().map(round);
+    let success = error.is_none() && !runs.is_empty();
+    let last = runs.last();
     if json {
         let mut event = json!({
             "event": "combination",
-            "polling": polling.name(),
+            "success": success,
             "generation": generation_name(generation),
-            "shows_qr": shows,
-            "ok": error.is_none(),
-            "rounds": times.len(),
-            "median_ms": median.map(|m| (m * 10.0).round() / 10.0),
-            "max_ms": max.map(|m| (m * 10.0).round() / 10.0),
+            "qr_shown_by": shows,
+            "polling": polling.name(),
+            "cross_signed": last.is_some_and(|r| r.cross_signed),
+            "backup_enabled": last.is_some_and(|r| r.backup_enabled),
+            "elapsed_ms": median,
+            "max_ms": max,
+            "rounds": runs.len(),
+            "steps": last.map(|r| r.steps.clone()).unwrap_or_default(),
         });
         if let Some(error) = error {
             event["error"] = Value::from(error);
         }
         println!("{event}");
-    } else {
-        let label = format!(
-            "{:<13} {:<9} {:<8} shows QR",
-            generation_name(generation),
-            polling.name(),
-            shows
-        );
-        match (error, median, max) {
-            (None, Some(median), Some(max)) => {
-                println!("  ok    {label}  median {median:7.1} ms  max {max:7.1} ms")
-            }
-            (Some(error), _, _) => println!("  FAIL  {label}  {error}"),
-            _ => println!("  ?     {label}"),
+        return;
+    }
+    println!(
+        "\n{} with {} rendezvous, QR code shown by the {shows} device",
+        generation_name(generation),
+        polling.name()
+    );
+    if let Some(run) = runs.first() {
+        for step in &run.steps {
+            let detail = step["detail"].as_str().unwrap_or("");
+            println!(
+                "  {:>8.1} ms  {:<8} {}{}{}",
+                step["ms"].as_f64().unwrap_or(0.0),
+                step["device"].as_str().unwrap_or(""),
+                step["step"].as_str().unwrap_or(""),
+                if detail.is_empty() { "" } else { ": " },
+                detail
+            );
         }
+    }
+    match (error, median, max) {
+        (None, Some(median), Some(max)) => println!(
+            "  ok: cross-signed and connected to key backup; {median:.1} ms (median of {}, max {max:.1} ms)",
+            runs.len()
+        ),
+        (Some(error), _, _) => println!("  FAILED: {error}"),
+        _ => println!("  no result"),
     }
 }
 
@@ -226,6 +245,14 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// One successful sign-in.
+struct Run {
+    took: Duration,
+    steps: Vec<Value>,
+    cross_signed: bool,
+    backup_enabled: bool,
 }
 
 /// A throw-away server on a loopback port with one account.
@@ -348,7 +375,7 @@ impl DemoServer {
         existing: &Existing,
         generation: Generation,
         new_shows: bool,
-    ) -> Result<Duration, String> {
+    ) -> Result<Run, String> {
         let (qr_tx, qr_rx) = oneshot::channel();
         let (code_tx, code_rx) = mpsc::unbounded_channel();
         let mut new_account = Account::new();
@@ -362,8 +389,15 @@ impl DemoServer {
             base: self.base.clone(),
             password: self.password.clone(),
         };
-        let mut new_ui = DemoUi::default();
+        let log = StepLog::new();
+        let mut new_ui = DemoUi {
+            device: "new",
+            log: Some(log.clone()),
+            ..DemoUi::default()
+        };
         let mut existing_ui = DemoUi {
+            device: "existing",
+            log: Some(log.clone()),
             person: Some(person),
             ..DemoUi::default()
         };
@@ -434,7 +468,12 @@ impl DemoServer {
             return Err(format!("encryption set-up incomplete: {:?}", login.e2ee));
         }
         self.check_cross_signed(existing, new_id.as_str()).await?;
-        Ok(took)
+        Ok(Run {
+            took,
+            steps: log.take(),
+            cross_signed: login.e2ee.cross_signed,
+            backup_enabled: login.e2ee.backup_enabled,
+        })
     }
 
     /// What the existing device sees on the server: the new device signed by the account's
@@ -465,6 +504,9 @@ impl DemoServer {
 /// person reading one screen and typing on the other), and the person's browser.
 #[derive(Default)]
 struct DemoUi {
+    /// Which device this is, for the step log.
+    device: &'static str,
+    log: Option<StepLog>,
     qr: Option<oneshot::Sender<QrCode>>,
     shown_code: Option<mpsc::UnboundedSender<u8>>,
     typed_code: Option<mpsc::UnboundedReceiver<u8>>,
@@ -474,6 +516,9 @@ struct DemoUi {
 
 impl Ui for DemoUi {
     fn show(&mut self, event: UiEvent) {
+        if let Some(log) = &self.log {
+            log.record(self.device, &event);
+        }
         match event {
             UiEvent::ShowQrCode(qr) => {
                 // Through the bytes a camera would read.
@@ -497,6 +542,50 @@ impl Ui for DemoUi {
 
     async fn ask_check_code(&mut self) -> Option<u8> {
         self.typed_code.as_mut()?.recv().await
+    }
+}
+
+/// What both devices showed, with the time since the combination started.
+#[derive(Clone)]
+struct StepLog {
+    started: Instant,
+    entries: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl StepLog {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            entries: Default::default(),
+        }
+    }
+
+    fn record(&self, device: &str, event: &UiEvent) {
+        let (what, detail) = match event {
+            UiEvent::ShowQrCode(qr) => (
+                "qr".to_owned(),
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, qr.encode()),
+            ),
+            UiEvent::ShowCheckCode(code) => ("check_code".to_owned(), code.to_string()),
+            UiEvent::ShowUserCode { user_code, .. } => ("user_code".to_owned(), user_code.clone()),
+            UiEvent::OpenVerificationUri(_) => ("consent_page".to_owned(), String::new()),
+            UiEvent::Step(step) => (format!("{step:?}"), String::new()),
+        };
+        let ms = (self.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+        let mut entry = json!({ "device": device, "step": what, "ms": ms });
+        if !detail.is_empty() {
+            entry["detail"] = Value::from(detail);
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.push(entry);
+        }
+    }
+
+    fn take(&self) -> Vec<Value> {
+        self.entries
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
     }
 }
 

@@ -45,6 +45,10 @@ pub struct SignInArgs {
     /// The two-digit check code shown on the other device, instead of asking for it.
     #[arg(long, value_name = "NN", value_parser = parse_check_code)]
     pub check_code: Option<u8>,
+    /// Also write the QR code this device shows to this PNG file (for a phone's camera, or
+    /// another window).
+    #[arg(long, value_name = "FILE", conflicts_with = "scan")]
+    pub png: Option<std::path::PathBuf>,
     /// Print one JSON object per event on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -142,6 +146,7 @@ async fn run_login(args: LoginArgs) -> Result<(), CliError> {
     }
     let qr = common.scan.as_deref().map(read_qr).transpose()?;
     let mut ui = CliUi::new(common.json, common.check_code, true);
+    ui.png = common.png.clone();
     let options = NewDeviceOptions {
         generation: common.generation(),
         ..NewDeviceOptions::default()
@@ -232,6 +237,7 @@ async fn run_grant(args: GrantArgs) -> Result<(), CliError> {
         secrets: secrets.clone(),
     };
     let mut ui = CliUi::new(common.json, common.check_code, args.no_browser);
+    ui.png = common.png.clone();
     let result = match &qr {
         Some(qr) => grant_scan(http, &session, qr, &mut ui).await,
         None => grant_show_qr(http, &session, common.generation(), &mut ui).await,

@@ -5,6 +5,7 @@
 //!
 //! - `{"event":"qr","base64":…,"generation":…}`: the QR code to scan (`mxqr login --scan`
 //!   and `mxqr grant --scan` take the base64 as it is).
+//! - `{"event":"qr_png","path":…}`: the QR code was also written to this PNG file (`--png`).
 //! - `{"event":"check_code","code":"07"}`: type this on the other device.
 //! - `{"event":"enter_check_code"}`: this process now reads the code from stdin.
 //! - `{"event":"user_code","user_code":…,"verification_uri":…}`: the code on the consent page.
@@ -27,6 +28,8 @@ pub struct CliUi {
     /// The check code given on the command line, used instead of asking.
     pub check_code: Option<u8>,
     pub no_browser: bool,
+    /// Where to write the QR code as PNG too.
+    pub png: Option<std::path::PathBuf>,
     started: Instant,
     interrupted: watch::Receiver<bool>,
 }
@@ -57,6 +60,7 @@ impl CliUi {
             json,
             check_code,
             no_browser,
+            png: None,
             started: Instant::now(),
             interrupted,
         }
@@ -129,6 +133,19 @@ impl Ui for CliUi {
             UiEvent::ShowQrCode(qr) => {
                 let payload = qr.encode();
                 let base64 = STANDARD.encode(&payload);
+                if let Some(path) = &self.png {
+                    let written = render::render_png(&payload, 8)
+                        .map_err(|e| e.to_string())
+                        .and_then(|png| std::fs::write(path, png).map_err(|e| e.to_string()));
+                    match written {
+                        Ok(()) if self.json => self.emit(json!({
+                            "event": "qr_png",
+                            "path": path.display().to_string(),
+                        })),
+                        Ok(()) => eprintln!("QR code written to {}", path.display()),
+                        Err(e) => eprintln!("(cannot write {}: {e})", path.display()),
+                    }
+                }
                 if self.json {
                     self.emit(json!({
                         "event": "qr",

@@ -416,3 +416,33 @@ pub fn check_signed_in(server: &Server, new_done: &Value, grant_done: &Value, pr
     assert_private(&dir, 0o700);
     assert_private(&dir.join("session.json"), 0o600);
 }
+
+/// The key-backup version each profile's device sees on the server: both devices must use the
+/// same one after a sign-in.
+pub async fn backup_version(server: &Server, profile: &str) -> String {
+    let file = server
+        .home()
+        .join("profiles")
+        .join(profile)
+        .join("session.json");
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = stored["access_token"].as_str().expect("an access token");
+    let answer: Value = reqwest::Client::new()
+        .get(
+            server
+                .base
+                .join("_matrix/client/v3/room_keys/version")
+                .unwrap(),
+        )
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no backup version for {profile}: {answer}"))
+        .to_owned()
+}
