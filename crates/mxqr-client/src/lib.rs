@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod driver;
 pub mod e2ee;
 pub mod error;
+pub mod loopback;
 pub mod oauth;
 pub mod rendezvous;
 

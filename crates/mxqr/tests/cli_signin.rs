@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 
 use cli_support::*;
 use serde_json::Value;
+use url::Url;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_shows_msc4388_and_new_scans() {
@@ -147,6 +148,72 @@ async fn new_shows_msc4108_and_existing_scans() {
     assert_ne!(stored["access_token"], "expired-or-revoked");
     assert_ne!(stored["refresh_token"], old_refresh);
     assert_private(&file, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_login_bootstraps_an_existing_device() {
+    let server = start_server();
+    server.admin(
+        &["user", "add", "alice", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    let login_args = |profile: &'static str| {
+        [
+            "account",
+            "login",
+            "--profile",
+            profile,
+            "--homeserver",
+            server.base.as_str(),
+            "--no-browser",
+            "--json",
+        ]
+        .map(str::to_owned)
+    };
+    let args = login_args("web");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut login = server.spawn_json(&args);
+    let url = login.wait_for("authorization_url");
+    let url = url["url"].as_str().unwrap().to_owned();
+    let parsed = Url::parse(&url).unwrap();
+    let query: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert!(
+        query["redirect_uri"].starts_with("http://127.0.0.1:"),
+        "{url}"
+    );
+    let callback = authorize_in_browser(&server.base, &url, "approve").await;
+    assert!(callback.query().unwrap().contains("code="), "{callback}");
+
+    let signed_in = login.wait_for("signed_in");
+    let done = login.wait_for("done");
+    let (status, stderr, _) = login.end();
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(done["device_id"], signed_in["device_id"]);
+    assert_eq!(done["cross_signed"], true, "{done}");
+    let who = server.mxqr(&["whoami", "--profile", "web", "--json"], None);
+    let who: Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(who["device_id"], signed_in["device_id"], "{who}");
+    assert_eq!(who["backup_key"], true, "{who}");
+
+    // Denying on the consent page ends the command with the reason, storing nothing.
+    let args = login_args("denied");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut login = server.spawn_json(&args);
+    let url = login.wait_for("authorization_url");
+    let callback = authorize_in_browser(&server.base, url["url"].as_str().unwrap(), "deny").await;
+    assert!(
+        callback.query().unwrap().contains("error=access_denied"),
+        "{callback}"
+    );
+    let error = login.wait_for_error();
+    let (status, _, _) = login.end();
+    assert_eq!(status, Some(1));
+    assert!(
+        error["message"].as_str().unwrap().contains("declined"),
+        "{error}"
+    );
+    assert!(!server.home().join("profiles/denied").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

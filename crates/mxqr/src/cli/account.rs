@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use mxqr_client::discovery::homeserver_base_url;
 use mxqr_client::driver::{E2eeSetup, Step, Ui, UiEvent};
+use mxqr_client::loopback::{Callback, LoopbackRedirect};
 use mxqr_client::oauth::{self, AuthMetadata, ClientMetadata, DeviceGrantOutcome, ScopeSpelling};
 use mxqr_keys::Account;
 use serde_json::json;
@@ -59,15 +60,19 @@ pub enum AccountCommand {
     /// Create cross-signing keys and a key backup for the account and keep them in this
     /// profile (once per account: an account that has cross-signing keys already refuses).
     Bootstrap,
-    /// Sign this machine in through the device authorization grant (approve the printed code
-    /// in a browser), then bootstrap cross-signing and backup.
+    /// Sign this machine in, in a browser (authorization code with PKCE, redirected back to
+    /// a listener on 127.0.0.1) or with `--device-code` (approve a printed code in any
+    /// browser), then bootstrap cross-signing and backup.
     Login {
         /// The homeserver (a server name or a base URL).
         #[arg(long, value_name = "NAME|URL")]
         homeserver: String,
-        /// Use the device authorization grant (the only method offered so far).
-        #[arg(long, required = true)]
+        /// Use the device authorization grant instead of a browser on this machine.
+        #[arg(long)]
         device_code: bool,
+        /// Print the sign-in page's address instead of opening a browser.
+        #[arg(long, conflicts_with = "device_code")]
+        no_browser: bool,
         /// Only sign in; leave cross-signing and backup to an existing device.
         #[arg(long)]
         no_bootstrap: bool,
@@ -91,10 +96,16 @@ async fn execute(args: AccountArgs) -> Result<(), CliError> {
         AccountCommand::Bootstrap => bootstrap(common).await,
         AccountCommand::Login {
             homeserver,
-            device_code: _,
+            device_code,
+            no_browser,
             no_bootstrap,
         } => {
-            device_login(common, &homeserver).await?;
+            let method = if device_code {
+                Method::DeviceCode
+            } else {
+                Method::Browser { no_browser }
+            };
+            sign_in(common, &homeserver, method).await?;
             if no_bootstrap {
                 Ok(())
             } else {
@@ -277,7 +288,17 @@ async fn bootstrap(common: &ProfileArgs) -> Result<(), CliError> {
 }
 
 /// Device authorization grant (RFC 8628): print the code and link, poll until approved.
-async fn device_login(common: &ProfileArgs, homeserver: &str) -> Result<(), CliError> {
+/// How `mxqr account login` gets its tokens.
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    DeviceCode,
+    Browser { no_browser: bool },
+}
+
+/// How long the browser sign-in may take before the command gives up.
+const BROWSER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+async fn sign_in(common: &ProfileArgs, homeserver: &str, method: Method) -> Result<(), CliError> {
     let profile = Profile::open(&common.profile).map_err(CliError::usage)?;
     if profile.load_opt().map_err(CliError::failed)?.is_some() {
         return Err(CliError::Usage(format!(
@@ -286,7 +307,11 @@ async fn device_login(common: &ProfileArgs, homeserver: &str) -> Result<(), CliE
         )));
     }
     let http = reqwest::Client::new();
-    let mut ui = CliUi::new(common.json, None, true);
+    let no_browser = matches!(
+        method,
+        Method::DeviceCode | Method::Browser { no_browser: true }
+    );
+    let mut ui = CliUi::new(common.json, None, no_browser);
     ui.show(UiEvent::Step(Step::StartingAuthorization));
     let base = homeserver_base_url(&http, homeserver)
         .await
@@ -304,32 +329,12 @@ async fn device_login(common: &ProfileArgs, homeserver: &str) -> Result<(), CliE
         .await
         .map_err(|e| CliError::Failed(format!("client registration: {e}")))?;
     let scope = oauth::device_scope(device_id.as_str(), ScopeSpelling::Stable);
-    let grant = oauth::start_device_authorization(&http, &metadata, &client_id, &scope)
-        .await
-        .map_err(|e| CliError::Failed(format!("device authorization: {e}")))?;
-    let started = tokio::time::Instant::now();
-    let uri = grant
-        .verification_uri_complete
-        .as_ref()
-        .unwrap_or(&grant.verification_uri)
-        .to_string();
-    ui.show(UiEvent::ShowUserCode {
-        user_code: grant.user_code.clone(),
-        verification_uri: uri,
-    });
-    ui.show(UiEvent::Step(Step::WaitingForConsent));
-    let tokens = match oauth::wait_for_device_token(&http, &metadata, &client_id, &grant, started)
-        .await
-        .map_err(|e| CliError::Failed(format!("waiting for approval: {e}")))?
-    {
-        DeviceGrantOutcome::Granted(tokens) => tokens,
-        DeviceGrantOutcome::Denied => {
-            return Err(CliError::Failed("the sign-in was declined".into()));
+    let tokens = match method {
+        Method::DeviceCode => {
+            device_code_tokens(&http, &metadata, &client_id, &scope, &mut ui).await?
         }
-        DeviceGrantOutcome::Expired => {
-            return Err(CliError::Failed(
-                "the code was not approved in time; start again".into(),
-            ));
+        Method::Browser { .. } => {
+            browser_tokens(&http, &metadata, &client_id, &scope, &mut ui).await?
         }
     };
     let me = mxqr_client::e2ee::whoami(&http, &base, &tokens.access_token)
@@ -353,6 +358,77 @@ async fn device_login(common: &ProfileArgs, homeserver: &str) -> Result<(), CliE
         Some(device_id.as_str()),
     );
     Ok(())
+}
+
+async fn device_code_tokens(
+    http: &reqwest::Client,
+    metadata: &AuthMetadata,
+    client_id: &str,
+    scope: &str,
+    ui: &mut CliUi,
+) -> Result<oauth::Tokens, CliError> {
+    let grant = oauth::start_device_authorization(http, metadata, client_id, scope)
+        .await
+        .map_err(|e| CliError::Failed(format!("device authorization: {e}")))?;
+    let started = tokio::time::Instant::now();
+    let uri = grant
+        .verification_uri_complete
+        .as_ref()
+        .unwrap_or(&grant.verification_uri)
+        .to_string();
+    ui.show(UiEvent::ShowUserCode {
+        user_code: grant.user_code.clone(),
+        verification_uri: uri,
+    });
+    ui.show(UiEvent::Step(Step::WaitingForConsent));
+    match oauth::wait_for_device_token(http, metadata, client_id, &grant, started)
+        .await
+        .map_err(|e| CliError::Failed(format!("waiting for approval: {e}")))?
+    {
+        DeviceGrantOutcome::Granted(tokens) => Ok(tokens),
+        DeviceGrantOutcome::Denied => Err(CliError::Failed("the sign-in was declined".into())),
+        DeviceGrantOutcome::Expired => Err(CliError::Failed(
+            "the code was not approved in time; start again".into(),
+        )),
+    }
+}
+
+/// The authorization-code grant of a native app: PKCE S256, a random `state`, the browser
+/// sent back to a one-shot listener on 127.0.0.1.
+async fn browser_tokens(
+    http: &reqwest::Client,
+    metadata: &AuthMetadata,
+    client_id: &str,
+    scope: &str,
+    ui: &mut CliUi,
+) -> Result<oauth::Tokens, CliError> {
+    let redirect = LoopbackRedirect::bind().await.map_err(CliError::failed)?;
+    let redirect_uri = redirect.redirect_uri().clone();
+    let pkce = oauth::Pkce::new();
+    let state = oauth::random_state();
+    let url = oauth::authorization_url(metadata, client_id, &redirect_uri, scope, &state, &pkce);
+    ui.show_sign_in_page(url.as_str());
+    ui.show(UiEvent::Step(Step::WaitingForConsent));
+    let callback = redirect.wait(&state, BROWSER_TIMEOUT).await.map_err(|_| {
+        CliError::Failed(format!(
+            "no answer from the browser within {} minutes; start again",
+            BROWSER_TIMEOUT.as_secs() / 60
+        ))
+    })?;
+    match callback {
+        Callback::Code(code) => {
+            oauth::exchange_code(http, metadata, client_id, &code, &redirect_uri, &pkce)
+                .await
+                .map_err(|e| CliError::Failed(format!("redeeming the authorization code: {e}")))
+        }
+        Callback::Error { error, .. } if error == "access_denied" => {
+            Err(CliError::Failed("the sign-in was declined".into()))
+        }
+        Callback::Error { error, description } => Err(CliError::Failed(format!(
+            "the homeserver refused the sign-in: {error}{}",
+            description.map(|d| format!(" ({d})")).unwrap_or_default()
+        ))),
+    }
 }
 
 fn report_identity(

@@ -10,6 +10,7 @@
 //! - `{"event":"enter_check_code"}`: this process now reads the code from stdin.
 //! - `{"event":"user_code","user_code":…,"verification_uri":…}`: the code on the consent page.
 //! - `{"event":"verification_uri","uri":…}`: open this page to approve the new device.
+//! - `{"event":"authorization_url","url":…}`: `mxqr account login`: sign in on this page.
 //! - `{"event":"step","step":…,"elapsed_ms":…}`: progress.
 //! - `{"event":"done",…}` or `{"event":"error","message":…}`: the end.
 
@@ -96,6 +97,18 @@ impl CliUi {
         } else {
             eprintln!("[{:6.1}s] {text}", elapsed.as_secs_f64());
         }
+    }
+
+    /// The page where the person signs in (authorization-code grant): printed, and opened
+    /// in a browser unless `no_browser`.
+    pub fn show_sign_in_page(&self, url: &str) {
+        if self.json {
+            self.emit(json!({ "event": "authorization_url", "url": url }));
+        } else {
+            println!("Sign in on this page: {url}");
+            let _ = std::io::stdout().flush();
+        }
+        self.open_browser(url);
     }
 
     fn open_browser(&self, uri: &str) {

@@ -446,3 +446,59 @@ pub async fn backup_version(server: &Server, profile: &str) -> String {
         .unwrap_or_else(|| panic!("no backup version for {profile}: {answer}"))
         .to_owned()
 }
+
+/// A person in a browser on this machine: opens the authorization URL, signs in as alice,
+/// and answers the consent page with `decision`; the browser then follows the redirect to
+/// the loopback listener of `mxqr account login`. Returns that redirect.
+pub async fn authorize_in_browser(base: &Url, url: &str, decision: &str) -> Url {
+    let browser = browser();
+    let mut page = browser.get(url).send().await.unwrap();
+    if page.status().is_redirection() {
+        let next = page.headers()["location"].to_str().unwrap().to_owned();
+        let login_page = browser
+            .get(base.join(&next).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut form = hidden_inputs(form_posting_to(&login_page, "/login"));
+        form.push(("username".into(), "alice".into()));
+        form.push(("password".into(), PASSWORD.into()));
+        let done = browser
+            .post(base.join("login").unwrap())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert!(done.status().is_redirection(), "login: {}", done.status());
+        let back = done.headers()["location"].to_str().unwrap().to_owned();
+        page = browser.get(base.join(&back).unwrap()).send().await.unwrap();
+    }
+    assert!(
+        page.status().is_success(),
+        "consent page: {}",
+        page.status()
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("mxqr"), "the consent page names the client");
+    let mut form = hidden_inputs(form_posting_to(&html, "/oauth2/authorize"));
+    form.push(("decision".into(), decision.into()));
+    let answer = browser
+        .post(base.join("oauth2/authorize").unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_redirection(),
+        "decision: {}",
+        answer.status()
+    );
+    let callback = Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(callback.host_str(), Some("127.0.0.1"), "{callback}");
+    let landed = browser.get(callback.clone()).send().await.unwrap();
+    assert_eq!(landed.status(), 200, "the loopback listener answers");
+    callback
+}
