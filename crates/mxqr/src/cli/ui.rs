@@ -14,7 +14,7 @@
 //! - `{"event":"step","step":…,"elapsed_ms":…}`: progress.
 //! - `{"event":"done",…}` or `{"event":"error","message":…}`: the end.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -22,6 +22,7 @@ use base64::engine::general_purpose::STANDARD;
 use mxqr_client::driver::{Step, Ui, UiEvent};
 use mxqr_proto::qr::render::{self, TerminalOptions};
 use serde_json::{Value, json};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
 pub struct CliUi {
@@ -33,6 +34,9 @@ pub struct CliUi {
     pub png: Option<std::path::PathBuf>,
     started: Instant,
     interrupted: watch::Receiver<bool>,
+    /// The spinner of the current wait, on a terminal only (plain lines otherwise, so logs
+    /// and pipes stay readable). Cleared whenever something else is printed.
+    spinner: Option<ProgressBar>,
 }
 
 /// How long the sign-in may take to tell the other device and clean up after Ctrl-C before
@@ -64,6 +68,7 @@ impl CliUi {
             png: None,
             started: Instant::now(),
             interrupted,
+            spinner: None,
         }
     }
 
@@ -85,8 +90,10 @@ impl CliUi {
         let _ = out.flush();
     }
 
-    /// A progress line: to stderr in plain mode (stdout stays for the QR and the summary).
-    pub fn progress(&self, step: &str, text: &str) {
+    /// A step began. JSON: a `step` event. Terminal: a spinner with the time since the start
+    /// on stderr until the next output. Otherwise one line on stderr (stdout stays for the QR
+    /// code and the summary).
+    pub fn progress(&mut self, step: &str, text: &str) {
         let elapsed = self.started.elapsed();
         if self.json {
             self.emit(json!({
@@ -94,14 +101,31 @@ impl CliUi {
                 "step": step,
                 "elapsed_ms": elapsed.as_millis() as u64,
             }));
+        } else if std::io::stderr().is_terminal() {
+            self.clear_spinner();
+            let spinner = ProgressBar::new_spinner().with_elapsed(elapsed);
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]") {
+                spinner.set_style(style);
+            }
+            spinner.set_message(text.to_owned());
+            spinner.enable_steady_tick(Duration::from_millis(120));
+            self.spinner = Some(spinner);
         } else {
             eprintln!("[{:6.1}s] {text}", elapsed.as_secs_f64());
         }
     }
 
+    /// Removes the spinner before anything else is printed.
+    fn clear_spinner(&mut self) {
+        if let Some(spinner) = self.spinner.take() {
+            spinner.finish_and_clear();
+        }
+    }
+
     /// The page where the person signs in (authorization-code grant): printed, and opened
     /// in a browser unless `no_browser`.
-    pub fn show_sign_in_page(&self, url: &str) {
+    pub fn show_sign_in_page(&mut self, url: &str) {
+        self.clear_spinner();
         if self.json {
             self.emit(json!({ "event": "authorization_url", "url": url }));
         } else {
@@ -140,8 +164,17 @@ fn step_name(step: Step) -> (&'static str, &'static str) {
     }
 }
 
+impl Drop for CliUi {
+    fn drop(&mut self) {
+        self.clear_spinner();
+    }
+}
+
 impl Ui for CliUi {
     fn show(&mut self, event: UiEvent) {
+        if !matches!(event, UiEvent::Step(_)) {
+            self.clear_spinner();
+        }
         match event {
             UiEvent::ShowQrCode(qr) => {
                 let payload = qr.encode();
@@ -214,6 +247,7 @@ impl Ui for CliUi {
     }
 
     async fn ask_check_code(&mut self) -> Option<u8> {
+        self.clear_spinner();
         if let Some(code) = self.check_code {
             return Some(code);
         }
