@@ -452,3 +452,69 @@ async fn locked_user_cannot_log_in_and_loses_sessions() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn prompt_none_answers_without_a_page() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let (_, challenge) = pkce();
+    let silent = |extra: &[(&str, &str)]| {
+        let mut all = vec![("prompt", "none")];
+        all.extend_from_slice(extra);
+        authorize_query(&client_id, REDIRECT, &challenge, &all)
+    };
+
+    // Nobody signed in: login_required, back at the client, not the sign-in page.
+    let anonymous = browser();
+    let response = get_authorize(&server, &anonymous, &silent(&[])).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let loc = location(&response);
+    assert!(loc.starts_with(REDIRECT), "{loc}");
+    let params = redirect_params(&loc, false);
+    assert_eq!(params["error"], "login_required");
+    assert_eq!(params["state"], "st-123");
+
+    // Signed in: consent is asked every time, so consent_required; no code.
+    let signed_in = signed_in(&server).await;
+    let response = get_authorize(&server, &signed_in, &silent(&[])).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let params = redirect_params(&location(&response), false);
+    assert_eq!(params["error"], "consent_required");
+    assert_eq!(params["state"], "st-123");
+    assert!(!params.contains_key("code"));
+
+    // The answer follows response_mode.
+    let response = get_authorize(
+        &server,
+        &signed_in,
+        &silent(&[("response_mode", "fragment")]),
+    )
+    .await;
+    let params = redirect_params(&location(&response), true);
+    assert_eq!(params["error"], "consent_required");
+
+    // `none` with another value is a malformed request (OIDC Core §3.1.2.1).
+    let response = get_authorize(&server, &signed_in, &silent(&[("prompt", "none login")])).await;
+    let params = redirect_params(&location(&response), false);
+    assert_eq!(params["error"], "invalid_request");
+
+    // An unregistered redirect URI still gets a page, never a redirect.
+    let query = authorize_query(
+        &client_id,
+        "http://127.0.0.1/elsewhere",
+        &challenge,
+        &[("prompt", "none")],
+    );
+    let response = get_authorize(&server, &anonymous, &query).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.headers().get("location").is_none());
+
+    // Without prompt=none the same signed-in request shows the consent page.
+    let response = get_authorize(
+        &server,
+        &signed_in,
+        &authorize_query(&client_id, REDIRECT, &challenge, &[]),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}

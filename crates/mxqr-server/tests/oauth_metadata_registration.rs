@@ -54,8 +54,9 @@ async fn metadata_on_all_three_paths() {
     ] {
         assert!(actions.contains(&json!(action)), "{action}");
     }
-    assert!(
-        m.get("prompt_values_supported").is_none(),
+    assert_eq!(
+        m["prompt_values_supported"],
+        json!(["none"]),
         "registration is off"
     );
 
@@ -73,7 +74,7 @@ async fn metadata_on_all_three_paths() {
         .json()
         .await
         .unwrap();
-    assert_eq!(m["prompt_values_supported"], json!(["create"]));
+    assert_eq!(m["prompt_values_supported"], json!(["none", "create"]));
 }
 
 fn native(redirect_uris: &[&str]) -> Value {

@@ -106,9 +106,11 @@ pub async fn metadata(State(state): State<OAuthState>) -> Response {
         "account_management_uri": state.url("account"),
         "account_management_actions_supported": ACCOUNT_ACTIONS,
     });
-    if state.registration_enabled() {
-        body["prompt_values_supported"] = json!(["create"]);
-    }
+    body["prompt_values_supported"] = if state.registration_enabled() {
+        json!(["none", "create"])
+    } else {
+        json!(["none"])
+    };
     json_response(StatusCode::OK, &body)
 }
 

@@ -195,6 +195,13 @@ pub(crate) async fn authorize_page(
     let params = super::query_params(query)?;
     let request = validate(&state, &params).await?;
     let visit = Visit::of(&state, &headers).await?;
+    if let Some(answer) = request
+        .prompt
+        .as_deref()
+        .and_then(|prompt| silent_answer(&request, prompt, visit.localpart.is_some()))
+    {
+        return Err(answer);
+    }
     let Some(localpart) = visit.localpart.clone() else {
         let next = authorize_path(&request.carried);
         if request.prompt.as_deref() == Some("create") && state.registration_enabled() {
@@ -210,13 +217,38 @@ pub(crate) async fn authorize_page(
     Ok(consent(&state, &visit, &request, &localpart)?)
 }
 
+/// OpenID Connect `prompt=none`: the client asks for an answer without any page. Consent is
+/// asked on every authorization here, so a signed-in user still gets `consent_required`.
+fn silent_answer(request: &AuthRequest, prompt: &str, signed_in: bool) -> Option<Rejection> {
+    let values: Vec<&str> = prompt.split(' ').collect();
+    if !values.contains(&"none") {
+        return None;
+    }
+    let req = (
+        request.redirect_uri.as_str(),
+        request.mode,
+        request.state.as_deref(),
+    );
+    Some(if values.len() > 1 {
+        client_error(req, "invalid_request", "prompt=none cannot be combined")
+    } else if !signed_in {
+        client_error(req, "login_required", "the user is not signed in")
+    } else {
+        client_error(
+            req,
+            "consent_required",
+            "the user has to approve this application on the consent page",
+        )
+    })
+}
+
 fn consent(
     state: &OAuthState,
     visit: &Visit,
     request: &AuthRequest,
     localpart: &str,
 ) -> PageResult {
-    visit.render(
+    let mut response = visit.render(
         state,
         StatusCode::OK,
         "consent.html",
@@ -229,7 +261,9 @@ fn consent(
             params => &request.carried,
             user_id => state.user_id(localpart),
         },
-    )
+    )?;
+    super::allow_form_redirect(&mut response, &request.redirect_uri);
+    Ok(response)
 }
 
 /// `POST /oauth2/authorize`: the consent decision.

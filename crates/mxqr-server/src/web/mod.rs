@@ -145,6 +145,29 @@ fn html(status: StatusCode, body: String) -> Response {
     response
 }
 
+/// Lets the forms of `response` end in a redirect to `redirect_uri`: browsers apply
+/// `form-action` to every redirect after a form post, so the consent page's answer could not
+/// reach the client's redirect URI otherwise.
+fn allow_form_redirect(response: &mut Response, redirect_uri: &str) {
+    let Ok(url) = url::Url::parse(redirect_uri) else {
+        return;
+    };
+    // An origin or a scheme serialization holds no spaces, quotes or semicolons.
+    let source = match url.scheme() {
+        "http" | "https" => url.origin().ascii_serialization(),
+        scheme => format!("{scheme}:"),
+    };
+    let csp = CSP.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {source}"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&csp) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+}
+
 /// A `303 See Other` to `location`.
 fn see_other(location: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
@@ -344,6 +367,32 @@ mod tests {
             template
                 .render(minijinja::context! { csrf => "t", server_name => "s" })
                 .unwrap();
+        }
+    }
+
+    #[test]
+    fn form_action_admits_only_the_redirect_target() {
+        for (uri, expected) in [
+            (
+                "http://127.0.0.1:4711/callback?x=1",
+                "form-action 'self' http://127.0.0.1:4711;",
+            ),
+            (
+                "https://app.example.com/cb",
+                "form-action 'self' https://app.example.com;",
+            ),
+            (
+                "com.example.app:/callback",
+                "form-action 'self' com.example.app:;",
+            ),
+        ] {
+            let mut response = html(StatusCode::OK, String::new());
+            allow_form_redirect(&mut response, uri);
+            let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap();
+            assert!(csp.contains(expected), "{uri}: {csp}");
+            assert!(csp.contains("frame-ancestors 'none'"));
         }
     }
 
