@@ -32,6 +32,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("timed out waiting for the other device")]
     Timeout,
+    /// The access token was refused and could not be renewed.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 impl ClientError {

@@ -379,3 +379,63 @@ fn bad_usage_exits_2_with_one_line() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_outlives_its_access_token() {
+    let server = start_server_with(&[("MXQR_OAUTH__ACCESS_TOKEN_TTL_SECS", "10")]);
+    server.admin(
+        &["user", "add", "alice", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    // An existing device signed in through OAuth, so it holds a refresh token.
+    let mut account = server.spawn_json(&[
+        "account",
+        "login",
+        "--profile",
+        "old",
+        "--homeserver",
+        server.base.as_str(),
+        "--no-browser",
+        "--json",
+    ]);
+    let url = account.wait_for("authorization_url");
+    authorize_in_browser(&server.base, url["url"].as_str().unwrap(), "approve").await;
+    account.wait_for("done");
+    let (status, stderr, _) = account.end();
+    assert_eq!(status, Some(0), "{stderr}");
+    let file = server.home().join("profiles/old/session.json");
+    let read_refresh = || {
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        stored["refresh_token"].clone()
+    };
+    let (mut grant, mut login, _) = {
+        let mut grant = server.spawn_json(&["grant", "--profile", "old", "--json", "--no-browser"]);
+        let qr = grant.wait_for("qr");
+        let login = server.spawn_json(&[
+            "login",
+            "--profile",
+            "new",
+            "--scan",
+            qr["base64"].as_str().unwrap(),
+            "--json",
+        ]);
+        (grant, login, ())
+    };
+    let code = login.wait_for("check_code");
+    grant.wait_for("enter_check_code");
+    let before = read_refresh();
+    // The person takes a while to type the code: the existing device's token expires.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    grant.type_line(code["code"].as_str().unwrap());
+    let uri = grant.wait_for("verification_uri");
+    consent(&server.base, uri["uri"].as_str().unwrap()).await;
+    let grant_done = grant.wait_for("done");
+    let new_done = login.wait_for("done");
+    let (status, stderr, _) = grant.end();
+    assert_eq!(status, Some(0), "{stderr}");
+    let (status, stderr, _) = login.end();
+    assert_eq!(status, Some(0), "{stderr}");
+    check_signed_in(&server, &new_done, &grant_done, "new");
+    // The rotated pair was saved in the profile.
+    assert_ne!(read_refresh(), before);
+}

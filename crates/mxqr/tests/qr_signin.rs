@@ -271,6 +271,7 @@ async fn all_four_combinations_sign_in_and_cross_sign() {
         homeserver: base.clone(),
         access_token: token.clone(),
         secrets: boot.secrets(),
+        refresh: None,
     };
     let ssk = boot.cross_signing.public_keys().self_signing.to_base64();
 
@@ -336,6 +337,7 @@ async fn all_four_combinations_sign_in_and_cross_sign() {
                 homeserver: session.homeserver.clone(),
                 access_token: session.access_token.clone(),
                 secrets: session.secrets.clone(),
+                refresh: None,
             };
             let existing_side = tokio::spawn(async move {
                 let result = match existing_qr_rx {

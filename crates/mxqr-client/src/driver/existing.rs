@@ -1,6 +1,9 @@
 //! The existing device: checks the new device's ID is free, opens the consent page, waits for
 //! the new device to appear, then hands over the cross-signing and backup secrets.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mxqr_proto::Generation;
@@ -25,6 +28,60 @@ pub struct ExistingSession {
     pub homeserver: Url,
     pub access_token: String,
     pub secrets: SecretsMessage,
+    /// Renews the access token when the server answers 401: a grant can outlive a
+    /// short-lived token (consent may take minutes). Without it a 401 ends the grant.
+    pub refresh: Option<TokenRefresh>,
+}
+
+/// Returns a fresh access token (and stores the rotated pair wherever the app keeps it).
+pub type TokenRefresh = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, ClientError>> + Send>> + Send + Sync,
+>;
+
+/// The access token in use, renewed on 401 when the session can refresh.
+#[derive(Clone)]
+struct Auth {
+    token: Arc<Mutex<String>>,
+    refresh: Option<TokenRefresh>,
+}
+
+impl Auth {
+    fn new(session: &ExistingSession) -> Self {
+        Self {
+            token: Arc::new(Mutex::new(session.access_token.clone())),
+            refresh: session.refresh.clone(),
+        }
+    }
+
+    fn current(&self) -> String {
+        self.token.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// [`device_status`] with the current token; on 401 refreshes once and asks again. A
+    /// 401 that stays is an error, not an answer: it says nothing about the device.
+    async fn device_status(
+        &self,
+        http: &reqwest::Client,
+        homeserver: &Url,
+        device_id: &DeviceId,
+    ) -> Result<StatusCode, ClientError> {
+        let mut status = device_status(http, homeserver, &self.current(), device_id).await?;
+        if status == StatusCode::UNAUTHORIZED
+            && let Some(refresh) = &self.refresh
+        {
+            let fresh = refresh().await?;
+            if let Ok(mut token) = self.token.lock() {
+                *token = fresh.clone();
+            }
+            status = device_status(http, homeserver, &fresh, device_id).await?;
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized(
+                "the homeserver no longer accepts this device's access token; sign in again".into(),
+            ));
+        }
+        Ok(status)
+    }
 }
 
 impl std::fmt::Debug for ExistingSession {
@@ -44,6 +101,7 @@ pub struct GrantOutcome {
 struct ExistingHandler<'a, U: Ui> {
     http: reqwest::Client,
     session: &'a ExistingSession,
+    auth: Auth,
     ui: &'a mut U,
     device_id: Option<DeviceId>,
     cause: Option<ClientError>,
@@ -77,13 +135,10 @@ impl<U: Ui> Handler for ExistingHandler<'_, U> {
     async fn handle(&mut self, action: Action) -> Handled {
         match action {
             Action::LookUpDevice { device_id } => {
-                let status = device_status(
-                    &self.http,
-                    &self.session.homeserver,
-                    &self.session.access_token,
-                    &device_id,
-                )
-                .await;
+                let status = self
+                    .auth
+                    .device_status(&self.http, &self.session.homeserver, &device_id)
+                    .await;
                 self.device_id = Some(device_id);
                 match status {
                     Ok(StatusCode::NOT_FOUND) => {
@@ -104,12 +159,12 @@ impl<U: Ui> Handler for ExistingHandler<'_, U> {
             Action::WaitForDevice { device_id } => {
                 let http = self.http.clone();
                 let homeserver = self.session.homeserver.clone();
-                let token = self.session.access_token.clone();
+                let auth = self.auth.clone();
                 let wait: Background = Box::pin(async move {
                     let deadline = tokio::time::Instant::now() + DEVICE_POLL_FOR;
                     loop {
                         if let Ok(StatusCode::OK) =
-                            device_status(&http, &homeserver, &token, &device_id).await
+                            auth.device_status(&http, &homeserver, &device_id).await
                         {
                             return Event::DeviceAppeared;
                         }
@@ -154,6 +209,7 @@ async fn drive<U: Ui>(
     };
     let mut handler = ExistingHandler {
         http,
+        auth: Auth::new(session),
         session,
         ui,
         device_id: None,

@@ -18,7 +18,7 @@ use mxqr_proto::channel::CheckCode;
 use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, NewDevice, StartError};
 use mxqr_proto::qr::QrCode;
 
-pub use existing::{ExistingSession, GrantOutcome, grant_scan, grant_show_qr};
+pub use existing::{ExistingSession, GrantOutcome, TokenRefresh, grant_scan, grant_show_qr};
 pub use new::{E2eeReport, E2eeSetup, LoginOutcome, NewDeviceOptions, login_scan, login_show_qr};
 
 use crate::ClientError;

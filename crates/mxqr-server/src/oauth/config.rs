@@ -44,7 +44,8 @@ pub struct OAuthConfig {
     pub refresh_grace_secs: u64,
     /// Authorization-code life in seconds (30–600).
     pub auth_code_ttl_secs: u64,
-    /// Device-code life in seconds (300–3600).
+    /// Device-code life in seconds (10–3600; below 300 only makes sense for tests, which
+    /// need expiry to happen quickly).
     pub device_code_ttl_secs: u64,
     /// Minimum polling interval handed to devices, seconds (1–60).
     pub device_poll_interval_secs: u64,
@@ -84,14 +85,14 @@ impl OAuthConfig {
             (
                 "access_token_ttl_secs",
                 self.access_token_ttl_secs,
-                60..=86_400,
+                10..=86_400,
             ),
             ("refresh_grace_secs", self.refresh_grace_secs, 0..=300),
             ("auth_code_ttl_secs", self.auth_code_ttl_secs, 30..=600),
             (
                 "device_code_ttl_secs",
                 self.device_code_ttl_secs,
-                300..=3600,
+                10..=3600,
             ),
             (
                 "device_poll_interval_secs",

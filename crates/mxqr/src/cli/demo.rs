@@ -363,6 +363,7 @@ impl DemoServer {
                 homeserver: self.base.clone(),
                 access_token: access_token.clone(),
                 secrets: boot.secrets(),
+                refresh: None,
             },
             access_token,
             self_signing: boot.cross_signing.public_keys().self_signing,

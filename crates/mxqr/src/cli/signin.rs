@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -10,8 +11,8 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use clap::{ArgGroup, Args};
 use mxqr_client::ClientError;
 use mxqr_client::driver::{
-    DriverError, E2eeReport, E2eeSetup, ExistingSession, NewDeviceOptions, grant_scan,
-    grant_show_qr, login_scan, login_show_qr,
+    DriverError, E2eeReport, E2eeSetup, ExistingSession, NewDeviceOptions, TokenRefresh,
+    grant_scan, grant_show_qr, login_scan, login_show_qr,
 };
 use mxqr_keys::Account;
 use mxqr_proto::Generation;
@@ -231,10 +232,32 @@ async fn run_grant(args: GrantArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::Failed)?;
 
+    let profile_name = signed_in.profile.name.clone();
+    let homeserver = signed_in.homeserver.clone();
+    let access_token = signed_in.access_token.clone();
+    // The grant may outlive the access token (consent can take minutes): refresh it, and
+    // save the rotated pair in the profile, whenever the server refuses it.
+    let shared = Arc::new(tokio::sync::Mutex::new(signed_in));
+    let refresh: TokenRefresh = {
+        let http = http.clone();
+        Arc::new(move || {
+            let shared = shared.clone();
+            let http = http.clone();
+            Box::pin(async move {
+                let mut signed_in = shared.lock().await;
+                signed_in
+                    .refresh(&http)
+                    .await
+                    .map_err(ClientError::Unauthorized)?;
+                Ok(signed_in.access_token.clone())
+            })
+        })
+    };
     let session = ExistingSession {
-        homeserver: signed_in.homeserver.clone(),
-        access_token: signed_in.access_token.clone(),
+        homeserver,
+        access_token,
         secrets: secrets.clone(),
+        refresh: Some(refresh),
     };
     let mut ui = CliUi::new(common.json, common.check_code, args.no_browser);
     ui.png = common.png.clone();
@@ -248,7 +271,7 @@ async fn run_grant(args: GrantArgs) -> Result<(), CliError> {
         ui.emit(json!({
             "event": "done",
             "role": "existing",
-            "profile": signed_in.profile.name,
+            "profile": profile_name,
             "user_id": me.user_id,
             "device_id": outcome.device_id.as_str(),
             "cross_signing_sent": true,

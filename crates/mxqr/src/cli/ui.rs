@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use indicatif::{ProgressBar, ProgressStyle};
 use mxqr_client::driver::{Step, Ui, UiEvent};
 use mxqr_proto::qr::render::{self, TerminalOptions};
 use serde_json::{Value, json};
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
 pub struct CliUi {

@@ -140,7 +140,9 @@ impl Server {
         command
             .args(args)
             .env("MXQR_HOME", self.home())
-            .env_remove("MXQR_CONFIG");
+            .env_remove("MXQR_CONFIG")
+            // `mxqr admin` reads the server's settings (token lifetimes) from these too.
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
