@@ -444,3 +444,50 @@ async fn per_address_limits() {
         (StatusCode::TOO_MANY_REQUESTS, "slow_down".to_owned())
     );
 }
+
+/// A poll of a pending grant is held open (4 s by default) and answers with tokens as soon
+/// as the person approves, not one interval later; without a decision it still ends in
+/// `authorization_pending` before the next poll is due.
+#[tokio::test]
+async fn a_held_poll_answers_at_the_approval() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await;
+    let (_, grant) = start_grant(&server, &client_id, &scope("HELD1")).await;
+    let device_code = grant["device_code"].as_str().unwrap().to_owned();
+    let user_code = grant["user_code"].as_str().unwrap().to_owned();
+
+    let started = std::time::Instant::now();
+    let (status, body) = poll(&server, &client_id, &device_code).await;
+    let held = started.elapsed();
+    assert_eq!(body["error"], "authorization_pending", "{status} {body}");
+    assert!(
+        held >= Duration::from_millis(3_500) && held < Duration::from_millis(4_900),
+        "held {held:?}"
+    );
+
+    // The next poll (one interval later) is held; the person approves meanwhile.
+    server.clock.advance(Duration::from_secs(5));
+    let polling = {
+        let (server, client_id, device_code) = (&server, &client_id, &device_code);
+        async move {
+            let started = std::time::Instant::now();
+            let answer = poll(server, client_id, device_code).await;
+            (answer, started.elapsed())
+        }
+    };
+    let approving = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, consent) = enter_code(&server, &browser, &user_code).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = decide(&server, &browser, &consent, "approve", true).await;
+        assert_eq!(status, StatusCode::OK);
+    };
+    let (((status, body), took), ()) = tokio::join!(polling, approving);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["access_token"].is_string(), "{body}");
+    assert!(
+        took < Duration::from_millis(2_000),
+        "answered after {took:?}"
+    );
+}

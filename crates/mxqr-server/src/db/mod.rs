@@ -362,6 +362,13 @@ pub trait Db: ClientDb + Send + Sync + 'static {
         now: i64,
         max_lookups: i64,
     ) -> BoxFuture<'a, DbResult<UserCodeLookup>>;
+    /// Whether the grant of this device code is still waiting for a decision (and not
+    /// expired). Read-only: unlike a poll, it is not rate-limited by the interval.
+    fn device_grant_pending<'a>(
+        &'a self,
+        device_code_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<bool>>;
     /// Approves (for `localpart`) or denies a pending grant; `false` if it is no longer
     /// pending.
     fn decide_device_grant<'a>(

@@ -893,6 +893,25 @@ impl Db for PgDb {
         })
     }
 
+    fn device_grant_pending<'a>(
+        &'a self,
+        device_code_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<bool>> {
+        bounded(async move {
+            let row = sqlx::query(
+                "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
+                 AND status = 'pending' AND expires_at > $2",
+            )
+            .bind(device_code_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            Ok(row.is_some())
+        })
+    }
+
     fn decide_device_grant<'a>(
         &'a self,
         user_code: &'a str,

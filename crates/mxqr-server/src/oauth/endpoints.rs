@@ -347,16 +347,27 @@ async fn device_code_grant(
         return Err(unknown(state));
     }
     require_client(state, client_id).await?;
+    let hash = tokens::hash(device_code);
+    let decisions = state.device_decisions();
     let minted = state.mint();
-    let outcome = state
+    let mut outcome = state
         .db()
-        .poll_device_grant(
-            &tokens::hash(device_code),
-            client_id,
-            &minted.stored,
-            state.now_ms(),
-        )
+        .poll_device_grant(&hash, client_id, &minted.stored, state.now_ms())
         .await?;
+    let hold = state.lifetimes().device_poll_hold;
+    if matches!(outcome, PollOutcome::Pending)
+        && !hold.is_zero()
+        && state
+            .wait_for_device_decision(&hash, decisions, hold)
+            .await?
+    {
+        // Decided while held: a decided grant answers before the interval check, so this
+        // second look is not a `slow_down`.
+        outcome = state
+            .db()
+            .poll_device_grant(&hash, client_id, &minted.stored, state.now_ms())
+            .await?;
+    }
     match outcome {
         PollOutcome::Unknown => Err(unknown(state)),
         PollOutcome::Pending => Err(OAuthError::AuthorizationPending),

@@ -95,6 +95,8 @@ pub struct Lifetimes {
     pub browser_session: Duration,
     /// How long an approved cross-signing reset stays usable.
     pub cross_signing_reset: Duration,
+    /// How long a poll of a pending device grant waits for the decision.
+    pub device_poll_hold: Duration,
 }
 
 impl Lifetimes {
@@ -106,6 +108,11 @@ impl Lifetimes {
             auth_code: Duration::from_secs(c.auth_code_ttl_secs),
             device_code: Duration::from_secs(c.device_code_ttl_secs),
             device_interval_secs: c.device_poll_interval_secs,
+            // Never as long as the interval: the answer must come before the next poll is due.
+            device_poll_hold: Duration::from_millis(
+                c.device_poll_hold_ms
+                    .min((c.device_poll_interval_secs * 1000).saturating_sub(500)),
+            ),
             user_code_max_lookups: c.user_code_max_lookups,
             browser_session: Duration::from_secs(c.browser_session_ttl_secs),
             cross_signing_reset: Duration::from_secs(600),
@@ -131,6 +138,8 @@ struct Inner {
     last_purge: AtomicI64,
     attempt_limiter: Option<FailureLimiter>,
     unknown_code_limiter: Option<FailureLimiter>,
+    /// Bumped whenever this instance decides a device grant, to wake held token polls.
+    device_decisions: tokio::sync::watch::Sender<u64>,
 }
 
 /// Shared state of the OAuth endpoints and pages (cheap to clone).
@@ -192,7 +201,50 @@ impl OAuthState {
             last_purge: AtomicI64::new(0),
             attempt_limiter: limiter(),
             unknown_code_limiter: limiter(),
+            device_decisions: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Wakes the token polls held open on this instance (a device grant was decided).
+    pub fn device_grant_decided(&self) {
+        self.0
+            .device_decisions
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Listens for [`Self::device_grant_decided`]; subscribe before the poll so that a
+    /// decision between the poll and the wait is not missed.
+    pub fn device_decisions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.device_decisions.subscribe()
+    }
+
+    /// Waits up to `hold` for the pending grant `device_code_hash` to be decided: woken by
+    /// decisions on this instance, and checked once more at the end for decisions made on
+    /// another instance. `true` when it is no longer pending.
+    pub async fn wait_for_device_decision(
+        &self,
+        device_code_hash: &str,
+        mut decisions: tokio::sync::watch::Receiver<u64>,
+        hold: Duration,
+    ) -> DbResult<bool> {
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            tokio::select! {
+                changed = decisions.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            let pending = self
+                .db()
+                .device_grant_pending(device_code_hash, self.now_ms())
+                .await?;
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return Ok(!pending);
+            }
+        }
     }
 
     /// The store.

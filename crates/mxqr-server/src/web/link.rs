@@ -173,7 +173,9 @@ pub(crate) async fn link_submit(
         .db()
         .decide_device_grant(&code, &localpart, approve, state.now_ms())
         .await?;
-    if !decided {
+    if decided {
+        state.device_grant_decided();
+    } else {
         state.attempt_failed(ip);
     }
     let (status, title, message) = match (decided, approve) {
