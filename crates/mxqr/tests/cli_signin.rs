@@ -439,3 +439,83 @@ async fn a_grant_outlives_its_access_token() {
     // The rotated pair was saved in the profile.
     assert_ne!(read_refresh(), before);
 }
+
+/// One whole sign-in with two `mxqr` processes, either side showing the QR code.
+async fn sign_in_with_two_processes(generation: &str, new_shows: bool) {
+    let server = start_server();
+    server.existing_profile();
+    let homeserver = server.base.to_string();
+    let (mut shower, mut scanner, shower_is_new) = if new_shows {
+        let mut login = server.spawn_json(&[
+            "login",
+            "--profile",
+            "new",
+            "--homeserver",
+            &homeserver,
+            generation,
+            "--json",
+        ]);
+        let qr = login.wait_for("qr");
+        let grant = server.spawn_json(&[
+            "grant",
+            "--profile",
+            "old",
+            "--scan",
+            qr["base64"].as_str().unwrap(),
+            "--json",
+            "--no-browser",
+        ]);
+        (login, grant, true)
+    } else {
+        let mut grant = server.spawn_json(&[
+            "grant",
+            "--profile",
+            "old",
+            generation,
+            "--json",
+            "--no-browser",
+        ]);
+        let qr = grant.wait_for("qr");
+        let login = server.spawn_json(&[
+            "login",
+            "--profile",
+            "new",
+            "--scan",
+            qr["base64"].as_str().unwrap(),
+            "--json",
+        ]);
+        (grant, login, false)
+    };
+    // The scanning side shows the check code; the showing side is asked for it.
+    let code = scanner.wait_for("check_code");
+    shower.wait_for("enter_check_code");
+    shower.type_line(code["code"].as_str().unwrap());
+    let (mut login, mut grant) = if shower_is_new {
+        (shower, scanner)
+    } else {
+        (scanner, shower)
+    };
+    let uri = grant.wait_for("verification_uri");
+    consent(&server.base, uri["uri"].as_str().unwrap()).await;
+    let new_done = login.wait_for("done");
+    let grant_done = grant.wait_for("done");
+    let (status, stderr, _) = login.end();
+    assert_eq!(status, Some(0), "{stderr}");
+    let (status, stderr, _) = grant.end();
+    assert_eq!(status, Some(0), "{stderr}");
+    check_signed_in(&server, &new_done, &grant_done, "new");
+    assert_eq!(
+        backup_version(&server, "new").await,
+        backup_version(&server, "old").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_shows_msc4108_and_new_scans() {
+    sign_in_with_two_processes("--msc4108", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_shows_msc4388_and_existing_scans() {
+    sign_in_with_two_processes("--msc4388", true).await;
+}
