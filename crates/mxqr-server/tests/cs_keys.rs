@@ -93,20 +93,30 @@ async fn upload_refuses_keys_of_another_device_or_user_and_bad_self_signatures()
     let published = query_user(&server, &device.token, USER).await;
     assert_eq!(published["device_keys"][USER], json!({}), "nothing stored");
 
-    // An own-user signature by a key the server does not know (a stale self-signing key)
-    // is refused loudly rather than dropped.
+    // Before any self-signing key is published, an own-user signature by an unknown key is
+    // dropped, not refused: matrix-sdk's bootstrap signs with the self-signing key it
+    // publishes next (docs/interop-matrix-sdk.md).
     let mut keys = device.device_keys();
-    sign_json(&mut keys, USER, "ed25519:STALE", &Ed25519SecretKey::new()).unwrap();
-    assert_error(
-        &post(
-            &server,
-            UPLOAD,
-            &device.token,
-            &json!({ "device_keys": keys }),
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "M_INVALID_PARAM",
+    sign_json(
+        &mut keys,
+        USER,
+        "ed25519:UPCOMING",
+        &Ed25519SecretKey::new(),
+    )
+    .unwrap();
+    let (status, body) = post(
+        &server,
+        UPLOAD,
+        &device.token,
+        &json!({ "device_keys": keys }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published = query_user(&server, &device.token, USER).await;
+    assert_eq!(
+        published["device_keys"][USER][device.device_id.as_str()]["signatures"],
+        device.device_keys()["signatures"],
+        "the unverifiable signature is not published"
     );
 
     // The genuine keys go in; other users' signatures and `unsigned` are not published.
@@ -169,6 +179,21 @@ async fn forged_self_signing_signature_in_upload_is_refused() {
     let mut keys = new_device.device_keys();
     let ssk_id = cross_signing_key_id(&cross_signing.public_keys().self_signing);
     sign_json(&mut keys, USER, &ssk_id, &Ed25519SecretKey::new()).unwrap();
+    assert_error(
+        &post(
+            &server,
+            UPLOAD,
+            &new_device.token,
+            &json!({ "device_keys": keys }),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    // Once a self-signing key is published, a signature by another own key (a stale
+    // self-signing key) is refused loudly rather than dropped.
+    let mut keys = new_device.device_keys();
+    sign_json(&mut keys, USER, "ed25519:STALE", &Ed25519SecretKey::new()).unwrap();
     assert_error(
         &post(
             &server,

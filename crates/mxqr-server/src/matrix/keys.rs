@@ -259,16 +259,23 @@ async fn store_device_keys(auth: &Authed, uploaded: &Value) -> Result<(), ApiErr
     }
     // Own-user signatures can only be the device's and the self-signing key's; each must
     // verify, since a device that sent one believes itself cross-signed (PROTOCOL.md §7).
+    // Before any self-signing key is published, an own-user signature by another key is
+    // dropped instead: matrix-sdk's cross-signing bootstrap uploads its device keys already
+    // signed by the self-signing key it publishes in the next request, and sends that
+    // signature again through `/keys/signatures/upload` (docs/interop-matrix-sdk.md).
     // Another user's signature on device keys means nothing and is dropped.
     for (key_id, _) in signatures_by(uploaded, &auth.user_id) {
-        let key = keyring.get(&key_id).ok_or_else(|| {
-            ApiError::Invalid(format!(
-                "device_keys: signature by {key_id}, which is neither this device's key \
-                 nor the published self-signing key"
-            ))
-        })?;
-        verify_json(uploaded, &auth.user_id, &key_id, key)
-            .map_err(|err| ApiError::Invalid(format!("device_keys: {key_id}: {err}")))?;
+        match keyring.get(&key_id) {
+            Some(key) => verify_json(uploaded, &auth.user_id, &key_id, key)
+                .map_err(|err| ApiError::Invalid(format!("device_keys: {key_id}: {err}")))?,
+            None if cross.self_signing.is_some() => {
+                return Err(ApiError::Invalid(format!(
+                    "device_keys: signature by {key_id}, which is neither this device's key \
+                     nor the published self-signing key"
+                )));
+            }
+            None => {}
+        }
     }
     let cleaned = retain_verified(uploaded.clone(), &auth.user_id, &keyring);
     let ids = [auth.device_id().to_owned()];
