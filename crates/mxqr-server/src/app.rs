@@ -234,7 +234,15 @@ pub fn router(state: AppState) -> Router {
     if let Some(oauth) = state.oauth() {
         app = app.merge(crate::oauth::routes(oauth.clone()));
     }
-    app = app.merge(matrix::routes(&state));
+    if config.homeserver.mode == crate::config::HomeserverMode::Synapse {
+        // Synapse serves the client-server API (discovery included); mxqr answers its
+        // introspection and the metadata Synapse relays.
+        if let Some(oauth) = state.oauth() {
+            app = app.merge(crate::synapse::routes(oauth.clone()));
+        }
+    } else {
+        app = app.merge(matrix::routes(&state));
+    }
     let body_limit = config.rendezvous.max_body_bytes;
     app.fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
@@ -326,6 +334,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let maintenance = tokio::spawn(state.clone().maintain());
+    let outbox = state.oauth().and_then(|oauth| {
+        let link = oauth.synapse()?.clone();
+        Some(tokio::spawn(link.drain(oauth.clone())))
+    });
     let stopping = state.0.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
@@ -335,5 +347,8 @@ pub async fn serve(
         })
         .await;
     maintenance.abort();
+    if let Some(outbox) = outbox {
+        outbox.abort();
+    }
     result
 }

@@ -28,6 +28,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server_name",
     "database",
     "oauth",
+    "homeserver",
 ];
 
 /// Environment variable naming the config file.
@@ -70,6 +71,65 @@ pub struct Config {
     pub database: crate::oauth::DatabaseConfig,
     /// Accounts and the OAuth 2.0 authorization server.
     pub oauth: crate::oauth::OAuthConfig,
+    /// Which homeserver the accounts belong to: mxqr itself, or a Synapse that delegates
+    /// authentication to mxqr.
+    pub homeserver: HomeserverConfig,
+}
+
+/// Who serves the client-server API for mxqr's accounts.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HomeserverMode {
+    /// mxqr serves the client-server subset itself.
+    #[default]
+    Standalone,
+    /// Synapse serves the client-server API and asks mxqr about tokens
+    /// (`matrix_authentication_service`); mxqr provisions users and devices in it.
+    Synapse,
+}
+
+/// `[homeserver]` table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// `standalone` or `synapse`.
+    pub mode: HomeserverMode,
+    /// Base URL mxqr reaches Synapse's `/_synapse/mas/*` API at (synapse mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synapse_url: Option<String>,
+    /// The secret shared with Synapse (its `matrix_authentication_service.secret`), inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// File holding the shared secret (surrounding whitespace ignored, as Synapse does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_path: Option<PathBuf>,
+}
+
+impl HomeserverConfig {
+    /// The shared secret, read from `secret_path` if that is where it is.
+    pub fn load_secret(&self) -> Result<String, ConfigError> {
+        let secret = match (&self.secret, &self.secret_path) {
+            (Some(inline), None) => inline.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "homeserver: exactly one of secret and secret_path must be set".into(),
+                ));
+            }
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "homeserver: the shared secret is empty".into(),
+            ));
+        }
+        Ok(secret)
+    }
 }
 
 /// Who may create an MSC4388 session.
@@ -147,6 +207,7 @@ impl Default for Config {
             server_name: None,
             database: crate::oauth::DatabaseConfig::default(),
             oauth: crate::oauth::OAuthConfig::default(),
+            homeserver: HomeserverConfig::default(),
         }
     }
 }
@@ -257,6 +318,10 @@ impl Config {
                 rest.split("__").map(str::to_ascii_lowercase).collect()
             };
             if !TOP_LEVEL_KEYS.contains(&segments[0].as_str()) {
+                continue;
+            }
+            // `MXQR_HOMESERVER` alone is the CLI's homeserver URL, not this table.
+            if segments.len() == 1 && segments[0] == "homeserver" {
                 continue;
             }
             set_path(&mut table, &segments, env_value(&value))
@@ -377,6 +442,27 @@ impl Config {
         if self.effective_server_name().is_empty() {
             return invalid("server_name must not be empty".into());
         }
+        let hs = &self.homeserver;
+        if hs.mode == HomeserverMode::Synapse {
+            match hs.synapse_url.as_deref().map(url::Url::parse) {
+                Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return invalid(
+                        "homeserver.synapse_url must be an absolute http(s) URL in synapse mode"
+                            .into(),
+                    );
+                }
+            }
+            if hs.secret.is_some() == hs.secret_path.is_some() {
+                return invalid(
+                    "homeserver: exactly one of secret and secret_path must be set in synapse mode"
+                        .into(),
+                );
+            }
+            if !self.oauth.enabled {
+                return invalid("homeserver.mode = \"synapse\" needs oauth.enabled".into());
+            }
+        }
         Ok(())
     }
 
@@ -430,6 +516,9 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.public_url = Some(self.effective_public_url());
+        if shown.homeserver.secret.is_some() {
+            shown.homeserver.secret = Some("<redacted>".into());
+        }
         // Every field is a plain string, number, bool or table: serialising cannot fail.
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -579,9 +668,60 @@ mod tests {
             &[("MXQR_RENDEZVOUS__POSTGRES_MAX_CONNECTIONS", "0")],
             &[("MXQR_DATABASE_URL", "sqlite:///tmp/x")],
             &[("MXQR_DATABASE__MAX_CONNECTIONS", "0")],
+            &[("MXQR_HOMESERVER__MODE", "synapse")],
+            &[("MXQR_HOMESERVER__MODE", "dendrite")],
+            &[
+                ("MXQR_HOMESERVER__MODE", "synapse"),
+                ("MXQR_HOMESERVER__SYNAPSE_URL", "http://127.0.0.1:8448"),
+            ],
+            &[
+                ("MXQR_HOMESERVER__MODE", "synapse"),
+                ("MXQR_HOMESERVER__SYNAPSE_URL", "ftp://x"),
+                ("MXQR_HOMESERVER__SECRET", "s"),
+            ],
+            &[
+                ("MXQR_HOMESERVER__MODE", "synapse"),
+                ("MXQR_HOMESERVER__SYNAPSE_URL", "http://127.0.0.1:8448"),
+                ("MXQR_HOMESERVER__SECRET", "s"),
+                ("MXQR_HOMESERVER__SECRET_PATH", "/tmp/s"),
+            ],
         ] {
             let err = load(pairs).expect_err(&format!("{pairs:?} must be refused"));
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn synapse_mode_from_env_with_the_secret_redacted_in_print() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("MXQR_HOMESERVER", "http://ignored.example"),
+                ("MXQR_HOMESERVER__MODE", "synapse"),
+                ("MXQR_HOMESERVER__SYNAPSE_URL", "http://127.0.0.1:8448"),
+                ("MXQR_HOMESERVER__SECRET", "  shared-secret\n"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.homeserver.mode, HomeserverMode::Synapse);
+        assert_eq!(config.homeserver.load_secret().unwrap(), "shared-secret");
+        let printed = config.to_toml();
+        assert!(printed.contains("mode = \"synapse\""), "{printed}");
+        assert!(!printed.contains("shared-secret"), "{printed}");
+        let dir = std::env::temp_dir().join(format!("mxqr-config-hs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let from_file = HomeserverConfig {
+            secret: None,
+            secret_path: Some(file),
+            ..config.homeserver.clone()
+        };
+        assert_eq!(from_file.load_secret().unwrap(), "from-file");
+        assert_eq!(
+            Config::default().homeserver.mode,
+            HomeserverMode::Standalone
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod rendezvous;
 mod response;
 mod run;
 pub mod store;
+pub mod synapse;
 pub mod web;
 
 pub use app::{AppState, router, serve};

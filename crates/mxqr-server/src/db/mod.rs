@@ -8,12 +8,14 @@
 //! Secrets never reach this layer: callers pass SHA-256 digests (hex) of codes and tokens.
 
 mod client;
+mod outbox;
 mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
 pub use client::{BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus, UploadedKey};
+pub use outbox::{OutboxDb, OutboxEntry, OutboxJob, OutboxKind};
 pub use postgres::PgDb;
 pub use sqlite::SqliteDb;
 
@@ -260,7 +262,7 @@ pub enum PollOutcome {
 /// The persistent store. Times are ms since the Unix epoch, passed in by the caller so that
 /// tests can drive a clock. The client-server key and device operations live in the
 /// [`ClientDb`] supertrait.
-pub trait Db: ClientDb + Send + Sync + 'static {
+pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
     /// Creates a user; [`DbError::Conflict`] if the localpart is taken.
     fn create_user<'a>(
         &'a self,

@@ -42,7 +42,7 @@ pub struct PgDb {
 
 /// Maps a driver error: lost connections, timeouts, shutdowns, overload and serialization
 /// failures are worth a retry ([`DbError::Unavailable`]); anything else is a bug or bad data.
-fn pg_error(err: sqlx::Error) -> DbError {
+pub(super) fn pg_error(err: sqlx::Error) -> DbError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => DbError::Conflict,
         sqlx::Error::Database(db) => {
@@ -70,7 +70,7 @@ fn pg_error(err: sqlx::Error) -> DbError {
 
 /// Runs one store call under [`OPERATION_TIMEOUT`]. A call cut short drops its transaction,
 /// which sqlx rolls back before the connection is reused.
-fn bounded<'a, T: Send + 'a>(
+pub(super) fn bounded<'a, T: Send + 'a>(
     call: impl Future<Output = DbResult<T>> + Send + 'a,
 ) -> BoxFuture<'a, DbResult<T>> {
     Box::pin(async move {
@@ -123,6 +123,11 @@ impl PgDb {
             return Err(open_error(format!("migration failed: {e}")));
         }
         Ok(Self { pool })
+    }
+
+    /// The pool, for the [`super::OutboxDb`] implementation in `outbox.rs`.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

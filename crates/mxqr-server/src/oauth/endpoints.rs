@@ -293,7 +293,10 @@ async fn authorization_code_grant(
         .redeem_auth_code(&request, state.now_ms())
         .await?
     {
-        CodeOutcome::Issued(grant) => Ok(token_response(state, &minted, &grant)),
+        CodeOutcome::Issued(grant) => {
+            state.synapse_session_started(&grant).await?;
+            Ok(token_response(state, &minted, &grant))
+        }
         CodeOutcome::Invalid(reason) => Err(OAuthError::InvalidGrant(reason.into())),
         CodeOutcome::Reused => Err(OAuthError::InvalidGrant(
             "authorization code already used; the tokens it issued are revoked".into(),
@@ -323,9 +326,12 @@ async fn refresh_grant(state: &OAuthState, params: &Params) -> Result<Response, 
         RefreshOutcome::Invalid => Err(OAuthError::InvalidGrant(
             "unknown or revoked refresh token".into(),
         )),
-        RefreshOutcome::Reused => Err(OAuthError::InvalidGrant(
-            "refresh token reused; the session is revoked".into(),
-        )),
+        RefreshOutcome::Reused => {
+            state.synapse_token_ended(&tokens::hash(refresh)).await?;
+            Err(OAuthError::InvalidGrant(
+                "refresh token reused; the session is revoked".into(),
+            ))
+        }
     }
 }
 
@@ -377,7 +383,10 @@ async fn device_code_grant(
         PollOutcome::AlreadyRedeemed => Err(OAuthError::InvalidGrant(
             "the device code was already exchanged".into(),
         )),
-        PollOutcome::Issued(grant) => Ok(token_response(state, &minted, &grant)),
+        PollOutcome::Issued(grant) => {
+            state.synapse_session_started(&grant).await?;
+            Ok(token_response(state, &minted, &grant))
+        }
     }
 }
 
@@ -398,10 +407,9 @@ pub async fn revoke(
         }
     }
     if tokens::well_formed(Kind::Access, token) || tokens::well_formed(Kind::Refresh, token) {
-        state
-            .db()
-            .revoke_token(&tokens::hash(token), state.now_ms())
-            .await?;
+        let hash = tokens::hash(token);
+        state.db().revoke_token(&hash, state.now_ms()).await?;
+        state.synapse_token_ended(&hash).await?;
     }
     Ok(json_response(StatusCode::OK, &json!({})))
 }

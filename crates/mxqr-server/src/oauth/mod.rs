@@ -138,6 +138,8 @@ struct Inner {
     last_purge: AtomicI64,
     attempt_limiter: Option<FailureLimiter>,
     unknown_code_limiter: Option<FailureLimiter>,
+    /// Synapse mode: the Synapse this server authenticates for.
+    synapse: std::sync::OnceLock<Arc<crate::synapse::SynapseLink>>,
     /// Bumped whenever this instance decides a device grant, to wake held token polls.
     device_decisions: tokio::sync::watch::Sender<u64>,
 }
@@ -201,6 +203,7 @@ impl OAuthState {
             last_purge: AtomicI64::new(0),
             attempt_limiter: limiter(),
             unknown_code_limiter: limiter(),
+            synapse: std::sync::OnceLock::new(),
             device_decisions: tokio::sync::watch::Sender::new(0),
         }))
     }
@@ -245,6 +248,75 @@ impl OAuthState {
                 return Ok(!pending);
             }
         }
+    }
+
+    /// Synapse mode: makes this server the authentication service of the Synapse `link`
+    /// leads to (introspection, provisioning).
+    pub fn attach_synapse(&self, link: crate::synapse::SynapseLink) {
+        let _ = self.0.synapse.set(Arc::new(link));
+    }
+
+    /// The Synapse this server authenticates for, in synapse mode.
+    pub fn synapse(&self) -> Option<&Arc<crate::synapse::SynapseLink>> {
+        self.0.synapse.get()
+    }
+
+    /// Synapse mode: provisions the user and the new device of a session before its first
+    /// tokens go out, since Synapse refuses tokens of devices it does not know.
+    pub(crate) async fn synapse_session_started(&self, grant: &crate::db::Grant) -> DbResult<()> {
+        use crate::db::OutboxKind;
+        let Some(link) = self.synapse() else {
+            return Ok(());
+        };
+        let jobs = [
+            crate::synapse::user_job(OutboxKind::ProvisionUser, &grant.localpart),
+            crate::synapse::device_job(
+                OutboxKind::UpsertDevice,
+                &grant.localpart,
+                &grant.device_id,
+            ),
+        ];
+        link.enqueue_and_wait(&self.0.db, &jobs, self.now_ms())
+            .await
+    }
+
+    /// Synapse mode: a device's session ended, so Synapse must drop the device (which also
+    /// ends the token there at once, whatever it cached).
+    pub(crate) async fn synapse_device_ended(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> DbResult<()> {
+        let Some(link) = self.synapse() else {
+            return Ok(());
+        };
+        let job =
+            crate::synapse::device_job(crate::db::OutboxKind::DeleteDevice, localpart, device_id);
+        link.enqueue_and_wait(&self.0.db, &[job], self.now_ms())
+            .await
+    }
+
+    /// Synapse mode: the session of the token with this hash ended.
+    pub(crate) async fn synapse_token_ended(&self, token_hash: &str) -> DbResult<()> {
+        if self.synapse().is_none() {
+            return Ok(());
+        }
+        match self.0.db.token_owner(token_hash).await? {
+            Some((localpart, device_id)) => self.synapse_device_ended(&localpart, &device_id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Synapse mode: passes the account page's cross-signing reset approval on to Synapse,
+    /// which checks it itself.
+    pub(crate) async fn synapse_allow_cross_signing_reset(&self, localpart: &str) -> DbResult<()> {
+        let Some(link) = self.synapse() else {
+            return Ok(());
+        };
+        let job =
+            crate::synapse::user_job(crate::db::OutboxKind::AllowCrossSigningReset, localpart);
+        link.enqueue_and_wait(&self.0.db, &[job], self.now_ms())
+            .await
     }
 
     /// The store.
@@ -412,6 +484,17 @@ pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
         return Ok(crate::AppState::with_store(config, store));
     }
     let oauth = OAuthState::open(&config).await?;
+    if config.homeserver.mode == crate::config::HomeserverMode::Synapse {
+        let secret = config
+            .homeserver
+            .load_secret()
+            .map_err(|e| crate::db::DbError::Open {
+                path: "homeserver shared secret".into(),
+                detail: e.to_string(),
+            })?;
+        let url = config.homeserver.synapse_url.as_deref().unwrap_or_default();
+        oauth.attach_synapse(crate::synapse::SynapseLink::new(url, secret));
+    }
     let authorizer = match config.rendezvous.create_policy {
         crate::config::CreatePolicy::Authenticated => oauth.create_authorizer(),
         crate::config::CreatePolicy::Open => {

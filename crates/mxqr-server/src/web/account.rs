@@ -147,6 +147,7 @@ pub(crate) async fn delete_device(
             "you have no device with this ID".into(),
         ));
     }
+    state.synapse_device_ended(&localpart, device_id).await?;
     Ok(see_other("/account?notice=device_deleted"))
 }
 
@@ -169,6 +170,7 @@ pub(crate) async fn allow_reset(
         .db()
         .approve_cross_signing_reset(&localpart, now, until)
         .await?;
+    state.synapse_allow_cross_signing_reset(&localpart).await?;
     visit.render(
         &state,
         StatusCode::OK,

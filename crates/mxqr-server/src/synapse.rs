@@ -1,0 +1,411 @@
+//! Delegated mode (`[homeserver] mode = "synapse"`): mxqr is the authentication service of a
+//! Synapse configured with `matrix_authentication_service`.
+//!
+//! Synapse asks `POST /oauth2/introspect` about every access token it has not cached, with
+//! the shared secret as bearer token. mxqr in turn tells Synapse about users and devices
+//! through its `/_synapse/mas/*` API: those calls go through the durable outbox
+//! ([`crate::db::OutboxDb`]) drained by [`SynapseLink::drain`], so a Synapse outage delays
+//! them instead of losing them. Calls whose effect the user waits for (a new device's first
+//! token, a sign-out, a cross-signing reset approval) are also awaited briefly, so that
+//! Synapse already knows when the response arrives: Synapse caches introspection results for
+//! two minutes and ends a token early only when its device is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::db::{DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
+use crate::oauth::{OAuthState, tokens};
+use crate::response::json as json_response;
+
+/// How long a request waits for its provisioning to reach Synapse before answering anyway
+/// (the outbox keeps trying).
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(5);
+
+/// Per-call limit on a request to Synapse.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Back-off bounds between failed deliveries.
+const BACKOFF_MIN_MS: i64 = 500;
+const BACKOFF_MAX_MS: i64 = 60_000;
+
+/// How often the outbox is looked at without a wake-up (jobs queued by `mxqr admin` or
+/// another instance).
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+/// The connection to Synapse: its provisioning API and the shared secret.
+pub struct SynapseLink {
+    http: reqwest::Client,
+    base: String,
+    secret: String,
+    /// Bumped when jobs are queued, to wake the drainer.
+    queued: tokio::sync::Notify,
+    /// Bumped after each drain pass, to wake requests waiting for their jobs.
+    drained: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for SynapseLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("SynapseLink")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a delivery failed.
+enum Failure {
+    /// Worth retrying (Synapse down, 5xx, 429, timeout).
+    Transient(String),
+    /// Synapse refused the job for good; it is dropped.
+    Permanent(String),
+    /// The user does not exist in Synapse yet: provision it, then try again.
+    UserMissing,
+}
+
+impl SynapseLink {
+    /// A link to Synapse at `synapse_url` authenticating with `secret`.
+    pub fn new(synapse_url: &str, secret: String) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(CALL_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            base: synapse_url.trim_end_matches('/').to_owned(),
+            secret,
+            queued: tokio::sync::Notify::new(),
+            drained: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Whether `presented` is the shared secret (constant time).
+    pub fn secret_matches(&self, presented: &str) -> bool {
+        bool::from(presented.as_bytes().ct_eq(self.secret.as_bytes()))
+    }
+
+    /// Queues `jobs` and wakes the drainer; returns the last job's ID.
+    pub async fn enqueue(&self, db: &SharedDb, jobs: &[OutboxJob], now: i64) -> DbResult<i64> {
+        let last = db.outbox_push(jobs, now).await?;
+        self.queued.notify_one();
+        Ok(last)
+    }
+
+    /// Queues `jobs` and waits up to [`DELIVERY_WAIT`] for Synapse to have them. A store
+    /// failure is returned; a slow or absent Synapse is only logged (the outbox retries).
+    pub async fn enqueue_and_wait(
+        &self,
+        db: &SharedDb,
+        jobs: &[OutboxJob],
+        now: i64,
+    ) -> DbResult<()> {
+        let mut drained = self.drained.subscribe();
+        let last = self.enqueue(db, jobs, now).await?;
+        let wait = async {
+            loop {
+                if !db.outbox_pending(last).await? {
+                    return DbResult::Ok(());
+                }
+                if drained.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        match tokio::time::timeout(DELIVERY_WAIT, wait).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    job = jobs.last().map(|j| j.kind.as_str()),
+                    "Synapse has not taken the job yet; the outbox keeps retrying"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Drains the outbox for ever, in order, backing off while Synapse fails.
+    pub async fn drain(self: Arc<Self>, oauth: OAuthState) {
+        loop {
+            let wait = match self.drain_pass(&oauth).await {
+                Ok(wait) => wait,
+                Err(err) => {
+                    tracing::warn!(%err, "reading the Synapse outbox failed");
+                    Some(Duration::from_secs(1))
+                }
+            };
+            self.drained.send_modify(|n| *n = n.wrapping_add(1));
+            let idle = wait.unwrap_or(IDLE_POLL).min(IDLE_POLL);
+            tokio::select! {
+                () = self.queued.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// Sends due jobs from the head until the queue is empty (`None`) or a job must wait
+    /// (`Some(how long)`).
+    async fn drain_pass(&self, oauth: &OAuthState) -> DbResult<Option<Duration>> {
+        let db = oauth.db();
+        loop {
+            let head = db.outbox_head(32).await?;
+            if head.is_empty() {
+                return Ok(None);
+            }
+            for entry in head {
+                let now = oauth.now_ms();
+                if entry.next_attempt_at > now {
+                    let ms = u64::try_from(entry.next_attempt_at - now).unwrap_or(0);
+                    return Ok(Some(Duration::from_millis(ms)));
+                }
+                match self.deliver(oauth, &entry.job).await {
+                    Ok(()) => db.outbox_done(entry.id).await?,
+                    Err(Failure::Permanent(why)) => {
+                        tracing::warn!(
+                            job = entry.job.kind.as_str(),
+                            why,
+                            "Synapse refused a provisioning job; dropped"
+                        );
+                        db.outbox_done(entry.id).await?;
+                    }
+                    Err(Failure::UserMissing) => {
+                        // Provision first, then the job again, both at the tail.
+                        let jobs = [
+                            user_job(OutboxKind::ProvisionUser, &entry.job.localpart),
+                            entry.job.clone(),
+                        ];
+                        db.outbox_push(&jobs, now).await?;
+                        db.outbox_done(entry.id).await?;
+                    }
+                    Err(Failure::Transient(why)) => {
+                        let delay = backoff_ms(&entry);
+                        tracing::info!(
+                            job = entry.job.kind.as_str(),
+                            attempts = entry.attempts + 1,
+                            retry_in_ms = delay,
+                            why,
+                            "Synapse provisioning failed; will retry"
+                        );
+                        db.outbox_retry(entry.id, now + delay, &why).await?;
+                        return Ok(Some(Duration::from_millis(
+                            u64::try_from(delay).unwrap_or(0),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, oauth: &OAuthState, job: &OutboxJob) -> Result<(), Failure> {
+        let lp = &job.localpart;
+        let body = match job.kind {
+            OutboxKind::ProvisionUser => {
+                let user = oauth
+                    .db()
+                    .user(lp)
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                match user {
+                    Some(user) => json!({ "localpart": lp, "locked": user.locked }),
+                    None => return Err(Failure::Permanent("no such user in mxqr".into())),
+                }
+            }
+            OutboxKind::UpsertDevice => {
+                let mut body = json!({ "localpart": lp, "device_id": job.device_id });
+                if let Some(name) = &job.display_name {
+                    body["display_name"] = json!(name);
+                }
+                body
+            }
+            OutboxKind::DeleteDevice => json!({ "localpart": lp, "device_id": job.device_id }),
+            OutboxKind::SyncDevices => {
+                // Computed now, so the latest state wins whatever happened in between.
+                let devices = oauth
+                    .db()
+                    .devices(lp)
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                let live: Vec<String> = devices
+                    .into_iter()
+                    .filter(|d| d.session_created_at.is_some())
+                    .map(|d| d.device_id)
+                    .collect();
+                json!({ "localpart": lp, "devices": live })
+            }
+            OutboxKind::AllowCrossSigningReset => json!({ "localpart": lp }),
+        };
+        let url = format!("{}/_synapse/mas/{}", self.base, job.kind.as_str());
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Failure::Transient(format!("request failed: {}", e.without_url())))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let detail = response.text().await.unwrap_or_default();
+        let detail: String = detail.chars().take(200).collect();
+        let why = format!("{} {status}: {detail}", job.kind.as_str());
+        match status.as_u16() {
+            // A device or user that is already gone needs no deleting.
+            404 if job.kind == OutboxKind::DeleteDevice => Ok(()),
+            404 if job.kind != OutboxKind::ProvisionUser => Err(Failure::UserMissing),
+            408 | 429 => Err(Failure::Transient(why)),
+            400..=499 => Err(Failure::Permanent(why)),
+            _ => Err(Failure::Transient(why)),
+        }
+    }
+}
+
+fn backoff_ms(entry: &OutboxEntry) -> i64 {
+    let exp = u32::try_from(entry.attempts.clamp(0, 16)).unwrap_or(16);
+    BACKOFF_MIN_MS
+        .saturating_mul(1_i64 << exp)
+        .min(BACKOFF_MAX_MS)
+}
+
+/// A job about a user as a whole.
+pub fn user_job(kind: OutboxKind, localpart: &str) -> OutboxJob {
+    OutboxJob {
+        kind,
+        localpart: localpart.to_owned(),
+        device_id: None,
+        display_name: None,
+    }
+}
+
+/// A job about one device.
+pub fn device_job(kind: OutboxKind, localpart: &str, device_id: &str) -> OutboxJob {
+    OutboxJob {
+        kind,
+        localpart: localpart.to_owned(),
+        device_id: Some(device_id.to_owned()),
+        display_name: None,
+    }
+}
+
+/// Routes served only in synapse mode: introspection, and the metadata where Synapse looks
+/// for it (`<endpoint>/.well-known/openid-configuration`).
+pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+    Router::new()
+        .route("/oauth2/introspect", post(introspect))
+        .route(
+            "/.well-known/openid-configuration",
+            get(crate::oauth::endpoints::metadata),
+        )
+        .with_state(state)
+}
+
+fn introspection_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = json_response(
+        status,
+        &json!({ "error": error, "error_description": description }),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+/// `POST /oauth2/introspect` (RFC 7662), for Synapse only: authenticated with the shared
+/// secret as a bearer token. Unknown, revoked and expired tokens, and tokens of locked users,
+/// are all `{"active": false}`.
+pub async fn introspect(
+    State(state): State<OAuthState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(link) = state.synapse() else {
+        return introspection_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "introspection is served in synapse mode only",
+        );
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    if !presented.is_some_and(|p| link.secret_matches(p.trim())) {
+        return introspection_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "the shared secret is missing or wrong",
+        );
+    }
+    let Ok(body) = body else {
+        return introspection_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "request body could not be read",
+        );
+    };
+    let Some(token) = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return introspection_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is missing",
+        );
+    };
+    // Only access tokens authenticate against Synapse; refresh tokens are never active here.
+    let info = match state.token_info(&token).await {
+        Ok(info) => info,
+        Err(err) => {
+            tracing::error!(%err, "token lookup for introspection failed");
+            let mut response = introspection_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the store is unavailable",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            return response;
+        }
+    };
+    let body: Value = match info {
+        None => json!({ "active": false }),
+        Some(info) => {
+            let now = state.now_ms();
+            let user_id = state.user_id(&info.localpart);
+            json!({
+                "active": true,
+                "token_type": "access_token",
+                "scope": info.scope,
+                "username": info.localpart,
+                "sub": user_id,
+                "device_id": info.device_id,
+                "expires_in": ((info.expires_at - now).max(0) + 999) / 1000,
+                "exp": (info.expires_at + 999) / 1000,
+            })
+        }
+    };
+    json_response(StatusCode::OK, &body).into_response()
+}
+
+/// Hash of a token for [`crate::db::OutboxDb::token_owner`], when it is one of ours.
+pub fn owner_hash(token: &str) -> Option<String> {
+    (tokens::well_formed(tokens::Kind::Access, token)
+        || tokens::well_formed(tokens::Kind::Refresh, token))
+    .then(|| tokens::hash(token))
+}
