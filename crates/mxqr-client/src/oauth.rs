@@ -316,6 +316,9 @@ pub enum DeviceGrantOutcome {
 
 /// Polls until the grant is decided: the first poll at once, then every `interval`, five
 /// seconds more after each `slow_down` (RFC 8628 3.5), and no later than the grant's expiry.
+/// A poll that gets no answer or a 503 is retried for a bounded time (an instance or the
+/// server's database may be restarting): the device code is kept server-side, and a grant
+/// whose answer was lost can only come back as an error, never as a second sign-in.
 pub async fn wait_for_device_token(
     http: &reqwest::Client,
     metadata: &AuthMetadata,
@@ -325,8 +328,26 @@ pub async fn wait_for_device_token(
 ) -> Result<DeviceGrantOutcome, ClientError> {
     let deadline = started + Duration::from_secs(authorization.expires_in);
     let mut interval = Duration::from_secs(authorization.interval.max(1));
+    let mut retry = crate::rendezvous::Retry::default();
     loop {
-        match poll_device_token(http, metadata, client_id, &authorization.device_code).await? {
+        let outcome =
+            match poll_device_token(http, metadata, client_id, &authorization.device_code).await {
+                Ok(outcome) => {
+                    retry.reset();
+                    outcome
+                }
+                Err(e) if crate::rendezvous::is_transient(&e) => match retry.next_pause() {
+                    // Never faster than the interval the server asked for.
+                    Some(pause) if Instant::now() + pause.max(interval) < deadline => {
+                        tracing::debug!("token poll failed ({e}); retrying");
+                        tokio::time::sleep(pause.max(interval)).await;
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+        match outcome {
             PollOutcome::Granted(t) => return Ok(DeviceGrantOutcome::Granted(t)),
             PollOutcome::Denied => return Ok(DeviceGrantOutcome::Denied),
             PollOutcome::Expired => return Ok(DeviceGrantOutcome::Expired),

@@ -7,7 +7,9 @@
 //! Field lessons built in (PROTOCOL.md section 7): expiry is measured locally from the relative
 //! lifetime the server reports, never from its clock; a write whose response was lost is
 //! retried and a 409/412 is resolved by re-reading instead of stalling; long-poll is used where
-//! the server advertises it, polling with back-off otherwise.
+//! the server advertises it, polling with back-off otherwise. Reads and writes that get no
+//! answer or a 503 are retried for a bounded time, so an instance behind a load balancer going
+//! away, restarting, or losing its database for a moment does not end a sign-in.
 
 mod msc4108;
 mod msc4388;
@@ -29,8 +31,51 @@ const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 /// Back-off between plain polls.
 const POLL_MIN: Duration = Duration::from_millis(250);
 const POLL_MAX: Duration = Duration::from_secs(2);
-/// Tries of a write whose response never arrived.
-const WRITE_TRIES: usize = 3;
+/// How long a request that got no answer (or 503) keeps being retried: long enough for a
+/// load balancer to fail over, an instance to restart or its database to come back.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+/// First pause before such a retry; doubled up to [`POLL_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// Whether a failed request may succeed if sent again: no answer at all (connection refused or
+/// cut, e.g. an instance going away behind a load balancer), or 503 (the server's database is
+/// unavailable). Callers only retry requests that are safe to repeat.
+pub(crate) fn is_transient(error: &ClientError) -> bool {
+    match error {
+        ClientError::Network(e) => !e.is_builder(),
+        ClientError::Status { status, .. } | ClientError::OAuth { status, .. } => {
+            *status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => false,
+    }
+}
+
+/// Bounded retries of transient failures: exponential pauses, for at most [`RETRY_FOR`]
+/// from the first failure of a run of failures.
+#[derive(Default)]
+pub(crate) struct Retry {
+    first_failure: Option<Instant>,
+    pause: Duration,
+}
+
+impl Retry {
+    /// After a transient failure: the pause before the next try, or `None` once the budget
+    /// is spent.
+    pub(crate) fn next_pause(&mut self) -> Option<Duration> {
+        let first = *self.first_failure.get_or_insert_with(Instant::now);
+        self.pause = if self.pause.is_zero() {
+            RETRY_MIN
+        } else {
+            (self.pause * 2).min(POLL_MAX)
+        };
+        (first.elapsed() + self.pause <= RETRY_FOR).then_some(self.pause)
+    }
+
+    /// After a success: the next failure starts a fresh budget.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
 
 /// What the server offers, read from `GET /_matrix/client/versions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -292,16 +337,17 @@ impl Rendezvous {
         }
     }
 
-    /// Writes the next payload. A lost response is retried (the server accepts the retry with
-    /// the same token and data); a conflict is resolved by re-reading: if the session holds our
-    /// payload, our earlier attempt landed; otherwise the other device wrote first, and its
-    /// payload is kept for the next [`receive`](Self::receive).
+    /// Writes the next payload. A lost response or a 503 is retried for a bounded time (the
+    /// server accepts the retry with the same token and data); a conflict is resolved by
+    /// re-reading: if the session holds our payload, our earlier attempt landed; otherwise the
+    /// other device wrote first, and its payload is kept for the next
+    /// [`receive`](Self::receive).
     pub async fn send(&mut self, data: &str) -> Result<(), ClientError> {
         if self.remaining().is_zero() {
             return Err(ClientError::Expired);
         }
-        let mut last_err = None;
-        for _ in 0..WRITE_TRIES {
+        let mut retry = Retry::default();
+        loop {
             match self.put(data).await {
                 Ok(WriteOutcome::Written { token, expires_in }) => {
                     self.token = token;
@@ -310,7 +356,7 @@ impl Rendezvous {
                 }
                 Ok(WriteOutcome::Gone) => return Err(self.gone()),
                 Ok(WriteOutcome::Conflict) => {
-                    let snap = self.get(None).await?.ok_or_else(|| self.gone())?;
+                    let snap = self.get_retrying().await?.ok_or_else(|| self.gone())?;
                     self.token = snap.token;
                     self.refresh_expiry(snap.expires_in);
                     if snap.data == data {
@@ -319,14 +365,34 @@ impl Rendezvous {
                     self.pending = Some(snap.data);
                     return Err(ClientError::ConcurrentWrite);
                 }
-                Err(ClientError::Network(e)) if !e.is_builder() => {
-                    tracing::debug!("rendezvous write got no answer; retrying");
-                    last_err = Some(ClientError::Network(e));
-                }
+                Err(e) if is_transient(&e) => match retry.next_pause() {
+                    Some(pause) if pause < self.remaining() => {
+                        tracing::debug!("rendezvous write failed ({e}); retrying");
+                        tokio::time::sleep(pause).await;
+                    }
+                    _ => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or(ClientError::Timeout))
+    }
+
+    /// A read, retried for a bounded time when it gets no answer or a 503 (reads change
+    /// nothing, so repeating one is always safe).
+    async fn get_retrying(&self) -> Result<Option<Snapshot>, ClientError> {
+        let mut retry = Retry::default();
+        loop {
+            match self.get(None).await {
+                Err(e) if is_transient(&e) => match retry.next_pause() {
+                    Some(pause) if pause < self.remaining() => {
+                        tracing::debug!("rendezvous read failed ({e}); retrying");
+                        tokio::time::sleep(pause).await;
+                    }
+                    _ => return Err(e),
+                },
+                result => return result,
+            }
+        }
     }
 
     fn gone(&self) -> ClientError {
@@ -344,6 +410,7 @@ impl Rendezvous {
         }
         let deadline = Instant::now() + max_wait;
         let mut backoff = POLL_MIN;
+        let mut retry = Retry::default();
         loop {
             let now = Instant::now();
             let until = deadline.min(self.expires_at);
@@ -355,7 +422,23 @@ impl Rendezvous {
                 });
             }
             let wait = self.long_poll.then(|| (until - now).min(LONG_POLL_MAX));
-            match self.get(wait).await? {
+            let snap = match self.get(wait).await {
+                Ok(snap) => {
+                    retry.reset();
+                    snap
+                }
+                // The instance holding a long-poll may go away: read again, elsewhere.
+                Err(e) if is_transient(&e) => match retry.next_pause() {
+                    Some(pause) if pause < self.remaining() => {
+                        tracing::debug!("rendezvous read failed ({e}); retrying");
+                        tokio::time::sleep(pause.min(until.saturating_duration_since(now))).await;
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            match snap {
                 None => return Err(self.gone()),
                 Some(snap) if snap.token != self.token => {
                     self.token = snap.token;
