@@ -16,6 +16,17 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql
 fi
 
+# Synapse 1.163.2 in a cached venv for tests/synapse_delegated.rs (the script installs it when
+# missing, so the test itself does not wait for pip).
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "installing python3-venv from the distribution"
+  sudo=
+  [[ $(id -u) -eq 0 ]] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3 python3-venv
+fi
+bash "$(dirname "$0")/synapse-test-server.sh" --install-only
+
 # Headless Chromium and chromedriver for the browser page tests (tests/browser_pages.rs).
 if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
   echo "installing chromium and chromium-driver from the distribution"

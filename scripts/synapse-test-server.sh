@@ -12,6 +12,7 @@
 # Synapse's URL before it starts, so tests pick one) and, once it answers, prints
 #   synapse_url=http://127.0.0.1:PORT
 #   synapse_dir=DIR
+#   synapse_pid=PID
 # then stays in the foreground until SIGTERM/SIGINT or until its parent exits, and stops
 # Synapse. Synapse's own rendezvous is on (MSC4108 and MSC4388, open).
 set -euo pipefail
@@ -78,7 +79,6 @@ EOF
 cat >"$DIR/homeserver.yaml" <<EOF
 server_name: "$SERVER_NAME"
 public_baseurl: "http://127.0.0.1:$PORT/"
-pid_file: "$DIR/homeserver.pid"
 listeners:
   - port: $PORT
     bind_addresses: ["127.0.0.1"]
@@ -136,6 +136,7 @@ for _ in $(seq 1 600); do
 done
 echo "synapse_url=http://127.0.0.1:$PORT"
 echo "synapse_dir=$DIR"
+echo "synapse_pid=$SYNAPSE"
 
 # Foreground until told to stop, or until whoever started us is gone.
 while kill -0 "$SYNAPSE" 2>/dev/null && kill -0 "$PARENT" 2>/dev/null; do

@@ -317,14 +317,14 @@ impl<E: E2eeSetup, U: Ui> Handler for NewHandler<'_, E, U> {
     }
 }
 
-/// Picks the generation for a QR code this device shows.
+/// Picks the generation for a QR code this device shows. A forced generation is tried even
+/// when `/versions` does not list it: Synapse serves MSC4388 (unstable prefix) without
+/// advertising it, and a server without it refuses the creation (`Unsupported` then too).
 pub(crate) fn pick_generation(
     forced: Option<Generation>,
     support: &RendezvousSupport,
 ) -> Result<Generation, ClientError> {
     match forced {
-        Some(Generation::Msc4388) if !support.msc4388 => Err(ClientError::Unsupported),
-        Some(Generation::Msc4108v2024) if !support.msc4108 => Err(ClientError::Unsupported),
         Some(g) => Ok(g),
         None if support.msc4388 => Ok(Generation::Msc4388),
         None if support.msc4108 => Ok(Generation::Msc4108v2024),

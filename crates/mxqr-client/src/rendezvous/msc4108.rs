@@ -53,6 +53,8 @@ impl Session {
         let response = http
             .post(join(base_url, ENDPOINT)?)
             .header(CONTENT_TYPE, "text/plain")
+            // hyper sends no length for an empty body; Synapse refuses a create without one.
+            .header(reqwest::header::CONTENT_LENGTH, "0")
             .body("")
             .send()
             .await?;
