@@ -1,0 +1,324 @@
+//! Synapse mode against a stand-in for Synapse's `/_synapse/mas/*` API: introspection as
+//! Synapse calls it, and the provisioning outbox surviving a Synapse that is down at first
+//! (jobs kept, retried with back-off, delivered in order once it is up), then a revocation
+//! reaching Synapse before its response. The real Synapse runs in
+//! `crates/mxqr/tests/synapse_delegated.rs`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use mxqr_server::config::HomeserverMode;
+use mxqr_server::db::{Grant, OutboxKind};
+use mxqr_server::oauth::{OAuthState, password};
+use mxqr_server::synapse::SynapseLink;
+use mxqr_server::{AppState, Config};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "test-shared-secret-0123456789";
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// What the stand-in Synapse received: endpoint, body, and whether the secret was right.
+type Calls = Arc<Mutex<Vec<(String, Value, bool)>>>;
+
+async fn fake_mas(
+    State(calls): State<Calls>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> (StatusCode, axum::Json<Value>) {
+    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {SECRET}"));
+    calls.lock().unwrap().push((op, body.0, authorized));
+    if authorized {
+        (StatusCode::OK, axum::Json(json!({})))
+    } else {
+        (StatusCode::FORBIDDEN, axum::Json(json!({})))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    base: String,
+    oauth: OAuthState,
+    http: reqwest::Client,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start(synapse_port: u16) -> Server {
+    let dir = std::env::temp_dir().join(format!(
+        "mxqr-synapse-mode-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config {
+        listen: addr,
+        data_dir: dir.clone(),
+        public_url: Some(format!("http://{addr}/")),
+        server_name: Some("example.test".into()),
+        ..Config::default()
+    };
+    config.rate_limit.enabled = false;
+    config.homeserver.mode = HomeserverMode::Synapse;
+    config.homeserver.synapse_url = Some(format!("http://127.0.0.1:{synapse_port}"));
+    config.homeserver.secret = Some(SECRET.into());
+    config.validate().unwrap();
+    let db = mxqr_server::db::open(&config).await.unwrap();
+    let oauth = OAuthState::new(&config, db);
+    oauth.attach_synapse(SynapseLink::new(
+        config.homeserver.synapse_url.as_deref().unwrap(),
+        config.homeserver.load_secret().unwrap(),
+    ));
+    let state = AppState::new(config).with_oauth(oauth.clone());
+    tokio::spawn(mxqr_server::serve(
+        state,
+        listener,
+        std::future::pending::<()>(),
+    ));
+    Server {
+        base: format!("http://{addr}/"),
+        oauth,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+impl Server {
+    async fn introspect(&self, secret: &str, token: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}oauth2/introspect", self.base))
+            .bearer_auth(secret)
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A device grant approved for alice, redeemed at the token endpoint (which provisions).
+    async fn sign_in(&self, device_id: &str, scope_ns: &str) -> Value {
+        let registered: Value = self
+            .http
+            .post(format!("{}oauth2/registration", self.base))
+            .json(&json!({
+                "client_name": "Test App",
+                "client_uri": "https://app.example.com/",
+                "application_type": "native",
+                "redirect_uris": ["http://127.0.0.1/callback"],
+                "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let client_id = registered["client_id"].as_str().unwrap().to_owned();
+        let scope = format!("{scope_ns}:api:* {scope_ns}:device:{device_id}");
+        let authorization: Value = self
+            .http
+            .post(format!("{}oauth2/device", self.base))
+            .form(&[("client_id", client_id.as_str()), ("scope", &scope)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let user_code: String = authorization["user_code"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .filter(char::is_ascii_alphabetic)
+            .collect();
+        assert!(
+            self.oauth
+                .db()
+                .decide_device_grant(&user_code, "alice", true, self.oauth.now_ms())
+                .await
+                .unwrap()
+        );
+        let response = self
+            .http
+            .post(format!("{}oauth2/token", self.base))
+            .form(&[
+                ("grant_type", DEVICE_GRANT),
+                (
+                    "device_code",
+                    authorization["device_code"].as_str().unwrap(),
+                ),
+                ("client_id", &client_id),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_and_an_outbox_that_outlives_a_synapse_outage() {
+    let synapse_port = free_port();
+    let server = start(synapse_port).await;
+    let db = server.oauth.db().clone();
+    let hash = password::hash("a long passphrase").unwrap();
+    db.create_user("alice", Some(&hash), server.oauth.now_ms())
+        .await
+        .unwrap();
+
+    // Synapse is down: the sign-in still completes (after the bounded wait) and the two
+    // provisioning jobs stay queued.
+    let t = Instant::now();
+    let tokens = server
+        .sign_in("DEVONE", "urn:matrix:org.matrix.msc2967.client")
+        .await;
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let queued: Vec<OutboxKind> = db
+        .outbox_head(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job.kind)
+        .collect();
+    assert_eq!(
+        queued,
+        [OutboxKind::ProvisionUser, OutboxKind::UpsertDevice]
+    );
+    let head = db.outbox_head(1).await.unwrap();
+    assert!(head[0].attempts >= 1, "retried while down: {head:?}");
+
+    // Introspection, as Synapse sends it.
+    let (status, body) = server.introspect("wrong", &access).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let missing = server
+        .http
+        .post(format!("{}oauth2/introspect", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 401);
+    let (status, body) = server.introspect(SECRET, &access).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["active"], true);
+    assert_eq!(body["username"], "alice");
+    assert_eq!(body["sub"], "@alice:example.test");
+    assert_eq!(body["device_id"], "DEVONE");
+    assert_eq!(
+        body["scope"],
+        "urn:matrix:org.matrix.msc2967.client:api:* urn:matrix:org.matrix.msc2967.client:device:DEVONE"
+    );
+    let expires_in = body["expires_in"].as_i64().unwrap();
+    assert!((1..=300).contains(&expires_in), "{body}");
+    for not_active in [refresh.as_str(), "mxqr_at_unknown", ""] {
+        let (status, body) = server.introspect(SECRET, not_active).await;
+        assert_eq!((status, body), (200, json!({ "active": false })));
+    }
+    // An expired token is inactive too.
+    let minted = server.oauth.mint();
+    let mut stored = minted.stored.clone();
+    stored.access_expires_at = server.oauth.now_ms() - 1;
+    let grant = Grant {
+        localpart: "alice".into(),
+        device_id: "DEVOLD".into(),
+        client_id: None,
+        scope: "urn:matrix:client:api:* urn:matrix:client:device:DEVOLD".into(),
+    };
+    db.issue_session(&grant, &stored, server.oauth.now_ms())
+        .await
+        .unwrap();
+    let (_, body) = server.introspect(SECRET, &minted.access_token).await;
+    assert_eq!(body, json!({ "active": false }));
+
+    // Synapse comes up: the queued jobs arrive, in order, with the secret.
+    let calls: Calls = Arc::default();
+    let app = Router::new()
+        .route("/_synapse/mas/{op}", post(fake_mas))
+        .with_state(calls.clone());
+    let listener = TcpListener::bind(("127.0.0.1", synapse_port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db.outbox_head(1).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = calls.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (
+                "provision_user".to_owned(),
+                json!({ "localpart": "alice", "locked": false }),
+                true
+            ),
+            (
+                "upsert_device".to_owned(),
+                json!({ "localpart": "alice", "device_id": "DEVONE" }),
+                true
+            ),
+        ]
+    );
+
+    // A revocation reaches Synapse before its response: Synapse's cached "active" for the
+    // token ends with the device.
+    let revoked = server
+        .http
+        .post(format!("{}oauth2/revoke", server.base))
+        .form(&[("token", refresh.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    let last = calls.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        (
+            "delete_device".to_owned(),
+            json!({ "localpart": "alice", "device_id": "DEVONE" }),
+            true
+        )
+    );
+    let (_, body) = server.introspect(SECRET, &access).await;
+    assert_eq!(body, json!({ "active": false }));
+
+    // mxqr's own client-server API is off in this mode.
+    let whoami = server
+        .http
+        .get(format!("{}_matrix/client/v3/account/whoami", server.base))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whoami.status().as_u16(), 404);
+}
