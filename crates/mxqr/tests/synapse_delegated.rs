@@ -8,7 +8,8 @@
 //! keys and sync on Synapse; mxqr serves the consent and account pages, the tokens, and
 //! answers Synapse's introspection. All four QR combinations end with the new device
 //! cross-signed in Synapse's `/keys/query`; a revocation at mxqr and a sign-out on mxqr's
-//! account page end tokens in Synapse at once (not after its two-minute introspection cache).
+//! account page end tokens in Synapse at once (not after its two-minute introspection cache),
+//! and a cross-signing reset approved on the account page lets Synapse accept new keys.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -727,6 +728,46 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     assert!(!listed.contains(&revoked_id.as_str()), "{devices}");
     assert!(!listed.contains(&page_id.as_str()), "{devices}");
     assert!(listed.contains(&new_devices[2].0.as_str()), "{devices}");
+
+    // Replacing the cross-signing keys in Synapse needs the approval given on mxqr's
+    // account page (passed on through `allow_cross_signing_reset`).
+    let replacement = mxqr_keys::CrossSigningKeys::new()
+        .device_signing_upload_body(&user_id)
+        .unwrap();
+    let upload = |body: Value| {
+        synapse_call(
+            &http,
+            &synapse,
+            reqwest::Method::POST,
+            "_matrix/client/v3/keys/device_signing/upload",
+            &token,
+            Some(body),
+        )
+    };
+    let (status, uia) = upload(replacement.clone()).await;
+    assert_eq!(status, 401, "reset without approval: {uia}");
+    let mut reset_page = mxqr_base.join("account").unwrap();
+    reset_page
+        .query_pairs_mut()
+        .append_pair("action", "org.matrix.cross_signing_reset");
+    let html = pages
+        .get(reset_page)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let form = hidden_inputs(form_posting_to(&html, "/account/cross-signing-reset"));
+    let approved = pages
+        .post(mxqr_base.join("account/cross-signing-reset").unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(approved.status().is_success(), "{}", approved.status());
+    let (status, body) = upload(replacement).await;
+    assert_eq!(status, 200, "reset after approval: {body}");
 
     drop(synapse_proc);
     drop(mxqr_proc);
