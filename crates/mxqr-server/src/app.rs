@@ -323,8 +323,13 @@ async fn unknown_endpoint() -> ApiError {
     ApiError::UnknownEndpoint
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+/// 405 in the error format of the path: an HTML page on the pages, Matrix JSON elsewhere.
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    if crate::web::is_page(uri.path()) {
+        crate::web::PageError::MethodNotAllowed.into_response()
+    } else {
+        ApiError::MethodNotAllowed.into_response()
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, with background maintenance.

@@ -38,3 +38,35 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
         }
     }
 }
+
+/// Path parameters; a segment that does not decode (invalid UTF-8 after percent-decoding) or
+/// holds NUL becomes `400 M_INVALID_PARAM` in Matrix JSON rather than axum's plain-text
+/// rejection or a database error.
+pub struct PathParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for PathParams<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // A NUL can only arrive percent-encoded (the HTTP layer refuses raw ones); PostgreSQL
+        // text cannot hold it, so it is refused here for every back end alike.
+        if parts.uri.path().to_ascii_lowercase().contains("%00") {
+            return Err(ApiError::InvalidParam(
+                "a path segment must not contain NUL characters",
+            ));
+        }
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(_) => Err(ApiError::InvalidParam(
+                "a path segment is not valid percent-encoded UTF-8",
+            )),
+        }
+    }
+}

@@ -13,6 +13,8 @@ mod cs_support;
 mod oauth_support;
 mod pg_support;
 
+#[path = "bad_input.rs"]
+mod bad_input;
 #[path = "cs_auth.rs"]
 mod cs_auth;
 #[path = "cs_backup.rs"]
@@ -31,6 +33,8 @@ mod oauth_device_grant;
 mod oauth_metadata_registration;
 #[path = "oauth_refresh_revoke.rs"]
 mod oauth_refresh_revoke;
+#[path = "synapse_mode.rs"]
+mod synapse_mode;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

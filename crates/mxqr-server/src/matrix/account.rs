@@ -1,6 +1,6 @@
 //! Discovery, `whoami`, logout and global account data.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use super::auth::Authed;
 use super::parse_body;
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::response::{RawBody, json};
+use crate::response::{PathParams, RawBody, json};
 
 /// `GET /.well-known/matrix/client`: where the client-server API lives. CORS comes from the
 /// global layer, as the spec asks for this document.
@@ -69,7 +69,7 @@ fn own_user(auth: &Authed, user_id: &str) -> Result<(), ApiError> {
 /// (matrix-sdk's background fetch of `m.secret_storage.default_key` expects exactly that).
 pub async fn get_account_data(
     auth: Authed,
-    Path((user_id, data_type)): Path<(String, String)>,
+    PathParams((user_id, data_type)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     own_user(&auth, &user_id)?;
     let stored = auth
@@ -92,7 +92,7 @@ const SERVER_MANAGED_TYPES: [&str; 2] = ["m.fully_read", "m.push_rules"];
 /// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`: stores any JSON object.
 pub async fn put_account_data(
     auth: Authed,
-    Path((user_id, data_type)): Path<(String, String)>,
+    PathParams((user_id, data_type)): PathParams<(String, String)>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     own_user(&auth, &user_id)?;

@@ -4,7 +4,6 @@
 //! Only the version metadata is kept; the room-key upload endpoints (`/room_keys/keys`) are
 //! not served, so `count` is always 0 and `etag` never changes from its initial value.
 
-use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -14,7 +13,7 @@ use super::auth::Authed;
 use super::parse_body;
 use crate::db::BackupVersion;
 use crate::error::ApiError;
-use crate::response::{RawBody, json};
+use crate::response::{PathParams, RawBody, json};
 
 /// The one backup algorithm of the spec.
 const MEGOLM_BACKUP_V1: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
@@ -102,7 +101,10 @@ pub async fn latest(auth: Authed) -> Result<Response, ApiError> {
 }
 
 /// `GET /_matrix/client/v3/room_keys/version/{version}`.
-pub async fn get_version(auth: Authed, Path(version): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_version(
+    auth: Authed,
+    PathParams(version): PathParams<String>,
+) -> Result<Response, ApiError> {
     let number = parse_version(&version)?;
     let version = auth
         .oauth
@@ -117,7 +119,7 @@ pub async fn get_version(auth: Authed, Path(version): Path<String>) -> Result<Re
 /// cannot change.
 pub async fn update(
     auth: Authed,
-    Path(version): Path<String>,
+    PathParams(version): PathParams<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let request: VersionBody = parse_body(&body)?;
@@ -152,7 +154,7 @@ pub async fn update(
 /// (and the latest falls back to the previous one); its number is not reused.
 pub async fn delete_version(
     auth: Authed,
-    Path(version): Path<String>,
+    PathParams(version): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let number = parse_version(&version)?;
     if !auth

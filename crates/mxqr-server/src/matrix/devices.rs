@@ -10,7 +10,6 @@
 //! user-interactive flow pointing at the account page's `org.matrix.device_delete` action,
 //! and a retry after the page deleted it succeeds.
 
-use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -20,7 +19,7 @@ use super::auth::Authed;
 use super::parse_body;
 use crate::db::Device;
 use crate::error::ApiError;
-use crate::response::{RawBody, json};
+use crate::response::{PathParams, RawBody, json};
 
 fn device_json(device: &Device) -> Value {
     let mut out = Map::new();
@@ -41,7 +40,10 @@ pub async fn list(auth: Authed) -> Result<Response, ApiError> {
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`.
-pub async fn get_one(auth: Authed, Path(device_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_one(
+    auth: Authed,
+    PathParams(device_id): PathParams<String>,
+) -> Result<Response, ApiError> {
     let device = auth
         .oauth
         .db()
@@ -62,7 +64,7 @@ const MAX_DISPLAY_NAME: usize = 100;
 /// `PUT /_matrix/client/v3/devices/{deviceId}`: renames; an absent name changes nothing.
 pub async fn update(
     auth: Authed,
-    Path(device_id): Path<String>,
+    PathParams(device_id): PathParams<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let request: UpdateDevice = parse_body(&body)?;
@@ -122,7 +124,7 @@ pub(crate) fn oauth_uia(url: &str, attempted: bool) -> ApiError {
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`.
 pub async fn delete(
     auth: Authed,
-    Path(device_id): Path<String>,
+    PathParams(device_id): PathParams<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     // The body is optional (a first attempt usually has none).

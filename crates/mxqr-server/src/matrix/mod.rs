@@ -125,14 +125,29 @@ impl From<DbError> for ApiError {
 }
 
 /// Parses a request body: `M_NOT_JSON` when it is not JSON, `M_BAD_JSON` when it is JSON of
-/// the wrong shape (the spec's distinction).
-pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// the wrong shape (the spec's distinction). NUL characters are refused here, at the input
+/// boundary: PostgreSQL cannot store them in text or JSONB, and both back ends must agree.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
     if !value.is_object() {
         return Err(ApiError::BadJson("the body must be a JSON object".into()));
     }
+    if has_nul(&value) {
+        return Err(ApiError::BadJson("NUL characters are not allowed".into()));
+    }
     serde_json::from_value(value).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+/// Whether any string or key in `value` contains U+0000 (nesting is bounded by serde_json's
+/// recursion limit).
+pub(crate) fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// A Matrix user ID split into localpart and server name.

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
 use crate::app::{AppState, ClientIp};
 use crate::error::{ApiError, ConflictStyle};
-use crate::response::{RawBody, json};
+use crate::response::{PathParams, RawBody, json};
 use crate::store::{SequenceToken, SessionMeta, Transport, Write};
 
 /// Where sessions are created.
@@ -65,9 +65,15 @@ fn payload(body: &[u8]) -> Result<Arc<str>, ApiError> {
     if body.len() > MAX_PAYLOAD {
         return Err(ApiError::TooLarge("payload is larger than 4 KiB"));
     }
-    std::str::from_utf8(body)
-        .map(Arc::from)
-        .map_err(|_| ApiError::InvalidParam("payload must be UTF-8 text"))
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::InvalidParam("payload must be UTF-8 text"))?;
+    // PostgreSQL text cannot hold NUL: refuse it on every back end alike.
+    if text.contains('\0') {
+        return Err(ApiError::InvalidParam(
+            "payload must not contain NUL characters",
+        ));
+    }
+    Ok(Arc::from(text))
 }
 
 /// How long a GET may wait: `timeout_ms` in the query, else `Prefer: wait=<seconds>`.
@@ -120,7 +126,7 @@ async fn create(
 /// for a change when asked to).
 async fn read(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -164,7 +170,7 @@ async fn read(
 async fn write(
     State(state): State<AppState>,
     Extension(client): Extension<ClientIp>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -197,7 +203,7 @@ async fn write(
 /// `DELETE <url>` → 204.
 async fn remove(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     state

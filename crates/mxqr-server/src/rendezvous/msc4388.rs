@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, put};
@@ -17,7 +17,7 @@ use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
 use crate::app::{AppState, ClientIp};
 use crate::auth::bearer_token;
 use crate::error::{ApiError, ConflictStyle};
-use crate::response::{RawBody, json};
+use crate::response::{PathParams, RawBody, json};
 use crate::store::{SequenceToken, SessionMeta, Transport, Write};
 
 /// Stable prefix (Matrix spec).
@@ -60,10 +60,16 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn check_size(data: &str) -> Result<(), ApiError> {
+fn check_data(data: &str) -> Result<(), ApiError> {
     // Cheap byte test first: fewer bytes than the limit means fewer characters too.
     if data.len() > MAX_PAYLOAD && data.chars().count() > MAX_PAYLOAD {
         return Err(ApiError::TooLarge("data is longer than 4096 characters"));
+    }
+    // PostgreSQL text cannot hold NUL: refuse it on every back end alike.
+    if data.contains('\0') {
+        return Err(ApiError::InvalidParam(
+            "data must not contain NUL characters",
+        ));
     }
     Ok(())
 }
@@ -93,7 +99,7 @@ async fn create(
     }
     state.check_create_rate(client)?;
     let CreateBody { data } = parse_body(&body)?;
-    check_size(&data)?;
+    check_data(&data)?;
     let (id, meta) = state
         .store()
         .create(Transport::Msc4388, Arc::from(data))
@@ -113,7 +119,7 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     Extension(style): Extension<ConflictStyle>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -153,7 +159,7 @@ async fn write(
     State(state): State<AppState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     do_write(state, style, client, &id, None, &body).await
@@ -165,7 +171,7 @@ async fn write_txn(
     State(state): State<AppState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
-    Path((id, txn_id)): Path<(String, String)>,
+    PathParams((id, txn_id)): PathParams<(String, String)>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     if txn_id.is_empty() || txn_id.len() > 255 {
@@ -187,7 +193,7 @@ async fn do_write(
         sequence_token,
         data,
     } = parse_body(body)?;
-    check_size(&data)?;
+    check_data(&data)?;
     let id = parse_id(id)?;
     // A token we never issued cannot be current: that is a stale write, not a bad request.
     let expected = sequence_token
@@ -216,7 +222,7 @@ async fn do_write(
 async fn remove(
     State(state): State<AppState>,
     Extension(style): Extension<ConflictStyle>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     state

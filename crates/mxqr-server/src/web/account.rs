@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 
-use super::{PageError, PageResult, Visit, see_other, show_time};
+use super::{PageBody, PageError, PageResult, Visit, see_other, show_time};
 use crate::oauth::OAuthState;
 use crate::oauth::endpoints::{Params, load_client};
 
@@ -129,7 +129,7 @@ async fn signed_in_form(
 pub(crate) async fn delete_device(
     State(state): State<OAuthState>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Result<Response, PageError> {
     let (visit, params, localpart) = signed_in_form(&state, &headers, &body).await?;
     let Some(localpart) = localpart else {
@@ -156,7 +156,7 @@ pub(crate) async fn delete_device(
 pub(crate) async fn allow_reset(
     State(state): State<OAuthState>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> PageResult {
     let (visit, _params, localpart) = signed_in_form(&state, &headers, &body).await?;
     let Some(localpart) = localpart else {

@@ -4,13 +4,12 @@
 //! page (redirecting to an unverified URI would make this server an open redirector); after
 //! that they go back to the client as RFC 6749 §4.1.2.1 error responses.
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use super::{PageError, PageResult, Visit, see_other};
+use super::{PageBody, PageError, PageResult, Visit, see_other};
 use crate::db::NewAuthCode;
 use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
@@ -270,7 +269,7 @@ fn consent(
 pub(crate) async fn authorize_submit(
     State(state): State<OAuthState>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Result<Response, Rejection> {
     let visit = Visit::of(&state, &headers).await?;
     let params = Params::parse(&body).map_err(PageError::BadRequest)?;

@@ -4,11 +4,10 @@
 //! Guessing is bounded three ways: 20^8 codes, a per-address limit on every code entry, and
 //! a per-grant cap on lookups after which the grant is refused.
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 
-use super::{PageError, PageResult, Visit, show_time};
+use super::{PageBody, PageError, PageResult, Visit, show_time};
 use crate::db::UserCodeLookup;
 use crate::oauth::endpoints::{Params, load_client};
 use crate::oauth::{OAuthState, RequestIp, tokens};
@@ -132,7 +131,7 @@ pub(crate) async fn link_submit(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> PageResult {
     let visit = Visit::of(&state, &headers).await?;
     let params = Params::parse(&body).map_err(PageError::BadRequest)?;

@@ -1,6 +1,8 @@
 //! Sign-in, self-registration and sign-out.
 
-use super::{PageError, PageResult, SESSION_COOKIE, Visit, safe_next, see_other, set_cookie};
+use super::{
+    PageBody, PageError, PageResult, SESSION_COOKIE, Visit, safe_next, see_other, set_cookie,
+};
 use crate::db::DbError;
 use crate::oauth::endpoints::Params;
 use crate::oauth::{OAuthState, RequestIp, password, tokens};
@@ -54,7 +56,7 @@ pub(crate) async fn login_submit(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> PageResult {
     let visit = Visit::of(&state, &headers).await?;
     let params = form(&body)?;
@@ -120,7 +122,7 @@ pub(crate) async fn register_submit(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> PageResult {
     if !state.registration_enabled() {
         return Err(PageError::NotFound(
@@ -175,7 +177,7 @@ pub(crate) async fn register_submit(
 pub(crate) async fn logout(
     State(state): State<OAuthState>,
     headers: HeaderMap,
-    body: Bytes,
+    PageBody(body): PageBody,
 ) -> Result<Response, PageError> {
     let visit = Visit::of(&state, &headers).await?;
     let params = form(&body)?;

@@ -14,6 +14,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -70,6 +72,12 @@ pub enum PageError {
     /// Nothing here.
     #[error("{0}")]
     NotFound(String),
+    /// The page exists, but not for this method.
+    #[error("this page cannot be requested this way")]
+    MethodNotAllowed,
+    /// The form is larger than any form of ours.
+    #[error("the form is too large")]
+    TooLarge,
     /// Too many attempts from this address.
     #[error("too many attempts; wait a minute and try again")]
     RateLimited(Duration),
@@ -87,6 +95,8 @@ impl IntoResponse for PageError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Csrf => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(err) => {
                 tracing::error!(%err, "page store failure");
@@ -313,7 +323,39 @@ fn show_time(ms: i64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-/// Routes of the pages.
+/// A form body; one over the body limit is an HTML page, not axum's plain-text rejection.
+pub(crate) struct PageBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for PageBody {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(PageError::TooLarge)
+            }
+            Err(_) => Err(PageError::BadRequest("the form could not be read".into())),
+        }
+    }
+}
+
+/// Whether `path` is one of the pages (so the router's 405 answers in HTML there).
+pub fn is_page(path: &str) -> bool {
+    matches!(
+        path,
+        "/login"
+            | "/register"
+            | "/logout"
+            | "/oauth2/authorize"
+            | "/link"
+            | "/account"
+            | "/account/device/delete"
+            | "/account/cross-signing-reset"
+    )
+}
+
+/// Routes of the pages (keep [`is_page`] in step).
 pub(crate) fn routes() -> Router<OAuthState> {
     Router::new()
         .route("/login", get(login::login_page).post(login::login_submit))
