@@ -24,4 +24,4 @@ pub mod web;
 
 pub use app::{AppState, router, serve};
 pub use config::{Config, ConfigError, Overrides};
-pub use run::{ServeError, run};
+pub use run::{ServeError, log_from_env, run};

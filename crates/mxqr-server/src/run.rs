@@ -45,6 +45,28 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Logs to stderr under the `RUST_LOG` filter when it is set, for servers embedded in another
+/// command (`mxqr demo`), which otherwise log nothing. Keeps an already installed subscriber.
+pub fn log_from_env() -> Result<(), ServeError> {
+    let Ok(filter) = std::env::var("RUST_LOG") else {
+        return Ok(());
+    };
+    let bad_filter = |e: &dyn std::fmt::Display| ServeError::LogFilter {
+        filter: filter.clone(),
+        detail: e.to_string(),
+    };
+    // The embedding command's cookie jar (reqwest's `cookie_store`) logs every Set-Cookie
+    // value, browser session tokens included, at debug level: always off.
+    let env_filter = EnvFilter::try_new(&filter)
+        .map_err(|e| bad_filter(&e))?
+        .add_directive("cookie_store=off".parse().map_err(|e| bad_filter(&e))?);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
+}
+
 /// Runs the server until SIGINT or SIGTERM. Prints `listening on <addr>` on stdout once the
 /// socket is bound (with `listen = "…:0"` that line tells the port).
 pub fn run(config: Config) -> Result<(), ServeError> {

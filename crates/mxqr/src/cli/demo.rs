@@ -87,6 +87,9 @@ fn generation_name(generation: Generation) -> &'static str {
 
 pub fn run(args: DemoArgs) -> ExitCode {
     let json = args.json;
+    if let Err(err) = mxqr_server::log_from_env() {
+        return finish(json, Err(CliError::Failed(err.to_string())));
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -37,6 +37,11 @@ pub fn start_server() -> Server {
 
 /// A server with extra `MXQR_*` settings (short lifetimes for the failure tests).
 pub fn start_server_with(env: &[(&str, &str)]) -> Server {
+    start_server_logging(env, None)
+}
+
+/// A server with extra settings whose stderr (its log) goes to `log` when given.
+pub fn start_server_logging(env: &[(&str, &str)], log: Option<&Path>) -> Server {
     let dir = std::env::temp_dir().join(format!(
         "mxqr-cli-signin-{}-{}",
         std::process::id(),
@@ -47,7 +52,11 @@ pub fn start_server_with(env: &[(&str, &str)]) -> Server {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let (child, base) = spawn_serve(&dir, "127.0.0.1:0", &env);
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::inherit(),
+    };
+    let (child, base) = spawn_serve(&dir, "127.0.0.1:0", &env, stderr);
     Server {
         child,
         base,
@@ -56,7 +65,7 @@ pub fn start_server_with(env: &[(&str, &str)]) -> Server {
     }
 }
 
-fn spawn_serve(dir: &Path, listen: &str, env: &[(String, String)]) -> (Child, Url) {
+fn spawn_serve(dir: &Path, listen: &str, env: &[(String, String)], stderr: Stdio) -> (Child, Url) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mxqr"))
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(dir.join("server"))
@@ -64,7 +73,7 @@ fn spawn_serve(dir: &Path, listen: &str, env: &[(String, String)]) -> (Child, Ur
         .env_remove("MXQR_CONFIG")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn mxqr serve");
     let mut line = String::new();
@@ -89,7 +98,7 @@ impl Server {
             self.base.host_str().unwrap(),
             self.base.port().unwrap()
         );
-        let (child, base) = spawn_serve(&self.dir, &listen, &self.env);
+        let (child, base) = spawn_serve(&self.dir, &listen, &self.env, Stdio::inherit());
         assert_eq!(base, self.base);
         self.child = child;
     }
