@@ -2,7 +2,12 @@
 //! Synapse calls it, and the provisioning outbox surviving a Synapse that is down at first
 //! (jobs kept, retried with back-off, delivered in order once it is up), then a revocation
 //! reaching Synapse before its response. The real Synapse runs in
-//! `crates/mxqr/tests/synapse_delegated.rs`.
+//! `crates/mxqr/tests/synapse_delegated.rs`. On PostgreSQL inside `pg_db` or with
+//! `MXQR_TEST_DB=postgres`, on SQLite otherwise.
+
+#[path = "pg_support/mod.rs"]
+#[allow(dead_code)]
+mod pg_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,6 +88,11 @@ async fn start(synapse_port: u16) -> Server {
     config.homeserver.synapse_url = Some(format!("http://127.0.0.1:{synapse_port}"));
     config.homeserver.secret = Some(SECRET.into());
     config.validate().unwrap();
+    let on_pg = module_path!().starts_with("pg_db::")
+        || std::env::var("MXQR_TEST_DB").as_deref() == Ok("postgres");
+    if on_pg {
+        config.database.url = Some(pg_support::fresh_database().await.0);
+    }
     let db = mxqr_server::db::open(&config).await.unwrap();
     let oauth = OAuthState::new(&config, db);
     oauth.attach_synapse(SynapseLink::new(
