@@ -13,6 +13,8 @@ mod cs_support;
 mod oauth_support;
 mod pg_support;
 
+#[path = "bad_input.rs"]
+mod bad_input;
 #[path = "cs_auth.rs"]
 mod cs_auth;
 #[path = "cs_backup.rs"]
