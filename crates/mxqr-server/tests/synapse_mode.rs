@@ -6,7 +6,6 @@
 //! `MXQR_TEST_DB=postgres`, on SQLite otherwise.
 
 #[path = "pg_support/mod.rs"]
-#[allow(dead_code)]
 mod pg_support;
 
 use std::sync::{Arc, Mutex};
