@@ -69,9 +69,16 @@ struct RendezvousArgs {
     /// Size of each payload in bytes.
     #[arg(long, default_value_t = 256)]
     payload_bytes: usize,
-    /// Process ID of the server, to report its peak RSS from /proc.
+    /// Where the other device talks (reads, then the final delete), e.g. a second instance
+    /// on the same PostgreSQL store; default: --url.
     #[arg(long)]
-    server_pid: Option<u32>,
+    peer_url: Option<String>,
+    /// Process IDs of the servers, to report their peak RSS from /proc (repeatable).
+    #[arg(long)]
+    server_pid: Vec<u32>,
+    /// Exit with status 1 unless every flow completed without error.
+    #[arg(long)]
+    require_success: bool,
 }
 
 /// Why a flow stopped early.
@@ -106,6 +113,8 @@ struct Runner {
     args: RendezvousArgs,
     create_url: String,
     base: String,
+    /// `base` of the other device's server.
+    peer_base: String,
     requests: AtomicU64,
 }
 
@@ -139,6 +148,11 @@ impl Runner {
         }
     }
 
+    /// `url` (under `base`) moved to the peer's server.
+    fn peer(&self, url: &str) -> String {
+        format!("{}{}", self.peer_base, &url[self.base.len()..])
+    }
+
     async fn json_ok(&self, response: Response) -> Result<Value, FlowError> {
         if response.status() != StatusCode::OK {
             return Err(FlowError::Status(response.status()));
@@ -161,6 +175,7 @@ impl Runner {
         let created = self.json_ok(created).await?;
         let id = created["id"].as_str().ok_or(FlowError::Protocol("no id"))?;
         let session = format!("{}/{id}", self.create_url);
+        let peer_session = format!("{}/{id}", self.peer(&self.create_url));
         let mut token = created["sequence_token"]
             .as_str()
             .ok_or(FlowError::Protocol("no sequence_token"))?
@@ -179,14 +194,16 @@ impl Runner {
             let written = put["sequence_token"]
                 .as_str()
                 .ok_or(FlowError::Protocol("no sequence_token"))?;
-            let read = self.send(self.client.get(&session), latencies).await?;
+            let read = self.send(self.client.get(&peer_session), latencies).await?;
             let read = self.json_ok(read).await?;
             if read["sequence_token"] != written || read["data"] != data.as_str() {
                 return Err(FlowError::Protocol("peer did not read the write"));
             }
             token = written.to_owned();
         }
-        let deleted = self.send(self.client.delete(&session), latencies).await?;
+        let deleted = self
+            .send(self.client.delete(&peer_session), latencies)
+            .await?;
         match deleted.status() {
             StatusCode::OK => Ok(()),
             status => Err(FlowError::Status(status)),
@@ -228,6 +245,7 @@ impl Runner {
             .path()
             .to_owned();
         let session = format!("{}{path}", self.base);
+        let peer_session = format!("{}{path}", self.peer_base);
         for message in 0..self.args.messages {
             let data = self.payload(flow, message);
             let put = self
@@ -247,7 +265,7 @@ impl Runner {
             let read = self
                 .send(
                     self.client
-                        .get(&session)
+                        .get(&peer_session)
                         .header(header::IF_NONE_MATCH, &etag),
                     latencies,
                 )
@@ -264,7 +282,9 @@ impl Runner {
             }
             etag = written;
         }
-        let deleted = self.send(self.client.delete(&session), latencies).await?;
+        let deleted = self
+            .send(self.client.delete(&peer_session), latencies)
+            .await?;
         match deleted.status() {
             StatusCode::NO_CONTENT => Ok(()),
             status => Err(FlowError::Status(status)),
@@ -310,6 +330,16 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
         return Err("--flows and --concurrency must be at least 1".into());
     }
     let base = args.url.trim_end_matches('/').to_owned();
+    let peer_base = match &args.peer_url {
+        Some(peer) => {
+            let parsed = url::Url::parse(peer).map_err(|e| format!("--peer-url: {e}"))?;
+            if !is_loopback(&parsed) {
+                return Err("--peer-url must be a loopback address".into());
+            }
+            peer.trim_end_matches('/').to_owned()
+        }
+        None => base.clone(),
+    };
     let prefix = args.prefix.clone().unwrap_or_else(|| {
         match args.transport {
             Transport::Msc4388 => "/_matrix/client/v1/rendezvous",
@@ -326,6 +356,7 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
         client,
         create_url: format!("{base}{prefix}"),
         base,
+        peer_base,
         args: args.clone(),
         requests: AtomicU64::new(0),
     });
@@ -403,14 +434,23 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
             width = 6usize.saturating_sub(label.len()) + 1
         );
     }
-    if let Some(pid) = args.server_pid {
+    for &pid in &args.server_pid {
         match memory_kib(pid) {
             Some((peak, now)) => {
-                println!("server_peak_rss_mib {:.1}", peak as f64 / 1024.0);
-                println!("server_rss_mib      {:.1}", now as f64 / 1024.0);
+                println!(
+                    "server_peak_rss_mib {:.1} (pid {pid})",
+                    peak as f64 / 1024.0
+                );
+                println!("server_rss_mib      {:.1} (pid {pid})", now as f64 / 1024.0);
             }
             None => println!("server_rss         unavailable (no /proc/{pid}/status)"),
         }
+    }
+    if args.require_success && (flows != args.flows || !stats.errors.is_empty()) {
+        return Err(format!(
+            "{flows} of {} flows completed, errors: {:?}",
+            args.flows, stats.errors
+        ));
     }
     Ok(())
 }
