@@ -10,7 +10,8 @@
 //! Synapse already knows when the response arrives: Synapse caches introspection results for
 //! two minutes and ends a token early only when its device is gone.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +43,10 @@ const BACKOFF_MAX_MS: i64 = 60_000;
 /// another instance).
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
+/// Devices remembered as known to Synapse, at most; past it the memory starts over (the
+/// cost is one more idempotent upsert per device).
+const PROVISIONED_CAP: usize = 100_000;
+
 /// The connection to Synapse: its provisioning API and the shared secret.
 pub struct SynapseLink {
     http: reqwest::Client,
@@ -51,6 +56,11 @@ pub struct SynapseLink {
     queued: tokio::sync::Notify,
     /// Bumped after each drain pass, to wake requests waiting for their jobs.
     drained: tokio::sync::watch::Sender<u64>,
+    /// `(localpart, device_id)` this process has seen reach Synapse. Sessions started
+    /// elsewhere (`mxqr admin issue-token`, another instance, before synapse mode was on, or
+    /// lost in a crash before their job was queued) are provisioned at their first
+    /// introspection instead, before Synapse gets the answer.
+    provisioned: Mutex<HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for SynapseLink {
@@ -84,6 +94,32 @@ impl SynapseLink {
             secret,
             queued: tokio::sync::Notify::new(),
             drained: tokio::sync::watch::Sender::new(0),
+            provisioned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether this process saw the device reach Synapse.
+    pub fn is_provisioned(&self, localpart: &str, device_id: &str) -> bool {
+        self.provisioned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&(localpart.to_owned(), device_id.to_owned()))
+    }
+
+    /// Records (or, with `known = false`, forgets) that Synapse has the device.
+    pub fn set_provisioned(&self, localpart: &str, device_id: &str, known: bool) {
+        let mut set = self
+            .provisioned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (localpart.to_owned(), device_id.to_owned());
+        if known {
+            if set.len() >= PROVISIONED_CAP {
+                set.clear();
+            }
+            set.insert(key);
+        } else {
+            set.remove(&key);
         }
     }
 
@@ -99,20 +135,21 @@ impl SynapseLink {
         Ok(last)
     }
 
-    /// Queues `jobs` and waits up to [`DELIVERY_WAIT`] for Synapse to have them. A store
-    /// failure is returned; a slow or absent Synapse is only logged (the outbox retries).
+    /// Queues `jobs` and waits up to [`DELIVERY_WAIT`] for Synapse to have them; `false`
+    /// when it did not in time. A store failure is returned; a slow or absent Synapse is only
+    /// logged (the outbox retries).
     pub async fn enqueue_and_wait(
         &self,
         db: &SharedDb,
         jobs: &[OutboxJob],
         now: i64,
-    ) -> DbResult<()> {
+    ) -> DbResult<bool> {
         let mut drained = self.drained.subscribe();
         let last = self.enqueue(db, jobs, now).await?;
         let wait = async {
             loop {
                 if !db.outbox_pending(last).await? {
-                    return DbResult::Ok(());
+                    return DbResult::Ok(true);
                 }
                 if drained.changed().await.is_err() {
                     std::future::pending::<()>().await;
@@ -126,7 +163,7 @@ impl SynapseLink {
                     job = jobs.last().map(|j| j.kind.as_str()),
                     "Synapse has not taken the job yet; the outbox keeps retrying"
                 );
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -383,6 +420,14 @@ pub async fn introspect(
             return response;
         }
     };
+    if let Some(info) = &info
+        && !link.is_provisioned(&info.localpart, &info.device_id)
+        && let Err(err) = state
+            .synapse_provision(&info.localpart, &info.device_id)
+            .await
+    {
+        tracing::error!(%err, "queueing the provisioning of an introspected device failed");
+    }
     let body: Value = match info {
         None => json!({ "active": false }),
         Some(info) => {

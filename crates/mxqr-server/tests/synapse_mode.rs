@@ -299,6 +299,39 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage() {
         ]
     );
 
+    // A session made outside the token endpoint (as `mxqr admin issue-token` does) is
+    // provisioned at its first introspection, before Synapse gets the answer; once only.
+    let minted = server.oauth.mint();
+    let grant = Grant {
+        localpart: "alice".into(),
+        device_id: "DEVADMIN".into(),
+        client_id: None,
+        scope: "urn:matrix:client:api:* urn:matrix:client:device:DEVADMIN".into(),
+    };
+    db.issue_session(&grant, &minted.stored, server.oauth.now_ms())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (_, body) = server.introspect(SECRET, &minted.access_token).await;
+        assert_eq!(body["device_id"], "DEVADMIN");
+    }
+    let seen = calls.lock().unwrap()[2..].to_vec();
+    assert_eq!(
+        seen,
+        [
+            (
+                "provision_user".to_owned(),
+                json!({ "localpart": "alice", "locked": false }),
+                true
+            ),
+            (
+                "upsert_device".to_owned(),
+                json!({ "localpart": "alice", "device_id": "DEVADMIN" }),
+                true
+            ),
+        ]
+    );
+
     // A revocation reaches Synapse before its response: Synapse's cached "active" for the
     // token ends with the device.
     let revoked = server

@@ -729,6 +729,27 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     assert!(!listed.contains(&page_id.as_str()), "{devices}");
     assert!(listed.contains(&new_devices[2].0.as_str()), "{devices}");
 
+    // A token from `mxqr admin issue-token` (written to the store, no request to mxqr): its
+    // device reaches Synapse at the first introspection, so Synapse accepts it at once.
+    let issued: Value = serde_json::from_str(&mxqr(
+        &dir,
+        &[
+            "admin",
+            "issue-token",
+            "alice",
+            "--device-id",
+            "ADMINDEVICE",
+            "--json",
+        ],
+        None,
+    ))
+    .unwrap();
+    let admin_token = issued["access_token"].as_str().unwrap();
+    let me = mxqr_client::e2ee::whoami(&http, &synapse, admin_token)
+        .await
+        .expect("Synapse accepts an admin-issued token");
+    assert_eq!(me.device_id.as_deref(), Some("ADMINDEVICE"));
+
     // Replacing the cross-signing keys in Synapse needs the approval given on mxqr's
     // account page (passed on through `allow_cross_signing_reset`).
     let replacement = mxqr_keys::CrossSigningKeys::new()

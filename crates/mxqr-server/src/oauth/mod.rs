@@ -264,20 +264,32 @@ impl OAuthState {
     /// Synapse mode: provisions the user and the new device of a session before its first
     /// tokens go out, since Synapse refuses tokens of devices it does not know.
     pub(crate) async fn synapse_session_started(&self, grant: &crate::db::Grant) -> DbResult<()> {
+        self.synapse_provision(&grant.localpart, &grant.device_id)
+            .await
+    }
+
+    /// Synapse mode: provisions the user and the device in Synapse (idempotent), waiting
+    /// briefly for it.
+    pub(crate) async fn synapse_provision(&self, localpart: &str, device_id: &str) -> DbResult<()> {
         use crate::db::OutboxKind;
         let Some(link) = self.synapse() else {
             return Ok(());
         };
         let jobs = [
-            crate::synapse::user_job(OutboxKind::ProvisionUser, &grant.localpart),
-            crate::synapse::device_job(
-                OutboxKind::UpsertDevice,
-                &grant.localpart,
-                &grant.device_id,
-            ),
+            crate::synapse::user_job(OutboxKind::ProvisionUser, localpart),
+            crate::synapse::device_job(OutboxKind::UpsertDevice, localpart, device_id),
         ];
-        link.enqueue_and_wait(&self.0.db, &jobs, self.now_ms())
+        // Marked at once: the outbox delivers what is queued, so later introspections need
+        // not queue it again while Synapse is slow.
+        link.set_provisioned(localpart, device_id, true);
+        if let Err(err) = link
+            .enqueue_and_wait(&self.0.db, &jobs, self.now_ms())
             .await
+        {
+            link.set_provisioned(localpart, device_id, false);
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Synapse mode: a device's session ended, so Synapse must drop the device (which also
@@ -290,10 +302,12 @@ impl OAuthState {
         let Some(link) = self.synapse() else {
             return Ok(());
         };
+        link.set_provisioned(localpart, device_id, false);
         let job =
             crate::synapse::device_job(crate::db::OutboxKind::DeleteDevice, localpart, device_id);
         link.enqueue_and_wait(&self.0.db, &[job], self.now_ms())
             .await
+            .map(|_| ())
     }
 
     /// Synapse mode: the session of the token with this hash ended.
@@ -317,6 +331,7 @@ impl OAuthState {
             crate::synapse::user_job(crate::db::OutboxKind::AllowCrossSigningReset, localpart);
         link.enqueue_and_wait(&self.0.db, &[job], self.now_ms())
             .await
+            .map(|_| ())
     }
 
     /// The store.
