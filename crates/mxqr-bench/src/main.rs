@@ -76,6 +76,10 @@ struct RendezvousArgs {
     /// Process IDs of the servers, to report their peak RSS from /proc (repeatable).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// Retry a request answered 503 (the store shedding load) up to this many times, after
+    /// its Retry-After, as clients do; retries are counted apart from errors.
+    #[arg(long, default_value_t = 0)]
+    retry_unavailable: u32,
     /// Exit with status 1 unless every flow completed without error.
     #[arg(long)]
     require_success: bool,
@@ -116,6 +120,8 @@ struct Runner {
     /// `base` of the other device's server.
     peer_base: String,
     requests: AtomicU64,
+    /// 503 answers retried (`--retry-unavailable`).
+    retried: AtomicU64,
 }
 
 impl Runner {
@@ -126,9 +132,34 @@ impl Runner {
         latencies: &mut Vec<u64>,
     ) -> Result<Response, FlowError> {
         let started = Instant::now();
-        let response = request.send().await.map_err(|_| FlowError::Io)?;
+        let mut request = request;
+        let mut retries = 0;
+        let response = loop {
+            let again = request.try_clone();
+            let response = request.send().await.map_err(|_| FlowError::Io)?;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            // A 503 with Retry-After is the server shedding load; real clients wait and retry.
+            match again {
+                Some(next)
+                    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && retries < self.args.retry_unavailable =>
+                {
+                    let wait = response
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    retries += 1;
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(wait.clamp(1, 10))).await;
+                    request = next;
+                }
+                _ => break response,
+            }
+        };
+        // What the client experiences: from the first attempt to the final answer.
         latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-        self.requests.fetch_add(1, Ordering::Relaxed);
         Ok(response)
     }
 
@@ -359,6 +390,7 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
         peer_base,
         args: args.clone(),
         requests: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
     });
     let next_flow = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
@@ -412,6 +444,10 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
     println!("flows_per_s      {:.1}", flows as f64 / elapsed);
     println!("requests         {requests}");
     println!("requests_per_s   {:.1}", requests as f64 / elapsed);
+    println!(
+        "retried_503      {}",
+        runner.retried.load(Ordering::Relaxed)
+    );
     println!(
         "latency_p50_ms   {:.2}",
         percentile(&stats.latencies_us, 50.0)
