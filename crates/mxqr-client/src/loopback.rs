@@ -129,14 +129,18 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
+/// Why a request to the loopback listener is refused.
 #[derive(Debug, PartialEq, Eq)]
-enum RequestError {
+pub enum RequestError {
+    /// Not `GET` on the callback path (a browser's favicon request, say): 404, keep waiting.
     NotFound,
+    /// Malformed, or the state does not match: 400.
     Bad,
 }
 
 /// Parses the request line of `head`: `GET /callback?… HTTP/1.1` with the expected state.
-fn parse_request(head: &[u8], state: &str) -> Result<Callback, RequestError> {
+/// Public for the fuzz target: it reads whatever any local process sends.
+pub fn parse_request(head: &[u8], state: &str) -> Result<Callback, RequestError> {
     let head = std::str::from_utf8(head).map_err(|_| RequestError::Bad)?;
     let line = head.lines().next().ok_or(RequestError::Bad)?;
     let mut parts = line.split(' ');

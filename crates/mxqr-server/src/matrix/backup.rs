@@ -21,15 +21,15 @@ const MEGOLM_BACKUP_V1: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
 const NO_VERSION: ApiError = ApiError::Missing("unknown backup version");
 
 #[derive(Deserialize)]
-struct VersionBody {
-    algorithm: String,
-    auth_data: Map<String, Value>,
+pub(crate) struct VersionBody {
+    pub(crate) algorithm: String,
+    pub(crate) auth_data: Map<String, Value>,
     /// Only in `PUT`: must name the version in the path when present.
     version: Option<String>,
 }
 
 /// Checks what the algorithm requires of `auth_data`: a `public_key` string.
-fn check(body: &VersionBody) -> Result<(), ApiError> {
+pub(crate) fn check(body: &VersionBody) -> Result<(), ApiError> {
     if body.algorithm != MEGOLM_BACKUP_V1 {
         return Err(ApiError::Invalid(format!(
             "unsupported backup algorithm {:?}",

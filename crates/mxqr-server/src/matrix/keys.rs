@@ -44,7 +44,7 @@ fn stored_json(text: &str) -> Result<Value, ApiError> {
 }
 
 /// Whether two key objects sign the same content (ignoring `signatures` and `unsigned`).
-fn same_content(a: &Value, b: &Value) -> bool {
+pub(crate) fn same_content(a: &Value, b: &Value) -> bool {
     matches!((signing_input(a), signing_input(b)), (Ok(x), Ok(y)) if x == y)
 }
 
@@ -64,7 +64,7 @@ fn signatures_by(value: &Value, user_id: &str) -> Vec<(String, String)> {
 }
 
 /// Signatures of `user_id` in `uploaded` that `stored` does not have yet.
-fn new_signatures(uploaded: &Value, stored: &Value, user_id: &str) -> Vec<(String, String)> {
+pub(crate) fn new_signatures(uploaded: &Value, stored: &Value, user_id: &str) -> Vec<(String, String)> {
     let known = signatures_by(stored, user_id);
     signatures_by(uploaded, user_id)
         .into_iter()
@@ -203,11 +203,11 @@ async fn device_keyring(
 // POST /keys/upload
 
 #[derive(Deserialize)]
-struct UploadBody {
-    device_keys: Option<Value>,
-    one_time_keys: Option<Map<String, Value>>,
+pub(crate) struct UploadBody {
+    pub(crate) device_keys: Option<Value>,
+    pub(crate) one_time_keys: Option<Map<String, Value>>,
     #[serde(alias = "org.matrix.msc2732.fallback_keys")]
-    fallback_keys: Option<Map<String, Value>>,
+    pub(crate) fallback_keys: Option<Map<String, Value>>,
 }
 
 /// Splits `algorithm:key_id` and checks a signed Curve25519 key's signature when the
@@ -516,11 +516,11 @@ pub async fn claim(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
 // POST /keys/device_signing/upload
 
 #[derive(Deserialize)]
-struct DeviceSigningBody {
-    master_key: Option<Value>,
-    self_signing_key: Option<Value>,
-    user_signing_key: Option<Value>,
-    auth: Option<Map<String, Value>>,
+pub(crate) struct DeviceSigningBody {
+    pub(crate) master_key: Option<Value>,
+    pub(crate) self_signing_key: Option<Value>,
+    pub(crate) user_signing_key: Option<Value>,
+    pub(crate) auth: Option<Map<String, Value>>,
 }
 
 /// `POST /_matrix/client/v3/keys/device_signing/upload`.

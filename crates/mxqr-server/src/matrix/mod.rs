@@ -5,9 +5,9 @@
 
 mod account;
 pub mod auth;
-mod backup;
+pub(crate) mod backup;
 mod devices;
-mod keys;
+pub(crate) mod keys;
 
 use axum::Json;
 use axum::Router;

@@ -61,7 +61,7 @@ fn parse_etag(value: &HeaderValue) -> Option<SequenceToken> {
 }
 
 /// A body as payload: at most 4 KiB of UTF-8 text.
-fn payload(body: &[u8]) -> Result<Arc<str>, ApiError> {
+pub(crate) fn payload(body: &[u8]) -> Result<Arc<str>, ApiError> {
     if body.len() > MAX_PAYLOAD {
         return Err(ApiError::TooLarge("payload is larger than 4 KiB"));
     }

@@ -42,25 +42,25 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-struct CreateBody {
-    data: String,
+pub(crate) struct CreateBody {
+    pub(crate) data: String,
 }
 
 #[derive(Deserialize)]
-struct WriteBody {
-    sequence_token: String,
-    data: String,
+pub(crate) struct WriteBody {
+    pub(crate) sequence_token: String,
+    pub(crate) data: String,
 }
 
 /// Parses a JSON body, telling "not JSON" (`M_NOT_JSON`) from "wrong shape" (`M_BAD_JSON`).
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|err| match err.classify() {
         serde_json::error::Category::Data => ApiError::BadJson(err.to_string()),
         _ => ApiError::NotJson(err.to_string()),
     })
 }
 
-fn check_data(data: &str) -> Result<(), ApiError> {
+pub(crate) fn check_data(data: &str) -> Result<(), ApiError> {
     // Cheap byte test first: fewer bytes than the limit means fewer characters too.
     if data.len() > MAX_PAYLOAD && data.chars().count() > MAX_PAYLOAD {
         return Err(ApiError::TooLarge("data is longer than 4096 characters"));
