@@ -72,21 +72,26 @@ start_server() {
 # The PostgreSQL store sheds load past its pool (503 + Retry-After after a 3 s wait for a
 # connection); the generator retries those as clients do, and reports how many.
 RETRIES="${LOAD_RETRIES:-5}"
+# Flows against PostgreSQL pause between steps (LOAD_PG_THINK_MS, 0.5–1.5× each) as real
+# sign-ins do: at 10,000 flows in flight with no pause the demand exceeds what the shared
+# database serves on this machine and the pool sheds it (see the figures with 0).
+PG_THINK_MS="${LOAD_PG_THINK_MS:-12000}"
 
-# run_bench LABEL TRANSPORT URL PEER PROCESSES PID…: one run of FLOWS at CONCURRENCY, split
+# run_bench LABEL TRANSPORT URL PEER PROCESSES THINK_MS PID…: one run of FLOWS at CONCURRENCY, split
 # over PROCESSES load generators started together (a flow with a peer instance keeps a
 # connection to each, and one process may not hold more descriptors than `ulimit -n`).
 # Flows/s and errors are summed; p50/p99 are the worst of the processes'.
 run_bench() {
-  local label=$1 transport=$2 target=$3 peer=$4 processes=$5
-  shift 5
+  local label=$1 transport=$2 target=$3 peer=$4 processes=$5 think=$6
+  shift 6
   local pid_args=() bench_pids=() i
   for p in "$@"; do pid_args+=(--server-pid "$p"); done
-  printf '%s, %s: %s flows, %s concurrent\n' "$label" "$transport" "$FLOWS" "$CONCURRENCY"
+  printf '%s, %s: %s flows, %s concurrent, %s ms pauses\n' "$label" "$transport" "$FLOWS" \
+    "$CONCURRENCY" "$think"
   for i in $(seq 1 "$processes"); do
     "$bench_bin" rendezvous --url "$target" --peer-url "$peer" --transport "$transport" \
       --flows $((FLOWS / processes)) --concurrency $((CONCURRENCY / processes)) \
-      --max-seconds 600 --require-success --retry-unavailable "$RETRIES" "${pid_args[@]}" \
+      --max-seconds 600 --require-success --retry-unavailable "$RETRIES" --think-ms "$think" "${pid_args[@]}" \
       >"$work/bench.$i" 2>&1 &
     bench_pids+=($!)
   done
@@ -116,7 +121,7 @@ log "one instance, in-memory store"
 start_server single
 single_url=$url single_pid=$pid
 for transport in msc4388 msc4108; do
-  run_bench "one instance" "$transport" "$single_url" "$single_url" 1 "$single_pid"
+  run_bench "one instance" "$transport" "$single_url" "$single_url" 1 0 "$single_pid"
 done
 kill "$single_pid"; wait "$single_pid" 2>/dev/null || true
 fi
@@ -132,5 +137,5 @@ start_server b "${pg_env[@]}"
 b_url=$url b_pid=$pid
 for transport in msc4388 msc4108; do
   run_bench "two instances on PostgreSQL (create on A, peer on B)" "$transport" \
-    "$a_url" "$b_url" 2 "$a_pid" "$b_pid"
+    "$a_url" "$b_url" 2 "$PG_THINK_MS" "$a_pid" "$b_pid"
 done

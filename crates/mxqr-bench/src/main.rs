@@ -80,6 +80,10 @@ struct RendezvousArgs {
     /// its Retry-After, as clients do; retries are counted apart from errors.
     #[arg(long, default_value_t = 0)]
     retry_unavailable: u32,
+    /// Pause of a device between its steps, as people and devices take (scanning, typing
+    /// the check code): spread over 0.5–1.5× per step, and flows start spread over one pause.
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
     /// Exit with status 1 unless every flow completed without error.
     #[arg(long)]
     require_success: bool,
@@ -172,7 +176,27 @@ impl Runner {
         text
     }
 
+    /// Waits a step's pause: a spread over 0.5–1.5× `--think-ms` fixed by flow and step
+    /// (step 0, the start, spreads over 0–1×).
+    async fn think(&self, flow: u64, step: u64) {
+        let think = self.args.think_ms;
+        if think == 0 {
+            return;
+        }
+        let spread = flow
+            .wrapping_mul(7919)
+            .wrapping_add(step.wrapping_mul(104_729))
+            % think;
+        let ms = if step == 0 {
+            spread
+        } else {
+            think / 2 + spread
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
     async fn flow(&self, flow: u64, latencies: &mut Vec<u64>) -> Result<(), FlowError> {
+        self.think(flow, 0).await;
         match self.args.transport {
             Transport::Msc4388 => self.flow_msc4388(flow, latencies).await,
             Transport::Msc4108 => self.flow_msc4108(flow, latencies).await,
@@ -212,6 +236,7 @@ impl Runner {
             .ok_or(FlowError::Protocol("no sequence_token"))?
             .to_owned();
         for message in 0..self.args.messages {
+            self.think(flow, u64::from(message) + 1).await;
             let data = self.payload(flow, message);
             let put = self
                 .send(
@@ -278,6 +303,7 @@ impl Runner {
         let session = format!("{}{path}", self.base);
         let peer_session = format!("{}{path}", self.peer_base);
         for message in 0..self.args.messages {
+            self.think(flow, u64::from(message) + 1).await;
             let data = self.payload(flow, message);
             let put = self
                 .send(
