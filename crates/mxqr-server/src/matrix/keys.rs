@@ -64,7 +64,11 @@ fn signatures_by(value: &Value, user_id: &str) -> Vec<(String, String)> {
 }
 
 /// Signatures of `user_id` in `uploaded` that `stored` does not have yet.
-pub(crate) fn new_signatures(uploaded: &Value, stored: &Value, user_id: &str) -> Vec<(String, String)> {
+pub(crate) fn new_signatures(
+    uploaded: &Value,
+    stored: &Value,
+    user_id: &str,
+) -> Vec<(String, String)> {
     let known = signatures_by(stored, user_id);
     signatures_by(uploaded, user_id)
         .into_iter()
