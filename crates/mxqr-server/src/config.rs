@@ -519,6 +519,11 @@ impl Config {
         if shown.homeserver.secret.is_some() {
             shown.homeserver.secret = Some("<redacted>".into());
         }
+        for url in [&mut shown.database.url, &mut shown.rendezvous.postgres_url] {
+            if let Some(value) = url.as_mut() {
+                *value = redact_url_password(value);
+            }
+        }
         // Every field is a plain string, number, bool or table: serialising cannot fail.
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
@@ -563,6 +568,19 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
                 _ => Err(()),
             }
         }
+    }
+}
+
+/// A database URL with its password replaced, so printed configuration can be shared.
+fn redact_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only fails for URLs that cannot carry credentials, which this one just did.
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_owned(),
+        Err(_) => "<unparsable URL, not shown>".to_owned(),
     }
 }
 
@@ -709,6 +727,30 @@ mod tests {
         let printed = config.to_toml();
         assert!(printed.contains("mode = \"synapse\""), "{printed}");
         assert!(!printed.contains("shared-secret"), "{printed}");
+        let with_db = Config::load(
+            None,
+            env(&[
+                (
+                    "MXQR_DATABASE__URL",
+                    "postgres://mxqr:hunter2@db.internal/mxqr",
+                ),
+                (
+                    "MXQR_RENDEZVOUS__POSTGRES_URL",
+                    "postgres://rv:s3cret@db.internal/rv",
+                ),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let printed = with_db.to_toml();
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("postgres://mxqr:redacted@db.internal/mxqr"),
+            "{printed}"
+        );
         let dir = std::env::temp_dir().join(format!("mxqr-config-hs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("secret");
