@@ -670,3 +670,52 @@ async fn postgres_url_in_the_config_selects_the_shared_store() {
     assert!(err.to_string().contains("cannot connect"), "{err}");
     server.stop().await;
 }
+
+/// A stall longer than the pool's 3 s acquire timeout, with more requests than connections:
+/// the surplus waits its turn and every request succeeds, where without admission control the
+/// queued ones were shed as 503 after 3 s (and, retried under load, collapsed the service).
+#[tokio::test]
+async fn requests_beyond_the_pool_queue_through_a_stall_instead_of_failing() {
+    use sqlx::{Connection, PgConnection};
+
+    let (db, _) = fresh_database().await;
+    let server = PgServer::start(&db).await; // a pool of 8 connections
+    let mut blocker = PgConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE rendezvous_sessions IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let stall = Duration::from_millis(3800);
+    let started = Instant::now();
+    let requests: Vec<_> = (0..24)
+        .map(|i| {
+            let client = server.client.clone();
+            let url = server.url(STABLE);
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .json(&json!({ "data": format!("queued {i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (status, response.text().await.unwrap())
+            })
+        })
+        .collect();
+    tokio::time::sleep(stall).await;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert!(started.elapsed() >= stall);
+    let created = metric(
+        &server.metrics().await,
+        "mxqr_rendezvous_sessions_created_total{transport=\"msc4388\"}",
+    );
+    assert_eq!(created, Some(24.0));
+}
