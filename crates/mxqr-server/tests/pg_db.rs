@@ -513,3 +513,30 @@ async fn an_unreachable_database_fails_start_up_quickly_without_the_password() {
     assert!(message.contains("cannot open database"), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
 }
+
+/// More calls than connections through a stall longer than the pool's 3 s acquire timeout:
+/// the surplus queues for its turn and every call succeeds instead of failing as unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_pool_queue_through_a_stall_instead_of_failing() {
+    let (a, _b, pool) = two_instances().await; // pools of 4
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let stall = Duration::from_millis(3800);
+    let started = Instant::now();
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let db = a.clone();
+            tokio::spawn(async move { db.user("alice").await })
+        })
+        .collect();
+    tokio::time::sleep(stall).await;
+    blocker.commit().await.unwrap();
+    for call in calls {
+        let user = call.await.unwrap().expect("a queued call failed");
+        assert_eq!(user.expect("alice exists").localpart, "alice");
+    }
+    assert!(started.elapsed() >= stall);
+}

@@ -7,7 +7,7 @@
 
 use sqlx::Row;
 
-use super::postgres::{PgDb, bounded, pg_error};
+use super::postgres::{PgDb, pg_error};
 use super::sqlite::{SqliteDb, backend};
 use super::{DbError, DbResult};
 use crate::store::BoxFuture;
@@ -250,7 +250,7 @@ impl OutboxDb for SqliteDb {
 
 impl OutboxDb for PgDb {
     fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.pool().begin().await.map_err(pg_error)?;
             let mut last = 0;
             for job in jobs {
@@ -273,7 +273,7 @@ impl OutboxDb for PgDb {
     }
 
     fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>> {
-        bounded(async move {
+        self.bounded(async move {
             let rows = sqlx::query(&format!("{HEAD_COLUMNS}$1"))
                 .bind(limit)
                 .fetch_all(self.pool())
@@ -296,7 +296,7 @@ impl OutboxDb for PgDb {
     }
 
     fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query("DELETE FROM synapse_outbox WHERE id = $1")
                 .bind(id)
                 .execute(self.pool())
@@ -312,7 +312,7 @@ impl OutboxDb for PgDb {
         next_attempt_at: i64,
         error: &'a str,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
                  last_error = $2 WHERE id = $3",
@@ -328,7 +328,7 @@ impl OutboxDb for PgDb {
     }
 
     fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query("SELECT 1 FROM synapse_outbox WHERE id = $1")
                 .bind(id)
                 .fetch_optional(self.pool())
@@ -342,7 +342,7 @@ impl OutboxDb for PgDb {
         &'a self,
         token_hash: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<(String, String)>>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query(OWNER_SQL)
                 .bind(token_hash)
                 .fetch_optional(self.pool())

@@ -10,11 +10,13 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 use super::{
     BackupVersion, ClientDb, CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant,
@@ -29,6 +31,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on one store call, for a database that accepts connections but stalls.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a call queues for a free connection when all are busy (see [`PgDb::bounded`]).
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Added to a device grant's interval on each early poll (RFC 8628 §3.5).
 const SLOW_DOWN_STEP_SECS: i64 = 5;
 
@@ -38,6 +43,9 @@ type Tx = Transaction<'static, Postgres>;
 #[derive(Clone, Debug)]
 pub struct PgDb {
     pool: PgPool,
+    /// One permit per pooled connection: under overload, calls queue here first come first
+    /// served, and the pool's short acquire timeout only tells a database that is down.
+    gate: Arc<Semaphore>,
 }
 
 /// Maps a driver error: lost connections, timeouts, shutdowns, overload and serialization
@@ -68,12 +76,22 @@ pub(super) fn pg_error(err: sqlx::Error) -> DbError {
     }
 }
 
-/// Runs one store call under [`OPERATION_TIMEOUT`]. A call cut short drops its transaction,
-/// which sqlx rolls back before the connection is reused.
-pub(super) fn bounded<'a, T: Send + 'a>(
+/// Runs one store call under [`OPERATION_TIMEOUT`], once `gate` admits it. A call cut short
+/// drops its transaction, which sqlx rolls back before the connection is reused.
+fn bounded<'a, T: Send + 'a>(
+    gate: &'a Semaphore,
     call: impl Future<Output = DbResult<T>> + Send + 'a,
 ) -> BoxFuture<'a, DbResult<T>> {
     Box::pin(async move {
+        let _permit = match tokio::time::timeout(QUEUE_TIMEOUT, gate.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(DbError::Unavailable("store closed".into())),
+            Err(_) => {
+                return Err(DbError::Unavailable(
+                    "PostgreSQL is overloaded: no connection came free in time".into(),
+                ));
+            }
+        };
         tokio::time::timeout(OPERATION_TIMEOUT, call)
             .await
             .unwrap_or_else(|_| {
@@ -122,7 +140,8 @@ impl PgDb {
             pool.close().await;
             return Err(open_error(format!("migration failed: {e}")));
         }
-        Ok(Self { pool })
+        let gate = Arc::new(Semaphore::new(max_connections.max(1) as usize));
+        Ok(Self { pool, gate })
     }
 
     /// The pool, for the [`super::OutboxDb`] implementation in `outbox.rs`.
@@ -133,6 +152,14 @@ impl PgDb {
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Runs one store call once admitted, under the overall time bound.
+    pub(super) fn bounded<'a, T: Send + 'a>(
+        &'a self,
+        call: impl Future<Output = DbResult<T>> + Send + 'a,
+    ) -> BoxFuture<'a, DbResult<T>> {
+        bounded(&self.gate, call)
     }
 
     async fn begin(&self) -> DbResult<Tx> {
@@ -336,7 +363,7 @@ impl Db for PgDb {
         password_hash: Option<&'a str>,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "INSERT INTO users (localpart, password_hash, locked, created_at) \
                  VALUES ($1, $2, FALSE, $3)",
@@ -352,7 +379,7 @@ impl Db for PgDb {
     }
 
     fn user<'a>(&'a self, localpart: &'a str) -> BoxFuture<'a, DbResult<Option<User>>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query("SELECT * FROM users WHERE localpart = $1")
                 .bind(localpart)
                 .fetch_optional(&self.pool)
@@ -363,7 +390,7 @@ impl Db for PgDb {
     }
 
     fn users(&self) -> BoxFuture<'_, DbResult<Vec<User>>> {
-        bounded(async move {
+        self.bounded(async move {
             // Byte order, as SQLite sorts, whatever the database's collation.
             let rows = sqlx::query("SELECT * FROM users ORDER BY localpart COLLATE \"C\"")
                 .fetch_all(&self.pool)
@@ -382,7 +409,7 @@ impl Db for PgDb {
         locked: bool,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             let done = sqlx::query("UPDATE users SET locked = $1 WHERE localpart = $2")
                 .bind(locked)
@@ -408,7 +435,7 @@ impl Db for PgDb {
     }
 
     fn devices<'a>(&'a self, localpart: &'a str) -> BoxFuture<'a, DbResult<Vec<Device>>> {
-        bounded(async move {
+        self.bounded(async move {
             let rows = sqlx::query(&format!(
                 "{DEVICE_SELECT} ORDER BY d.created_at, d.device_id COLLATE \"C\""
             ))
@@ -428,7 +455,7 @@ impl Db for PgDb {
         localpart: &'a str,
         device_id: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<Device>>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query(&format!("{DEVICE_SELECT} AND d.device_id = $2"))
                 .bind(localpart)
                 .bind(device_id)
@@ -445,7 +472,7 @@ impl Db for PgDb {
         device_id: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // With the user locked, no sign-in can recreate a session on the device meanwhile.
             lock_user(&mut tx, localpart).await.map_err(pg_error)?;
@@ -476,7 +503,7 @@ impl Db for PgDb {
         new_client_id: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<String>> {
-        bounded(async move {
+        self.bounded(async move {
             // Two instances registering identical metadata at once both get the one row.
             let inserted: Option<String> = sqlx::query_scalar(
                 "INSERT INTO clients (client_id, metadata_hash, metadata, created_at) \
@@ -501,7 +528,7 @@ impl Db for PgDb {
     }
 
     fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, DbResult<Option<String>>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query_scalar("SELECT metadata FROM clients WHERE client_id = $1")
                 .bind(client_id)
                 .fetch_optional(&self.pool)
@@ -516,7 +543,7 @@ impl Db for PgDb {
         tokens: &'a NewTokens,
         now: i64,
     ) -> BoxFuture<'a, DbResult<String>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             let session = insert_session(&mut tx, grant, tokens, now)
                 .await
@@ -531,7 +558,7 @@ impl Db for PgDb {
         access_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query(
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
@@ -566,7 +593,7 @@ impl Db for PgDb {
         now: i64,
         grace_ms: i64,
     ) -> BoxFuture<'a, DbResult<RefreshOutcome>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             let session_id: Option<String> =
                 sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
@@ -683,7 +710,7 @@ impl Db for PgDb {
     }
 
     fn revoke_token<'a>(&'a self, token_hash: &'a str, now: i64) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             let session: Option<String> = sqlx::query_scalar(
                 "SELECT session_id FROM access_tokens WHERE token_hash = $1 \
@@ -709,7 +736,7 @@ impl Db for PgDb {
         code: &'a NewAuthCode,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "INSERT INTO authorization_codes (code_hash, client_id, localpart, device_id, \
                  scope, redirect_uri, code_challenge, created_at, expires_at) \
@@ -736,7 +763,7 @@ impl Db for PgDb {
         request: &'a RedeemCode,
         now: i64,
     ) -> BoxFuture<'a, DbResult<CodeOutcome>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // A racing redemption waits here and then finds the code used.
             let row =
@@ -813,7 +840,7 @@ impl Db for PgDb {
         grant: &'a NewDeviceGrant,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // An expired grant must not block its user code forever.
             sqlx::query("DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2")
@@ -850,7 +877,7 @@ impl Db for PgDb {
         now: i64,
         max_lookups: i64,
     ) -> BoxFuture<'a, DbResult<UserCodeLookup>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // Locked so that lookups racing on other instances all count against the cap.
             let row = sqlx::query(
@@ -903,7 +930,7 @@ impl Db for PgDb {
         device_code_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query(
                 "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
                  AND status = 'pending' AND expires_at > $2",
@@ -924,7 +951,7 @@ impl Db for PgDb {
         approve: bool,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let status = if approve { "approved" } else { "denied" };
             let done = sqlx::query(
                 "UPDATE device_grants SET status = $1, localpart = $2 \
@@ -948,7 +975,7 @@ impl Db for PgDb {
         tokens: &'a NewTokens,
         now: i64,
     ) -> BoxFuture<'a, DbResult<PollOutcome>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // A racing poll waits here and then finds the grant redeemed.
             let row =
@@ -1031,7 +1058,7 @@ impl Db for PgDb {
         now: i64,
         expires_at: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "INSERT INTO browser_sessions (session_hash, localpart, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4)",
@@ -1052,7 +1079,7 @@ impl Db for PgDb {
         session_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<Option<String>>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query_scalar(
                 "SELECT b.localpart FROM browser_sessions b \
                  JOIN users u ON u.localpart = b.localpart \
@@ -1067,7 +1094,7 @@ impl Db for PgDb {
     }
 
     fn delete_browser_session<'a>(&'a self, session_hash: &'a str) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query("DELETE FROM browser_sessions WHERE session_hash = $1")
                 .bind(session_hash)
                 .execute(&self.pool)
@@ -1083,7 +1110,7 @@ impl Db for PgDb {
         now: i64,
         expires_at: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
                  VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE \
@@ -1104,7 +1131,7 @@ impl Db for PgDb {
         localpart: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM cross_signing_resets \
                  WHERE localpart = $1 AND expires_at > $2)",
@@ -1118,7 +1145,7 @@ impl Db for PgDb {
     }
 
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>> {
-        bounded(async move {
+        self.bounded(async move {
             // Used codes are kept a day past expiry so reuse is still detected (and revokes).
             let day = 86_400_000;
             let mut removed = 0;
@@ -1155,7 +1182,7 @@ impl ClientDb for PgDb {
         access_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<TokenStatus>> {
-        bounded(async move {
+        self.bounded(async move {
             let row = sqlx::query(
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
                  t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
@@ -1201,7 +1228,7 @@ impl ClientDb for PgDb {
         device_id: &'a str,
         display_name: Option<&'a str>,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let done = sqlx::query(
                 "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
             )
@@ -1220,7 +1247,7 @@ impl ClientDb for PgDb {
         localpart: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<u64>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             lock_user(&mut tx, localpart).await.map_err(pg_error)?;
             let n = revoke_sessions_where(&mut tx, "localpart = $2", localpart, None, now)
@@ -1236,7 +1263,7 @@ impl ClientDb for PgDb {
         localpart: &'a str,
         device_ids: &'a [String],
     ) -> BoxFuture<'a, DbResult<Vec<StoredDeviceKeys>>> {
-        bounded(async move {
+        self.bounded(async move {
             let base = "SELECT k.device_id, k.key_json, d.display_name FROM e2e_device_keys k \
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                         WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
@@ -1283,7 +1310,7 @@ impl ClientDb for PgDb {
         new: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let Some(old) = old else {
                 let mut tx = self.begin().await?;
                 lock_device(&mut tx, localpart, device_id)
@@ -1329,7 +1356,7 @@ impl ClientDb for PgDb {
         keys: &'a [UploadedKey],
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // Two identical uploads racing must both succeed, not collide on the key.
             lock_device(&mut tx, localpart, device_id)
@@ -1380,7 +1407,7 @@ impl ClientDb for PgDb {
         localpart: &'a str,
         device_id: &'a str,
     ) -> BoxFuture<'a, DbResult<Vec<(String, i64)>>> {
-        bounded(async move {
+        self.bounded(async move {
             let rows = sqlx::query(
                 "SELECT k.algorithm, COUNT(*) AS n FROM e2e_one_time_keys k \
                  JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
@@ -1406,7 +1433,7 @@ impl ClientDb for PgDb {
         key: &'a UploadedKey,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             lock_device(&mut tx, localpart, device_id)
                 .await
@@ -1443,7 +1470,7 @@ impl ClientDb for PgDb {
         device_id: &'a str,
         algorithm: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<UploadedKey>>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // Claims of one device queue here, so a one-time key is handed out only once.
             if !lock_device(&mut tx, localpart, device_id)
@@ -1496,7 +1523,7 @@ impl ClientDb for PgDb {
         &'a self,
         localpart: &'a str,
     ) -> BoxFuture<'a, DbResult<Vec<(String, String)>>> {
-        bounded(async move {
+        self.bounded(async move {
             let rows = sqlx::query(
                 "SELECT key_usage, key_json FROM e2e_cross_signing_keys WHERE localpart = $1 \
                  ORDER BY key_usage COLLATE \"C\"",
@@ -1519,7 +1546,7 @@ impl ClientDb for PgDb {
         consume_reset: bool,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             for (usage, json) in keys {
                 sqlx::query(
@@ -1554,7 +1581,7 @@ impl ClientDb for PgDb {
         new: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let done = sqlx::query(
                 "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
                  WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
@@ -1579,7 +1606,7 @@ impl ClientDb for PgDb {
         signer_key_id: &'a str,
         signature: &'a str,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "INSERT INTO e2e_user_signatures \
                  (signer, target_user_id, target_key_id, signer_key_id, signature) \
@@ -1604,7 +1631,7 @@ impl ClientDb for PgDb {
         signer: &'a str,
         target_user_id: &'a str,
     ) -> BoxFuture<'a, DbResult<Vec<(String, String, String)>>> {
-        bounded(async move {
+        self.bounded(async move {
             let rows = sqlx::query(
                 "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
                  WHERE signer = $1 AND target_user_id = $2 \
@@ -1635,7 +1662,7 @@ impl ClientDb for PgDb {
         auth_data: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<i64>> {
-        bounded(async move {
+        self.bounded(async move {
             let mut tx = self.begin().await?;
             // Creations of one user queue here, so each gets the next number.
             lock_user(&mut tx, localpart).await.map_err(pg_error)?;
@@ -1670,7 +1697,7 @@ impl ClientDb for PgDb {
         localpart: &'a str,
         version: Option<i64>,
     ) -> BoxFuture<'a, DbResult<Option<BackupVersion>>> {
-        bounded(async move {
+        self.bounded(async move {
             let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
                         WHERE localpart = $1 AND deleted_at IS NULL";
             let row = match version {
@@ -1708,7 +1735,7 @@ impl ClientDb for PgDb {
         version: i64,
         auth_data: &'a str,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let done = sqlx::query(
                 "UPDATE e2e_backup_versions SET auth_data = $1 \
                  WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
@@ -1729,7 +1756,7 @@ impl ClientDb for PgDb {
         version: i64,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        bounded(async move {
+        self.bounded(async move {
             let done = sqlx::query(
                 "UPDATE e2e_backup_versions SET deleted_at = $1 \
                  WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
@@ -1749,7 +1776,7 @@ impl ClientDb for PgDb {
         localpart: &'a str,
         data_type: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<String>>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query_scalar(
                 "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
             )
@@ -1768,7 +1795,7 @@ impl ClientDb for PgDb {
         content: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        bounded(async move {
+        self.bounded(async move {
             sqlx::query(
                 "INSERT INTO account_data (localpart, data_type, content, updated_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
