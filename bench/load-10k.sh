@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # 10,000 concurrent rendezvous sign-in flows (MSC4388, then MSC4108) against `mxqr serve`
-# (release build): first one instance with the in-memory store, then two instances sharing one
+# (release build by default): first one instance with the in-memory store, then two instances sharing one
 # PostgreSQL database (scripts/pg-test-server.sh), each flow creating on one instance and its
 # peer device reading and deleting on the other. Zero errors required (the bench exits 1
 # otherwise). Prints flows/s, p50/p99 latency, errors and each server's peak RSS.
-# Too heavy for .ci/run; crates/mxqr-bench/tests/smoke.rs keeps the generator working.
+# scripts/test-all.sh (so .ci/run) runs it on the test build: about 4 minutes on 2 cores.
 #
 #   bench/load-10k.sh        env: LOAD_FLOWS (default 10000), LOAD_CONCURRENCY (default 10000),
-#                            LOAD_PARTS (default "single pg")
+#                            LOAD_PARTS (default "single pg"), LOAD_PG_THINK_MS (default 0),
+#                            LOAD_RETRIES (default 5), LOAD_PROFILE (release | dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -111,10 +112,20 @@ run_bench() {
   return "$failed"
 }
 
-log "building mxqr and mxqr-bench (release)"
-cargo build --release --locked -p mxqr -p mxqr-bench >&2
-bench_bin=target/release/mxqr-bench
-mxqr_bin=target/release/mxqr
+# LOAD_PROFILE=dev reuses the test build (scripts/test-all.sh runs it that way, so CI spends
+# no time on a release build); figures worth quoting come from the default, release.
+PROFILE="${LOAD_PROFILE:-release}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+log "building mxqr and mxqr-bench ($PROFILE)"
+if [[ $PROFILE == release ]]; then
+  cargo build --release --locked -p mxqr -p mxqr-bench >&2
+  bench_bin=$target_dir/release/mxqr-bench mxqr_bin=$target_dir/release/mxqr
+else
+  # The same command as test-all.sh's build, so nothing is rebuilt there: the binaries the
+  # integration tests run are these.
+  cargo test --workspace --locked --no-run >&2
+  bench_bin=$target_dir/debug/mxqr-bench mxqr_bin=$target_dir/debug/mxqr
+fi
 
 if [[ " $PARTS " == *" single "* ]]; then
 log "one instance, in-memory store"

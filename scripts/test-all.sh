@@ -32,6 +32,9 @@ step "running the test suites"
 cargo test --workspace --locked --no-fail-fast
 bash scripts/pg-test-server.sh stop "$PG_DIR"
 
+step "load: 10,000 concurrent sign-in flows, one instance and two on PostgreSQL, zero errors"
+LOAD_PROFILE=dev bash bench/load-10k.sh
+
 # In CI the clone is thrown away after this run: drop the test build (tens of GB with
 # matrix-sdk) before the sanitizer build of the fuzz targets needs the disk.
 if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
