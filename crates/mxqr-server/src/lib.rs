@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod matrix;
 pub mod metrics;
 pub mod oauth;
+mod pg_gate;
 mod ratelimit;
 pub mod rendezvous;
 mod response;

@@ -16,23 +16,17 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use super::{
     BackupVersion, ClientDb, CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant,
     NewAuthCode, NewDeviceGrant, NewTokens, PollOutcome, RedeemCode, RefreshOutcome,
     StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User, UserCodeLookup,
 };
+use crate::pg_gate::PgGate;
 use crate::store::BoxFuture;
 
 /// Longest wait for a pooled connection: past it the request gets a 503, not a hang.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Bound on one store call, for a database that accepts connections but stalls.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest a call queues for a free connection when all are busy (see [`PgDb::bounded`]).
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Added to a device grant's interval on each early poll (RFC 8628 §3.5).
 const SLOW_DOWN_STEP_SECS: i64 = 5;
@@ -43,9 +37,8 @@ type Tx = Transaction<'static, Postgres>;
 #[derive(Clone, Debug)]
 pub struct PgDb {
     pool: PgPool,
-    /// One permit per pooled connection: under overload, calls queue here first come first
-    /// served, and the pool's short acquire timeout only tells a database that is down.
-    gate: Arc<Semaphore>,
+    /// Admission: one permit per pooled connection.
+    gate: Arc<PgGate>,
 }
 
 /// Maps a driver error: lost connections, timeouts, shutdowns, overload and serialization
@@ -74,32 +67,6 @@ pub(super) fn pg_error(err: sqlx::Error) -> DbError {
         | sqlx::Error::WorkerCrashed => DbError::Unavailable(err.to_string()),
         _ => DbError::Backend(err.to_string()),
     }
-}
-
-/// Runs one store call under [`OPERATION_TIMEOUT`], once `gate` admits it. A call cut short
-/// drops its transaction, which sqlx rolls back before the connection is reused.
-fn bounded<'a, T: Send + 'a>(
-    gate: &'a Semaphore,
-    call: impl Future<Output = DbResult<T>> + Send + 'a,
-) -> BoxFuture<'a, DbResult<T>> {
-    Box::pin(async move {
-        let _permit = match tokio::time::timeout(QUEUE_TIMEOUT, gate.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(DbError::Unavailable("store closed".into())),
-            Err(_) => {
-                return Err(DbError::Unavailable(
-                    "PostgreSQL is overloaded: no connection came free in time".into(),
-                ));
-            }
-        };
-        tokio::time::timeout(OPERATION_TIMEOUT, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(DbError::Unavailable(
-                    "PostgreSQL did not answer in time".into(),
-                ))
-            })
-    })
 }
 
 /// The URL without its password, for messages.
@@ -140,7 +107,7 @@ impl PgDb {
             pool.close().await;
             return Err(open_error(format!("migration failed: {e}")));
         }
-        let gate = Arc::new(Semaphore::new(max_connections.max(1) as usize));
+        let gate = Arc::new(PgGate::new(max_connections));
         Ok(Self { pool, gate })
     }
 
@@ -159,7 +126,7 @@ impl PgDb {
         &'a self,
         call: impl Future<Output = DbResult<T>> + Send + 'a,
     ) -> BoxFuture<'a, DbResult<T>> {
-        bounded(&self.gate, call)
+        Box::pin(self.gate.run(call, DbError::Unavailable))
     }
 
     async fn begin(&self) -> DbResult<Tx> {

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row, Transaction};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+use crate::pg_gate::PgGate;
 
 use super::{
     BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
@@ -32,13 +34,6 @@ const CHANNEL: &str = "mxqr_rendezvous";
 
 /// Longest wait for a pooled connection: past it the request gets a 503, not a hang.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Bound on one store operation, for a database that accepts connections but stalls.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest a store operation queues for a free connection when all are busy. Queued
-/// operations wait their turn in arrival order; past this the request gets a 503.
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause before the listening connection is re-established after a failure.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -142,11 +137,8 @@ impl Counters {
 /// The PostgreSQL back end.
 pub struct PostgresStore {
     pool: PgPool,
-    /// One permit per pooled connection (the listener's aside). Under overload, operations
-    /// queue here, first come first served, instead of in the pool, whose short acquire
-    /// timeout is kept for telling a database that is down. Without it, a burst past what the
-    /// database serves timed out in the pool, was shed as 503 and retried, and collapsed.
-    gate: Arc<Semaphore>,
+    /// Admission: one permit per pooled connection, the listener's aside.
+    gate: PgGate,
     limits: SessionLimits,
     waiters: Arc<Waiters>,
     counters: Counters,
@@ -312,7 +304,7 @@ impl PostgresStore {
         let task = tokio::spawn(listen(pool.clone(), listener, waiters.clone()));
         let store = Self {
             pool,
-            gate: Arc::new(Semaphore::new(max_connections.max(1) as usize)),
+            gate: PgGate::new(max_connections),
             limits,
             waiters,
             counters: Counters::default(),
@@ -330,23 +322,7 @@ impl PostgresStore {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let _permit = match tokio::time::timeout(QUEUE_TIMEOUT, self.gate.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            // The gate is never closed; answer as for a store going away.
-            Ok(Err(_)) => return Err(StoreError::Unavailable("store closed".into())),
-            Err(_) => {
-                return Err(StoreError::Unavailable(
-                    "PostgreSQL is overloaded: no connection came free in time".into(),
-                ));
-            }
-        };
-        tokio::time::timeout(OPERATION_TIMEOUT, operation)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "PostgreSQL did not answer in time".into(),
-                ))
-            })
+        self.gate.run(operation, StoreError::Unavailable).await
     }
 
     async fn refresh_live(&self) -> Result<(), StoreError> {
