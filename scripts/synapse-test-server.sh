@@ -4,7 +4,7 @@
 #
 #   synapse-test-server.sh --install-only
 #   synapse-test-server.sh --mxqr-url URL --secret-file FILE [--server-name NAME] [--dir DIR]
-#                          [--port PORT]
+#                          [--port PORT] [--msc4108-delegate URL]
 #
 # Installs Synapse into a venv in ${MXQR_SYNAPSE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mxqr/
 # synapse-1.163.2} when missing (pip, about 40 s), writes its config into DIR (default: a new
@@ -14,7 +14,9 @@
 #   synapse_dir=DIR
 #   synapse_pid=PID
 # then stays in the foreground until SIGTERM/SIGINT or until its parent exits, and stops
-# Synapse. Synapse's own rendezvous is on (MSC4108 and MSC4388, open).
+# Synapse. Synapse's own rendezvous is on (MSC4108 and MSC4388, open); with
+# --msc4108-delegate, Synapse answers MSC4108 session creation with a 307 redirect to URL
+# (`msc4108_delegation_endpoint`, e.g. mxqr's MSC4108 endpoint) instead of serving it.
 set -euo pipefail
 
 VERSION=1.163.2
@@ -39,7 +41,7 @@ install_venv() {
   "$VENV/bin/python" -c 'import synapse' || { echo "Synapse venv at $VENV is broken" >&2; exit 1; }
 }
 
-MXQR_URL= SECRET_FILE= SERVER_NAME=mxqr.test DIR= PORT=
+MXQR_URL= SECRET_FILE= SERVER_NAME=mxqr.test DIR= PORT= MSC4108_DELEGATE=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --install-only) install_venv; exit 0 ;;
@@ -48,6 +50,7 @@ while [[ $# -gt 0 ]]; do
     --server-name) SERVER_NAME=$2; shift 2 ;;
     --dir) DIR=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
+    --msc4108-delegate) MSC4108_DELEGATE=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -111,9 +114,13 @@ matrix_authentication_service:
   endpoint: "$MXQR_URL"
   secret_path: "$SECRET_FILE"
 experimental_features:
-  msc4108_enabled: true
   msc4388_mode: open
 EOF
+if [[ -n $MSC4108_DELEGATE ]]; then
+  echo "  msc4108_delegation_endpoint: \"$MSC4108_DELEGATE\"" >>"$DIR/homeserver.yaml"
+else
+  echo "  msc4108_enabled: true" >>"$DIR/homeserver.yaml"
+fi
 
 "$PY" -m synapse.app.homeserver -c "$DIR/homeserver.yaml" --generate-keys >/dev/null
 "$PY" -m synapse.app.homeserver -c "$DIR/homeserver.yaml" >"$DIR/stdout.log" 2>&1 &

@@ -168,8 +168,30 @@ impl SynapseLink {
         }
     }
 
-    /// Drains the outbox for ever, in order, backing off while Synapse fails.
+    /// Queues a device-list reconciliation (`sync_devices`) of every user: Synapse's devices
+    /// become the live sessions, whatever was lost while mxqr was away (a deletion that
+    /// crashed before its job was queued, sessions ended while in standalone mode). Each job
+    /// reads the sessions when it is sent, so it cannot undo a later sign-in.
+    pub async fn reconcile_all(&self, db: &SharedDb, now: i64) -> DbResult<usize> {
+        let jobs: Vec<OutboxJob> = db
+            .users()
+            .await?
+            .iter()
+            .map(|u| user_job(OutboxKind::SyncDevices, &u.localpart))
+            .collect();
+        if !jobs.is_empty() {
+            self.enqueue(db, &jobs, now).await?;
+        }
+        Ok(jobs.len())
+    }
+
+    /// Drains the outbox for ever, in order, backing off while Synapse fails; first queues
+    /// the start-up reconciliation ([`Self::reconcile_all`]).
     pub async fn drain(self: Arc<Self>, oauth: OAuthState) {
+        match self.reconcile_all(oauth.db(), oauth.now_ms()).await {
+            Ok(users) => tracing::info!(users, "Synapse device lists queued for reconciliation"),
+            Err(err) => tracing::warn!(%err, "queueing the Synapse reconciliation failed"),
+        }
         loop {
             let wait = match self.drain_pass(&oauth).await {
                 Ok(wait) => wait,
@@ -277,8 +299,16 @@ impl SynapseLink {
                 json!({ "localpart": lp, "devices": live })
             }
             OutboxKind::AllowCrossSigningReset => json!({ "localpart": lp }),
+            OutboxKind::SetDisplayName => match &job.display_name {
+                Some(name) => json!({ "localpart": lp, "displayname": name }),
+                None => json!({ "localpart": lp }),
+            },
         };
-        let url = format!("{}/_synapse/mas/{}", self.base, job.kind.as_str());
+        let endpoint = match (job.kind, &job.display_name) {
+            (OutboxKind::SetDisplayName, None) => "unset_displayname",
+            (kind, _) => kind.as_str(),
+        };
+        let url = format!("{}/_synapse/mas/{endpoint}", self.base);
         let response = self
             .http
             .post(&url)

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use mxqr_server::config::HomeserverMode;
-use mxqr_server::db::{Grant, OutboxKind};
+use mxqr_server::db::{Grant, OutboxJob, OutboxKind};
 use mxqr_server::oauth::{OAuthState, password};
 use mxqr_server::synapse::SynapseLink;
 use mxqr_server::{AppState, Config};
@@ -293,7 +293,7 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage() {
             ),
             (
                 "upsert_device".to_owned(),
-                json!({ "localpart": "alice", "device_id": "DEVONE" }),
+                json!({ "localpart": "alice", "device_id": "DEVONE", "display_name": "Test App" }),
                 true
             ),
         ]
@@ -363,4 +363,107 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage() {
         .await
         .unwrap();
     assert_eq!(whoami.status().as_u16(), 404);
+}
+
+/// A stand-in Synapse on `port` recording the provisioning calls it gets.
+async fn fake_synapse(port: u16) -> Calls {
+    let calls: Calls = Arc::default();
+    let app = Router::new()
+        .route("/_synapse/mas/{op}", post(fake_mas))
+        .with_state(calls.clone());
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    calls
+}
+
+#[tokio::test]
+async fn display_names_and_device_list_reconciliation_reach_synapse() {
+    let synapse_port = free_port();
+    let calls = fake_synapse(synapse_port).await;
+    let server = start(synapse_port).await;
+    let db = server.oauth.db().clone();
+    let link = server.oauth.synapse().unwrap().clone();
+    let hash = password::hash("a long passphrase").unwrap();
+    for user in ["alice", "bob"] {
+        db.create_user(user, Some(&hash), server.oauth.now_ms())
+            .await
+            .unwrap();
+    }
+    // alice: two sessions, one then signed out; bob: none.
+    let mut ended = None;
+    for device in ["DEVLIVE", "DEVENDED"] {
+        let minted = server.oauth.mint();
+        let grant = Grant {
+            localpart: "alice".into(),
+            device_id: device.into(),
+            client_id: None,
+            scope: format!("urn:matrix:client:api:* urn:matrix:client:device:{device}"),
+        };
+        db.issue_session(&grant, &minted.stored, server.oauth.now_ms())
+            .await
+            .unwrap();
+        ended = Some(minted.refresh_token);
+    }
+    let revoked = server
+        .http
+        .post(format!("{}oauth2/revoke", server.base))
+        .form(&[("token", ended.unwrap().as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    calls.lock().unwrap().clear();
+
+    let name = |display_name: Option<&str>| OutboxJob {
+        kind: OutboxKind::SetDisplayName,
+        localpart: "alice".into(),
+        device_id: None,
+        display_name: display_name.map(str::to_owned),
+    };
+    let delivered = link
+        .enqueue_and_wait(
+            &db,
+            &[name(Some("Alice")), name(None)],
+            server.oauth.now_ms(),
+        )
+        .await
+        .unwrap();
+    assert!(delivered);
+    assert_eq!(
+        link.reconcile_all(&db, server.oauth.now_ms())
+            .await
+            .unwrap(),
+        2
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !db.outbox_head(1).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = calls.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (
+                "set_displayname".to_owned(),
+                json!({ "localpart": "alice", "displayname": "Alice" }),
+                true
+            ),
+            (
+                "unset_displayname".to_owned(),
+                json!({ "localpart": "alice" }),
+                true
+            ),
+            (
+                "sync_devices".to_owned(),
+                json!({ "localpart": "alice", "devices": ["DEVLIVE"] }),
+                true
+            ),
+            (
+                "sync_devices".to_owned(),
+                json!({ "localpart": "bob", "devices": [] }),
+                true
+            ),
+        ]
+    );
 }

@@ -175,6 +175,25 @@ fn users_and_tokens_while_the_server_runs() {
         admin(&dir, &["user", "lock", "nobody"], None).status.code(),
         Some(2)
     );
+    // Display names live in Synapse: refused in standalone mode, with nothing created.
+    let refused = admin(&dir, &["user", "set-display-name", "bob", "Bob"], None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("synapse"),
+        "{refused:?}"
+    );
+    let refused = admin(
+        &dir,
+        &["user", "add", "dave", "--display-name", "Dave"],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        stdout(&admin(&dir, &["user", "list"], None))
+            .lines()
+            .count(),
+        2
+    );
 
     // Plain output: access token, then refresh token.
     let out = stdout(&admin(

@@ -68,11 +68,30 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn mxqr(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
+/// The `MXQR_*` settings of synapse mode, read by `mxqr serve` and `mxqr admin` alike.
+type Env = Vec<(&'static str, String)>;
+
+fn synapse_mode_env(synapse_port: u16, secret_file: &Path) -> Env {
+    vec![
+        ("MXQR_SERVER_NAME", SERVER_NAME.to_owned()),
+        ("MXQR_HOMESERVER__MODE", "synapse".to_owned()),
+        (
+            "MXQR_HOMESERVER__SYNAPSE_URL",
+            format!("http://127.0.0.1:{synapse_port}"),
+        ),
+        (
+            "MXQR_HOMESERVER__SECRET_PATH",
+            secret_file.display().to_string(),
+        ),
+    ]
+}
+
+fn mxqr(dir: &Path, env: &Env, args: &[&str], stdin: Option<&str>) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mxqr"))
         .args(args)
         .arg("--data-dir")
         .arg(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,19 +122,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// mxqr in synapse mode, told Synapse's future address.
-fn start_mxqr(dir: &Path, synapse_port: u16, secret_file: &Path) -> (Proc, Url) {
+/// mxqr in synapse mode on `port` (fixed: Synapse is told it, and it survives restarts),
+/// with `env` from [`synapse_mode_env`] (Synapse's future address).
+fn start_mxqr(dir: &Path, port: u16, env: &Env) -> (Proc, Url) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mxqr"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir)
         .env("MXQR_LOG", "warn")
-        .env("MXQR_SERVER_NAME", SERVER_NAME)
-        .env("MXQR_HOMESERVER__MODE", "synapse")
-        .env(
-            "MXQR_HOMESERVER__SYNAPSE_URL",
-            format!("http://127.0.0.1:{synapse_port}"),
-        )
-        .env("MXQR_HOMESERVER__SECRET_PATH", secret_file)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -133,13 +152,20 @@ fn start_mxqr(dir: &Path, synapse_port: u16, secret_file: &Path) -> (Proc, Url) 
     (Proc { child, dir: None }, base)
 }
 
-/// Synapse through the script; panics (the test fails) if it cannot be installed or started.
-fn start_synapse(mxqr: &Url, port: u16, secret_file: &Path) -> (Proc, Url, u32) {
+/// Synapse through the script, with MSC4108 session creation redirected to `msc4108_delegate`;
+/// panics (the test fails) if it cannot be installed or started.
+fn start_synapse(
+    mxqr: &Url,
+    port: u16,
+    secret_file: &Path,
+    msc4108_delegate: &Url,
+) -> (Proc, Url, u32) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/synapse-test-server.sh");
     let mut child = Command::new("bash")
         .arg(&script)
         .args(["--mxqr-url", mxqr.as_str(), "--server-name", SERVER_NAME])
         .args(["--port", &port.to_string()])
+        .args(["--msc4108-delegate", msc4108_delegate.as_str()])
         .arg("--secret-file")
         .arg(secret_file)
         .stdout(Stdio::piped())
@@ -165,6 +191,9 @@ fn start_synapse(mxqr: &Url, port: u16, secret_file: &Path) -> (Proc, Url, u32) 
     }
     (Proc { child, dir }, url.unwrap(), pid.unwrap())
 }
+
+/// Every QR code shown, as JSON (to see where each rendezvous was).
+static QR_SHOWN: std::sync::Mutex<Vec<Value>> = std::sync::Mutex::new(Vec::new());
 
 /// What passes between the two devices outside the network (camera, a person's eyes).
 struct TestUi {
@@ -192,6 +221,7 @@ impl Ui for TestUi {
         match event {
             UiEvent::ShowQrCode(qr) => {
                 let decoded = QrCode::decode(&qr.encode()).expect("our own QR code decodes");
+                QR_SHOWN.lock().unwrap().push(decoded.to_json());
                 let _ = self.qr.take().expect("one QR code").send(decoded);
             }
             UiEvent::ShowCheckCode(code) => {
@@ -371,6 +401,68 @@ async fn sign_in_existing_device(
     }
 }
 
+/// Device ID → display name (empty when unnamed), as Synapse lists the user's devices.
+async fn device_names(
+    http: &reqwest::Client,
+    synapse: &Url,
+    token: &str,
+) -> std::collections::HashMap<String, String> {
+    let (status, devices) = synapse_call(
+        http,
+        synapse,
+        reqwest::Method::GET,
+        "_matrix/client/v3/devices",
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{devices}");
+    devices["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{devices}"))
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap().to_owned(),
+                d["display_name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Synapse's own record of whether `user_id` is locked (not visible through its client API
+/// when authentication is delegated).
+fn locked_in(synapse_db: &Path, user_id: &str) -> bool {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\
+             'SELECT locked FROM users WHERE name = ?', (sys.argv[2],)).fetchone()[0])",
+        ])
+        .arg(synapse_db)
+        .arg(user_id)
+        .output()
+        .expect("python3 reads Synapse's database");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    matches!(String::from_utf8_lossy(&out.stdout).trim(), "1" | "True")
+}
+
+/// Waits up to 15 s (the outbox is read every 2 s) for `check` to hold.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -400,14 +492,21 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
 
     let synapse_port = free_port();
-    let (mxqr_proc, mxqr_base) = start_mxqr(&dir, synapse_port, &secret_file);
+    let mxqr_port = free_port();
+    let env = synapse_mode_env(synapse_port, &secret_file);
+    let (mut mxqr_proc, mxqr_base) = start_mxqr(&dir, mxqr_port, &env);
     mxqr(
         &dir,
+        &env,
         &["admin", "user", "add", "alice", "--password-stdin"],
         Some(&format!("{PASSWORD}\n")),
     );
+    // Synapse serves MSC4388 itself and sends MSC4108 session creation to mxqr (307).
+    let msc4108_at_mxqr = mxqr_base
+        .join("_matrix/client/unstable/org.matrix.msc4108/rendezvous")
+        .unwrap();
     let (synapse_proc, synapse, synapse_pid) =
-        start_synapse(&mxqr_base, synapse_port, &secret_file);
+        start_synapse(&mxqr_base, synapse_port, &secret_file, &msc4108_at_mxqr);
     eprintln!("mxqr and Synapse up after {:?}", started.elapsed());
     let http = reqwest::Client::new();
 
@@ -567,6 +666,52 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
             eprintln!("{label}: signed in and cross-signed in {:?}", t0.elapsed());
             new_devices.push((new_id.to_string(), new_token));
         }
+    }
+
+    // Where each rendezvous was: MSC4388 on Synapse, MSC4108 on mxqr, reached through
+    // Synapse's 307 (`msc4108_delegation_endpoint`), which the clients followed.
+    let shown = std::mem::take(&mut *QR_SHOWN.lock().unwrap());
+    assert_eq!(shown.len(), 4, "{shown:?}");
+    for qr in &shown {
+        match qr["generation"].as_str() {
+            Some("msc4388") => assert_eq!(
+                qr["homeserver"].as_str().map(|h| h.trim_end_matches('/')),
+                Some(synapse.as_str().trim_end_matches('/')),
+                "{qr}"
+            ),
+            _ => assert!(
+                qr["rendezvous_url"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with(mxqr_base.as_str())),
+                "MSC4108 session not at mxqr: {qr}"
+            ),
+        }
+    }
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(
+            synapse
+                .join("_matrix/client/unstable/org.matrix.msc4108/rendezvous")
+                .unwrap(),
+        )
+        .header(reqwest::header::CONTENT_LENGTH, "0")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status().as_u16(), 307);
+    assert_eq!(
+        redirect.headers()["location"].to_str().unwrap(),
+        msc4108_at_mxqr.as_str()
+    );
+
+    // Devices are named after the client that signed them in.
+    let names = device_names(&http, &synapse, &token).await;
+    assert_eq!(names[existing_id.as_str()], "synapse test", "{names:?}");
+    for (id, _) in &new_devices {
+        assert_eq!(names[id.as_str()], "mxqr", "{names:?}");
     }
 
     // Introspection as Synapse calls it: the shared secret, form body.
@@ -733,6 +878,7 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     // device reaches Synapse at the first introspection, so Synapse accepts it at once.
     let issued: Value = serde_json::from_str(&mxqr(
         &dir,
+        &env,
         &[
             "admin",
             "issue-token",
@@ -749,6 +895,61 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
         .await
         .expect("Synapse accepts an admin-issued token");
     assert_eq!(me.device_id.as_deref(), Some("ADMINDEVICE"));
+
+    // A display name set with `mxqr admin` reaches Synapse's profile (mxqr keeps none).
+    let shown = mxqr(
+        &dir,
+        &env,
+        &[
+            "admin",
+            "user",
+            "set-display-name",
+            "alice",
+            "Alice Liddell",
+        ],
+        None,
+    );
+    assert!(shown.contains("set_displayname"), "{shown}");
+    let profile = format!("_matrix/client/v3/profile/{user_id}");
+    eventually("display name in Synapse", || async {
+        let (status, body) = synapse_call(
+            &http,
+            &synapse,
+            reqwest::Method::GET,
+            &profile,
+            &token,
+            None,
+        )
+        .await;
+        status == 200 && body["displayname"] == "Alice Liddell"
+    })
+    .await;
+
+    // Start-up reconciliation: a device Synapse has but mxqr has no session for (as after a
+    // deletion lost in a crash) is gone from Synapse once mxqr restarts.
+    let ghost = http
+        .post(synapse.join("_synapse/mas/upsert_device").unwrap())
+        .bearer_auth(&secret)
+        .json(&json!({ "localpart": "alice", "device_id": "GHOSTDEVICE" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(ghost.status().is_success(), "{}", ghost.status());
+    assert!(
+        device_names(&http, &synapse, &token)
+            .await
+            .contains_key("GHOSTDEVICE")
+    );
+    drop(mxqr_proc);
+    mxqr_proc = start_mxqr(&dir, mxqr_port, &env).0;
+    eventually("reconciled device list", || async {
+        let names = device_names(&http, &synapse, &token).await;
+        !names.contains_key("GHOSTDEVICE")
+            && names.contains_key(existing_id.as_str())
+            && names.contains_key("ADMINDEVICE")
+            && names.contains_key(new_devices[2].0.as_str())
+    })
+    .await;
 
     // Replacing the cross-signing keys in Synapse needs the approval given on mxqr's
     // account page (passed on through `allow_cross_signing_reset`).
@@ -789,6 +990,56 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     assert!(approved.status().is_success(), "{}", approved.status());
     let (status, body) = upload(replacement).await;
     assert_eq!(status, 200, "reset after approval: {body}");
+
+    // Locking the account with `mxqr admin` ends its tokens in Synapse at once (its devices
+    // go, rather than waiting out Synapse's two-minute introspection cache) and marks the
+    // account locked in Synapse's own database; unlocking clears the mark.
+    let whoami = |t: String| {
+        let (http, synapse) = (http.clone(), synapse.clone());
+        async move {
+            synapse_call(
+                &http,
+                &synapse,
+                reqwest::Method::GET,
+                "_matrix/client/v3/account/whoami",
+                &t,
+                None,
+            )
+            .await
+        }
+    };
+    assert_eq!(whoami(token.clone()).await.0, 200);
+    mxqr(&dir, &env, &["admin", "user", "lock", "alice"], None);
+    let synapse_db = synapse_proc.dir.clone().unwrap().join("homeserver.db");
+    eventually("account locked in Synapse", || async {
+        let (status, body) = whoami(token.clone()).await;
+        status == 401 && body["errcode"] == "M_UNKNOWN_TOKEN" && locked_in(&synapse_db, &user_id)
+    })
+    .await;
+    mxqr(&dir, &env, &["admin", "user", "unlock", "alice"], None);
+    eventually("account unlocked in Synapse", || async {
+        !locked_in(&synapse_db, &user_id)
+    })
+    .await;
+    let issued: Value = serde_json::from_str(&mxqr(
+        &dir,
+        &env,
+        &[
+            "admin",
+            "issue-token",
+            "alice",
+            "--device-id",
+            "AFTERLOCK",
+            "--json",
+        ],
+        None,
+    ))
+    .unwrap();
+    let after = issued["access_token"].as_str().unwrap().to_owned();
+    eventually("account unlocked in Synapse", || async {
+        whoami(after.clone()).await.0 == 200
+    })
+    .await;
 
     drop(synapse_proc);
     drop(mxqr_proc);

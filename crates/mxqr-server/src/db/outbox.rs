@@ -26,10 +26,14 @@ pub enum OutboxKind {
     SyncDevices,
     /// `allow_cross_signing_reset`: approved on the account page.
     AllowCrossSigningReset,
+    /// `set_displayname` (or `unset_displayname` without a name): set by `mxqr admin`. mxqr
+    /// keeps no profile: the job carries the name, and Synapse holds it from then on.
+    SetDisplayName,
 }
 
 impl OutboxKind {
-    /// Stored name, also the endpoint under `/_synapse/mas/`.
+    /// Stored name, also the endpoint under `/_synapse/mas/` (except that a
+    /// [`Self::SetDisplayName`] without a name goes to `unset_displayname`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ProvisionUser => "provision_user",
@@ -37,6 +41,7 @@ impl OutboxKind {
             Self::DeleteDevice => "delete_device",
             Self::SyncDevices => "sync_devices",
             Self::AllowCrossSigningReset => "allow_cross_signing_reset",
+            Self::SetDisplayName => "set_displayname",
         }
     }
 
@@ -47,6 +52,7 @@ impl OutboxKind {
             Self::DeleteDevice,
             Self::SyncDevices,
             Self::AllowCrossSigningReset,
+            Self::SetDisplayName,
         ]
         .into_iter()
         .find(|k| k.as_str() == name)
@@ -62,7 +68,8 @@ pub struct OutboxJob {
     pub localpart: String,
     /// Device, for the device operations.
     pub device_id: Option<String>,
-    /// Device display name, for `upsert_device`.
+    /// Device display name for `upsert_device`; the user's for `set_displayname` (`None`:
+    /// unset it).
     pub display_name: Option<String>,
 }
 

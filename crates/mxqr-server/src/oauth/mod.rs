@@ -123,6 +123,12 @@ impl Lifetimes {
 /// Interval between database purges.
 const PURGE_EVERY_MS: i64 = 60_000;
 
+/// A client name fit for Synapse's device display names (at most 100 characters there).
+fn device_display_name(client_name: &str) -> String {
+    const MAX_CHARS: usize = 100;
+    client_name.trim().chars().take(MAX_CHARS).collect()
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -263,21 +269,46 @@ impl OAuthState {
 
     /// Synapse mode: provisions the user and the new device of a session before its first
     /// tokens go out, since Synapse refuses tokens of devices it does not know.
+    ///
+    /// The device is named after the client that signed it in (`client_name`), as people
+    /// see it in their device list; later re-provisionings send no name, so a name the user
+    /// gave the device in Synapse stays.
     pub(crate) async fn synapse_session_started(&self, grant: &crate::db::Grant) -> DbResult<()> {
-        self.synapse_provision(&grant.localpart, &grant.device_id)
+        if self.synapse().is_none() {
+            return Ok(());
+        }
+        let name = match &grant.client_id {
+            Some(id) => endpoints::load_client(self, id)
+                .await?
+                .map(|c| device_display_name(&c.display_name())),
+            None => None,
+        };
+        self.synapse_provision_named(&grant.localpart, &grant.device_id, name)
             .await
     }
 
     /// Synapse mode: provisions the user and the device in Synapse (idempotent), waiting
     /// briefly for it.
     pub(crate) async fn synapse_provision(&self, localpart: &str, device_id: &str) -> DbResult<()> {
+        self.synapse_provision_named(localpart, device_id, None)
+            .await
+    }
+
+    async fn synapse_provision_named(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> DbResult<()> {
         use crate::db::OutboxKind;
         let Some(link) = self.synapse() else {
             return Ok(());
         };
+        let mut upsert = crate::synapse::device_job(OutboxKind::UpsertDevice, localpart, device_id);
+        upsert.display_name = display_name;
         let jobs = [
             crate::synapse::user_job(OutboxKind::ProvisionUser, localpart),
-            crate::synapse::device_job(OutboxKind::UpsertDevice, localpart, device_id),
+            upsert,
         ];
         // Marked at once: the outbox delivers what is queued, so later introspections need
         // not queue it again while Synapse is slow.

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use mxqr_server::config::{CONFIG_ENV, Config, Overrides};
-use mxqr_server::db::{DbError, Grant};
+use mxqr_server::config::{CONFIG_ENV, Config, HomeserverMode, Overrides};
+use mxqr_server::db::{DbError, Grant, OutboxJob, OutboxKind};
 use mxqr_server::oauth::{OAuthState, password, scope};
+use mxqr_server::synapse::user_job;
 
 /// Manage accounts and mint tokens.
 #[derive(Args, Debug)]
@@ -54,6 +55,10 @@ pub enum UserCommand {
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// Display name to give the user in Synapse (synapse mode only: mxqr keeps no
+        /// profile of its own).
+        #[arg(long, value_name = "NAME")]
+        display_name: Option<String>,
     },
     /// List users: Matrix ID and status, one per line.
     List,
@@ -66,6 +71,13 @@ pub enum UserCommand {
     Unlock {
         /// Localpart of the user.
         localpart: String,
+    },
+    /// Set (or, without NAME, remove) a user's display name in Synapse (synapse mode only).
+    SetDisplayName {
+        /// Localpart of the user.
+        localpart: String,
+        /// The new display name.
+        name: Option<String>,
     },
 }
 
@@ -116,7 +128,11 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
         AdminCommand::User(UserCommand::Add {
             localpart,
             password_stdin,
+            display_name,
         }) => {
+            if display_name.is_some() {
+                synapse_only(&config, "--display-name")?;
+            }
             if !password::valid_localpart(&localpart) {
                 return Err(AdminError::Invalid(format!(
                     "invalid localpart {localpart:?}: use lowercase letters, digits and ._=-/+"
@@ -152,6 +168,13 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
             if generated {
                 println!("password: {secret}");
             }
+            if let Some(name) = display_name {
+                let jobs = [
+                    user_job(OutboxKind::ProvisionUser, &localpart),
+                    display_name_job(&localpart, Some(name)),
+                ];
+                queue_for_synapse(&config, &oauth, &jobs).await?;
+            }
         }
         AdminCommand::User(UserCommand::List) => {
             for user in db.users().await? {
@@ -162,10 +185,29 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
         AdminCommand::User(UserCommand::Lock { localpart }) => {
             set_locked(&oauth, &localpart, true).await?;
             println!("locked {}", oauth.user_id(&localpart));
+            // Synapse locks the account too, and drops its devices (none has a session now).
+            let jobs = [
+                user_job(OutboxKind::ProvisionUser, &localpart),
+                user_job(OutboxKind::SyncDevices, &localpart),
+            ];
+            queue_for_synapse(&config, &oauth, &jobs).await?;
         }
         AdminCommand::User(UserCommand::Unlock { localpart }) => {
             set_locked(&oauth, &localpart, false).await?;
             println!("unlocked {}", oauth.user_id(&localpart));
+            let jobs = [user_job(OutboxKind::ProvisionUser, &localpart)];
+            queue_for_synapse(&config, &oauth, &jobs).await?;
+        }
+        AdminCommand::User(UserCommand::SetDisplayName { localpart, name }) => {
+            synapse_only(&config, "set-display-name")?;
+            if db.user(&localpart).await?.is_none() {
+                return Err(AdminError::Invalid(format!("no user {localpart:?}")));
+            }
+            let jobs = [
+                user_job(OutboxKind::ProvisionUser, &localpart),
+                display_name_job(&localpart, name),
+            ];
+            queue_for_synapse(&config, &oauth, &jobs).await?;
         }
         AdminCommand::IssueToken {
             localpart,
@@ -208,6 +250,46 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
         }
     }
     Ok(())
+}
+
+/// Refuses a command that only means something when Synapse holds the profiles.
+fn synapse_only(config: &Config, what: &str) -> Result<(), AdminError> {
+    if config.homeserver.mode == HomeserverMode::Synapse {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!(
+            "{what} needs homeserver.mode = \"synapse\": mxqr keeps no profile of its own"
+        )))
+    }
+}
+
+fn display_name_job(localpart: &str, name: Option<String>) -> OutboxJob {
+    OutboxJob {
+        display_name: name,
+        ..user_job(OutboxKind::SetDisplayName, localpart)
+    }
+}
+
+/// In synapse mode, queues `jobs` in the outbox, which the running server sends to Synapse
+/// (it looks at the queue every few seconds); in standalone mode there is nobody to tell.
+async fn queue_for_synapse(
+    config: &Config,
+    oauth: &OAuthState,
+    jobs: &[OutboxJob],
+) -> Result<(), AdminError> {
+    if config.homeserver.mode != HomeserverMode::Synapse {
+        return Ok(());
+    }
+    oauth.db().outbox_push(jobs, oauth.now_ms()).await?;
+    println!("queued for Synapse: {}", job_names(jobs));
+    Ok(())
+}
+
+fn job_names(jobs: &[OutboxJob]) -> String {
+    jobs.iter()
+        .map(|j| j.kind.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn set_locked(oauth: &OAuthState, localpart: &str, locked: bool) -> Result<(), AdminError> {
