@@ -475,11 +475,12 @@ pub async fn sdk_client(homeserver: &Url) -> Client {
         .expect("build matrix-sdk client")
 }
 
-/// A matrix-sdk existing device: signed in as alice through the authorization-code grant
-/// (consent page driven over HTTP, redirect captured, `finish_login`), then cross-signing
-/// bootstrapped by the SDK against the server.
-pub async fn sdk_existing_device(server: &Server) -> Client {
-    let client = sdk_client(&server.base).await;
+/// A matrix-sdk existing device of `homeserver`: signed in as alice through the
+/// authorization-code grant (consent page on `pages` driven over HTTP, redirect captured,
+/// `finish_login`), then cross-signing bootstrapped by the SDK against the homeserver. The
+/// two URLs are one `mxqr serve` standalone, and Synapse and mxqr in synapse mode.
+pub async fn sdk_existing_device(homeserver: &Url, pages: &Url) -> Client {
+    let client = sdk_client(homeserver).await;
     let oauth = client.oauth();
     let auth = tokio::time::timeout(
         WAIT,
@@ -497,11 +498,11 @@ pub async fn sdk_existing_device(server: &Server) -> Client {
     .expect("authorization URL");
 
     let browser = browser();
-    let html = open_signed_in(&browser, &server.base, auth.url.as_str()).await;
+    let html = open_signed_in(&browser, pages, auth.url.as_str()).await;
     let mut form = hidden_inputs(form_posting_to(&html, "/oauth2/authorize"));
     form.push(("decision".into(), "approve".into()));
     let done = browser
-        .post(server.base.join("oauth2/authorize").unwrap())
+        .post(pages.join("oauth2/authorize").unwrap())
         .form(&form)
         .send()
         .await

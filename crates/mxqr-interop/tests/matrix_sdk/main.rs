@@ -1,9 +1,12 @@
 //! matrix-sdk 0.18.0 (what Element X ships) against a spawned `mxqr serve` over real HTTP:
 //! QR sign-in on the MSC4108 (2024) generation (ETag rendezvous, ECIES), matrix-sdk on both
 //! sides and matrix-sdk against the `mxqr` command line, both QR directions each, and the
-//! SDK's failure paths. The consent pages are driven over HTTP as a browser would.
+//! SDK's failure paths. The consent pages are driven over HTTP as a browser would. The
+//! `synapse` module runs matrix-sdk against a real Synapse with mxqr as its authentication
+//! service.
 
 mod harness;
+mod synapse;
 
 use std::future::IntoFuture as _;
 use std::pin::Pin;
@@ -167,13 +170,11 @@ fn token(client: &Client) -> String {
     client.access_token().expect("signed in")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_existing_shows_qr_and_sdk_new_scans() {
-    let server = start_server(&[]);
-    server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+/// QR sign-in with matrix-sdk on both sides, the existing device showing the code: a new
+/// device is built from the scanned code (as Element X does), the person compares the
+/// check code and approves on the consent page at `pages`; returns the signed-in new device.
+async fn sdk_new_device_scans_existing(existing: &Client, pages: &url::Url) -> Client {
     let registration = registration_data();
-
     let existing_oauth = existing.oauth();
     let grant = existing_oauth.grant_login_with_qr_code().generate();
     let mut grant_progress = Box::pin(grant.subscribe_to_progress());
@@ -196,7 +197,7 @@ async fn sdk_existing_shows_qr_and_sdk_new_scans() {
             .await;
             prompt.send(code).await.unwrap();
             let uri = next_state(&mut grant_progress, "consent link", verification_uri).await;
-            consent_device(&server.base, uri.as_str(), true).await;
+            consent_device(pages, uri.as_str(), true).await;
         };
         let (result, ()) = tokio::join!(login.into_future(), person);
         result.expect("the SDK new device signs in");
@@ -204,6 +205,15 @@ async fn sdk_existing_shows_qr_and_sdk_new_scans() {
     };
     let (granted, new) = within(async { tokio::join!(grant.into_future(), new_device) }).await;
     granted.expect("the SDK existing device lets it in");
+    new
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_existing_shows_qr_and_sdk_new_scans() {
+    let server = start_server(&[]);
+    server.add_alice();
+    let existing = sdk_existing_device(&server.base, &server.base).await;
+    let new = sdk_new_device_scans_existing(&existing, &server.base).await;
 
     assert_sdk_device_verified(&new).await;
     assert_eq!(new.user_id(), existing.user_id());
@@ -222,7 +232,7 @@ async fn sdk_existing_shows_qr_and_sdk_new_scans() {
 async fn sdk_new_shows_qr_and_sdk_existing_scans() {
     let server = start_server(&[]);
     server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+    let existing = sdk_existing_device(&server.base, &server.base).await;
     let new = sdk_client(&server.base).await;
     let registration = registration_data();
 
@@ -272,7 +282,7 @@ async fn sdk_new_shows_qr_and_sdk_existing_scans() {
 async fn sdk_existing_shows_qr_and_cli_new_scans() {
     let server = start_server(&[]);
     server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+    let existing = sdk_existing_device(&server.base, &server.base).await;
 
     let existing_oauth = existing.oauth();
     let grant = existing_oauth.grant_login_with_qr_code().generate();
@@ -324,7 +334,7 @@ async fn sdk_existing_shows_qr_and_cli_new_scans() {
 async fn cli_new_shows_qr_and_sdk_existing_scans() {
     let server = start_server(&[]);
     server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+    let existing = sdk_existing_device(&server.base, &server.base).await;
 
     let mut login = server.spawn_json(&[
         "login",
@@ -547,7 +557,7 @@ async fn sdk_pair_until_consent(
 async fn sdk_consent_declined() {
     let server = start_server(&[]);
     server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+    let existing = sdk_existing_device(&server.base, &server.base).await;
     let new = sdk_client(&server.base).await;
     let base = server.base.clone();
     let (granted, logged_in) = sdk_pair_until_consent(&existing, &new, false, async move |uri| {
@@ -589,7 +599,7 @@ async fn sdk_device_code_expired() {
     let ttl = TTL_SECS.to_string();
     let server = start_server(&[("MXQR_OAUTH__DEVICE_CODE_TTL_SECS", &ttl)]);
     server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+    let existing = sdk_existing_device(&server.base, &server.base).await;
     let new = sdk_client(&server.base).await;
     let started = std::time::Instant::now();
     // Nobody opens the consent link.
@@ -634,7 +644,7 @@ async fn sdk_device_code_expired() {
 async fn sdk_wrong_check_code() {
     let server = start_server(&[]);
     server.add_alice();
-    let existing = sdk_existing_device(&server).await;
+    let existing = sdk_existing_device(&server.base, &server.base).await;
     let new = sdk_client(&server.base).await;
     let (granted, logged_in) = sdk_pair_until_consent(&existing, &new, true, async |_| {
         unreachable!("no consent link after a wrong check code")
