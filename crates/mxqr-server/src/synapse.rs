@@ -10,7 +10,7 @@
 //! Synapse already knows when the response arrives: Synapse caches introspection results for
 //! two minutes and ends a token early only when its device is gone.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ const BACKOFF_MAX_MS: i64 = 60_000;
 /// another instance).
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
+/// Reconciliation jobs moved into the outbox at a time (see [`SynapseLink::reconcile_all`]).
+const RECONCILE_BATCH: usize = 16;
+
 /// Devices remembered as known to Synapse, at most; past it the memory starts over (the
 /// cost is one more idempotent upsert per device).
 const PROVISIONED_CAP: usize = 100_000;
@@ -61,6 +64,8 @@ pub struct SynapseLink {
     /// lost in a crash before their job was queued) are provisioned at their first
     /// introspection instead, before Synapse gets the answer.
     provisioned: Mutex<HashSet<(String, String)>>,
+    /// Users whose device list is still to be reconciled.
+    reconciling: Mutex<VecDeque<String>>,
 }
 
 impl std::fmt::Debug for SynapseLink {
@@ -95,6 +100,7 @@ impl SynapseLink {
             queued: tokio::sync::Notify::new(),
             drained: tokio::sync::watch::Sender::new(0),
             provisioned: Mutex::new(HashSet::new()),
+            reconciling: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -168,32 +174,67 @@ impl SynapseLink {
         }
     }
 
-    /// Queues a device-list reconciliation (`sync_devices`) of every user: Synapse's devices
-    /// become the live sessions, whatever was lost while mxqr was away (a deletion that
-    /// crashed before its job was queued, sessions ended while in standalone mode). Each job
-    /// reads the sessions when it is sent, so it cannot undo a later sign-in.
-    pub async fn reconcile_all(&self, db: &SharedDb, now: i64) -> DbResult<usize> {
-        let jobs: Vec<OutboxJob> = db
-            .users()
-            .await?
-            .iter()
-            .map(|u| user_job(OutboxKind::SyncDevices, &u.localpart))
-            .collect();
-        if !jobs.is_empty() {
-            self.enqueue(db, &jobs, now).await?;
-        }
-        Ok(jobs.len())
+    /// Schedules a device-list reconciliation (`sync_devices`) of every user: Synapse's
+    /// devices become the live sessions, whatever was lost while mxqr was away (a deletion
+    /// that crashed before its job was queued, sessions ended while in standalone mode). Each
+    /// job reads the sessions when it is sent, so it cannot undo a later sign-in. The jobs
+    /// are fed to the outbox [`RECONCILE_BATCH`] at a time and only when it is empty, so that
+    /// with many users a new sign-in's provisioning never waits behind the whole pass.
+    /// Returns the number of users.
+    pub async fn reconcile_all(&self, db: &SharedDb) -> DbResult<usize> {
+        let users = db.users().await?;
+        let count = users.len();
+        self.reconciling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(users.into_iter().map(|u| u.localpart));
+        self.queued.notify_one();
+        Ok(count)
     }
 
-    /// Drains the outbox for ever, in order, backing off while Synapse fails; first queues
-    /// the start-up reconciliation ([`Self::reconcile_all`]).
+    /// Moves the next few reconciliation jobs into the (empty) outbox; whether there were any.
+    async fn feed_reconciliation(&self, db: &SharedDb, now: i64) -> bool {
+        let batch: Vec<String> = {
+            let mut pending = self
+                .reconciling
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = pending.len().min(RECONCILE_BATCH);
+            pending.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return false;
+        }
+        let jobs: Vec<OutboxJob> = batch
+            .iter()
+            .map(|lp| user_job(OutboxKind::SyncDevices, lp))
+            .collect();
+        if let Err(err) = db.outbox_push(&jobs, now).await {
+            tracing::warn!(%err, "queueing Synapse reconciliation jobs failed; will retry");
+            let mut pending = self
+                .reconciling
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for lp in batch.into_iter().rev() {
+                pending.push_front(lp);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Drains the outbox for ever, in order, backing off while Synapse fails; first
+    /// schedules the start-up reconciliation ([`Self::reconcile_all`]).
     pub async fn drain(self: Arc<Self>, oauth: OAuthState) {
-        match self.reconcile_all(oauth.db(), oauth.now_ms()).await {
-            Ok(users) => tracing::info!(users, "Synapse device lists queued for reconciliation"),
-            Err(err) => tracing::warn!(%err, "queueing the Synapse reconciliation failed"),
+        match self.reconcile_all(oauth.db()).await {
+            Ok(users) => tracing::info!(users, "Synapse device lists to reconcile"),
+            Err(err) => tracing::warn!(%err, "listing users for the Synapse reconciliation failed"),
         }
         loop {
             let wait = match self.drain_pass(&oauth).await {
+                Ok(None) if self.feed_reconciliation(oauth.db(), oauth.now_ms()).await => {
+                    continue;
+                }
                 Ok(wait) => wait,
                 Err(err) => {
                     tracing::warn!(%err, "reading the Synapse outbox failed");
