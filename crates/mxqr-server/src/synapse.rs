@@ -231,7 +231,9 @@ impl SynapseLink {
             Err(err) => tracing::warn!(%err, "listing users for the Synapse reconciliation failed"),
         }
         loop {
-            let wait = match self.drain_pass(&oauth).await {
+            let pass = self.drain_pass(&oauth).await;
+            self.wake_waiters();
+            let wait = match pass {
                 Ok(None) if self.feed_reconciliation(oauth.db(), oauth.now_ms()).await => {
                     continue;
                 }
@@ -241,7 +243,6 @@ impl SynapseLink {
                     Some(Duration::from_secs(1))
                 }
             };
-            self.drained.send_modify(|n| *n = n.wrapping_add(1));
             let idle = wait.unwrap_or(IDLE_POLL).min(IDLE_POLL);
             tokio::select! {
                 () = self.queued.notified() => {}
@@ -300,7 +301,15 @@ impl SynapseLink {
                     }
                 }
             }
+            // Requests whose jobs were in this batch need not wait for the queue to empty
+            // (it may not, while jobs keep coming).
+            self.wake_waiters();
         }
+    }
+
+    /// Tells requests in [`Self::enqueue_and_wait`] to look whether their jobs are gone.
+    fn wake_waiters(&self) {
+        self.drained.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn deliver(&self, oauth: &OAuthState, job: &OutboxJob) -> Result<(), Failure> {

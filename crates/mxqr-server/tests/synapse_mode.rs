@@ -365,11 +365,27 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage() {
     assert_eq!(whoami.status().as_u16(), 404);
 }
 
+/// [`fake_mas`], taking its time over `sync_devices` as a real Synapse does with many
+/// devices.
+async fn slow_sync_mas(
+    state: State<Calls>,
+    op: Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> (StatusCode, axum::Json<Value>) {
+    if op.0 == "sync_devices" {
+        tokio::time::sleep(SLOW_SYNC).await;
+    }
+    fake_mas(state, op, headers, body).await
+}
+
+const SLOW_SYNC: Duration = Duration::from_millis(30);
+
 /// A stand-in Synapse on `port` recording the provisioning calls it gets.
 async fn fake_synapse(port: u16) -> Calls {
     let calls: Calls = Arc::default();
     let app = Router::new()
-        .route("/_synapse/mas/{op}", post(fake_mas))
+        .route("/_synapse/mas/{op}", post(slow_sync_mas))
         .with_state(calls.clone());
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -461,4 +477,44 @@ async fn display_names_and_device_list_reconciliation_reach_synapse() {
             ),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_sign_in_is_provisioned_during_a_long_reconciliation() {
+    const USERS: usize = 300;
+    let synapse_port = free_port();
+    let calls = fake_synapse(synapse_port).await;
+    let server = start(synapse_port).await;
+    let db = server.oauth.db().clone();
+    let now = server.oauth.now_ms();
+    let hash = password::hash("a long passphrase").unwrap();
+    db.create_user("alice", Some(&hash), now).await.unwrap();
+    for i in 1..USERS {
+        db.create_user(&format!("user{i:03}"), None, now)
+            .await
+            .unwrap();
+    }
+    // A pass over all users takes USERS x SLOW_SYNC (9 s), longer than a request waits
+    // for its provisioning (DELIVERY_WAIT, 5 s).
+    let link = server.oauth.synapse().unwrap().clone();
+    assert_eq!(link.reconcile_all(&db).await.unwrap(), USERS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "reconciliation not started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    server.sign_in("DEVNOW", "urn:matrix:client").await;
+    // The device reached Synapse before the token went out, in the middle of the pass.
+    let seen = calls.lock().unwrap().clone();
+    let syncs = seen
+        .iter()
+        .filter(|(op, _, _)| op == "sync_devices")
+        .count();
+    assert!(
+        seen.iter()
+            .any(|(op, body, _)| op == "upsert_device" && body["device_id"] == "DEVNOW"),
+        "provisioning waited behind the reconciliation ({syncs} of {USERS} users done)"
+    );
+    assert!(syncs < USERS, "the pass was over already: {syncs}");
 }

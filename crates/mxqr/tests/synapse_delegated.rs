@@ -896,6 +896,16 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
         .expect("Synapse accepts an admin-issued token");
     assert_eq!(me.device_id.as_deref(), Some("ADMINDEVICE"));
 
+    // A display name Synapse would refuse is refused by `mxqr admin` at once.
+    let too_long = "x".repeat(257);
+    let refused = Command::new(env!("CARGO_BIN_EXE_mxqr"))
+        .args(["admin", "user", "set-display-name", "alice", &too_long])
+        .arg("--data-dir")
+        .arg(&dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     // A display name set with `mxqr admin` reaches Synapse's profile (mxqr keeps none).
     let shown = mxqr(
         &dir,

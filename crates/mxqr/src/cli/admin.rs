@@ -130,8 +130,9 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
             password_stdin,
             display_name,
         }) => {
-            if display_name.is_some() {
+            if let Some(name) = &display_name {
                 synapse_only(&config, "--display-name")?;
+                check_display_name(name)?;
             }
             if !password::valid_localpart(&localpart) {
                 return Err(AdminError::Invalid(format!(
@@ -200,6 +201,9 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
         }
         AdminCommand::User(UserCommand::SetDisplayName { localpart, name }) => {
             synapse_only(&config, "set-display-name")?;
+            if let Some(name) = &name {
+                check_display_name(name)?;
+            }
             if db.user(&localpart).await?.is_none() {
                 return Err(AdminError::Invalid(format!("no user {localpart:?}")));
             }
@@ -261,6 +265,24 @@ fn synapse_only(config: &Config, what: &str) -> Result<(), AdminError> {
             "{what} needs homeserver.mode = \"synapse\": mxqr keeps no profile of its own"
         )))
     }
+}
+
+/// Synapse refuses (for good) display names it cannot store; say so now rather than have
+/// the outbox drop the job later.
+fn check_display_name(name: &str) -> Result<(), AdminError> {
+    /// Synapse's limit (`MAX_DISPLAYNAME_LEN`).
+    const MAX_CHARS: usize = 256;
+    if name.trim().is_empty() {
+        return Err(AdminError::Invalid(
+            "the display name is empty (leave NAME out to remove it)".into(),
+        ));
+    }
+    if name.chars().count() > MAX_CHARS {
+        return Err(AdminError::Invalid(format!(
+            "the display name is longer than {MAX_CHARS} characters"
+        )));
+    }
+    Ok(())
 }
 
 fn display_name_job(localpart: &str, name: Option<String>) -> OutboxJob {
