@@ -6,6 +6,10 @@
 //! devices in turn: create, then `--messages` payloads alternating between the scanner and the
 //! generator (each a write and the peer's read), then delete. With the default 7 messages a flow
 //! is 16 requests, close to the 15 a real sign-in makes.
+//!
+//! `mxqr-bench introspect` ([`introspect`]) is Synapse's side of the delegated mode.
+
+mod introspect;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,7 +26,7 @@ use tokio::sync::Mutex;
 #[derive(Parser)]
 #[command(
     name = "mxqr-bench",
-    about = "Load generator for the mxqr rendezvous (loopback only)"
+    about = "Load generator for mxqr: the rendezvous, and introspection as Synapse asks (loopback only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run rendezvous flows against a server.
     Rendezvous(RendezvousArgs),
+    /// Ask a synapse-mode server about a token as Synapse does (`/oauth2/introspect`).
+    Introspect(introspect::IntrospectArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -518,7 +524,7 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let Command::Rendezvous(args) = Cli::parse().command;
+    let command = Cli::parse().command;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -529,7 +535,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let outcome = match command {
+        Command::Rendezvous(args) => runtime.block_on(run(args)),
+        Command::Introspect(args) => runtime.block_on(introspect::run(args)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

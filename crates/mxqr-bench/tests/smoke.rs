@@ -1,6 +1,7 @@
-//! A small run of the load generator (200 concurrent flows, both transports) against an
-//! in-process server, so that the benchmark keeps working between the heavy runs of
-//! `bench/load-10k.sh`: every flow must complete without error.
+//! Small runs of the load generator against an in-process server (200 concurrent rendezvous
+//! flows on both transports; a second of introspection in synapse mode), so that the
+//! benchmarks keep working between the heavy runs of `bench/load-10k.sh`: every flow and
+//! every introspection must succeed.
 
 use std::process::Command;
 
@@ -49,4 +50,124 @@ async fn two_hundred_concurrent_flows_complete_without_error() {
     }
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+/// `mxqr-bench introspect` against an in-process server in synapse mode: a second of
+/// introspections of a live token, every one answered `active`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_benchmark_runs_against_synapse_mode() {
+    use mxqr_server::config::HomeserverMode;
+    use mxqr_server::db::Grant;
+    use mxqr_server::oauth::OAuthState;
+    use mxqr_server::synapse::SynapseLink;
+
+    const SECRET: &str = "bench-shared-secret";
+    let dir = std::env::temp_dir().join(format!(
+        "mxqr-bench-introspect-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = Config {
+        listen: addr,
+        data_dir: dir.clone(),
+        public_url: Some(format!("http://{addr}/")),
+        ..Config::default()
+    };
+    config.homeserver.mode = HomeserverMode::Synapse;
+    // Nobody listens there: the device is marked as known below, so nothing is sent.
+    config.homeserver.synapse_url = Some("http://127.0.0.1:9".into());
+    config.homeserver.secret = Some(SECRET.into());
+    config.validate().unwrap();
+    let db = mxqr_server::db::open(&config).await.unwrap();
+    let oauth = OAuthState::new(&config, db);
+    let link = SynapseLink::new("http://127.0.0.1:9", SECRET.into());
+    link.set_provisioned("alice", "BENCHDEVICE", true);
+    oauth.attach_synapse(link);
+    oauth
+        .db()
+        .create_user("alice", None, oauth.now_ms())
+        .await
+        .unwrap();
+    let minted = oauth.mint();
+    let grant = Grant {
+        localpart: "alice".into(),
+        device_id: "BENCHDEVICE".into(),
+        client_id: None,
+        scope: "urn:matrix:client:api:* urn:matrix:client:device:BENCHDEVICE".into(),
+    };
+    oauth
+        .db()
+        .issue_session(&grant, &minted.stored, oauth.now_ms())
+        .await
+        .unwrap();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    std::fs::write(dir.join("token"), &minted.access_token).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mxqr_server::serve(
+        AppState::new(config).with_oauth(oauth),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let url = format!("http://{addr}");
+    let args_dir = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mxqr-bench"))
+            .args(["introspect", "--url", &url, "--seconds", "1"])
+            .args(["--concurrency", "4", "--secret-file"])
+            .arg(args_dir.join("secret"))
+            .arg("--token-file")
+            .arg(args_dir.join("token"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("errors           none"), "{stdout}");
+    let ok: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("requests_ok"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(ok > 0, "{stdout}");
+
+    // A wrong secret is every request refused, and the run fails.
+    std::fs::write(dir.join("secret"), "not-the-secret").unwrap();
+    let url = format!("http://{addr}");
+    let args_dir = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mxqr-bench"))
+            .args(["introspect", "--url", &url, "--seconds", "1"])
+            .args(["--concurrency", "1", "--secret-file"])
+            .arg(args_dir.join("secret"))
+            .arg("--token-file")
+            .arg(args_dir.join("token"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("errors[HTTP 401]"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
