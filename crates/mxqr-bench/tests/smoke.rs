@@ -52,6 +52,24 @@ async fn two_hundred_concurrent_flows_complete_without_error() {
     server.await.unwrap().unwrap();
 }
 
+/// `mxqr-bench introspect` for one second with `dir`'s `secret` and `token` files.
+async fn introspect_for_a_second(
+    url: &str,
+    dir: &std::path::Path,
+    concurrency: u32,
+) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mxqr-bench"));
+    command
+        .args(["introspect", "--url", url, "--seconds", "1"])
+        .args(["--concurrency", &concurrency.to_string(), "--secret-file"])
+        .arg(dir.join("secret"))
+        .arg("--token-file")
+        .arg(dir.join("token"));
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// `mxqr-bench introspect` against an in-process server in synapse mode: a second of
 /// introspections of a live token, every one answered `active`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,20 +135,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
         },
     ));
 
-    let url = format!("http://{addr}");
-    let args_dir = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_mxqr-bench"))
-            .args(["introspect", "--url", &url, "--seconds", "1"])
-            .args(["--concurrency", "4", "--secret-file"])
-            .arg(args_dir.join("secret"))
-            .arg("--token-file")
-            .arg(args_dir.join("token"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = introspect_for_a_second(&format!("http://{addr}"), &dir, 4).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -147,20 +152,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
 
     // A wrong secret is every request refused, and the run fails.
     std::fs::write(dir.join("secret"), "not-the-secret").unwrap();
-    let url = format!("http://{addr}");
-    let args_dir = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_mxqr-bench"))
-            .args(["introspect", "--url", &url, "--seconds", "1"])
-            .args(["--concurrency", "1", "--secret-file"])
-            .arg(args_dir.join("secret"))
-            .arg("--token-file")
-            .arg(args_dir.join("token"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = introspect_for_a_second(&format!("http://{addr}"), &dir, 1).await;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("errors[HTTP 401]"),

@@ -355,6 +355,12 @@ async fn synapse_call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Status and body of Synapse's `whoami` for `token`.
+async fn synapse_whoami(http: &reqwest::Client, synapse: &Url, token: &str) -> (u16, Value) {
+    let path = "_matrix/client/v3/account/whoami";
+    synapse_call(http, synapse, reqwest::Method::GET, path, token, None).await
+}
+
 /// The existing device signs in like any client would: metadata through Synapse, device
 /// authorization grant at mxqr, approved on mxqr's consent page.
 async fn sign_in_existing_device(
@@ -779,15 +785,7 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     // Sign-out 1: revocation at mxqr. Synapse had the token cached as active; the device is
     // gone from Synapse before the revocation answers, so the very next request fails.
     let (revoked_id, revoked_token) = &new_devices[0];
-    let (status, _) = synapse_call(
-        &http,
-        &synapse,
-        reqwest::Method::GET,
-        "_matrix/client/v3/account/whoami",
-        revoked_token,
-        None,
-    )
-    .await;
+    let (status, _) = synapse_whoami(&http, &synapse, revoked_token).await;
     assert_eq!(status, 200, "cached as active before the revocation");
     let revoked = http
         .post(mxqr_base.join("oauth2/revoke").unwrap())
@@ -796,15 +794,7 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
         .await
         .unwrap();
     assert_eq!(revoked.status().as_u16(), 200);
-    let (status, body) = synapse_call(
-        &http,
-        &synapse,
-        reqwest::Method::GET,
-        "_matrix/client/v3/account/whoami",
-        revoked_token,
-        None,
-    )
-    .await;
+    let (status, body) = synapse_whoami(&http, &synapse, revoked_token).await;
     assert_eq!(status, 401, "revoked token still works in Synapse: {body}");
     assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
     let gone: Value = http
@@ -838,15 +828,7 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
         "device sign-out: {}",
         deleted.status()
     );
-    let (status, body) = synapse_call(
-        &http,
-        &synapse,
-        reqwest::Method::GET,
-        "_matrix/client/v3/account/whoami",
-        page_token,
-        None,
-    )
-    .await;
+    let (status, body) = synapse_whoami(&http, &synapse, page_token).await;
     assert_eq!(
         status, 401,
         "signed-out device still works in Synapse: {body}"
@@ -1004,25 +986,11 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     // Locking the account with `mxqr admin` ends its tokens in Synapse at once (its devices
     // go, rather than waiting out Synapse's two-minute introspection cache) and marks the
     // account locked in Synapse's own database; unlocking clears the mark.
-    let whoami = |t: String| {
-        let (http, synapse) = (http.clone(), synapse.clone());
-        async move {
-            synapse_call(
-                &http,
-                &synapse,
-                reqwest::Method::GET,
-                "_matrix/client/v3/account/whoami",
-                &t,
-                None,
-            )
-            .await
-        }
-    };
-    assert_eq!(whoami(token.clone()).await.0, 200);
+    assert_eq!(synapse_whoami(&http, &synapse, &token).await.0, 200);
     mxqr(&dir, &env, &["admin", "user", "lock", "alice"], None);
     let synapse_db = synapse_proc.dir.clone().unwrap().join("homeserver.db");
     eventually("account locked in Synapse", || async {
-        let (status, body) = whoami(token.clone()).await;
+        let (status, body) = synapse_whoami(&http, &synapse, &token).await;
         status == 401 && body["errcode"] == "M_UNKNOWN_TOKEN" && locked_in(&synapse_db, &user_id)
     })
     .await;
@@ -1047,7 +1015,7 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
     .unwrap();
     let after = issued["access_token"].as_str().unwrap().to_owned();
     eventually("account unlocked in Synapse", || async {
-        whoami(after.clone()).await.0 == 200
+        synapse_whoami(&http, &synapse, &after).await.0 == 200
     })
     .await;
 
