@@ -518,3 +518,59 @@ async fn prompt_none_answers_without_a_page() {
     .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// The Matrix spec's loopback redirect URIs (`localhost`, `127.0.0.1`, `[::1]`) are registered
+/// without a port and match any port at `/oauth2/authorize` (RFC 8252 §7.3), host and path
+/// still exact.
+#[tokio::test]
+async fn loopback_redirects_match_any_port_on_all_three_hosts() {
+    let server = OAuthServer::start().await;
+    let response = server
+        .register(serde_json::json!({
+            "client_name": "Test App",
+            "client_uri": "https://app.example.com/",
+            "application_type": "native",
+            "redirect_uris": [
+                "http://localhost/callback",
+                "http://127.0.0.1/callback",
+                "http://[::1]/callback",
+            ],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        }))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let client_id = response.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let browser = signed_in(&server).await;
+    for host in ["localhost", "127.0.0.1", "[::1]"] {
+        let redirect = format!("http://{host}:50123/callback");
+        let (verifier, challenge) = pkce();
+        let query = authorize_query(&client_id, &redirect, &challenge, &[]);
+        let loc = consent(&server, &browser, &query, "approve").await;
+        assert!(loc.starts_with(&format!("{redirect}?")), "{loc}");
+        let code = redirect_params(&loc, false)["code"].clone();
+        let (status, body) = server
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("client_id", &client_id),
+                ("redirect_uri", &redirect),
+                ("code_verifier", &verifier),
+            ])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+        // Only the port may differ: another path or scheme is not registered.
+        for wrong in [
+            format!("http://{host}:50123/other"),
+            format!("https://{host}:50123/callback"),
+        ] {
+            let query = authorize_query(&client_id, &wrong, &challenge, &[]);
+            let page = get_authorize(&server, &browser, &query).await;
+            assert_eq!(page.status(), StatusCode::BAD_REQUEST, "{wrong}");
+        }
+    }
+}

@@ -101,8 +101,9 @@ async fn redirect_uri_rules() {
         native(&["com.example.app:/callback"]),
         native(&["com.example:/callback"]),
         native(&["http://127.0.0.1/callback"]),
-        native(&["http://127.0.0.1:8080/callback"]),
         native(&["http://[::1]/callback"]),
+        // The Matrix spec's own example of a native loopback redirect URI.
+        native(&["http://localhost/callback"]),
         native(&["https://example.com/callback"]),
     ];
     for body in valid {
@@ -115,8 +116,11 @@ async fn redirect_uri_rules() {
         web(&["https://evilexample.com/callback"]),
         web(&["https://example.com/callback#fragment"]),
         web(&["com.example.app:/callback"]),
-        native(&["http://localhost/callback"]),
+        // Loopback URIs are registered without a port (any port is accepted at authorization).
         native(&["http://localhost:8080/callback"]),
+        native(&["http://127.0.0.1:8080/callback"]),
+        native(&["http://[::1]:8080/callback"]),
+        native(&["https://localhost/callback"]),
         native(&["com.example.app://callback"]),
         native(&["org.example:/callback"]),
         native(&["example:/callback"]),
@@ -195,4 +199,83 @@ async fn metadata_rules_and_deduplication() {
         .await
         .unwrap();
     assert_ne!(first["client_id"], other["client_id"]);
+}
+
+#[tokio::test]
+async fn client_uri_must_name_a_registrable_site() {
+    let server = OAuthServer::start().await;
+    // On a public suffix, a client_uri would make every site under it "the client's site".
+    for client_uri in [
+        "https://com/",
+        "https://github.io/",
+        "https://co.uk/",
+        "https://localhost/",
+        "https://127.0.0.1/",
+        "https://[::1]/",
+    ] {
+        let response = server
+            .register(json!({"client_uri": client_uri, "grant_types": [DEVICE_GRANT]}))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{client_uri}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_client_metadata", "{client_uri}");
+    }
+    // Redirect URIs on someone else's github.io site were accepted with client_uri github.io.
+    let response = server
+        .register(json!({
+            "client_uri": "https://github.io/",
+            "redirect_uris": ["https://victim.github.io/callback"],
+        }))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = server
+        .register(json!({
+            "client_uri": "https://me.github.io/",
+            "redirect_uris": ["https://me.github.io/callback"],
+        }))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn metadata_is_capped() {
+    let server = OAuthServer::start().await;
+    let error_of = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        body["error"].as_str().unwrap().to_owned()
+    };
+    let named = |name: String| json!({"client_uri": "https://example.com/", "client_name": name, "grant_types": [DEVICE_GRANT]});
+    assert_eq!(
+        server.register(named("n".repeat(256))).await.status(),
+        StatusCode::CREATED
+    );
+    // The review's 30 KB names.
+    for name in ["n".repeat(257), "n".repeat(30_000)] {
+        assert_eq!(
+            error_of(server.register(named(name)).await).await,
+            "invalid_client_metadata"
+        );
+    }
+    let long = format!("https://example.com/{}", "a".repeat(2048));
+    assert_eq!(
+        error_of(server.register(web(&[&long])).await).await,
+        "invalid_redirect_uri"
+    );
+    let eleven: Vec<String> = (0..11)
+        .map(|i| format!("https://example.com/cb{i}"))
+        .collect();
+    let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    assert_eq!(
+        error_of(server.register(web(&eleven)).await).await,
+        "invalid_redirect_uri"
+    );
+    assert_eq!(
+        server.register(web(&eleven[..10])).await.status(),
+        StatusCode::CREATED
+    );
+    let response = server
+        .register(json!({"client_uri": "https://example.com/", "tos_uri": long, "grant_types": [DEVICE_GRANT]}))
+        .await;
+    assert_eq!(error_of(response).await, "invalid_client_metadata");
 }

@@ -1,6 +1,7 @@
 //! RFC 7591 client metadata under the Matrix rules: public clients only, a mandatory https
-//! `client_uri`, and redirect URIs tied to that URI's host so that a registration cannot name
-//! someone else's application.
+//! `client_uri` on a registrable domain, and redirect URIs tied to that URI's host so that a
+//! registration cannot name someone else's application. Sizes are capped because registration
+//! is unauthenticated and its rows are kept.
 
 use serde_json::{Map, Value};
 use url::{Host, Url};
@@ -12,6 +13,17 @@ const GRANT_TYPES: [&str; 3] = ["authorization_code", "refresh_token", DEVICE_CO
 
 /// Metadata keys whose value is a URI on the `client_uri` host (each may be localized).
 const HOSTED_URIS: [&str; 3] = ["logo_uri", "policy_uri", "tos_uri"];
+
+/// Longest `client_name` (in characters), as people see it on the consent page.
+const MAX_CLIENT_NAME_CHARS: usize = 256;
+/// Longest URI of any kind, in bytes.
+const MAX_URI_BYTES: usize = 2048;
+/// Redirect URIs per client; real clients register one or two.
+const MAX_REDIRECT_URIS: usize = 10;
+/// Localized (`key#lang`) values per client, all keys together.
+const MAX_LOCALIZED: usize = 32;
+/// Longest language tag after `#` (BCP 47 tags in use are far shorter).
+const MAX_LANGUAGE_TAG: usize = 35;
 
 /// Why metadata is refused; the two RFC 7591 error codes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -102,13 +114,21 @@ impl ClientMetadata {
     }
 }
 
+/// An `http` URI on one of the Matrix spec's loopback hosts: `localhost`, `127.0.0.1`,
+/// `[::1]`.
 fn is_loopback_http(url: &Url) -> bool {
     url.scheme() == "http"
         && match url.host() {
             Some(Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
             Some(Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
-            _ => false,
+            Some(Host::Domain(name)) => name == "localhost",
+            None => false,
         }
+}
+
+/// A name that resolves to this machine (RFC 6761 §6.3).
+fn is_localhost_name(host: &str) -> bool {
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 /// `host` is `base` or a subdomain of it.
@@ -126,8 +146,15 @@ fn redirect_err(uri: &str, why: &str) -> MetadataError {
     MetadataError::RedirectUri(format!("redirect URI {uri:?}: {why}"))
 }
 
-/// `client_uri`: an https URL with a domain host and no user information.
+/// `client_uri`: an https URL without user information whose host is a domain under a public
+/// suffix. A public suffix itself (`com`, `github.io`) would make every site under it the
+/// client's site, for its redirect URIs too; `localhost` and IP literals name no site at all.
 fn check_client_uri(value: &str) -> Result<String, MetadataError> {
+    if value.len() > MAX_URI_BYTES {
+        return Err(meta_err(format!(
+            "client_uri is longer than {MAX_URI_BYTES} bytes"
+        )));
+    }
     let url = Url::parse(value).map_err(|_| meta_err("client_uri is not a valid URI"))?;
     if url.scheme() != "https" {
         return Err(meta_err("client_uri must use https"));
@@ -135,14 +162,28 @@ fn check_client_uri(value: &str) -> Result<String, MetadataError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(meta_err("client_uri must not contain user information"));
     }
-    match url.host() {
-        Some(Host::Domain(domain)) => Ok(domain.to_owned()),
-        _ => Err(meta_err("client_uri must have a domain name host")),
+    let Some(Host::Domain(domain)) = url.host() else {
+        return Err(meta_err("client_uri must have a domain name host"));
+    };
+    let host = domain.strip_suffix('.').unwrap_or(domain);
+    if is_localhost_name(host) {
+        return Err(meta_err("client_uri must not be on localhost"));
     }
+    if psl::domain_str(host).is_none() {
+        return Err(meta_err(
+            "client_uri must be on a registrable domain, not a public suffix",
+        ));
+    }
+    Ok(host.to_owned())
 }
 
 /// A URI that must live on the client's site (`logo_uri`, `policy_uri`, `tos_uri`).
 fn check_hosted_uri(key: &str, value: &str, client_host: &str) -> Result<(), MetadataError> {
+    if value.len() > MAX_URI_BYTES {
+        return Err(meta_err(format!(
+            "{key} is longer than {MAX_URI_BYTES} bytes"
+        )));
+    }
     let url = Url::parse(value).map_err(|_| meta_err(format!("{key} is not a valid URI")))?;
     let ok = url.scheme() == "https"
         && url.username().is_empty()
@@ -158,6 +199,11 @@ fn check_hosted_uri(key: &str, value: &str, client_host: &str) -> Result<(), Met
 }
 
 fn check_redirect_uri(uri: &str, native: bool, client_host: &str) -> Result<(), MetadataError> {
+    if uri.len() > MAX_URI_BYTES {
+        return Err(MetadataError::RedirectUri(format!(
+            "a redirect URI is longer than {MAX_URI_BYTES} bytes"
+        )));
+    }
     let url = Url::parse(uri).map_err(|_| redirect_err(uri, "not a valid URI"))?;
     if url.fragment().is_some() {
         return Err(redirect_err(uri, "must not contain a fragment"));
@@ -179,18 +225,20 @@ fn check_redirect_uri(uri: &str, native: bool, client_host: &str) -> Result<(), 
             }
         }
         "http" if native => {
-            if is_loopback_http(&url) {
-                Ok(())
-            } else if url.host_str() == Some("localhost") {
+            if !is_loopback_http(&url) {
+                return Err(redirect_err(
+                    uri,
+                    "http is only allowed on the loopback interface (localhost, 127.0.0.1, [::1])",
+                ));
+            }
+            // Matrix spec: no port is registered; any port is accepted at authorization.
+            if url.port().is_some() {
                 Err(redirect_err(
                     uri,
-                    "use http://127.0.0.1 or http://[::1], not localhost",
+                    "a loopback redirect URI must not have a port (any port is accepted when authorizing)",
                 ))
             } else {
-                Err(redirect_err(
-                    uri,
-                    "http is only allowed on the loopback interface",
-                ))
+                Ok(())
             }
         }
         "http" => Err(redirect_err(
@@ -229,18 +277,22 @@ fn check_redirect_uri(uri: &str, native: bool, client_host: &str) -> Result<(), 
     }
 }
 
+/// An array of strings, each kept once (in first-seen order).
 fn string_list(body: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, MetadataError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| meta_err(format!("{key} must be an array of strings")))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
+        Some(Value::Array(items)) => {
+            let mut list: Vec<String> = Vec::new();
+            for item in items {
+                let text = item
+                    .as_str()
+                    .ok_or_else(|| meta_err(format!("{key} must be an array of strings")))?;
+                if !list.iter().any(|seen| seen == text) {
+                    list.push(text.to_owned());
+                }
+            }
+            Ok(Some(list))
+        }
         Some(_) => Err(meta_err(format!("{key} must be an array of strings"))),
     }
 }
@@ -308,26 +360,49 @@ pub fn validate(body: &Value) -> Result<ClientMetadata, MetadataError> {
             "redirect_uris is required for the authorization_code grant".into(),
         ));
     }
+    if redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(MetadataError::RedirectUri(format!(
+            "at most {MAX_REDIRECT_URIS} redirect URIs can be registered"
+        )));
+    }
     for uri in &redirect_uris {
         check_redirect_uri(uri, native, &client_host)?;
     }
 
     let mut json = Map::new();
+    let mut localized = 0;
     for (key, value) in body {
         let (base, lang) = match key.split_once('#') {
             Some((base, lang)) => (base, Some(lang)),
             None => (key.as_str(), None),
         };
         if lang.is_some_and(|l| {
-            l.is_empty() || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            l.is_empty()
+                || l.len() > MAX_LANGUAGE_TAG
+                || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         }) {
             return Err(meta_err(format!("{key}: invalid language tag")));
+        }
+        let known = base == "client_name" || HOSTED_URIS.contains(&base) || base == "client_uri";
+        if lang.is_some() && known {
+            localized += 1;
+            if localized > MAX_LOCALIZED {
+                return Err(meta_err(format!(
+                    "at most {MAX_LOCALIZED} localized values can be registered"
+                )));
+            }
         }
         if base == "client_name" || HOSTED_URIS.contains(&base) {
             let Value::String(text) = value else {
                 return Err(meta_err(format!("{key} must be a string")));
             };
-            if base != "client_name" {
+            if base == "client_name" {
+                if text.chars().count() > MAX_CLIENT_NAME_CHARS {
+                    return Err(meta_err(format!(
+                        "{key} is longer than {MAX_CLIENT_NAME_CHARS} characters"
+                    )));
+                }
+            } else {
                 check_hosted_uri(key, text, &client_host)?;
             }
             json.insert(key.clone(), value.clone());
@@ -407,15 +482,18 @@ mod tests {
             "com.example.app:/callback",
             "com.example:/callback",
             "http://127.0.0.1/callback",
-            "http://127.0.0.1:1234/callback",
             "http://[::1]/callback",
+            "http://localhost/callback",
             "https://example.com/callback",
         ] {
             assert!(native(&[ok]).is_ok(), "native {ok}");
         }
         for bad in [
-            "http://localhost/callback",
             "http://localhost:1234/callback",
+            "http://127.0.0.1:1234/callback",
+            "http://[::1]:1234/callback",
+            "https://localhost/callback",
+            "http://localhost.example.com/callback",
             "com.example.app://callback/",
             "org.example:/callback",
             "com.notexample:/callback",
@@ -471,8 +549,122 @@ mod tests {
     }
 
     #[test]
+    fn client_uri_must_name_a_registrable_site() {
+        let with = |client_uri: &str| {
+            validate(&json!({"client_uri": client_uri, "grant_types": [DEVICE_CODE_GRANT]}))
+        };
+        for bad in [
+            "https://com/",
+            "https://github.io/",
+            "https://co.uk/",
+            "https://com./",
+            "https://localhost/",
+            "https://localhost./",
+            "https://app.localhost/",
+            "https://127.0.0.1/",
+            "https://[::1]/",
+        ] {
+            assert!(
+                matches!(with(bad), Err(MetadataError::Metadata(_))),
+                "{bad} must be refused"
+            );
+        }
+        for ok in [
+            "https://example.com/",
+            "https://someone.github.io/",
+            "https://example.co.uk/app",
+        ] {
+            assert!(with(ok).is_ok(), "{ok} must be accepted");
+        }
+    }
+
+    #[test]
+    fn metadata_sizes_are_capped() {
+        let base = || {
+            json!({
+                "client_uri": "https://example.com/",
+                "application_type": "native",
+                "redirect_uris": ["com.example.app:/cb"],
+            })
+        };
+        let with = |key: &str, value: Value| {
+            let mut body = base();
+            body[key] = value;
+            validate(&body)
+        };
+        // Characters, not bytes: 256 two-byte characters are fine.
+        assert!(with("client_name", "é".repeat(256).into()).is_ok());
+        assert!(matches!(
+            with("client_name", "x".repeat(257).into()),
+            Err(MetadataError::Metadata(_))
+        ));
+        assert!(matches!(
+            with("client_name#fr", "x".repeat(257).into()),
+            Err(MetadataError::Metadata(_))
+        ));
+        let long_path = "a".repeat(2048);
+        assert!(matches!(
+            with(
+                "logo_uri",
+                format!("https://example.com/{long_path}").into()
+            ),
+            Err(MetadataError::Metadata(_))
+        ));
+        assert!(matches!(
+            with(
+                "client_uri",
+                format!("https://example.com/{long_path}").into()
+            ),
+            Err(MetadataError::Metadata(_))
+        ));
+        assert!(matches!(
+            with(
+                "redirect_uris",
+                json!([format!("com.example.app:/{long_path}")])
+            ),
+            Err(MetadataError::RedirectUri(_))
+        ));
+        let uris = |n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("com.example.app:/cb{i}")).collect()
+        };
+        assert!(with("redirect_uris", json!(uris(10))).is_ok());
+        assert!(matches!(
+            with("redirect_uris", json!(uris(11))),
+            Err(MetadataError::RedirectUri(_))
+        ));
+        // Localized variants are bounded too, or they would be a way around the caps.
+        let mut many = base();
+        for i in 0..40 {
+            many[format!("client_name#x{i}")] = "Name".into();
+        }
+        assert!(matches!(validate(&many), Err(MetadataError::Metadata(_))));
+        // Repeated grant types are stored once.
+        let m = with(
+            "grant_types",
+            json!(["authorization_code", "authorization_code", "refresh_token"]),
+        )
+        .unwrap();
+        assert_eq!(m.grant_types, ["authorization_code", "refresh_token"]);
+    }
+
+    #[test]
     fn loopback_port_agnostic_for_native_only() {
-        let m = native(&["http://127.0.0.1/callback", "com.example.app:/cb"]).unwrap();
+        let m = native(&[
+            "http://127.0.0.1/callback",
+            "http://localhost/cb",
+            "http://[::1]/v6",
+            "com.example.app:/cb",
+        ])
+        .unwrap();
+        assert!(m.matching_redirect_uri("http://localhost:50000/cb"));
+        assert!(m.matching_redirect_uri("http://localhost/cb"));
+        assert!(m.matching_redirect_uri("http://[::1]:50000/v6"));
+        assert!(
+            !m.matching_redirect_uri("http://127.0.0.1:50000/cb"),
+            "host differs"
+        );
+        assert!(!m.matching_redirect_uri("http://localhost:50000/callback"));
+        assert!(!m.matching_redirect_uri("https://localhost:50000/cb"));
         assert!(m.matching_redirect_uri("http://127.0.0.1:49152/callback"));
         assert!(m.matching_redirect_uri("com.example.app:/cb"));
         assert!(!m.matching_redirect_uri("http://127.0.0.1:49152/other"));
