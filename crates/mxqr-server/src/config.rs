@@ -189,6 +189,11 @@ pub struct RateLimitConfig {
     pub write_per_second: f64,
     /// Writes allowed in a burst.
     pub write_burst: u32,
+    /// Sustained OAuth creations (client registrations and device authorizations, which
+    /// need no account) per second per address. Real clients register once per sign-in.
+    pub oauth_create_per_second: f64,
+    /// OAuth creations allowed in a burst.
+    pub oauth_create_burst: u32,
     /// Header carrying the client address set by a trusted reverse proxy (its last entry is
     /// used, e.g. `x-forwarded-for`); unset: the TCP peer address.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,6 +245,8 @@ impl Default for RateLimitConfig {
             create_burst: 20,
             write_per_second: 10.0,
             write_burst: 100,
+            oauth_create_per_second: 0.1,
+            oauth_create_burst: 20,
             client_ip_header: None,
         }
     }
@@ -424,10 +431,13 @@ impl Config {
         let rl = &self.rate_limit;
         if rl.enabled {
             let rate_ok = |v: f64| v.is_finite() && v > 0.0;
-            if !rate_ok(rl.create_per_second) || !rate_ok(rl.write_per_second) {
+            if !rate_ok(rl.create_per_second)
+                || !rate_ok(rl.write_per_second)
+                || !rate_ok(rl.oauth_create_per_second)
+            {
                 return invalid("rate_limit.*_per_second must be positive".into());
             }
-            if rl.create_burst == 0 || rl.write_burst == 0 {
+            if rl.create_burst == 0 || rl.write_burst == 0 || rl.oauth_create_burst == 0 {
                 return invalid("rate_limit.*_burst must be at least 1".into());
             }
         }

@@ -491,3 +491,102 @@ async fn a_held_poll_answers_at_the_approval() {
         "answered after {took:?}"
     );
 }
+
+/// Pending device grants are capped per address (10) and per client: past a cap, 429
+/// `temporarily_unavailable` with `Retry-After` until the oldest counted grant expires.
+/// Decided grants no longer count.
+#[tokio::test]
+async fn pending_grants_are_capped_per_address_and_per_client() {
+    let server = OAuthServer::with(Options {
+        rate_limit: true,
+        device_grants_per_client: Some(12),
+        ..Options::default()
+    })
+    .await;
+    let client_id = server.native_client().await;
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let (status, body) = start_grant(&server, &client_id, &scope(&format!("DEV{i}"))).await;
+        assert_eq!(status, StatusCode::OK, "{i}: {body}");
+        codes.push(body["user_code"].as_str().unwrap().to_owned());
+    }
+    let response = server
+        .http
+        .post(server.url("/oauth2/device"))
+        .form(&[
+            ("client_id", client_id.as_str()),
+            ("scope", &scope("DEV10")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Until the oldest pending grant expires (device codes live 1200 s).
+    assert!((1100..=1200).contains(&wait), "Retry-After {wait}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    // A decided grant is no longer pending: room for one more.
+    let browser = signed_in(&server).await;
+    let (status, consent) = enter_code(&server, &browser, &codes[0]).await;
+    assert_eq!(status, StatusCode::OK);
+    decide(&server, &browser, &consent, "deny", false).await;
+    let (status, _) = start_grant(&server, &client_id, &scope("DEV10")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Another address has its own cap, up to the client's (12 pending at most).
+    let other = api_client_from("127.0.0.3".parse().unwrap());
+    let from_other = |device: &'static str| {
+        let (other, server, client_id) = (&other, &server, &client_id);
+        async move {
+            other
+                .post(server.url("/oauth2/device"))
+                .form(&[("client_id", client_id.as_str()), ("scope", &scope(device))])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(from_other("DEV11").await.status(), StatusCode::OK);
+    assert_eq!(from_other("DEV12").await.status(), StatusCode::OK);
+    let full = from_other("DEV13").await;
+    assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        full.json::<Value>().await.unwrap()["error"],
+        "temporarily_unavailable"
+    );
+    // Expired grants no longer count.
+    server.clock.advance(Duration::from_secs(1201));
+    assert_eq!(from_other("DEV14").await.status(), StatusCode::OK);
+    let (status, _) = start_grant(&server, &client_id, &scope("DEV15")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// `/oauth2/device` draws on the same per-address creation bucket as registration.
+#[tokio::test]
+async fn device_authorization_is_charged_to_the_creation_bucket() {
+    let server = OAuthServer::with(Options {
+        rate_limit: true,
+        ..Options::default()
+    })
+    .await;
+    let client_id = server.native_client().await;
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let (status, _) = start_grant(&server, &client_id, &scope(&format!("DEV{i}"))).await;
+        statuses.push(status);
+        if status == StatusCode::OK {
+            // Decided at once, so the pending cap stays out of the way.
+            server.clock.advance(Duration::from_secs(1201));
+        }
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    // 20 in the burst, one of them spent on the registration.
+    assert!((19..=21).contains(&ok), "{statuses:?}");
+    assert_eq!(statuses[24], StatusCode::TOO_MANY_REQUESTS);
+}

@@ -2,6 +2,8 @@
 
 mod oauth_support;
 
+use std::time::Duration;
+
 use oauth_support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -278,4 +280,131 @@ async fn metadata_is_capped() {
         .register(json!({"client_uri": "https://example.com/", "tos_uri": long, "grant_types": [DEVICE_GRANT]}))
         .await;
     assert_eq!(error_of(response).await, "invalid_client_metadata");
+}
+
+/// The review's flood: 300 registrations from one address. A creation bucket per address
+/// (shared with `/oauth2/device`) lets a burst through, then answers 429 with `Retry-After`.
+#[tokio::test]
+async fn registration_is_charged_to_a_creation_bucket() {
+    let server = OAuthServer::with(Options {
+        rate_limit: true,
+        ..Options::default()
+    })
+    .await;
+    let mut created = 0;
+    let mut refused = None;
+    for i in 0..300 {
+        let response = server
+            .register(json!({
+                "client_uri": "https://example.com/",
+                "client_name": format!("Flood {i}"),
+                "grant_types": [DEVICE_GRANT],
+            }))
+            .await;
+        match response.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                if refused.is_none() {
+                    refused = Some(response);
+                }
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // The default burst is 20, refilled at one per 10 s.
+    assert!(
+        (20..=22).contains(&created),
+        "{created} registrations went through"
+    );
+    let refused = refused.expect("the flood is refused");
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&wait), "Retry-After {wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    // Another address has its own bucket.
+    let other = api_client_from("127.0.0.2".parse().unwrap());
+    let response = other
+        .post(server.url("/oauth2/registration"))
+        .json(&json!({"client_uri": "https://example.com/", "client_name": "Other address", "grant_types": [DEVICE_GRANT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+/// A client that was never used (no authorization code, device approval or session) is
+/// purged a day after its last registration; used ones stay.
+#[tokio::test]
+async fn unused_clients_are_purged_after_a_day() {
+    let server = OAuthServer::start().await;
+    server.add_user("alice").await;
+    let register = |name: &'static str| {
+        let server = &server;
+        async move {
+            let body: Value = server
+                .register(json!({"client_uri": "https://example.com/", "client_name": name, "grant_types": [DEVICE_GRANT]}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            body["client_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let unused = register("Unused").await;
+    let with_session = register("Session").await;
+    let with_code = register("Code").await;
+    let renewed = register("Renewed").await;
+    let minted = server.oauth.mint();
+    let grant = mxqr_server::db::Grant {
+        localpart: "alice".into(),
+        device_id: "DEV1".into(),
+        client_id: Some(with_session.clone()),
+        scope: scope("DEV1"),
+    };
+    server
+        .db()
+        .issue_session(&grant, &minted.stored, server.oauth.now_ms())
+        .await
+        .unwrap();
+    let (_, challenge) = pkce();
+    server
+        .db()
+        .create_auth_code(
+            &mxqr_server::db::NewAuthCode {
+                code_hash: "c".repeat(64),
+                client_id: with_code.clone(),
+                localpart: "alice".into(),
+                device_id: "DEV2".into(),
+                scope: scope("DEV2"),
+                redirect_uri: "https://example.com/cb".into(),
+                code_challenge: challenge,
+                expires_at: server.oauth.now_ms() + 60_000,
+            },
+            server.oauth.now_ms(),
+        )
+        .await
+        .unwrap();
+
+    let exists = |id: String| {
+        let server = &server;
+        async move { server.db().client(&id).await.unwrap().is_some() }
+    };
+    server.clock.advance(Duration::from_secs(23 * 3600));
+    server.oauth.purge_expired().await;
+    assert!(exists(unused.clone()).await, "kept for a day");
+    // Registering identical metadata again returns the same client and restarts its day.
+    assert_eq!(register("Renewed").await, renewed);
+    server.clock.advance(Duration::from_secs(2 * 3600));
+    server.oauth.purge_expired().await;
+    assert!(!exists(unused).await, "never used: purged");
+    assert!(exists(with_session).await);
+    assert!(exists(with_code).await);
+    assert!(exists(renewed.clone()).await, "re-registered an hour ago");
+    server.clock.advance(Duration::from_secs(24 * 3600));
+    server.oauth.purge_expired().await;
+    assert!(!exists(renewed).await);
 }

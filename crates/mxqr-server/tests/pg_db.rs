@@ -40,8 +40,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxqr_server::db::{
-    CodeOutcome, Db, DbError, Grant, NewAuthCode, NewDeviceGrant, NewTokens, PgDb, PollOutcome,
-    RedeemCode, RefreshOutcome,
+    CodeOutcome, Db, DbError, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens,
+    PendingGrantCaps, PgDb, PollOutcome, RedeemCode, RefreshOutcome,
 };
 use mxqr_server::oauth::{Clock, OAuthState, SystemClock};
 use pg_support::{admin, fresh_database, test_config};
@@ -212,11 +212,19 @@ async fn two_instances_polling_one_approved_device_grant_issue_once() {
             scope: "urn:matrix:client:api:*".into(),
             device_id: format!("DEV{round}"),
             requester_ip: "127.0.0.1".into(),
+            requester_key: "127.0.0.1".into(),
             requester_ua: "test".into(),
             expires_at: now + 600_000,
             interval_secs: 5,
         };
-        a.create_device_grant(&grant, now).await.unwrap();
+        let caps = PendingGrantCaps {
+            per_address: None,
+            per_client: 1000,
+        };
+        assert_eq!(
+            a.create_device_grant(&grant, caps, now).await.unwrap(),
+            GrantAdmission::Stored
+        );
         assert!(
             b.decide_device_grant(&grant.user_code, "alice", true, now)
                 .await

@@ -200,12 +200,40 @@ pub struct NewDeviceGrant {
     pub device_id: String,
     /// Address the request came from (shown on the consent page).
     pub requester_ip: String,
+    /// The address as rate limits group it (IPv6 by /64), for the per-address cap.
+    pub requester_key: String,
     /// User agent of the request (shown on the consent page).
     pub requester_ua: String,
     /// Expiry, ms.
     pub expires_at: i64,
     /// Initial polling interval, seconds.
     pub interval_secs: i64,
+}
+
+/// Caps on pending (undecided, unexpired) device grants, checked in the insert's transaction.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingGrantCaps {
+    /// Per `requester_key`; `None` when client addresses are not trusted.
+    pub per_address: Option<u32>,
+    /// Per client.
+    pub per_client: u32,
+}
+
+/// Outcome of storing a device grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantAdmission {
+    /// Stored.
+    Stored,
+    /// The address has its cap of pending grants; the oldest expires at `retry_at` (ms).
+    AddressFull {
+        /// Expiry of the oldest counted grant.
+        retry_at: i64,
+    },
+    /// The client has its cap of pending grants.
+    ClientFull {
+        /// Expiry of the oldest counted grant.
+        retry_at: i64,
+    },
 }
 
 /// A pending device grant as the consent page shows it.
@@ -300,7 +328,8 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
     ) -> BoxFuture<'a, DbResult<bool>>;
 
     /// Stores client metadata unless identical metadata (same hash) exists; returns the
-    /// client ID in force (the existing one, or `new_client_id`).
+    /// client ID in force (the existing one, or `new_client_id`). Either way the client counts
+    /// as registered at `now`, which restarts the day an unused client is kept.
     fn register_client<'a>(
         &'a self,
         metadata_hash: &'a str,
@@ -351,12 +380,14 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
         now: i64,
     ) -> BoxFuture<'a, DbResult<CodeOutcome>>;
 
-    /// Stores a device grant; [`DbError::Conflict`] when the user code is taken.
+    /// Stores a device grant unless the address or the client has its cap of pending grants;
+    /// [`DbError::Conflict`] when the user code is taken.
     fn create_device_grant<'a>(
         &'a self,
         grant: &'a NewDeviceGrant,
+        caps: PendingGrantCaps,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
+    ) -> BoxFuture<'a, DbResult<GrantAdmission>>;
     /// Looks a user code up, counting the lookup against the grant's cap `max_lookups`.
     fn lookup_user_code<'a>(
         &'a self,
@@ -422,7 +453,9 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>>;
 
-    /// Deletes expired codes, grants and browser sessions; returns the rows removed.
+    /// Deletes expired codes, grants and browser sessions, and clients never used (no
+    /// authorization code or session issued to them) a day after their last registration;
+    /// returns the rows removed.
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>>;
 }
 

@@ -19,8 +19,9 @@ use subtle::ConstantTimeEq;
 
 use super::{
     BackupVersion, ClientDb, CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant,
-    NewAuthCode, NewDeviceGrant, NewTokens, PollOutcome, RedeemCode, RefreshOutcome,
-    StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User, UserCodeLookup,
+    GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, PollOutcome,
+    RedeemCode, RefreshOutcome, StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User,
+    UserCodeLookup,
 };
 use crate::pg_gate::PgGate;
 use crate::store::BoxFuture;
@@ -192,6 +193,50 @@ async fn lock_device(tx: &mut Tx, localpart: &str, device_id: &str) -> Result<bo
     .is_some())
 }
 
+/// Records the first use of a client (an authorization code or a session issued to it), which
+/// exempts it from the purge of unused registrations.
+async fn mark_client_used<'e>(
+    executor: impl sqlx::Executor<'e, Database = Postgres>,
+    client_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL")
+        .bind(now)
+        .bind(client_id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Advisory-lock classes (two-key form) serializing the pending-grant caps: one lock per
+/// requesting address, then one per client, always in that order.
+const ADDRESS_GRANTS_LOCK: i32 = 0x6d78_0001;
+const CLIENT_GRANTS_LOCK: i32 = 0x6d78_0002;
+
+/// Takes the cap's lock for `value`, then counts its pending grants: how many, and when the
+/// oldest expires.
+async fn pending_grants(
+    tx: &mut Tx,
+    lock_class: i32,
+    column: &str,
+    value: &str,
+    now: i64,
+) -> Result<(i64, Option<i64>), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(lock_class)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query_as(&format!(
+        "SELECT COUNT(*), MIN(expires_at) FROM device_grants \
+         WHERE {column} = $1 AND status = 'pending' AND expires_at > $2"
+    ))
+    .bind(value)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+}
+
 /// Inserts the device if missing, a session and its first token pair.
 async fn insert_session(
     tx: &mut Tx,
@@ -223,6 +268,9 @@ async fn insert_session(
     .execute(&mut **tx)
     .await?;
     insert_pair(tx, &session_id, tokens, now).await?;
+    if let Some(client_id) = &grant.client_id {
+        mark_client_used(&mut **tx, client_id, now).await?;
+    }
     Ok(session_id)
 }
 
@@ -471,26 +519,20 @@ impl Db for PgDb {
         now: i64,
     ) -> BoxFuture<'a, DbResult<String>> {
         self.bounded(async move {
-            // Two instances registering identical metadata at once both get the one row.
-            let inserted: Option<String> = sqlx::query_scalar(
-                "INSERT INTO clients (client_id, metadata_hash, metadata, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (metadata_hash) DO NOTHING RETURNING client_id",
+            // One statement: two instances registering identical metadata at once both get
+            // the one row, and a purge cannot slip in between finding and renewing it.
+            sqlx::query_scalar(
+                "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, registered_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
+                 DO UPDATE SET registered_at = EXCLUDED.registered_at RETURNING client_id",
             )
             .bind(new_client_id)
             .bind(metadata_hash)
             .bind(metadata)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await
-            .map_err(pg_error)?;
-            if let Some(client_id) = inserted {
-                return Ok(client_id);
-            }
-            sqlx::query_scalar("SELECT client_id FROM clients WHERE metadata_hash = $1")
-                .bind(metadata_hash)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(pg_error)
+            .map_err(pg_error)
         })
     }
 
@@ -721,7 +763,9 @@ impl Db for PgDb {
             .execute(&self.pool)
             .await
             .map_err(pg_error)?;
-            Ok(())
+            mark_client_used(&self.pool, &code.client_id, now)
+                .await
+                .map_err(pg_error)
         })
     }
 
@@ -805,10 +849,41 @@ impl Db for PgDb {
     fn create_device_grant<'a>(
         &'a self,
         grant: &'a NewDeviceGrant,
+        caps: PendingGrantCaps,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
+    ) -> BoxFuture<'a, DbResult<GrantAdmission>> {
         self.bounded(async move {
             let mut tx = self.begin().await?;
+            if let Some(cap) = caps.per_address {
+                let (n, oldest) = pending_grants(
+                    &mut tx,
+                    ADDRESS_GRANTS_LOCK,
+                    "requester_key",
+                    &grant.requester_key,
+                    now,
+                )
+                .await
+                .map_err(pg_error)?;
+                if n >= i64::from(cap) {
+                    return Ok(GrantAdmission::AddressFull {
+                        retry_at: oldest.unwrap_or(now),
+                    });
+                }
+            }
+            let (n, oldest) = pending_grants(
+                &mut tx,
+                CLIENT_GRANTS_LOCK,
+                "client_id",
+                &grant.client_id,
+                now,
+            )
+            .await
+            .map_err(pg_error)?;
+            if n >= i64::from(caps.per_client) {
+                return Ok(GrantAdmission::ClientFull {
+                    retry_at: oldest.unwrap_or(now),
+                });
+            }
             // An expired grant must not block its user code forever.
             sqlx::query("DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2")
                 .bind(&grant.user_code)
@@ -818,8 +893,9 @@ impl Db for PgDb {
                 .map_err(pg_error)?;
             sqlx::query(
                 "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
-                 device_id, requester_ip, requester_ua, created_at, expires_at, interval_secs, \
-                 status, lookups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', 0)",
+                 device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
+                 interval_secs, status, lookups) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
             )
             .bind(&grant.device_code_hash)
             .bind(&grant.user_code)
@@ -827,6 +903,7 @@ impl Db for PgDb {
             .bind(&grant.scope)
             .bind(&grant.device_id)
             .bind(&grant.requester_ip)
+            .bind(&grant.requester_key)
             .bind(&grant.requester_ua)
             .bind(now)
             .bind(grant.expires_at)
@@ -834,7 +911,8 @@ impl Db for PgDb {
             .execute(&mut *tx)
             .await
             .map_err(pg_error)?;
-            tx.commit().await.map_err(pg_error)
+            tx.commit().await.map_err(pg_error)?;
+            Ok(GrantAdmission::Stored)
         })
     }
 
@@ -1123,6 +1201,10 @@ impl Db for PgDb {
                 ),
                 (
                     "DELETE FROM device_grants WHERE expires_at <= $1",
+                    now - day,
+                ),
+                (
+                    "DELETE FROM clients WHERE used_at IS NULL AND registered_at <= $1",
                     now - day,
                 ),
                 ("DELETE FROM browser_sessions WHERE expires_at <= $1", now),

@@ -15,9 +15,9 @@ use sqlx::{Row, Sqlite, Transaction};
 use subtle::ConstantTimeEq;
 
 use super::{
-    CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant, NewAuthCode,
-    NewDeviceGrant, NewTokens, PollOutcome, RedeemCode, RefreshOutcome, TokenInfo, User,
-    UserCodeLookup,
+    CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission,
+    NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, PollOutcome, RedeemCode,
+    RefreshOutcome, TokenInfo, User, UserCodeLookup,
 };
 use crate::store::BoxFuture;
 
@@ -135,6 +135,38 @@ const DEVICE_SELECT: &str = "SELECT d.device_id, d.display_name, d.created_at, \
           AND s2.revoked_at IS NULL ORDER BY s2.created_at DESC LIMIT 1) \
      WHERE d.localpart = ?";
 
+/// Records the first use of a client (an authorization code or a session issued to it), which
+/// exempts it from the purge of unused registrations.
+async fn mark_client_used<'e>(
+    executor: impl sqlx::Executor<'e, Database = Sqlite>,
+    client_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE clients SET used_at = ? WHERE client_id = ? AND used_at IS NULL")
+        .bind(now)
+        .bind(client_id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Pending grants counted against a cap: how many, and when the oldest expires.
+async fn pending_grants(
+    tx: &mut Transaction<'static, Sqlite>,
+    column: &str,
+    value: &str,
+    now: i64,
+) -> Result<(i64, Option<i64>), sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT COUNT(*), MIN(expires_at) FROM device_grants \
+         WHERE {column} = ? AND status = 'pending' AND expires_at > ?"
+    ))
+    .bind(value)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+}
+
 /// Inserts the device if missing, a session and its first token pair.
 async fn insert_session(
     tx: &mut Transaction<'static, Sqlite>,
@@ -165,6 +197,9 @@ async fn insert_session(
     .execute(&mut **tx)
     .await?;
     insert_pair(tx, &session_id, tokens, now).await?;
+    if let Some(client_id) = &grant.client_id {
+        mark_client_used(&mut **tx, client_id, now).await?;
+    }
     Ok(session_id)
 }
 
@@ -405,26 +440,19 @@ impl Db for SqliteDb {
         now: i64,
     ) -> BoxFuture<'a, DbResult<String>> {
         Box::pin(async move {
-            let mut tx = self.begin().await?;
-            let existing: Option<String> =
-                sqlx::query_scalar("SELECT client_id FROM clients WHERE metadata_hash = ?")
-                    .bind(metadata_hash)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            if let Some(client_id) = existing {
-                return Ok(client_id);
-            }
-            sqlx::query("INSERT INTO clients (client_id, metadata_hash, metadata, created_at) VALUES (?, ?, ?, ?)")
-                .bind(new_client_id)
-                .bind(metadata_hash)
-                .bind(metadata)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(new_client_id.to_owned())
+            sqlx::query_scalar(
+                "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, registered_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (metadata_hash) \
+                 DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
+            )
+            .bind(new_client_id)
+            .bind(metadata_hash)
+            .bind(metadata)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
         })
     }
 
@@ -637,7 +665,9 @@ impl Db for SqliteDb {
             .execute(&self.pool)
             .await
             .map_err(backend)?;
-            Ok(())
+            mark_client_used(&self.pool, &code.client_id, now)
+                .await
+                .map_err(backend)
         })
     }
 
@@ -719,10 +749,31 @@ impl Db for SqliteDb {
     fn create_device_grant<'a>(
         &'a self,
         grant: &'a NewDeviceGrant,
+        caps: PendingGrantCaps,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
+    ) -> BoxFuture<'a, DbResult<GrantAdmission>> {
         Box::pin(async move {
+            // BEGIN IMMEDIATE: the counts and the insert are one step for every writer.
             let mut tx = self.begin().await?;
+            if let Some(cap) = caps.per_address {
+                let (n, oldest) =
+                    pending_grants(&mut tx, "requester_key", &grant.requester_key, now)
+                        .await
+                        .map_err(backend)?;
+                if n >= i64::from(cap) {
+                    return Ok(GrantAdmission::AddressFull {
+                        retry_at: oldest.unwrap_or(now),
+                    });
+                }
+            }
+            let (n, oldest) = pending_grants(&mut tx, "client_id", &grant.client_id, now)
+                .await
+                .map_err(backend)?;
+            if n >= i64::from(caps.per_client) {
+                return Ok(GrantAdmission::ClientFull {
+                    retry_at: oldest.unwrap_or(now),
+                });
+            }
             // An expired grant must not block its user code forever.
             sqlx::query("DELETE FROM device_grants WHERE user_code = ? AND expires_at <= ?")
                 .bind(&grant.user_code)
@@ -732,8 +783,8 @@ impl Db for SqliteDb {
                 .map_err(backend)?;
             sqlx::query(
                 "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, device_id, \
-                 requester_ip, requester_ua, created_at, expires_at, interval_secs, status, lookups) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0)",
+                 requester_ip, requester_key, requester_ua, created_at, expires_at, interval_secs, \
+                 status, lookups) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0)",
             )
             .bind(&grant.device_code_hash)
             .bind(&grant.user_code)
@@ -741,6 +792,7 @@ impl Db for SqliteDb {
             .bind(&grant.scope)
             .bind(&grant.device_id)
             .bind(&grant.requester_ip)
+            .bind(&grant.requester_key)
             .bind(&grant.requester_ua)
             .bind(now)
             .bind(grant.expires_at)
@@ -748,7 +800,8 @@ impl Db for SqliteDb {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-            tx.commit().await.map_err(backend)
+            tx.commit().await.map_err(backend)?;
+            Ok(GrantAdmission::Stored)
         })
     }
 
@@ -1028,6 +1081,10 @@ impl Db for SqliteDb {
                     now - day,
                 ),
                 ("DELETE FROM device_grants WHERE expires_at <= ?", now - day),
+                (
+                    "DELETE FROM clients WHERE used_at IS NULL AND registered_at <= ?",
+                    now - day,
+                ),
                 ("DELETE FROM browser_sessions WHERE expires_at <= ?", now),
                 (
                     "DELETE FROM cross_signing_resets WHERE expires_at <= ?",

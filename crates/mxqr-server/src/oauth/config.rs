@@ -63,6 +63,13 @@ pub struct OAuthConfig {
     pub failed_attempts_max: u32,
     /// Window of `failed_attempts_max`, seconds.
     pub failed_attempts_window_secs: u64,
+    /// Pending (undecided, unexpired) device grants per client address (when
+    /// `rate_limit.enabled`, since it needs real client addresses). A person starts one
+    /// sign-in at a time; the cap bounds what one address can pile up unauthenticated.
+    pub device_grants_pending_per_address: u32,
+    /// Pending device grants per client, from all addresses together: bounds the rows a
+    /// flood from many addresses can add, while leaving room for many real sign-ins.
+    pub device_grants_pending_per_client: u32,
 }
 
 impl Default for OAuthConfig {
@@ -80,6 +87,8 @@ impl Default for OAuthConfig {
             browser_session_ttl_secs: 86_400,
             failed_attempts_max: 10,
             failed_attempts_window_secs: 300,
+            device_grants_pending_per_address: 10,
+            device_grants_pending_per_client: 1000,
         }
     }
 }
@@ -121,6 +130,10 @@ impl OAuthConfig {
                     range.end()
                 ));
             }
+        }
+        if self.device_grants_pending_per_address == 0 || self.device_grants_pending_per_client == 0
+        {
+            return Err("oauth.device_grants_pending_per_* must be at least 1".into());
         }
         if self.failed_attempts_max == 0 || self.failed_attempts_window_secs == 0 {
             return Err(

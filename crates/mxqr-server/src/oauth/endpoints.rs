@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use super::client::{ClientMetadata, DEVICE_CODE_GRANT, MetadataError};
 use super::tokens::{self, Kind};
 use super::{Minted, OAuthError, OAuthState, RequestIp, ms, scope};
-use crate::db::{CodeOutcome, Grant, NewDeviceGrant, PollOutcome, RedeemCode, RefreshOutcome};
+use crate::db::{
+    CodeOutcome, Grant, GrantAdmission, NewDeviceGrant, PendingGrantCaps, PollOutcome, RedeemCode,
+    RefreshOutcome,
+};
 use crate::response::json as json_response;
 
 /// Account-management actions: the spec's stable names and the MSC4191 names older clients
@@ -119,11 +122,16 @@ pub async fn metadata(State(state): State<OAuthState>) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-/// `POST /oauth2/registration` (RFC 7591 with the Matrix metadata rules).
+/// `POST /oauth2/registration` (RFC 7591 with the Matrix metadata rules), charged to the
+/// address's creation bucket since it needs no account and its rows are kept.
 pub async fn register(
     State(state): State<OAuthState>,
+    RequestIp(ip): RequestIp,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(err) = state.charge_creation(ip) {
+        return axum::response::IntoResponse::into_response(err);
+    }
     match register_inner(&state, body).await {
         Ok(response) => response,
         Err(err) => axum::response::IntoResponse::into_response(err),
@@ -164,13 +172,24 @@ async fn register_inner(
     Ok(json_response(StatusCode::CREATED, &response))
 }
 
-/// `POST /oauth2/device` (RFC 8628 §3.1).
+/// Why a device authorization is refused past a pending-grant cap.
+fn pending_cap_reached(state: &OAuthState, retry_at: i64, reason: &'static str) -> OAuthError {
+    let wait_ms = u64::try_from(retry_at.saturating_sub(state.now_ms())).unwrap_or(0);
+    OAuthError::Throttled {
+        retry_after: std::time::Duration::from_millis(wait_ms),
+        reason,
+    }
+}
+
+/// `POST /oauth2/device` (RFC 8628 §3.1), charged to the address's creation bucket; pending
+/// grants are capped per address and per client.
 pub async fn device_authorization(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
+    state.charge_creation(ip)?;
     let params = form(body)?;
     let client_id = params.require("client_id")?;
     let client = require_client(&state, client_id).await?;
@@ -198,17 +217,38 @@ pub async fn device_authorization(
         scope: requested.granted,
         device_id: requested.device_id,
         requester_ip: ip.to_string(),
+        requester_key: crate::ratelimit::client_key(ip).to_string(),
         requester_ua: user_agent,
         expires_at: now.saturating_add(ms(life.device_code)),
         interval_secs: i64::try_from(life.device_interval_secs).unwrap_or(5),
     };
+    let caps = PendingGrantCaps {
+        per_address: state
+            .limits_per_address()
+            .then_some(life.device_grants_per_address),
+        per_client: life.device_grants_per_client,
+    };
     let mut stored = false;
     for _ in 0..USER_CODE_TRIES {
         grant.user_code = tokens::user_code();
-        match state.db().create_device_grant(&grant, now).await {
-            Ok(()) => {
+        match state.db().create_device_grant(&grant, caps, now).await {
+            Ok(GrantAdmission::Stored) => {
                 stored = true;
                 break;
+            }
+            Ok(GrantAdmission::AddressFull { retry_at }) => {
+                return Err(pending_cap_reached(
+                    &state,
+                    retry_at,
+                    "too many pending device authorizations from this address",
+                ));
+            }
+            Ok(GrantAdmission::ClientFull { retry_at }) => {
+                return Err(pending_cap_reached(
+                    &state,
+                    retry_at,
+                    "too many pending device authorizations for this client",
+                ));
             }
             Err(crate::db::DbError::Conflict) => continue,
             Err(err) => return Err(err.into()),

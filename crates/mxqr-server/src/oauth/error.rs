@@ -56,6 +56,17 @@ pub enum OAuthError {
     /// Per-address limit reached (HTTP 429, reported as `slow_down`).
     #[error("too many attempts from this address")]
     RateLimited(Duration),
+    /// An allowance of the address or the client is used up (creation bucket, pending device
+    /// grants): HTTP 429 (RFC 6585) with `Retry-After`. The code is RFC 6749's
+    /// `temporarily_unavailable`, the only registered "try again later"; `slow_down` would
+    /// tell an RFC 8628 client to change its polling interval, which is not the matter here.
+    #[error("{reason}")]
+    Throttled {
+        /// When to try again.
+        retry_after: Duration,
+        /// What is used up.
+        reason: &'static str,
+    },
     /// The store failed (HTTP 503 `temporarily_unavailable`, never a 500).
     #[error("temporarily unavailable")]
     Unavailable(#[from] DbError),
@@ -78,6 +89,7 @@ impl OAuthError {
             Self::AccessDenied => (StatusCode::BAD_REQUEST, "access_denied"),
             Self::ExpiredToken => (StatusCode::BAD_REQUEST, "expired_token"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
+            Self::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         }
     }
@@ -94,7 +106,10 @@ impl IntoResponse for OAuthError {
             &serde_json::json!({ "error": code, "error_description": self.to_string() }),
         );
         let retry_after = match self {
-            Self::RateLimited(wait) => Some(wait.as_secs().max(1)),
+            Self::RateLimited(wait)
+            | Self::Throttled {
+                retry_after: wait, ..
+            } => Some(wait.as_secs().max(1)),
             // An outage is usually brief (a database restart or failover): say when to retry.
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,

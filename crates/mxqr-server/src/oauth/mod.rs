@@ -97,6 +97,10 @@ pub struct Lifetimes {
     pub cross_signing_reset: Duration,
     /// How long a poll of a pending device grant waits for the decision.
     pub device_poll_hold: Duration,
+    /// Pending device grants per client address (applied with the rate limits).
+    pub device_grants_per_address: u32,
+    /// Pending device grants per client.
+    pub device_grants_per_client: u32,
 }
 
 impl Lifetimes {
@@ -116,6 +120,8 @@ impl Lifetimes {
             user_code_max_lookups: c.user_code_max_lookups,
             browser_session: Duration::from_secs(c.browser_session_ttl_secs),
             cross_signing_reset: Duration::from_secs(600),
+            device_grants_per_address: c.device_grants_pending_per_address,
+            device_grants_per_client: c.device_grants_pending_per_client,
         }
     }
 }
@@ -144,6 +150,9 @@ struct Inner {
     last_purge: AtomicI64,
     attempt_limiter: Option<FailureLimiter>,
     unknown_code_limiter: Option<FailureLimiter>,
+    /// Client registrations and device authorizations per address (both unauthenticated
+    /// and stored); `None` when rate limits are off.
+    creation_limiter: Option<crate::ratelimit::RateLimiter>,
     /// Synapse mode: the Synapse this server authenticates for.
     synapse: std::sync::OnceLock<Arc<crate::synapse::SynapseLink>>,
     /// Bumped whenever this instance decides a device grant, to wake held token polls.
@@ -209,6 +218,12 @@ impl OAuthState {
             last_purge: AtomicI64::new(0),
             attempt_limiter: limiter(),
             unknown_code_limiter: limiter(),
+            creation_limiter: config.rate_limit.enabled.then(|| {
+                crate::ratelimit::RateLimiter::new(
+                    config.rate_limit.oauth_create_per_second,
+                    config.rate_limit.oauth_create_burst,
+                )
+            }),
             synapse: std::sync::OnceLock::new(),
             device_decisions: tokio::sync::watch::Sender::new(0),
         }))
@@ -410,6 +425,27 @@ impl OAuthState {
         self.0.secure_cookies
     }
 
+    /// Charges one client registration or device authorization to `ip`'s creation bucket.
+    pub(crate) fn charge_creation(&self, ip: IpAddr) -> Result<(), OAuthError> {
+        match &self.0.creation_limiter {
+            Some(limiter) => {
+                limiter
+                    .check(crate::ratelimit::client_key(ip))
+                    .map_err(|retry_after| OAuthError::Throttled {
+                        retry_after,
+                        reason: "too many registrations or device authorizations from this address",
+                    })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Whether per-address caps apply (client addresses are only trusted with the rate
+    /// limits on).
+    pub(crate) fn limits_per_address(&self) -> bool {
+        self.0.creation_limiter.is_some()
+    }
+
     /// Refuses `ip` while it has used up its failed sign-ins and code entries.
     pub(crate) fn check_attempt(&self, ip: IpAddr) -> Result<(), Duration> {
         match self.0.attempt_limiter.as_ref().and_then(|l| l.blocked(ip)) {
@@ -510,6 +546,9 @@ impl OAuthState {
             .into_iter()
             .flatten()
         {
+            limiter.prune();
+        }
+        if let Some(limiter) = &self.0.creation_limiter {
             limiter.prune();
         }
     }

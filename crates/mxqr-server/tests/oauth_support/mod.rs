@@ -66,6 +66,8 @@ pub struct Options {
     pub registration: bool,
     pub rate_limit: bool,
     pub max_lookups: u32,
+    /// Pending device grants per client (`None`: the configured default).
+    pub device_grants_per_client: Option<u32>,
 }
 
 impl Default for Options {
@@ -74,8 +76,20 @@ impl Default for Options {
             registration: false,
             rate_limit: false,
             max_lookups: 5,
+            device_grants_per_client: None,
         }
     }
+}
+
+/// An API client whose requests come from `source` (any 127.0.0.0/8 address), to act as
+/// another client address.
+pub fn api_client_from(source: std::net::IpAddr) -> Client {
+    Client::builder()
+        .redirect(Policy::none())
+        .local_address(source)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// A client that neither follows redirects nor keeps cookies (API calls).
@@ -133,6 +147,9 @@ impl OAuthServer {
         let clock = Arc::new(ManualClock::default());
         let mut life = Lifetimes::from_config(&config.oauth);
         life.user_code_max_lookups = options.max_lookups;
+        if let Some(n) = options.device_grants_per_client {
+            life.device_grants_per_client = n;
+        }
         let oauth = OAuthState::with_clock(&config, db, clock.clone(), life);
         let state = AppState::new(config).with_oauth(oauth.clone());
         let (tx, rx) = oneshot::channel();
