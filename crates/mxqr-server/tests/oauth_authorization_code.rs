@@ -574,3 +574,51 @@ async fn loopback_redirects_match_any_port_on_all_three_hosts() {
         }
     }
 }
+
+/// A scope naming a device ID the user already has signs the application in as that device
+/// (its keys, its messages): the consent page says so, for either scope spelling.
+#[tokio::test]
+async fn consent_warns_when_the_device_id_exists() {
+    const WARNING: &str = "already has a device with the ID";
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await;
+    let (_, challenge) = pkce();
+    let page = |scope: String| {
+        let query = authorize_query(&client_id, REDIRECT, &challenge, &[("scope", &scope)]);
+        let (server, browser) = (&server, &browser);
+        async move {
+            let response = get_authorize(server, browser, &query).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            response.text().await.unwrap()
+        }
+    };
+    let html = page(scope("DEVICEAAA")).await;
+    assert!(!html.contains(WARNING), "new device, no warning:\n{html}");
+
+    let minted = server.oauth.mint();
+    let grant = mxqr_server::db::Grant {
+        localpart: "alice".into(),
+        device_id: "DEVICEAAA".into(),
+        client_id: None,
+        scope: scope("DEVICEAAA"),
+    };
+    server
+        .db()
+        .issue_session(&grant, &minted.stored, server.oauth.now_ms())
+        .await
+        .unwrap();
+    server
+        .db()
+        .set_device_display_name("alice", "DEVICEAAA", Some("Alice's laptop"))
+        .await
+        .unwrap();
+    for requested in [scope("DEVICEAAA"), unstable_scope("DEVICEAAA")] {
+        let html = page(requested).await;
+        assert!(html.contains(WARNING), "{html}");
+        assert!(html.contains("Alice&#x27;s laptop"), "{html}");
+    }
+    // Another user's device of that ID is not this user's concern.
+    let html = page(scope("DEVICEBBB")).await;
+    assert!(!html.contains(WARNING));
+}

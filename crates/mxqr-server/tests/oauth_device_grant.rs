@@ -590,3 +590,37 @@ async fn device_authorization_is_charged_to_the_creation_bucket() {
     assert!((19..=21).contains(&ok), "{statuses:?}");
     assert_eq!(statuses[24], StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// The device-grant consent page warns when the requested device ID already exists for the
+/// signed-in user: approving signs the new device in as that one.
+#[tokio::test]
+async fn device_consent_warns_when_the_device_id_exists() {
+    const WARNING: &str = "already has a device with the ID";
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let browser = signed_in(&server).await;
+    let (_, body) = start_grant(&server, &client_id, &scope("FRESHDEV")).await;
+    let (status, html) = enter_code(&server, &browser, body["user_code"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains(WARNING), "{html}");
+
+    let minted = server.oauth.mint();
+    let grant = mxqr_server::db::Grant {
+        localpart: "alice".into(),
+        device_id: DEVICE_ID.into(),
+        client_id: None,
+        scope: scope(DEVICE_ID),
+    };
+    server
+        .db()
+        .issue_session(&grant, &minted.stored, server.oauth.now_ms())
+        .await
+        .unwrap();
+    for requested in [scope(DEVICE_ID), unstable_scope(DEVICE_ID)] {
+        let (_, body) = start_grant(&server, &client_id, &requested).await;
+        let (status, html) =
+            enter_code(&server, &browser, body["user_code"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains(WARNING), "{html}");
+    }
+}

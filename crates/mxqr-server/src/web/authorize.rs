@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use super::{PageBody, PageError, PageResult, Visit, see_other};
+use super::{PageBody, PageError, PageResult, Visit, see_other, show_time};
 use crate::db::NewAuthCode;
 use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
@@ -213,7 +213,7 @@ pub(crate) async fn authorize_page(
         }
         return Ok(visit.login_redirect(&state, &next));
     };
-    Ok(consent(&state, &visit, &request, &localpart)?)
+    Ok(consent(&state, &visit, &request, &localpart).await?)
 }
 
 /// OpenID Connect `prompt=none`: the client asks for an answer without any page. Consent is
@@ -241,12 +241,37 @@ fn silent_answer(request: &AuthRequest, prompt: &str, signed_in: bool) -> Option
     })
 }
 
-fn consent(
+/// The user's device of this ID, as the consent pages describe it, when it exists: the scope
+/// then signs the application in as that device (with its keys and messages), which the
+/// person must be told before approving.
+pub(crate) async fn existing_device(
+    state: &OAuthState,
+    localpart: Option<&str>,
+    device_id: &str,
+) -> Result<Option<minijinja::Value>, PageError> {
+    let Some(localpart) = localpart else {
+        return Ok(None);
+    };
+    Ok(state
+        .db()
+        .device(localpart, device_id)
+        .await?
+        .map(|device| {
+            minijinja::context! {
+                display_name => device.display_name,
+                added => show_time(device.created_at),
+                signed_in => device.session_created_at.is_some(),
+            }
+        }))
+}
+
+async fn consent(
     state: &OAuthState,
     visit: &Visit,
     request: &AuthRequest,
     localpart: &str,
 ) -> PageResult {
+    let existing = existing_device(state, Some(localpart), &request.scope.device_id).await?;
     let mut response = visit.render(
         state,
         StatusCode::OK,
@@ -256,6 +281,7 @@ fn consent(
             client_name => request.client.display_name(),
             client_uri => &request.client.client_uri,
             device_id => &request.scope.device_id,
+            existing_device => existing,
             redirect_uri => &request.redirect_uri,
             params => &request.carried,
             user_id => state.user_id(localpart),

@@ -79,6 +79,9 @@ async fn show_grant(
         }
     };
     let client = load_client(state, &grant.client_id).await?;
+    let existing =
+        super::authorize::existing_device(state, visit.localpart.as_deref(), &grant.device_id)
+            .await?;
     let (client_name, client_uri) = match &client {
         Some(c) => (c.display_name(), c.client_uri.clone()),
         None => ("Unknown application".to_owned(), String::new()),
@@ -92,6 +95,7 @@ async fn show_grant(
             client_name => client_name,
             client_uri => client_uri,
             device_id => grant.device_id,
+            existing_device => existing,
             requester_ip => grant.requester_ip,
             requester_ua => grant.requester_ua,
             requested_at => show_time(grant.created_at),
