@@ -82,8 +82,9 @@ async fn authorization_code_grant_through_login_and_consent() {
     let server = server_with_alice().await;
     run("authorization-code", async move |browser: Browser| {
         let mut app = Loopback::start(Vec::new()).await;
+        // Registered without a port (Matrix spec); the run-time port matches at authorization.
         let redirect = format!("http://127.0.0.1:{}/callback", app.port);
-        let client_id = register_app(&server, &redirect).await;
+        let client_id = register_app(&server, "http://127.0.0.1/callback").await;
         let (verifier, challenge) = pkce();
         let state = format!("st-{}", hex::encode(rand::random::<[u8; 8]>()));
         let authorize = authorize_url(
