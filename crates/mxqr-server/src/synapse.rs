@@ -500,6 +500,10 @@ pub async fn introspect(
             return response;
         }
     };
+    if let Some(info) = &info {
+        // Synapse asks only about tokens a client presented: that is their use.
+        state.record_token_use(&tokens::hash(&token), info).await;
+    }
     if let Some(info) = &info
         && !link.is_provisioned(&info.localpart, &info.device_id)
         && let Err(err) = state

@@ -264,7 +264,7 @@ impl ClientDb for SqliteDb {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
+                 t.used_at, t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = ?",
             )
@@ -295,6 +295,7 @@ impl ClientDb for SqliteDb {
                     scope: row.try_get("scope")?,
                     expires_at,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 }))
             };
             read().map_err(backend)

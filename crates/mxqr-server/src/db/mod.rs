@@ -125,6 +125,9 @@ pub struct TokenInfo {
     pub expires_at: i64,
     /// OAuth session the token belongs to.
     pub session_id: String,
+    /// Whether a request was already authenticated with it ([`Db::record_token_use`]), so
+    /// that the first use is written once and later uses cost no write.
+    pub used: bool,
 }
 
 /// Outcome of presenting a refresh token.
@@ -134,8 +137,10 @@ pub enum RefreshOutcome {
     Rotated(Grant),
     /// Unknown, revoked or belonging to an ended session.
     Invalid,
-    /// An already-exchanged token came back outside the retry window: the session is revoked.
-    Reused,
+    /// An already-exchanged token came back outside the retry window, or after its successor
+    /// pair was used: the session is revoked. The grant names the device, which the caller
+    /// deletes as well (RFC 9700 §4.14: the whole grant is compromised).
+    Reused(Grant),
 }
 
 /// A code redemption, checked against the stored code inside the transaction.
@@ -325,8 +330,18 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
         access_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>>;
+    /// Records that an access token authenticated a request (its first use), unless already
+    /// recorded. A refresh retry is allowed only while the successor pair is unused.
+    fn record_token_use<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
     /// Exchanges a refresh token for `tokens`, with the retry window `grace_ms`. A token of
-    /// another client than `client_id` (when given) is [`RefreshOutcome::Invalid`].
+    /// another client than `client_id` (when given) is [`RefreshOutcome::Invalid`]. A retry
+    /// of an exchanged token gets a new pair only within `grace_ms` and while the pair it
+    /// was exchanged for has never been used (neither its access token nor its refresh
+    /// token); otherwise it is [`RefreshOutcome::Reused`].
     fn refresh<'a>(
         &'a self,
         refresh_hash: &'a str,
@@ -421,6 +436,12 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
         localpart: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>>;
+
+    /// The server name pinned at first start, if any.
+    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>>;
+    /// Pins `name` as the server name unless one is pinned already; returns the pinned one
+    /// (the earlier one if it differs: the caller decides what a mismatch means).
+    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>>;
 
     /// Deletes expired codes, grants and browser sessions; returns the rows removed.
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>>;

@@ -527,7 +527,7 @@ impl Db for PgDb {
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>> {
         self.bounded(async move {
             let row = sqlx::query(
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at \
+                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, t.used_at \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart \
                  WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND s.revoked_at IS NULL \
@@ -545,10 +545,29 @@ impl Db for PgDb {
                     scope: row.try_get("scope")?,
                     expires_at: row.try_get("expires_at")?,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 })
             })
             .transpose()
             .map_err(pg_error)
+        })
+    }
+
+    fn record_token_use<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>> {
+        self.bounded(async move {
+            sqlx::query(
+                "UPDATE access_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(access_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            Ok(())
         })
     }
 
@@ -614,12 +633,16 @@ impl Db for PgDb {
                 return Ok(RefreshOutcome::Invalid);
             }
             if let Some(used_at) = used_at {
-                // Retry after a lost response: allowed while the successor is unused and fresh.
+                // Retry after a lost response: allowed while the successor pair is fresh and
+                // was never used, neither its refresh token nor its access token (RFC 9700
+                // §4.14). A used successor means the pair did arrive: this is a replay.
                 let successor_unused = match &replaced_by {
                     Some(next) => {
                         sqlx::query_scalar::<_, i64>(
-                            "SELECT COUNT(*) FROM refresh_tokens \
-                         WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL",
+                            "SELECT COUNT(*) FROM refresh_tokens r \
+                             JOIN access_tokens a ON a.token_hash = r.access_token_hash \
+                             WHERE r.token_hash = $1 AND r.used_at IS NULL \
+                               AND r.revoked_at IS NULL AND a.used_at IS NULL",
                         )
                         .bind(next)
                         .fetch_one(&mut *tx)
@@ -634,7 +657,7 @@ impl Db for PgDb {
                         .await
                         .map_err(pg_error)?;
                     tx.commit().await.map_err(pg_error)?;
-                    return Ok(RefreshOutcome::Reused);
+                    return Ok(RefreshOutcome::Reused(grant));
                 }
                 // The lost pair was never received: revoke it before handing out a new one.
                 if let Some(next) = &replaced_by {
@@ -1111,6 +1134,33 @@ impl Db for PgDb {
         })
     }
 
+    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>> {
+        self.bounded(async move {
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg_error)
+        })
+    }
+
+    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>> {
+        self.bounded(async move {
+            // Instances starting together: the first insert wins, every one reads it back.
+            sqlx::query(
+                "INSERT INTO server_meta (name, value) VALUES ('server_name', $1) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pg_error)
+        })
+    }
+
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>> {
         self.bounded(async move {
             // Used codes are kept a day past expiry so reuse is still detected (and revokes).
@@ -1152,7 +1202,7 @@ impl ClientDb for PgDb {
         self.bounded(async move {
             let row = sqlx::query(
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
+                 t.used_at, t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
             )
@@ -1183,6 +1233,7 @@ impl ClientDb for PgDb {
                     scope: row.try_get("scope")?,
                     expires_at,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 }))
             };
             read().map_err(pg_error)

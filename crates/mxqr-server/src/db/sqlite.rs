@@ -461,7 +461,7 @@ impl Db for SqliteDb {
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at \
+                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, t.used_at \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart \
                  WHERE t.token_hash = ? AND t.revoked_at IS NULL AND s.revoked_at IS NULL \
@@ -479,10 +479,29 @@ impl Db for SqliteDb {
                     scope: row.try_get("scope")?,
                     expires_at: row.try_get("expires_at")?,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 })
             })
             .transpose()
             .map_err(backend)
+        })
+    }
+
+    fn record_token_use<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE access_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(access_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            Ok(())
         })
     }
 
@@ -527,16 +546,23 @@ impl Db for SqliteDb {
                 return Ok(RefreshOutcome::Invalid);
             }
             if let Some(used_at) = used_at {
-                // Retry after a lost response: allowed while the successor is unused and fresh.
+                // Retry after a lost response: allowed while the successor pair is fresh and
+                // was never used, neither its refresh token nor its access token (RFC 9700
+                // §4.14). A used successor means the pair did arrive: this is a replay.
                 let successor_unused = match &replaced_by {
-                    Some(next) => sqlx::query_scalar::<_, i64>(
-                        "SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL",
-                    )
-                    .bind(next)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(backend)?
-                        > 0,
+                    Some(next) => {
+                        sqlx::query_scalar::<_, i64>(
+                            "SELECT COUNT(*) FROM refresh_tokens r \
+                         JOIN access_tokens a ON a.token_hash = r.access_token_hash \
+                         WHERE r.token_hash = ? AND r.used_at IS NULL AND r.revoked_at IS NULL \
+                           AND a.used_at IS NULL",
+                        )
+                        .bind(next)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                            > 0
+                    }
                     None => false,
                 };
                 if now - used_at > grace_ms || !successor_unused {
@@ -544,7 +570,7 @@ impl Db for SqliteDb {
                         .await
                         .map_err(backend)?;
                     tx.commit().await.map_err(backend)?;
-                    return Ok(RefreshOutcome::Reused);
+                    return Ok(RefreshOutcome::Reused(grant));
                 }
                 // The lost pair was never received: revoke it before handing out a new one.
                 if let Some(next) = &replaced_by {
@@ -1014,6 +1040,32 @@ impl Db for SqliteDb {
             .await
             .map_err(backend)?;
             Ok(n > 0)
+        })
+    }
+
+    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO server_meta (name, value) VALUES ('server_name', ?) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)
         })
     }
 

@@ -474,6 +474,18 @@ impl OAuthState {
             .await
     }
 
+    /// Records the first use of an access token that just authenticated a request (a
+    /// refresh retry is refused once the pair it would replace was used). Writes only the
+    /// first time; a failed write is logged, not fatal: the request itself is fine.
+    pub async fn record_token_use(&self, access_hash: &str, info: &TokenInfo) {
+        if info.used {
+            return;
+        }
+        if let Err(err) = self.0.db.record_token_use(access_hash, self.now_ms()).await {
+            tracing::warn!(%err, "recording an access token's first use failed");
+        }
+    }
+
     /// Whether a cross-signing reset is approved for the user now.
     pub async fn cross_signing_reset_allowed(&self, localpart: &str) -> DbResult<bool> {
         self.0
@@ -560,7 +572,10 @@ impl CreateAuthorizer for TokenAuthorizer {
                 return false;
             };
             match self.0.token_info(token).await {
-                Ok(Some(info)) => scope::grants_client_api(&info.scope),
+                Ok(Some(info)) => {
+                    self.0.record_token_use(&tokens::hash(token), &info).await;
+                    scope::grants_client_api(&info.scope)
+                }
                 Ok(None) => false,
                 Err(err) => {
                     tracing::error!(%err, "token lookup failed; refusing creation");
