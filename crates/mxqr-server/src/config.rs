@@ -65,6 +65,8 @@ pub struct Config {
     /// Per-client-address rate limits.
     pub rate_limit: RateLimitConfig,
     /// Matrix server name (the part after `:` in user IDs); default: the `public_url` host.
+    /// Pinned in the accounts database at first start, since user IDs and signed keys contain
+    /// it: a configuration naming another is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Persistent store for accounts and OAuth.
@@ -493,6 +495,13 @@ impl Config {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// The server name the operator chose (`server_name`, else from `public_url`); `None`
+    /// when neither is set and the name would only be derived from the listening address.
+    pub fn configured_server_name(&self) -> Option<String> {
+        (self.server_name.is_some() || self.public_url.is_some())
+            .then(|| self.effective_server_name())
     }
 
     /// The SQLite database file: `database.sqlite_path`, else `<data_dir>/mxqr.sqlite3`.

@@ -49,6 +49,17 @@ pub enum DbError {
     /// Any other database failure.
     #[error("database error: {0}")]
     Backend(String),
+    /// The configured server name is not the one the database was created with.
+    #[error(
+        "server name {configured:?} differs from {pinned:?}, the name this database was first \
+         started with (Matrix user IDs and signed keys contain it): set server_name = {pinned:?}"
+    )]
+    ServerNameMismatch {
+        /// Name from `server_name` or `public_url`.
+        configured: String,
+        /// Name pinned at first start.
+        pinned: String,
+    },
 }
 
 /// Opens the store `config` names: PostgreSQL when `database.url` is set, else the SQLite
@@ -58,6 +69,35 @@ pub async fn open(config: &crate::Config) -> DbResult<SharedDb> {
         Some(url) => Arc::new(PgDb::connect(url, config.database.max_connections).await?),
         None => Arc::new(SqliteDb::open(&config.sqlite_path()).await?),
     })
+}
+
+/// The server name to run with, settled against the one pinned in the database at first start
+/// (every Matrix user ID contains it, so it must never change under existing accounts).
+///
+/// `configured` is the name the operator set (through `server_name` or `public_url`): it must
+/// be the pinned one, and is pinned when none is. Without one, the pinned name is used, else
+/// `derived` (from the listening address), which is pinned only when `pin_derived` (`mxqr
+/// serve`; `mxqr admin` run before the first start must not pin a guess).
+pub async fn settle_server_name(
+    db: &dyn Db,
+    configured: Option<&str>,
+    derived: &str,
+    pin_derived: bool,
+) -> DbResult<String> {
+    let pinned = if configured.is_some() || pin_derived {
+        Some(db.pin_server_name(configured.unwrap_or(derived)).await?)
+    } else {
+        db.pinned_server_name().await?
+    };
+    match (configured, pinned) {
+        (Some(name), Some(pinned)) if name != pinned => Err(DbError::ServerNameMismatch {
+            configured: name.to_owned(),
+            pinned,
+        }),
+        (_, Some(pinned)) => Ok(pinned),
+        (Some(name), None) => Ok(name.to_owned()),
+        (None, None) => Ok(derived.to_owned()),
+    }
 }
 
 /// A user account.

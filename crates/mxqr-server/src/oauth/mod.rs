@@ -166,10 +166,32 @@ pub struct Minted {
 
 impl OAuthState {
     /// Opens the store named by `config` (`database.url`, else SQLite) and builds the state
-    /// with the system clock.
+    /// with the system clock, as `mxqr admin` does: with the server name pinned in the
+    /// database unless the configuration names one (which must then match).
     pub async fn open(config: &Config) -> DbResult<Self> {
+        Self::open_settled(config, config.configured_server_name(), false).await
+    }
+
+    /// [`Self::open`] with the server name settled against the database's pinned one
+    /// ([`crate::db::settle_server_name`]): `configured` is the operator's choice, if any.
+    async fn open_settled(
+        config: &Config,
+        configured: Option<String>,
+        pin_derived: bool,
+    ) -> DbResult<Self> {
         let db = crate::db::open(config).await?;
-        Ok(Self::new(config, db))
+        let name = crate::db::settle_server_name(
+            &*db,
+            configured.as_deref(),
+            &config.effective_server_name(),
+            pin_derived,
+        )
+        .await?;
+        let settled = Config {
+            server_name: Some(name),
+            ..config.clone()
+        };
+        Ok(Self::new(&settled, db))
     }
 
     /// State over `db` with the configured lifetimes and the system clock.
@@ -531,6 +553,16 @@ impl OAuthState {
 /// when `[oauth] enabled`, accounts and the OAuth server over the configured database. With
 /// `create_policy = "authenticated"` rendezvous creation then checks tokens against it.
 pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
+    let configured = config.configured_server_name();
+    app_state_named(config, configured).await
+}
+
+/// [`app_state`] for `mxqr serve`, which fills `public_url` in from the bound address when it
+/// is unset: `configured_name` is [`Config::configured_server_name`] from before that.
+pub async fn app_state_named(
+    config: Config,
+    configured_name: Option<String>,
+) -> DbResult<crate::AppState> {
     let store =
         crate::store::open_configured(&config)
             .await
@@ -541,7 +573,7 @@ pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
     if !config.oauth.enabled {
         return Ok(crate::AppState::with_store(config, store));
     }
-    let oauth = OAuthState::open(&config).await?;
+    let oauth = OAuthState::open_settled(&config, configured_name, true).await?;
     if config.homeserver.mode == crate::config::HomeserverMode::Synapse {
         let secret = config
             .homeserver
