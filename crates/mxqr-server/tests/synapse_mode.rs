@@ -574,3 +574,37 @@ async fn refresh_replay_after_introspection_deletes_the_device_in_synapse() {
         "{seen:?}"
     );
 }
+
+/// Wrong shared secrets are throttled per address: after 10 misses, introspection answers
+/// 429 with `Retry-After`, even to the right secret (a blocked guesser learns nothing).
+#[tokio::test]
+async fn wrong_shared_secrets_are_throttled() {
+    let server = start(free_port()).await;
+    let token = "mxqr_at_unknown";
+    for attempt in 0..10 {
+        let (status, body) = server
+            .introspect(&format!("wrong-secret-{attempt}"), token)
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client"))
+        );
+    }
+    let response = server
+        .http
+        .post(format!("{}oauth2/introspect", server.base))
+        .bearer_auth(SECRET)
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+}

@@ -8,7 +8,7 @@ pub mod client;
 mod config;
 pub(crate) mod endpoints;
 mod error;
-mod limits;
+pub(crate) mod limits;
 pub mod password;
 pub mod scope;
 pub mod tokens;
