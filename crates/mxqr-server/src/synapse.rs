@@ -456,7 +456,7 @@ fn introspection_error(status: StatusCode, error: &str, description: &str) -> Re
 /// `POST /oauth2/introspect` (RFC 7662), for Synapse only: authenticated with the shared
 /// secret as a bearer token. Unknown, revoked and expired tokens, and tokens of locked users,
 /// are all `{"active": false}`.
-pub async fn introspect(
+pub(crate) async fn introspect(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
     headers: HeaderMap,
