@@ -81,7 +81,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         .with_writer(std::io::stderr)
         .try_init();
 
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+    crate::db::create_data_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;

@@ -134,6 +134,7 @@ fn token_valid(data_dir: &Path, token: &str) -> bool {
 fn users_and_tokens_while_the_server_runs() {
     let dir = temp_dir("users");
     let server = serve(&dir);
+    assert_private(&dir);
 
     let out = stdout(&admin(
         &dir,
@@ -354,4 +355,36 @@ fn the_server_name_is_pinned_at_first_start() {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The data directory is only for the server's user (0700), the database files too (0600):
+/// they hold password hashes and token digests.
+#[cfg(unix)]
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 1, "no database file in {}", dir.display());
+}
+
+#[cfg(not(unix))]
+fn assert_private(_dir: &Path) {}
+
+/// `mxqr admin` creating the data directory does the same.
+#[test]
+fn admin_creates_a_private_data_directory() {
+    let dir = temp_dir("private").join("nested");
+    stdout(&admin(
+        &dir,
+        &["user", "add", "frank", "--password-stdin"],
+        Some("a long password\n"),
+    ));
+    assert_private(&dir);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }

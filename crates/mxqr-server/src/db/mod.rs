@@ -62,6 +62,16 @@ pub enum DbError {
     },
 }
 
+/// Creates the data directory (and missing parents) readable by the server's user only
+/// (0700 on Unix): it holds the accounts database. An existing directory is left as it is.
+pub fn create_data_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
 /// Opens the store `config` names: PostgreSQL when `database.url` is set, else the SQLite
 /// file. `mxqr serve` and `mxqr admin` both come here, so they always agree.
 pub async fn open(config: &crate::Config) -> DbResult<SharedDb> {

@@ -80,6 +80,7 @@ impl SqliteDb {
     }
 
     async fn try_open(path: &Path) -> Result<Self, String> {
+        create_private_file(path).map_err(|e| e.to_string())?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| e.to_string())?
             .filename(path)
@@ -105,6 +106,20 @@ impl SqliteDb {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)
+    }
+}
+
+/// Creates an empty database file readable by the server's user only (0600 on Unix), unless
+/// it exists: SQLite gives its `-wal` and `-shm` files the mode of the database file.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -1101,6 +1116,27 @@ impl Db for SqliteDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "mxqr-sqlite-mode-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mxqr.sqlite3");
+        let db = SqliteDb::open(&path).await.unwrap();
+        db.create_user("alice", None, 1).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.join(format!("mxqr.sqlite3{suffix}"));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn concurrent_first_opens_both_succeed() {
