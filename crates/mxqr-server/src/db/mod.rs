@@ -14,7 +14,10 @@ mod sqlite;
 
 use std::sync::Arc;
 
-pub use client::{BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus, UploadedKey};
+pub use client::{
+    AccountDataQuota, AccountDataWrite, BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus,
+    UploadedKey,
+};
 pub use outbox::{OutboxDb, OutboxEntry, OutboxJob, OutboxKind};
 pub use postgres::PgDb;
 pub use sqlite::SqliteDb;

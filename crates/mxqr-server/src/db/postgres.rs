@@ -17,10 +17,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use subtle::ConstantTimeEq;
 
+use super::client::entry_bytes;
 use super::{
-    BackupVersion, ClientDb, CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant,
-    NewAuthCode, NewDeviceGrant, NewTokens, PollOutcome, RedeemCode, RefreshOutcome,
-    StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User, UserCodeLookup,
+    AccountDataQuota, AccountDataWrite, BackupVersion, ClientDb, CodeOutcome, Db, DbError,
+    DbResult, Device, DeviceGrantView, Grant, NewAuthCode, NewDeviceGrant, NewTokens, PollOutcome,
+    RedeemCode, RefreshOutcome, StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User,
+    UserCodeLookup,
 };
 use crate::pg_gate::PgGate;
 use crate::store::BoxFuture;
@@ -1812,8 +1814,25 @@ impl ClientDb for PgDb {
         data_type: &'a str,
         content: &'a str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
+        quota: AccountDataQuota,
+    ) -> BoxFuture<'a, DbResult<AccountDataWrite>> {
         self.bounded(async move {
+            let mut tx = self.begin().await?;
+            // The user lock serializes this user's writes, so two cannot both pass the quota.
+            lock_user(&mut tx, localpart).await.map_err(pg_error)?;
+            let (entries, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0)::BIGINT \
+                 FROM account_data WHERE localpart = $1 AND data_type <> $2",
+            )
+            .bind(localpart)
+            .bind(data_type)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+            let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
+            if verdict != AccountDataWrite::Stored {
+                return Ok(verdict);
+            }
             sqlx::query(
                 "INSERT INTO account_data (localpart, data_type, content, updated_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
@@ -1823,10 +1842,11 @@ impl ClientDb for PgDb {
             .bind(data_type)
             .bind(content)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(pg_error)?;
-            Ok(())
+            tx.commit().await.map_err(pg_error)?;
+            Ok(AccountDataWrite::Stored)
         })
     }
 }
