@@ -79,7 +79,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     use mxqr_server::oauth::OAuthState;
     use mxqr_server::synapse::SynapseLink;
 
-    const SECRET: &str = "bench-shared-secret";
+    const SECRET: &str = "bench-shared-secret-0123456789abcdef";
     let dir = std::env::temp_dir().join(format!(
         "mxqr-bench-introspect-{}-{}",
         std::process::id(),

@@ -65,6 +65,8 @@ pub struct Config {
     /// Per-client-address rate limits.
     pub rate_limit: RateLimitConfig,
     /// Matrix server name (the part after `:` in user IDs); default: the `public_url` host.
+    /// Pinned in the accounts database at first start, since user IDs and signed keys contain
+    /// it: a configuration naming another is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Persistent store for accounts and OAuth.
@@ -105,6 +107,21 @@ pub struct HomeserverConfig {
     pub secret_path: Option<PathBuf>,
 }
 
+/// Shortest shared secret accepted: 256 bits when random, and anyone who reaches
+/// introspection may try to guess it.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+fn check_secret_length(secret: &str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "homeserver: the shared secret has {} bytes, at least {MIN_SECRET_BYTES} are needed \
+             (e.g. `openssl rand -hex 32`)",
+            secret.len()
+        )));
+    }
+    Ok(())
+}
+
 impl HomeserverConfig {
     /// The shared secret, read from `secret_path` if that is where it is.
     pub fn load_secret(&self) -> Result<String, ConfigError> {
@@ -123,11 +140,7 @@ impl HomeserverConfig {
                 ));
             }
         };
-        if secret.is_empty() {
-            return Err(ConfigError::Invalid(
-                "homeserver: the shared secret is empty".into(),
-            ));
-        }
+        check_secret_length(&secret)?;
         Ok(secret)
     }
 }
@@ -469,6 +482,9 @@ impl Config {
                         .into(),
                 );
             }
+            if let Some(secret) = &hs.secret {
+                check_secret_length(secret.trim())?;
+            }
             if !self.oauth.enabled {
                 return invalid("homeserver.mode = \"synapse\" needs oauth.enabled".into());
             }
@@ -503,6 +519,13 @@ impl Config {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// The server name the operator chose (`server_name`, else from `public_url`); `None`
+    /// when neither is set and the name would only be derived from the listening address.
+    pub fn configured_server_name(&self) -> Option<String> {
+        (self.server_name.is_some() || self.public_url.is_some())
+            .then(|| self.effective_server_name())
     }
 
     /// The SQLite database file: `database.sqlite_path`, else `<data_dir>/mxqr.sqlite3`.
@@ -727,16 +750,34 @@ mod tests {
                 ("MXQR_HOMESERVER", "http://ignored.example"),
                 ("MXQR_HOMESERVER__MODE", "synapse"),
                 ("MXQR_HOMESERVER__SYNAPSE_URL", "http://127.0.0.1:8448"),
-                ("MXQR_HOMESERVER__SECRET", "  shared-secret\n"),
+                (
+                    "MXQR_HOMESERVER__SECRET",
+                    "  shared-secret-of-thirty-two-bytes\n",
+                ),
             ]),
             &Overrides::default(),
         )
         .unwrap();
         assert_eq!(config.homeserver.mode, HomeserverMode::Synapse);
-        assert_eq!(config.homeserver.load_secret().unwrap(), "shared-secret");
+        assert_eq!(
+            config.homeserver.load_secret().unwrap(),
+            "shared-secret-of-thirty-two-bytes"
+        );
         let printed = config.to_toml();
         assert!(printed.contains("mode = \"synapse\""), "{printed}");
         assert!(!printed.contains("shared-secret"), "{printed}");
+        // Shorter than 32 bytes: refused, inline or in a file.
+        let short = Config::load(
+            None,
+            env(&[
+                ("MXQR_HOMESERVER__MODE", "synapse"),
+                ("MXQR_HOMESERVER__SYNAPSE_URL", "http://127.0.0.1:8448"),
+                ("MXQR_HOMESERVER__SECRET", "shared-secret-of-31-bytes-only!"),
+            ]),
+            &Overrides::default(),
+        )
+        .expect_err("a 31-byte secret must be refused");
+        assert!(short.to_string().contains("at least 32"), "{short}");
         let with_db = Config::load(
             None,
             env(&[
@@ -767,10 +808,16 @@ mod tests {
         std::fs::write(&file, "from-file\n").unwrap();
         let from_file = HomeserverConfig {
             secret: None,
-            secret_path: Some(file),
+            secret_path: Some(file.clone()),
             ..config.homeserver.clone()
         };
-        assert_eq!(from_file.load_secret().unwrap(), "from-file");
+        let err = from_file.load_secret().expect_err("9 bytes");
+        assert!(err.to_string().contains("at least 32"), "{err}");
+        std::fs::write(&file, "from-file-0123456789abcdef0123456789\n").unwrap();
+        assert_eq!(
+            from_file.load_secret().unwrap(),
+            "from-file-0123456789abcdef0123456789"
+        );
         assert_eq!(
             Config::default().homeserver.mode,
             HomeserverMode::Standalone

@@ -81,7 +81,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         .with_writer(std::io::stderr)
         .try_init();
 
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+    crate::db::create_data_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -96,6 +96,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
             .map_err(|source| ServeError::Bind { addr, source })?;
         let bound = listener.local_addr()?;
         let mut config = config;
+        let configured_name = config.configured_server_name();
         if config.public_url.is_none() {
             if bound.ip().is_unspecified() {
                 tracing::warn!(
@@ -109,7 +110,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         tracing::info!(%bound, public_url = %config.effective_public_url(), "mxqr serve started");
         // Open the database (and run its migrations) before announcing readiness, so that
         // whoever waits for the line can use the server, and admin commands at once.
-        let state = crate::oauth::app_state(config).await?;
+        let state = crate::oauth::app_state_named(config, configured_name).await?;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {bound}")?;
         stdout.flush()?;

@@ -22,10 +22,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::db::{DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
-use crate::oauth::{OAuthState, tokens};
+use crate::oauth::limits::FailureLimiter;
+use crate::oauth::{OAuthState, RequestIp, tokens};
 use crate::response::json as json_response;
 
 /// How long a request waits for its provisioning to reach Synapse before answering anyway
@@ -50,11 +52,21 @@ const RECONCILE_BATCH: usize = 16;
 /// cost is one more idempotent upsert per device).
 const PROVISIONED_CAP: usize = 100_000;
 
+/// Wrong shared secrets an address may present within [`SECRET_FAILURE_WINDOW`] before
+/// introspection answers it 429 (Synapse never sends a wrong one).
+const SECRET_FAILURES_MAX: u32 = 10;
+const SECRET_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
 /// The connection to Synapse: its provisioning API and the shared secret.
 pub struct SynapseLink {
     http: reqwest::Client,
     base: String,
     secret: String,
+    /// SHA-256 of the secret: presented secrets are compared digest to digest, so the time
+    /// taken depends neither on the secret's length nor on a common prefix.
+    secret_digest: [u8; 32],
+    /// Wrong secrets per address.
+    secret_failures: FailureLimiter,
     /// Bumped when jobs are queued, to wake the drainer.
     queued: tokio::sync::Notify,
     /// Bumped after each drain pass, to wake requests waiting for their jobs.
@@ -96,7 +108,9 @@ impl SynapseLink {
                 .build()
                 .unwrap_or_default(),
             base: synapse_url.trim_end_matches('/').to_owned(),
+            secret_digest: Sha256::digest(secret.as_bytes()).into(),
             secret,
+            secret_failures: FailureLimiter::new(SECRET_FAILURES_MAX, SECRET_FAILURE_WINDOW),
             queued: tokio::sync::Notify::new(),
             drained: tokio::sync::watch::Sender::new(0),
             provisioned: Mutex::new(HashSet::new()),
@@ -129,9 +143,10 @@ impl SynapseLink {
         }
     }
 
-    /// Whether `presented` is the shared secret (constant time).
+    /// Whether `presented` is the shared secret (constant time, on SHA-256 digests).
     pub fn secret_matches(&self, presented: &str) -> bool {
-        bool::from(presented.as_bytes().ct_eq(self.secret.as_bytes()))
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.secret_digest))
     }
 
     /// Queues `jobs` and wakes the drainer; returns the last job's ID.
@@ -441,8 +456,9 @@ fn introspection_error(status: StatusCode, error: &str, description: &str) -> Re
 /// `POST /oauth2/introspect` (RFC 7662), for Synapse only: authenticated with the shared
 /// secret as a bearer token. Unknown, revoked and expired tokens, and tokens of locked users,
 /// are all `{"active": false}`.
-pub async fn introspect(
+pub(crate) async fn introspect(
     State(state): State<OAuthState>,
+    RequestIp(ip): RequestIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -460,7 +476,24 @@ pub async fn introspect(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
+    // The right secret always passes, even from a throttled address: Synapse often shares its
+    // address with others (one reverse proxy, one NAT), and ten wrong guesses from there must
+    // not cut the homeserver off. Guessing itself is hopeless against the 32 bytes required;
+    // the throttle keeps a guesser from spending our CPU and filling the log.
     if !presented.is_some_and(|p| link.secret_matches(p.trim())) {
+        if let Some(wait) = link.secret_failures.blocked(ip) {
+            let mut response = introspection_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many wrong shared secrets from this address",
+            );
+            let secs = wait.as_secs().max(1).to_string();
+            if let Ok(value) = header::HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        link.secret_failures.fail(ip);
         return introspection_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -500,6 +533,10 @@ pub async fn introspect(
             return response;
         }
     };
+    if let Some(info) = &info {
+        // Synapse asks only about tokens a client presented: that is their use.
+        state.record_token_use(&tokens::hash(&token), info).await;
+    }
     if let Some(info) = &info
         && !link.is_provisioned(&info.localpart, &info.device_id)
         && let Err(err) = state

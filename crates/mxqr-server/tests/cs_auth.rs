@@ -242,3 +242,81 @@ async fn writes_are_rate_limited_per_client() {
     // Reads are not charged.
     assert_eq!(get(&server, WHOAMI, &token).await.0, StatusCode::OK);
 }
+
+/// Account data is bounded: type names up to 255 bytes (400 `M_INVALID_PARAM` beyond: the
+/// path parameter has a wrong value), and per user at most 1,000 types and 1 MiB (413
+/// `M_TOO_LARGE`: the user's account data would be too large; a retry cannot help, so not
+/// the 429 of a rate limit). Overwriting an existing type within the budget still works.
+#[tokio::test]
+async fn account_data_type_names_and_quotas_are_bounded() {
+    let server = start().await;
+    let token = token(&server, "PHONE").await;
+    let path = |data_type: &str| format!("/_matrix/client/v3/user/{USER}/account_data/{data_type}");
+    let long = "t".repeat(256);
+    assert_error(
+        &put(&server, &path(&long), &token, &json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let (status, _) = put(&server, &path(&long[..255]), &token, &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Bytes: 60 KB entries until the 1 MiB budget is spent.
+    let big = json!({ "blob": "x".repeat(60_000) });
+    let mut stored = 0;
+    loop {
+        let (status, body) = put(&server, &path(&format!("big.{stored}")), &token, &big).await;
+        if status != StatusCode::OK {
+            assert_eq!(
+                (status, body["errcode"].as_str()),
+                (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")),
+                "{body}"
+            );
+            break;
+        }
+        stored += 1;
+        assert!(stored < 20, "1 MiB is about 17 such entries");
+    }
+    assert_eq!(stored, 17);
+    // Replacing an entry by a smaller one is fine; growing past the budget is not.
+    let (status, _) = put(&server, &path("big.0"), &token, &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = put(&server, &path("big.0"), &token, &big).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the freed budget is available again"
+    );
+    assert_error(
+        &put(&server, &path("big.extra"), &token, &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    for n in 0..stored {
+        assert_eq!(
+            put(&server, &path(&format!("big.{n}")), &token, &json!({}))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+
+    // Count: 1,000 types (two stored above, plus the 17 shrunk ones).
+    let mut n = 0;
+    let status = loop {
+        let (status, _) = put(&server, &path(&format!("many.{n}")), &token, &json!({})).await;
+        if status != StatusCode::OK {
+            break status;
+        }
+        n += 1;
+        assert!(n <= 1_000);
+    };
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(n, 1_000 - 1 - stored);
+    let (status, _) = put(&server, &path("many.0"), &token, &json!({ "again": true })).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an existing type can still be written"
+    );
+}

@@ -94,3 +94,57 @@ async fn rendezvous_creation_checks_tokens_against_the_database() {
     let _ = tx.send(());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server name is pinned in the accounts database at first start; a later start naming
+/// another one is refused, one without a name gets the pinned one. (On PostgreSQL:
+/// `pg_db::server_name_is_pinned_in_postgres`.)
+#[tokio::test]
+async fn server_name_is_pinned_at_first_start() {
+    let dir = std::env::temp_dir().join(format!(
+        "mxqr-server-name-{}-{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 4]>())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |public_url: Option<&str>, server_name: Option<&str>| {
+        let mut config = Config {
+            data_dir: dir.clone(),
+            public_url: public_url.map(str::to_owned),
+            server_name: server_name.map(str::to_owned),
+            ..Config::default()
+        };
+        config.rate_limit.enabled = false;
+        config
+    };
+    let first = mxqr_server::oauth::app_state(config(Some("https://one.example/"), None))
+        .await
+        .unwrap();
+    assert_eq!(first.oauth().unwrap().server_name(), "one.example");
+    drop(first);
+    for (public_url, server_name) in [
+        (Some("https://two.example/"), None),
+        (Some("https://one.example/"), Some("two.example")),
+    ] {
+        match mxqr_server::oauth::app_state(config(public_url, server_name)).await {
+            Err(mxqr_server::db::DbError::ServerNameMismatch { configured, pinned }) => {
+                assert_eq!(
+                    (configured.as_str(), pinned.as_str()),
+                    ("two.example", "one.example")
+                );
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("started with another server name"),
+        }
+    }
+    // Another public URL with the pinned name, and an admin view without either: fine.
+    let moved =
+        mxqr_server::oauth::app_state(config(Some("https://new.example/"), Some("one.example")))
+            .await
+            .unwrap();
+    drop(moved);
+    let admin = mxqr_server::oauth::OAuthState::open(&config(None, None))
+        .await
+        .unwrap();
+    assert_eq!(admin.user_id("erin"), "@erin:one.example");
+    let _ = std::fs::remove_dir_all(&dir);
+}

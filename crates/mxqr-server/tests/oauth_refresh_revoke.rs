@@ -230,3 +230,83 @@ async fn revoking_either_token_ends_the_session() {
         "invalid_request"
     );
 }
+
+/// `whoami` with `access_token`: its status (200 while the token is live).
+async fn whoami(server: &OAuthServer, access_token: &str) -> StatusCode {
+    server
+        .http
+        .get(server.url("/_matrix/client/v3/account/whoami"))
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn retry_with_an_unused_successor_gets_a_pair_and_kills_the_lost_one() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let (a0, r0) = session(&server, &client_id).await;
+    let (_, body) = refresh(&server, &r0).await;
+    let (a1, r1) = pair(&body);
+    // The response is lost: nobody uses (a1, r1). The client retries with r0.
+    server.clock.advance(Duration::from_secs(2));
+    let (status, body) = refresh(&server, &r0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (a2, r2) = pair(&body);
+    assert_eq!(whoami(&server, &a1).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(refresh(&server, &r1).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(whoami(&server, &a0).await, StatusCode::OK);
+    assert_eq!(whoami(&server, &a2).await, StatusCode::OK);
+    assert_eq!(refresh(&server, &r2).await.0, StatusCode::OK);
+}
+
+/// RFC 9700 §4.14: once the successor's access token was used, the pair evidently arrived,
+/// so a replay of the old refresh token (even within the grace window) is theft: the whole
+/// session and its device end, the legitimate successor included.
+#[tokio::test]
+async fn replay_after_the_successor_was_used_revokes_the_device_and_all_tokens() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let (a0, r0) = session(&server, &client_id).await;
+    let (_, body) = refresh(&server, &r0).await;
+    let (a1, r1) = pair(&body);
+    assert_eq!(whoami(&server, &a1).await, StatusCode::OK);
+    assert_eq!(
+        whoami(&server, &a1).await,
+        StatusCode::OK,
+        "a second use is fine"
+    );
+
+    server.clock.advance(Duration::from_secs(1));
+    let (status, body) = refresh(&server, &r0).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "{body}"
+    );
+    for access in [&a0, &a1] {
+        assert_eq!(whoami(&server, access).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(refresh(&server, &r1).await.0, StatusCode::BAD_REQUEST);
+    assert!(
+        server.db().device("alice", "DEV").await.unwrap().is_none(),
+        "the device is deleted"
+    );
+}
+
+/// The grace window is 10 s by default: a retry after it is reuse even with an unused
+/// successor.
+#[tokio::test]
+async fn retry_after_ten_seconds_is_reuse() {
+    let server = OAuthServer::start().await;
+    let client_id = server.native_client().await;
+    let (_, r0) = session(&server, &client_id).await;
+    let (_, body) = refresh(&server, &r0).await;
+    let (a1, _) = pair(&body);
+    server.clock.advance(Duration::from_secs(11));
+    let (status, _) = refresh(&server, &r0).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!server.token_valid(&a1).await);
+}

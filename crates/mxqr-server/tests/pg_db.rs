@@ -548,3 +548,38 @@ async fn calls_beyond_the_pool_queue_through_a_stall_instead_of_failing() {
     }
     assert!(started.elapsed() >= stall);
 }
+
+/// The server name is pinned in the database at first start, shared by every instance: a
+/// start naming another one is refused, one without a name gets the pinned one.
+#[tokio::test]
+async fn server_name_is_pinned_in_postgres() {
+    let (url, _) = fresh_database().await;
+    let config = |public_url: Option<&str>, server_name: Option<&str>| {
+        let mut config = test_config();
+        config.public_url = public_url.map(str::to_owned);
+        config.server_name = server_name.map(str::to_owned);
+        config.database.url = Some(url.clone());
+        config
+    };
+    let first = mxqr_server::oauth::app_state(config(Some("https://one.example/"), None))
+        .await
+        .unwrap();
+    assert_eq!(first.oauth().unwrap().server_name(), "one.example");
+    for (public_url, server_name) in [
+        (Some("https://two.example/"), None),
+        (Some("https://one.example/"), Some("two.example")),
+    ] {
+        match mxqr_server::oauth::app_state(config(public_url, server_name)).await {
+            Err(DbError::ServerNameMismatch { configured, pinned }) => {
+                assert_eq!(
+                    (configured.as_str(), pinned.as_str()),
+                    ("two.example", "one.example")
+                );
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("started with another server name"),
+        }
+    }
+    let admin = OAuthState::open(&config(None, None)).await.unwrap();
+    assert_eq!(admin.user_id("erin"), "@erin:one.example");
+}

@@ -23,7 +23,7 @@ use mxqr_server::{AppState, Config};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-const SECRET: &str = "test-shared-secret-0123456789";
+const SECRET: &str = "test-shared-secret-0123456789abcdef";
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// What the stand-in Synapse received: endpoint, body, and whether the secret was right.
@@ -517,4 +517,97 @@ async fn a_sign_in_is_provisioned_during_a_long_reconciliation() {
         "provisioning waited behind the reconciliation ({syncs} of {USERS} users done)"
     );
     assert!(syncs < USERS, "the pass was over already: {syncs}");
+}
+
+/// Synapse's introspection is the use of an access token in this mode: once Synapse has
+/// asked about the successor of a refresh token, a replay of that refresh token is theft
+/// (RFC 9700 §4.14). The session ends, and the device deletion reaches Synapse through the
+/// outbox before the answer.
+#[tokio::test]
+async fn refresh_replay_after_introspection_deletes_the_device_in_synapse() {
+    let synapse_port = free_port();
+    let calls = fake_synapse(synapse_port).await;
+    let server = start(synapse_port).await;
+    let db = server.oauth.db().clone();
+    let hash = password::hash("a long passphrase").unwrap();
+    db.create_user("alice", Some(&hash), server.oauth.now_ms())
+        .await
+        .unwrap();
+    let tokens = server.sign_in("DEVRT", "urn:matrix:client").await;
+    let r0 = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = |token: String| {
+        let http = server.http.clone();
+        let url = format!("{}oauth2/token", server.base);
+        async move {
+            let response = http
+                .post(url)
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, rotated) = refresh(r0.clone()).await;
+    assert_eq!(status, 200, "{rotated}");
+    let a1 = rotated["access_token"].as_str().unwrap().to_owned();
+    let (_, body) = server.introspect(SECRET, &a1).await;
+    assert_eq!(body["active"], true);
+    calls.lock().unwrap().clear();
+
+    let (status, body) = refresh(r0).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (_, body) = server.introspect(SECRET, &a1).await;
+    assert_eq!(body, json!({ "active": false }));
+    assert!(db.device("alice", "DEVRT").await.unwrap().is_none());
+    let seen = calls.lock().unwrap().clone();
+    assert!(
+        seen.contains(&(
+            "delete_device".to_owned(),
+            json!({ "localpart": "alice", "device_id": "DEVRT" }),
+            true
+        )),
+        "{seen:?}"
+    );
+}
+
+/// Wrong shared secrets are throttled per address: after 10 misses, introspection answers
+/// 429 with `Retry-After`, even to the right secret (a blocked guesser learns nothing).
+#[tokio::test]
+async fn wrong_shared_secrets_are_throttled() {
+    let server = start(free_port()).await;
+    let token = "mxqr_at_unknown";
+    for attempt in 0..10 {
+        let (status, body) = server
+            .introspect(&format!("wrong-secret-{attempt}"), token)
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client"))
+        );
+    }
+    let response = server
+        .http
+        .post(format!("{}oauth2/introspect", server.base))
+        .bearer_auth("wrong-secret-10")
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    // Synapse behind the same address is not locked out by the guesser.
+    let (status, body) = server.introspect(SECRET, token).await;
+    assert_eq!((status, &body["active"]), (200, &json!(false)), "{body}");
 }

@@ -28,9 +28,22 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn serve(data_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxqr"))
+    serve_with(data_dir, &[], &[])
+}
+
+/// `mxqr serve` on `data_dir` with extra flags (and environment) in `extra`.
+fn serve_command(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mxqr"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
+        .envs(env.iter().copied());
+    command
+}
+
+fn serve_with(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut child = serve_command(data_dir, extra, env)
         .env("MXQR_LOG", "warn")
         .env_remove("RUST_LOG")
         .env_remove("MXQR_CONFIG")
@@ -121,6 +134,7 @@ fn token_valid(data_dir: &Path, token: &str) -> bool {
 fn users_and_tokens_while_the_server_runs() {
     let dir = temp_dir("users");
     let server = serve(&dir);
+    assert_private(&dir);
 
     let out = stdout(&admin(
         &dir,
@@ -236,4 +250,141 @@ fn users_and_tokens_while_the_server_runs() {
 
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// GET `path` with a bearer token over HTTP/1.1; returns (status, body).
+fn get_authed(addr: &str, path: &str, token: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// A `mxqr serve` that must refuse to start: its exit code and stderr.
+fn serve_refused(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = serve_command(data_dir, extra, env)
+        .env("MXQR_LOG", "warn")
+        .env_remove("RUST_LOG")
+        .env_remove("MXQR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        output.stdout.is_empty(),
+        "started: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The server name is pinned in the database at first start: `mxqr admin` without the
+/// server's flags takes it from there (it used to derive `127.0.0.1:8008` from its own
+/// defaults, so its user IDs were refused by the server), and a start whose configuration
+/// names another server refuses, with one line.
+#[test]
+fn the_server_name_is_pinned_at_first_start() {
+    let dir = temp_dir("pinned");
+    let server = serve_with(&dir, &["--public-url", "http://127.0.0.1:36927/"], &[]);
+    let out = stdout(&admin(
+        &dir,
+        &["user", "add", "erin", "--password-stdin"],
+        Some("a long password\n"),
+    ));
+    assert_eq!(out.trim(), "created @erin:127.0.0.1:36927");
+    let out = stdout(&admin(
+        &dir,
+        &["issue-token", "erin", "--device-id", "PINNED", "--json"],
+        None,
+    ));
+    let issued: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (status, body) = get_authed(
+        &server.addr,
+        "/_matrix/client/v3/account/whoami",
+        issued["access_token"].as_str().unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let whoami: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(whoami["user_id"], issued["user_id"]);
+    assert_eq!(whoami["user_id"], "@erin:127.0.0.1:36927");
+    drop(server);
+
+    // Another public URL or server name: refused, one line naming the pinned name.
+    for (extra, env) in [
+        (&["--public-url", "http://127.0.0.1:4000/"][..], &[][..]),
+        (&[][..], &[("MXQR_SERVER_NAME", "other.example")][..]),
+    ] {
+        let (code, stderr) = serve_refused(&dir, extra, env);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("\"127.0.0.1:36927\""), "{stderr}");
+    }
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_mxqr"));
+    let refused = refused
+        .args(["admin", "user", "list", "--data-dir"])
+        .arg(&dir)
+        .env("MXQR_SERVER_NAME", "other.example")
+        .env_remove("MXQR_CONFIG")
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("127.0.0.1:36927"),
+        "{refused:?}"
+    );
+
+    // The same name under another public URL is fine: server_name decouples them.
+    let server = serve_with(
+        &dir,
+        &["--public-url", "http://127.0.0.1:4000/"],
+        &[("MXQR_SERVER_NAME", "127.0.0.1:36927")],
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The data directory is only for the server's user (0700), the database files too (0600):
+/// they hold password hashes and token digests.
+#[cfg(unix)]
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 1, "no database file in {}", dir.display());
+}
+
+#[cfg(not(unix))]
+fn assert_private(_dir: &Path) {}
+
+/// `mxqr admin` creating the data directory does the same.
+#[test]
+fn admin_creates_a_private_data_directory() {
+    let dir = temp_dir("private").join("nested");
+    stdout(&admin(
+        &dir,
+        &["user", "add", "frank", "--password-stdin"],
+        Some("a long password\n"),
+    ));
+    assert_private(&dir);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }

@@ -212,14 +212,59 @@ pub trait ClientDb: Send + Sync + 'static {
         localpart: &'a str,
         data_type: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<String>>>;
-    /// Stores global account data of one type.
+    /// Stores global account data of one type, unless the user's account data would then
+    /// exceed `quota` (checked and written in one transaction).
     fn put_account_data<'a>(
         &'a self,
         localpart: &'a str,
         data_type: &'a str,
         content: &'a str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
+        quota: AccountDataQuota,
+    ) -> BoxFuture<'a, DbResult<AccountDataWrite>>;
+}
+
+/// Per-user bounds on stored account data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountDataQuota {
+    /// Types stored, at most.
+    pub max_entries: i64,
+    /// Bytes of type names plus contents, at most.
+    pub max_bytes: i64,
+}
+
+/// Outcome of [`ClientDb::put_account_data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountDataWrite {
+    /// Stored.
+    Stored,
+    /// Refused: one more type than `max_entries`.
+    TooManyEntries,
+    /// Refused: more bytes than `max_bytes`.
+    TooManyBytes,
+}
+
+impl AccountDataQuota {
+    /// The verdict on a write, given what the user stores besides the written type.
+    pub(super) fn judge(
+        self,
+        other_entries: i64,
+        other_bytes: i64,
+        new_bytes: i64,
+    ) -> AccountDataWrite {
+        if other_entries + 1 > self.max_entries {
+            AccountDataWrite::TooManyEntries
+        } else if other_bytes + new_bytes > self.max_bytes {
+            AccountDataWrite::TooManyBytes
+        } else {
+            AccountDataWrite::Stored
+        }
+    }
+}
+
+/// Byte size of one account data entry, as counted against the quota.
+pub(super) fn entry_bytes(data_type: &str, content: &str) -> i64 {
+    i64::try_from(data_type.len() + content.len()).unwrap_or(i64::MAX)
 }
 
 /// Removes key rows left by an earlier device with this ID (older than the device row).
@@ -264,7 +309,7 @@ impl ClientDb for SqliteDb {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
+                 t.used_at, t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = ?",
             )
@@ -295,6 +340,7 @@ impl ClientDb for SqliteDb {
                     scope: row.try_get("scope")?,
                     expires_at,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 }))
             };
             read().map_err(backend)
@@ -926,8 +972,29 @@ impl ClientDb for SqliteDb {
         data_type: &'a str,
         content: &'a str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
+        quota: AccountDataQuota,
+    ) -> BoxFuture<'a, DbResult<AccountDataWrite>> {
         Box::pin(async move {
+            // The write lock is taken up front: no other write can slip past the quota.
+            let mut tx = self
+                .pool()
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(backend)?;
+            let (entries, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(data_type AS BLOB)) \
+                 + LENGTH(CAST(content AS BLOB))), 0) \
+                 FROM account_data WHERE localpart = ? AND data_type <> ?",
+            )
+            .bind(localpart)
+            .bind(data_type)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
+            if verdict != AccountDataWrite::Stored {
+                return Ok(verdict);
+            }
             sqlx::query(
                 "INSERT INTO account_data (localpart, data_type, content, updated_at) \
                  VALUES (?, ?, ?, ?) ON CONFLICT (localpart, data_type) DO UPDATE \
@@ -937,10 +1004,11 @@ impl ClientDb for SqliteDb {
             .bind(data_type)
             .bind(content)
             .bind(now)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-            Ok(())
+            tx.commit().await.map_err(backend)?;
+            Ok(AccountDataWrite::Stored)
         })
     }
 }

@@ -14,7 +14,10 @@ mod sqlite;
 
 use std::sync::Arc;
 
-pub use client::{BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus, UploadedKey};
+pub use client::{
+    AccountDataQuota, AccountDataWrite, BackupVersion, ClientDb, StoredDeviceKeys, TokenStatus,
+    UploadedKey,
+};
 pub use outbox::{OutboxDb, OutboxEntry, OutboxJob, OutboxKind};
 pub use postgres::PgDb;
 pub use sqlite::SqliteDb;
@@ -49,6 +52,27 @@ pub enum DbError {
     /// Any other database failure.
     #[error("database error: {0}")]
     Backend(String),
+    /// The configured server name is not the one the database was created with.
+    #[error(
+        "server name {configured:?} differs from {pinned:?}, the name this database was first \
+         started with (Matrix user IDs and signed keys contain it): set server_name = {pinned:?}"
+    )]
+    ServerNameMismatch {
+        /// Name from `server_name` or `public_url`.
+        configured: String,
+        /// Name pinned at first start.
+        pinned: String,
+    },
+}
+
+/// Creates the data directory (and missing parents) readable by the server's user only
+/// (0700 on Unix): it holds the accounts database. An existing directory is left as it is.
+pub fn create_data_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
 }
 
 /// Opens the store `config` names: PostgreSQL when `database.url` is set, else the SQLite
@@ -58,6 +82,35 @@ pub async fn open(config: &crate::Config) -> DbResult<SharedDb> {
         Some(url) => Arc::new(PgDb::connect(url, config.database.max_connections).await?),
         None => Arc::new(SqliteDb::open(&config.sqlite_path()).await?),
     })
+}
+
+/// The server name to run with, settled against the one pinned in the database at first start
+/// (every Matrix user ID contains it, so it must never change under existing accounts).
+///
+/// `configured` is the name the operator set (through `server_name` or `public_url`): it must
+/// be the pinned one, and is pinned when none is. Without one, the pinned name is used, else
+/// `derived` (from the listening address), which is pinned only when `pin_derived` (`mxqr
+/// serve`; `mxqr admin` run before the first start must not pin a guess).
+pub async fn settle_server_name(
+    db: &dyn Db,
+    configured: Option<&str>,
+    derived: &str,
+    pin_derived: bool,
+) -> DbResult<String> {
+    let pinned = if configured.is_some() || pin_derived {
+        Some(db.pin_server_name(configured.unwrap_or(derived)).await?)
+    } else {
+        db.pinned_server_name().await?
+    };
+    match (configured, pinned) {
+        (Some(name), Some(pinned)) if name != pinned => Err(DbError::ServerNameMismatch {
+            configured: name.to_owned(),
+            pinned,
+        }),
+        (_, Some(pinned)) => Ok(pinned),
+        (Some(name), None) => Ok(name.to_owned()),
+        (None, None) => Ok(derived.to_owned()),
+    }
 }
 
 /// A user account.
@@ -125,6 +178,9 @@ pub struct TokenInfo {
     pub expires_at: i64,
     /// OAuth session the token belongs to.
     pub session_id: String,
+    /// Whether a request was already authenticated with it ([`Db::record_token_use`]), so
+    /// that the first use is written once and later uses cost no write.
+    pub used: bool,
 }
 
 /// Outcome of presenting a refresh token.
@@ -134,8 +190,10 @@ pub enum RefreshOutcome {
     Rotated(Grant),
     /// Unknown, revoked or belonging to an ended session.
     Invalid,
-    /// An already-exchanged token came back outside the retry window: the session is revoked.
-    Reused,
+    /// An already-exchanged token came back outside the retry window, or after its successor
+    /// pair was used: the session is revoked. The grant names the device, which the caller
+    /// deletes as well (RFC 9700 §4.14: the whole grant is compromised).
+    Reused(Grant),
 }
 
 /// A code redemption, checked against the stored code inside the transaction.
@@ -354,8 +412,18 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
         access_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>>;
+    /// Records that an access token authenticated a request (its first use), unless already
+    /// recorded. A refresh retry is allowed only while the successor pair is unused.
+    fn record_token_use<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>>;
     /// Exchanges a refresh token for `tokens`, with the retry window `grace_ms`. A token of
-    /// another client than `client_id` (when given) is [`RefreshOutcome::Invalid`].
+    /// another client than `client_id` (when given) is [`RefreshOutcome::Invalid`]. A retry
+    /// of an exchanged token gets a new pair only within `grace_ms` and while the pair it
+    /// was exchanged for has never been used (neither its access token nor its refresh
+    /// token); otherwise it is [`RefreshOutcome::Reused`].
     fn refresh<'a>(
         &'a self,
         refresh_hash: &'a str,
@@ -452,6 +520,12 @@ pub trait Db: ClientDb + OutboxDb + Send + Sync + 'static {
         localpart: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>>;
+
+    /// The server name pinned at first start, if any.
+    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>>;
+    /// Pins `name` as the server name unless one is pinned already; returns the pinned one
+    /// (the earlier one if it differs: the caller decides what a mismatch means).
+    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>>;
 
     /// Deletes expired codes, grants and browser sessions, and clients never used (no
     /// authorization code or session issued to them) a day after their last registration;

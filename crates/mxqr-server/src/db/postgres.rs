@@ -17,9 +17,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use subtle::ConstantTimeEq;
 
+use super::client::entry_bytes;
 use super::{
-    BackupVersion, ClientDb, CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant,
-    GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, PollOutcome,
+    AccountDataQuota, AccountDataWrite, BackupVersion, ClientDb, CodeOutcome, Db, DbError,
+    DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
+    NewTokens, PendingGrantCaps, PollOutcome,
     RedeemCode, RefreshOutcome, StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User,
     UserCodeLookup,
 };
@@ -569,7 +571,7 @@ impl Db for PgDb {
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>> {
         self.bounded(async move {
             let row = sqlx::query(
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at \
+                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, t.used_at \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart \
                  WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND s.revoked_at IS NULL \
@@ -587,10 +589,29 @@ impl Db for PgDb {
                     scope: row.try_get("scope")?,
                     expires_at: row.try_get("expires_at")?,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 })
             })
             .transpose()
             .map_err(pg_error)
+        })
+    }
+
+    fn record_token_use<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>> {
+        self.bounded(async move {
+            sqlx::query(
+                "UPDATE access_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(access_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            Ok(())
         })
     }
 
@@ -656,12 +677,16 @@ impl Db for PgDb {
                 return Ok(RefreshOutcome::Invalid);
             }
             if let Some(used_at) = used_at {
-                // Retry after a lost response: allowed while the successor is unused and fresh.
+                // Retry after a lost response: allowed while the successor pair is fresh and
+                // was never used, neither its refresh token nor its access token (RFC 9700
+                // §4.14). A used successor means the pair did arrive: this is a replay.
                 let successor_unused = match &replaced_by {
                     Some(next) => {
                         sqlx::query_scalar::<_, i64>(
-                            "SELECT COUNT(*) FROM refresh_tokens \
-                         WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL",
+                            "SELECT COUNT(*) FROM refresh_tokens r \
+                             JOIN access_tokens a ON a.token_hash = r.access_token_hash \
+                             WHERE r.token_hash = $1 AND r.used_at IS NULL \
+                               AND r.revoked_at IS NULL AND a.used_at IS NULL",
                         )
                         .bind(next)
                         .fetch_one(&mut *tx)
@@ -676,7 +701,7 @@ impl Db for PgDb {
                         .await
                         .map_err(pg_error)?;
                     tx.commit().await.map_err(pg_error)?;
-                    return Ok(RefreshOutcome::Reused);
+                    return Ok(RefreshOutcome::Reused(grant));
                 }
                 // The lost pair was never received: revoke it before handing out a new one.
                 if let Some(next) = &replaced_by {
@@ -1189,6 +1214,33 @@ impl Db for PgDb {
         })
     }
 
+    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>> {
+        self.bounded(async move {
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg_error)
+        })
+    }
+
+    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>> {
+        self.bounded(async move {
+            // Instances starting together: the first insert wins, every one reads it back.
+            sqlx::query(
+                "INSERT INTO server_meta (name, value) VALUES ('server_name', $1) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pg_error)
+        })
+    }
+
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>> {
         self.bounded(async move {
             // Used codes are kept a day past expiry so reuse is still detected (and revokes).
@@ -1234,7 +1286,7 @@ impl ClientDb for PgDb {
         self.bounded(async move {
             let row = sqlx::query(
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
+                 t.used_at, t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
             )
@@ -1265,6 +1317,7 @@ impl ClientDb for PgDb {
                     scope: row.try_get("scope")?,
                     expires_at,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 }))
             };
             read().map_err(pg_error)
@@ -1843,8 +1896,25 @@ impl ClientDb for PgDb {
         data_type: &'a str,
         content: &'a str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
+        quota: AccountDataQuota,
+    ) -> BoxFuture<'a, DbResult<AccountDataWrite>> {
         self.bounded(async move {
+            let mut tx = self.begin().await?;
+            // The user lock serializes this user's writes, so two cannot both pass the quota.
+            lock_user(&mut tx, localpart).await.map_err(pg_error)?;
+            let (entries, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0)::BIGINT \
+                 FROM account_data WHERE localpart = $1 AND data_type <> $2",
+            )
+            .bind(localpart)
+            .bind(data_type)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+            let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
+            if verdict != AccountDataWrite::Stored {
+                return Ok(verdict);
+            }
             sqlx::query(
                 "INSERT INTO account_data (localpart, data_type, content, updated_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
@@ -1854,10 +1924,11 @@ impl ClientDb for PgDb {
             .bind(data_type)
             .bind(content)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(pg_error)?;
-            Ok(())
+            tx.commit().await.map_err(pg_error)?;
+            Ok(AccountDataWrite::Stored)
         })
     }
 }

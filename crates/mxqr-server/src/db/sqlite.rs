@@ -80,6 +80,7 @@ impl SqliteDb {
     }
 
     async fn try_open(path: &Path) -> Result<Self, String> {
+        create_private_file(path).map_err(|e| e.to_string())?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| e.to_string())?
             .filename(path)
@@ -105,6 +106,20 @@ impl SqliteDb {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)
+    }
+}
+
+/// Creates an empty database file readable by the server's user only (0600 on Unix), unless
+/// it exists: SQLite gives its `-wal` and `-shm` files the mode of the database file.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -489,7 +504,7 @@ impl Db for SqliteDb {
     ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at \
+                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, t.used_at \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart \
                  WHERE t.token_hash = ? AND t.revoked_at IS NULL AND s.revoked_at IS NULL \
@@ -507,10 +522,29 @@ impl Db for SqliteDb {
                     scope: row.try_get("scope")?,
                     expires_at: row.try_get("expires_at")?,
                     session_id: row.try_get("session_id")?,
+                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
                 })
             })
             .transpose()
             .map_err(backend)
+        })
+    }
+
+    fn record_token_use<'a>(
+        &'a self,
+        access_hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, DbResult<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE access_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(access_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            Ok(())
         })
     }
 
@@ -555,16 +589,23 @@ impl Db for SqliteDb {
                 return Ok(RefreshOutcome::Invalid);
             }
             if let Some(used_at) = used_at {
-                // Retry after a lost response: allowed while the successor is unused and fresh.
+                // Retry after a lost response: allowed while the successor pair is fresh and
+                // was never used, neither its refresh token nor its access token (RFC 9700
+                // §4.14). A used successor means the pair did arrive: this is a replay.
                 let successor_unused = match &replaced_by {
-                    Some(next) => sqlx::query_scalar::<_, i64>(
-                        "SELECT COUNT(*) FROM refresh_tokens WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL",
-                    )
-                    .bind(next)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(backend)?
-                        > 0,
+                    Some(next) => {
+                        sqlx::query_scalar::<_, i64>(
+                            "SELECT COUNT(*) FROM refresh_tokens r \
+                         JOIN access_tokens a ON a.token_hash = r.access_token_hash \
+                         WHERE r.token_hash = ? AND r.used_at IS NULL AND r.revoked_at IS NULL \
+                           AND a.used_at IS NULL",
+                        )
+                        .bind(next)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                            > 0
+                    }
                     None => false,
                 };
                 if now - used_at > grace_ms || !successor_unused {
@@ -572,7 +613,7 @@ impl Db for SqliteDb {
                         .await
                         .map_err(backend)?;
                     tx.commit().await.map_err(backend)?;
-                    return Ok(RefreshOutcome::Reused);
+                    return Ok(RefreshOutcome::Reused(grant));
                 }
                 // The lost pair was never received: revoke it before handing out a new one.
                 if let Some(next) = &replaced_by {
@@ -1070,6 +1111,32 @@ impl Db for SqliteDb {
         })
     }
 
+    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO server_meta (name, value) VALUES ('server_name', ?) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            sqlx::query_scalar("SELECT value FROM server_meta WHERE name = 'server_name'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)
+        })
+    }
+
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>> {
         Box::pin(async move {
             // Used codes are kept a day past expiry so reuse is still detected (and revokes).
@@ -1106,6 +1173,27 @@ impl Db for SqliteDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "mxqr-sqlite-mode-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mxqr.sqlite3");
+        let db = SqliteDb::open(&path).await.unwrap();
+        db.create_user("alice", None, 1).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.join(format!("mxqr.sqlite3{suffix}"));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn concurrent_first_opens_both_succeed() {

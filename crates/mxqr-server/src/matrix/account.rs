@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::auth::Authed;
 use super::parse_body;
 use crate::app::AppState;
+use crate::db::{AccountDataQuota, AccountDataWrite};
 use crate::error::ApiError;
 use crate::response::{PathParams, RawBody, json};
 
@@ -86,6 +87,17 @@ pub async fn get_account_data(
     Ok(json(StatusCode::OK, &content))
 }
 
+/// Longest account data type name, in bytes (the spec's limit on event types).
+const MAX_TYPE_BYTES: usize = 255;
+
+/// What one user may store as account data: far above what clients keep there (a few dozen
+/// small entries: secret storage keys, direct-message lists, settings), far below what would
+/// let one account fill the disk.
+const QUOTA: AccountDataQuota = AccountDataQuota {
+    max_entries: 1_000,
+    max_bytes: 1024 * 1024,
+};
+
 /// Types the server manages through other endpoints: the spec refuses them here with 405.
 const SERVER_MANAGED_TYPES: [&str; 2] = ["m.fully_read", "m.push_rules"];
 
@@ -96,14 +108,38 @@ pub async fn put_account_data(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     own_user(&auth, &user_id)?;
+    // A wrong value of a path parameter: 400 `M_INVALID_PARAM`.
+    if data_type.len() > MAX_TYPE_BYTES {
+        return Err(ApiError::InvalidParam(
+            "the account data type is longer than 255 bytes",
+        ));
+    }
     if SERVER_MANAGED_TYPES.contains(&data_type.as_str()) {
         return Err(ApiError::ServerManaged(data_type));
     }
     let content: serde_json::Map<String, Value> = parse_body(&body)?;
     let text = Value::Object(content).to_string();
-    auth.oauth
+    // Over quota: 413 `M_TOO_LARGE` (the user's account data would be too large). Not 429
+    // `M_LIMIT_EXCEEDED`, which clients retry, nor `M_RESOURCE_LIMIT_EXCEEDED`, which is
+    // about the server's own limits and needs an admin contact.
+    match auth
+        .oauth
         .db()
-        .put_account_data(auth.localpart(), &data_type, &text, auth.oauth.now_ms())
-        .await?;
-    Ok(json(StatusCode::OK, &json!({})))
+        .put_account_data(
+            auth.localpart(),
+            &data_type,
+            &text,
+            auth.oauth.now_ms(),
+            QUOTA,
+        )
+        .await?
+    {
+        AccountDataWrite::Stored => Ok(json(StatusCode::OK, &json!({}))),
+        AccountDataWrite::TooManyEntries => Err(ApiError::TooLarge(
+            "account data quota reached: at most 1000 types per user",
+        )),
+        AccountDataWrite::TooManyBytes => Err(ApiError::TooLarge(
+            "account data quota reached: at most 1 MiB per user",
+        )),
+    }
 }

@@ -75,6 +75,7 @@ impl FromRequestParts<AppState> for Authed {
                 "the access token's scope does not include the client-server API",
             ));
         }
+        oauth.record_token_use(&token_hash, &info).await;
         Ok(Self {
             user_id: oauth.user_id(&info.localpart),
             oauth,

@@ -40,7 +40,8 @@ pub struct OAuthConfig {
     /// Access-token life in seconds (60–86400).
     pub access_token_ttl_secs: u64,
     /// How long after a refresh a retry with the superseded token still gets a fresh pair,
-    /// for responses lost on the way (0–300 s).
+    /// for responses lost on the way (0–300 s), and only while that pair was never used.
+    /// Short (10 s by default), since a stolen token replayed in the window is not caught.
     pub refresh_grace_secs: u64,
     /// Authorization-code life in seconds (30–600).
     pub auth_code_ttl_secs: u64,
@@ -78,7 +79,7 @@ impl Default for OAuthConfig {
             enabled: true,
             registration_enabled: false,
             access_token_ttl_secs: 300,
-            refresh_grace_secs: 60,
+            refresh_grace_secs: 10,
             auth_code_ttl_secs: 300,
             device_code_ttl_secs: 1200,
             device_poll_interval_secs: 5,

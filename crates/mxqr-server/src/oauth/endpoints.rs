@@ -371,10 +371,18 @@ async fn refresh_grant(state: &OAuthState, params: &Params) -> Result<Response, 
         RefreshOutcome::Invalid => Err(OAuthError::InvalidGrant(
             "unknown or revoked refresh token".into(),
         )),
-        RefreshOutcome::Reused => {
-            state.synapse_token_ended(&tokens::hash(refresh)).await?;
+        RefreshOutcome::Reused(grant) => {
+            // RFC 9700 §4.14: a replayed refresh token means the grant leaked. The store has
+            // revoked the session; the device goes too, with every other token of it.
+            state
+                .db()
+                .delete_device(&grant.localpart, &grant.device_id, state.now_ms())
+                .await?;
+            state
+                .synapse_device_ended(&grant.localpart, &grant.device_id)
+                .await?;
             Err(OAuthError::InvalidGrant(
-                "refresh token reused; the session is revoked".into(),
+                "refresh token reused; the session and its device are revoked".into(),
             ))
         }
     }

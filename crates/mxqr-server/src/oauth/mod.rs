@@ -8,7 +8,7 @@ pub mod client;
 mod config;
 pub(crate) mod endpoints;
 mod error;
-mod limits;
+pub(crate) mod limits;
 pub mod password;
 pub mod scope;
 pub mod tokens;
@@ -175,10 +175,32 @@ pub struct Minted {
 
 impl OAuthState {
     /// Opens the store named by `config` (`database.url`, else SQLite) and builds the state
-    /// with the system clock.
+    /// with the system clock, as `mxqr admin` does: with the server name pinned in the
+    /// database unless the configuration names one (which must then match).
     pub async fn open(config: &Config) -> DbResult<Self> {
+        Self::open_settled(config, config.configured_server_name(), false).await
+    }
+
+    /// [`Self::open`] with the server name settled against the database's pinned one
+    /// ([`crate::db::settle_server_name`]): `configured` is the operator's choice, if any.
+    async fn open_settled(
+        config: &Config,
+        configured: Option<String>,
+        pin_derived: bool,
+    ) -> DbResult<Self> {
         let db = crate::db::open(config).await?;
-        Ok(Self::new(config, db))
+        let name = crate::db::settle_server_name(
+            &*db,
+            configured.as_deref(),
+            &config.effective_server_name(),
+            pin_derived,
+        )
+        .await?;
+        let settled = Config {
+            server_name: Some(name),
+            ..config.clone()
+        };
+        Ok(Self::new(&settled, db))
     }
 
     /// State over `db` with the configured lifetimes and the system clock.
@@ -510,6 +532,18 @@ impl OAuthState {
             .await
     }
 
+    /// Records the first use of an access token that just authenticated a request (a
+    /// refresh retry is refused once the pair it would replace was used). Writes only the
+    /// first time; a failed write is logged, not fatal: the request itself is fine.
+    pub async fn record_token_use(&self, access_hash: &str, info: &TokenInfo) {
+        if info.used {
+            return;
+        }
+        if let Err(err) = self.0.db.record_token_use(access_hash, self.now_ms()).await {
+            tracing::warn!(%err, "recording an access token's first use failed");
+        }
+    }
+
     /// Whether a cross-signing reset is approved for the user now.
     pub async fn cross_signing_reset_allowed(&self, localpart: &str) -> DbResult<bool> {
         self.0
@@ -558,6 +592,16 @@ impl OAuthState {
 /// when `[oauth] enabled`, accounts and the OAuth server over the configured database. With
 /// `create_policy = "authenticated"` rendezvous creation then checks tokens against it.
 pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
+    let configured = config.configured_server_name();
+    app_state_named(config, configured).await
+}
+
+/// [`app_state`] for `mxqr serve`, which fills `public_url` in from the bound address when it
+/// is unset: `configured_name` is [`Config::configured_server_name`] from before that.
+pub async fn app_state_named(
+    config: Config,
+    configured_name: Option<String>,
+) -> DbResult<crate::AppState> {
     let store =
         crate::store::open_configured(&config)
             .await
@@ -568,7 +612,7 @@ pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
     if !config.oauth.enabled {
         return Ok(crate::AppState::with_store(config, store));
     }
-    let oauth = OAuthState::open(&config).await?;
+    let oauth = OAuthState::open_settled(&config, configured_name, true).await?;
     if config.homeserver.mode == crate::config::HomeserverMode::Synapse {
         let secret = config
             .homeserver
@@ -599,7 +643,10 @@ impl CreateAuthorizer for TokenAuthorizer {
                 return false;
             };
             match self.0.token_info(token).await {
-                Ok(Some(info)) => scope::grants_client_api(&info.scope),
+                Ok(Some(info)) => {
+                    self.0.record_token_use(&tokens::hash(token), &info).await;
+                    scope::grants_client_api(&info.scope)
+                }
                 Ok(None) => false,
                 Err(err) => {
                     tracing::error!(%err, "token lookup failed; refusing creation");

@@ -121,7 +121,7 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
         ..Overrides::default()
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
-    std::fs::create_dir_all(&config.data_dir)?;
+    mxqr_server::db::create_data_dir(&config.data_dir)?;
     let oauth = OAuthState::open(&config).await?;
     let db = oauth.db();
     match args.command {
