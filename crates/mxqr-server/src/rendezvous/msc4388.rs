@@ -61,9 +61,9 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 }
 
 pub(crate) fn check_data(data: &str) -> Result<(), ApiError> {
-    // Cheap byte test first: fewer bytes than the limit means fewer characters too.
-    if data.len() > MAX_PAYLOAD && data.chars().count() > MAX_PAYLOAD {
-        return Err(ApiError::TooLarge("data is longer than 4096 characters"));
+    // Bytes, not characters: 4-byte characters must not quadruple what a session holds.
+    if data.len() > MAX_PAYLOAD {
+        return Err(ApiError::TooLarge("data is larger than 4096 bytes"));
     }
     // PostgreSQL text cannot hold NUL: refuse it on every back end alike.
     if data.contains('\0') {
