@@ -978,3 +978,42 @@ async fn payload_bytes_of_all_sessions_are_budgeted() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn long_polls_past_a_cap_answer_at_once() {
+    let mut config = test_config();
+    config.rendezvous.long_polls_per_session = 1;
+    config.rendezvous.long_polls_per_address = 2;
+    let server = TestServer::with_config(config).await;
+    let (first, first_token) = server.create(STABLE, "a").await;
+    let (second, second_token) = server.create(STABLE, "b").await;
+    let (third, third_token) = server.create(STABLE, "c").await;
+    let poll = |id: &str, token: &str| {
+        server
+            .client
+            .get(server.url(&format!("{STABLE}/{id}?since={token}&timeout_ms=3000")))
+            .send()
+    };
+    let held = tokio::spawn(poll(&first, &first_token));
+    let held_too = tokio::spawn(poll(&second, &second_token));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (id, token, cap) in [
+        (&first, &first_token, "per session"),
+        (&third, &third_token, "per address"),
+    ] {
+        let started = Instant::now();
+        let response = poll(id, token).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1), "{cap}");
+        assert_eq!(response.status(), StatusCode::OK, "{cap}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["sequence_token"], token.as_str(), "{cap}");
+    }
+    let started = Instant::now();
+    held.await.unwrap().unwrap();
+    held_too.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the granted polls waited"
+    );
+    server.stop().await;
+}

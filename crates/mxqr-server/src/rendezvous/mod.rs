@@ -1,5 +1,6 @@
 //! The two rendezvous APIs and what they share.
 
+pub mod longpoll;
 pub mod msc4108;
 pub mod msc4388;
 
