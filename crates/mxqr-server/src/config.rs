@@ -97,7 +97,7 @@ pub struct HttpConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
     /// Open connections per client address (IPv6 grouped by /64); further ones are closed at
-    /// once. Default 64, or no per-address cap when `rate_limit.client_ip_header` is set (all
+    /// once. Default 256, or no per-address cap when `rate_limit.client_ip_header` is set (all
     /// connections then come from the proxy). 0: no per-address cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_address: Option<usize>,

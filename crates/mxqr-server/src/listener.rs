@@ -25,8 +25,10 @@ use crate::ratelimit::client_key;
 /// and wake-up handles, log and database files, outgoing HTTP (Synapse) and slack.
 const FIXED_RESERVE: u64 = 64;
 
-/// Per-address cap when none is configured and no trusted proxy header is set.
-const DEFAULT_PER_ADDRESS: usize = 64;
+/// Per-address cap when none is configured and no trusted proxy header is set: room for a
+/// NAT full of people signing in (a sign-in holds 2–4 connections), while one address still
+/// gets at most half the budget.
+const DEFAULT_PER_ADDRESS: usize = 256;
 
 /// Pause after an accept error other than a per-connection one (EMFILE, ENFILE, ENOBUFS):
 /// retrying at once would spin on the same error.
@@ -236,7 +238,7 @@ mod tests {
         let limits = ConnectionLimits::new(&config, Some(256));
         // 256 - (64 + 3 × 16 database connections).
         assert_eq!(limits.total, 144);
-        assert_eq!(limits.per_address, 64);
+        assert_eq!(limits.per_address, 72);
         let tiny = ConnectionLimits::new(&config, Some(100));
         assert_eq!(tiny.total, 16);
         assert_eq!(tiny.per_address, 8);
