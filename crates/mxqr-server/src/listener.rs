@@ -200,6 +200,7 @@ pub async fn serve_connections(
             drop(stream);
             continue;
         };
+        tracing::trace!(%peer, "connection accepted");
         let _ = stream.set_nodelay(true);
         let service = app
             .clone()
@@ -211,8 +212,9 @@ pub async fn serve_connections(
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "connection ended with an error");
+            match connection.await {
+                Ok(()) => tracing::trace!(%peer, "connection closed"),
+                Err(err) => tracing::debug!(%peer, %err, "connection ended with an error"),
             }
             drop(address_slot);
             drop(slot);
