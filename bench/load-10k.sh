@@ -61,7 +61,7 @@ start_server() {
   shift
   port=$(free_port)
   # Rate limits are per client address, and every flow here comes from 127.0.0.1.
-  env MXQR_RATE_LIMIT__ENABLED=false MXQR_RENDEZVOUS__MAX_SESSIONS=100000 MXQR_LOG=warn \
+  env MXQR_RATE_LIMIT__ENABLED=false MXQR_HTTP__MAX_CONNECTIONS_PER_ADDRESS=0 MXQR_RENDEZVOUS__MAX_SESSIONS=100000 MXQR_LOG=warn \
     "$@" "$mxqr_bin" serve --listen "127.0.0.1:$port" --data-dir "$work/$name" \
     --public-url "http://127.0.0.1:$port/" >"$work/$name.log" 2>&1 &
   pid=$!

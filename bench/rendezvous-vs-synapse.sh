@@ -98,7 +98,7 @@ synapse_pid=$!
 wait_http "http://127.0.0.1:$syn_port/_matrix/client/versions" "$synapse_pid" "$work/synapse/stdout.log"
 
 log "starting mxqr serve (release, in-memory store, no rate limits)"
-MXQR_RATE_LIMIT__ENABLED=false MXQR_LOG=warn "$mxqr_bin" serve --listen 127.0.0.1:0 \
+MXQR_RATE_LIMIT__ENABLED=false MXQR_HTTP__MAX_CONNECTIONS_PER_ADDRESS=0 MXQR_LOG=warn "$mxqr_bin" serve --listen 127.0.0.1:0 \
   --data-dir "$work/mxqr" >"$work/mxqr.out" 2>"$work/mxqr.err" &
 mxqr_pid=$!
 for _ in $(seq 1 120); do

@@ -19,6 +19,8 @@ async fn two_hundred_concurrent_flows_complete_without_error() {
     };
     // 200 flows from one address in a burst: the per-client limits would refuse most.
     config.rate_limit.enabled = false;
+    // One generator address plays hundreds of clients.
+    config.http.max_connections_per_address = Some(0);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(mxqr_server::serve(
         AppState::new(config),

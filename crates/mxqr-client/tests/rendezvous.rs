@@ -22,6 +22,8 @@ async fn server(ttl: Duration) -> Url {
         renew_on_write: false,
         max_lifetime: ttl,
         max_sessions: 1000,
+        max_total_bytes: 64 << 20,
+        protect_written_within: mxqr_server::store::PROTECT_WRITTEN_WITHIN,
     };
     let state = AppState::with_limits(config, limits);
     tokio::spawn(mxqr_server::serve(state, listener, std::future::pending()));

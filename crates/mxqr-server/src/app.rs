@@ -17,12 +17,14 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{self, CreateAuthorizer};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::listener::{ConnectionLimits, serve_connections};
 use crate::matrix;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimiter, client_key};
 use crate::rendezvous;
+use crate::rendezvous::longpoll::{LongPollSlot, LongPolls};
 use crate::response::json;
-use crate::store::{MemoryStore, RendezvousStore, SessionLimits};
+use crate::store::{MemoryStore, RendezvousStore, SessionId, SessionLimits};
 
 /// How often expired sessions are purged (waking long-polls on them) and idle rate-limit
 /// buckets dropped.
@@ -44,6 +46,7 @@ struct Shared {
     /// Flips to `true` when the server starts shutting down, ending long-polls early.
     shutdown: tokio::sync::watch::Sender<bool>,
     oauth: std::sync::OnceLock<crate::oauth::OAuthState>,
+    long_polls: Arc<LongPolls>,
 }
 
 /// Shared state handed to every handler (cheap to clone).
@@ -88,7 +91,14 @@ impl AppState {
             .client_ip_header
             .as_deref()
             .and_then(|h| HeaderName::try_from(h).ok());
+        let r = &config.rendezvous;
+        let long_polls = Arc::new(LongPolls::new(
+            r.long_polls_per_address,
+            r.long_polls_per_session,
+            r.max_long_polls,
+        ));
         Self(Arc::new(Shared {
+            long_polls,
             public_url: config.effective_public_url(),
             authorizer,
             store,
@@ -142,6 +152,12 @@ impl AppState {
             value = wait => value,
             () = stopped => now.await,
         }
+    }
+
+    /// A long-poll slot for `client` on `session`, or `None` past a cap: the caller then
+    /// answers at once, as a plain GET.
+    pub fn start_long_poll(&self, client: ClientIp, session: SessionId) -> Option<LongPollSlot> {
+        self.0.long_polls.try_start(client.0, session)
     }
 
     /// Attaches accounts and the OAuth server (see [`crate::oauth::app_state`]).
@@ -221,8 +237,10 @@ pub fn router(state: AppState) -> Router {
     let config = state.config();
     let mut app = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .route("/_matrix/client/versions", get(matrix::versions));
+    if config.http.public_metrics {
+        app = app.route("/metrics", get(metrics));
+    }
     if config.rendezvous.msc4388_enabled {
         app = app.merge(rendezvous::msc4388::routes());
     }
@@ -244,12 +262,52 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(matrix::routes(&state));
     }
     let body_limit = config.rendezvous.max_body_bytes;
-    app.fallback(unknown_endpoint)
+    // MSC4108 session URLs may live outside `/_matrix/` (a configured path).
+    let msc4108_sessions: Arc<str> = format!(
+        "/{}/",
+        config.rendezvous.msc4108_sessions_path.trim_matches('/')
+    )
+    .into();
+    let routes = app
+        .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    // Two stacks over the same routes, so CORS costs nothing per request to build: the API
+    // one with CORS, the pages' one without (a page must not be readable cross-origin).
+    let pages = routes
+        .clone()
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state.clone());
+    let api = routes
         .layer(cors())
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state);
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let path = request.uri().path();
+        let stack = if is_api_path(path) || path.starts_with(&*msc4108_sessions) {
+            api.clone()
+        } else {
+            pages.clone()
+        };
+        tower::ServiceExt::oneshot(stack, request)
+    }))
+}
+
+/// The metrics listener's application: `/metrics` only (`http.metrics_listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(unknown_endpoint)
         .with_state(state)
+}
+
+/// Whether browser clients of other origins may call `path`: the Matrix and OAuth APIs, but
+/// not the HTML pages (sign-in, consent, account), which only this origin's forms use.
+fn is_api_path(path: &str) -> bool {
+    (path.starts_with("/_matrix/")
+        || path.starts_with("/.well-known/matrix/")
+        || path.starts_with("/oauth2/"))
+        && !crate::web::is_page(path)
 }
 
 /// CORS for browser clients: any origin (the rendezvous carries only end-to-end encrypted
@@ -332,28 +390,66 @@ async fn method_not_allowed(uri: axum::http::Uri) -> Response {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, with background maintenance.
+/// Serves `state` on `listener` until `shutdown` completes, with background maintenance,
+/// connection caps and timeouts (`[http]`), and the metrics listener when configured.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let config = state.config();
+    let limits = ConnectionLimits::for_process(config);
+    // Long-polls must leave connections for everything else.
+    state.0.long_polls.lower_total((limits.total / 2).max(1));
+    let header_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
+    tracing::info!(
+        max_connections = limits.total,
+        per_address = limits.per_address,
+        header_read_timeout_secs = config.http.header_read_timeout_secs,
+        "accepting connections"
+    );
+    let metrics_server = match config.http.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = TcpListener::bind(addr).await?;
+            tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+            let app = metrics_router(state.clone());
+            let stop = state.0.shutdown.subscribe();
+            let metrics_limits = ConnectionLimits {
+                total: 16,
+                per_address: 16,
+            };
+            Some(tokio::spawn(serve_connections(
+                app,
+                metrics_listener,
+                metrics_limits,
+                header_timeout,
+                async move {
+                    let mut stop = stop;
+                    let _ = stop.wait_for(|stop| *stop).await;
+                },
+                || {},
+            )))
+        }
+        None => None,
+    };
     let maintenance = tokio::spawn(state.clone().maintain());
     let outbox = state.oauth().and_then(|oauth| {
         let link = oauth.synapse()?.clone();
         Some(tokio::spawn(link.drain(oauth.clone())))
     });
     let stopping = state.0.shutdown.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.send_replace(true);
-        })
-        .await;
+    let app = router(state);
+    serve_connections(app, listener, limits, header_timeout, shutdown, move || {
+        // Ends long-polls early, so a graceful stop is not held up for a poll's length.
+        stopping.send_replace(true);
+    })
+    .await;
     maintenance.abort();
     if let Some(outbox) = outbox {
         outbox.abort();
     }
-    result
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
+    Ok(())
 }

@@ -29,6 +29,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "database",
     "oauth",
     "homeserver",
+    "http",
 ];
 
 /// Environment variable naming the config file.
@@ -44,8 +45,13 @@ const TTL_RANGE_SECS: std::ops::RangeInclusive<u64> = 10..=3600;
 /// Longest a long-poll may hold a request: beyond this, proxies start cutting connections.
 pub const LONG_POLL_CAP_MS: u64 = 30_000;
 
-/// Smallest body limit that still admits a 4096-character payload of 4-byte characters.
-const MIN_BODY_BYTES: usize = 4096 * 4 + 1024;
+/// Smallest body limit that still admits any 4096-byte payload in an MSC4388 JSON body, even
+/// one whose every byte JSON escapes as `\u00XX` (6 bytes), plus the envelope.
+const MIN_BODY_BYTES: usize = crate::rendezvous::MAX_PAYLOAD * 6 + 1024;
+
+/// Bounds of `http.header_read_timeout_secs`: below a second slow mobile links fail, above
+/// five minutes an idle socket costs a descriptor for too long.
+const HEADER_TIMEOUT_RANGE_SECS: std::ops::RangeInclusive<u64> = 1..=300;
 
 /// Everything `mxqr serve` can be told.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -76,6 +82,44 @@ pub struct Config {
     /// Which homeserver the accounts belong to: mxqr itself, or a Synapse that delegates
     /// authentication to mxqr.
     pub homeserver: HomeserverConfig,
+    /// Connection handling: timeouts, connection caps and the metrics listener.
+    pub http: HttpConfig,
+}
+
+/// `[http]` table: how connections are accepted and kept, so that one client holding many
+/// sockets cannot exhaust the server's file descriptors.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a connection may take to send a complete request head, counted from when it
+    /// is accepted or finished its previous response: also the idle keep-alive timeout.
+    pub header_read_timeout_secs: u64,
+    /// Open connections at most; default: the open-file limit minus a reserve for the
+    /// database pools, files and listeners. Past it, new connections wait in the backlog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Open connections per client address (IPv6 grouped by /64); further ones are closed at
+    /// once. Default 256, or no per-address cap when `rate_limit.client_ip_header` is set (all
+    /// connections then come from the proxy). 0: no per-address cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<usize>,
+    /// Serve `/metrics` (only) on this extra address too, e.g. `127.0.0.1:9090`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener; turn off when `metrics_listen` is used.
+    pub public_metrics: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            max_connections: None,
+            max_connections_per_address: None,
+            metrics_listen: None,
+            public_metrics: true,
+        }
+    }
 }
 
 /// Who serves the client-server API for mxqr's accounts.
@@ -171,8 +215,18 @@ pub struct RendezvousConfig {
     pub renew_on_write: bool,
     /// Upper bound on a session's life from creation, renewals included.
     pub max_lifetime_secs: u64,
-    /// Live sessions at most; a create beyond it evicts the session closest to expiry.
+    /// Live sessions at most. A create beyond it (or beyond `max_total_bytes`) evicts the
+    /// session closest to expiry among those not written in the last minute; when there is
+    /// none, it is refused with 503 and `Retry-After`.
     pub max_sessions: usize,
+    /// Payload bytes of all live sessions together, at most (each payload is ≤ 4096 bytes).
+    pub max_total_bytes: usize,
+    /// Concurrent long-polls per client address; past it a GET answers at once.
+    pub long_polls_per_address: usize,
+    /// Concurrent long-polls per session; past it a GET answers at once.
+    pub long_polls_per_session: usize,
+    /// Concurrent long-polls in total (further lowered to half the connection budget).
+    pub max_long_polls: usize,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Longest a long-poll GET may wait, in milliseconds (at most 30000); 0 turns long-poll
@@ -226,6 +280,7 @@ impl Default for Config {
             database: crate::oauth::DatabaseConfig::default(),
             oauth: crate::oauth::OAuthConfig::default(),
             homeserver: HomeserverConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -239,7 +294,12 @@ impl Default for RendezvousConfig {
             ttl_secs: 180,
             renew_on_write: true,
             max_lifetime_secs: 600,
-            max_sessions: 1_000_000,
+            // A host with 1 GiB survives both caps reached at once (README: figures).
+            max_sessions: 100_000,
+            max_total_bytes: 128 << 20,
+            long_polls_per_address: 8,
+            long_polls_per_session: 4,
+            max_long_polls: 4096,
             max_body_bytes: 64 * 1024,
             long_poll_max_ms: LONG_POLL_CAP_MS,
             msc4108_sessions_path: "_matrix/client/unstable/org.matrix.msc4108/rendezvous"
@@ -381,10 +441,38 @@ impl Config {
         if r.max_sessions == 0 {
             return invalid("rendezvous.max_sessions must be at least 1".into());
         }
+        if r.max_total_bytes < crate::rendezvous::MAX_PAYLOAD {
+            return invalid(format!(
+                "rendezvous.max_total_bytes must be at least {} (one payload)",
+                crate::rendezvous::MAX_PAYLOAD
+            ));
+        }
+        if r.long_polls_per_address == 0 || r.long_polls_per_session == 0 || r.max_long_polls == 0 {
+            return invalid(
+                "rendezvous.long_polls_per_*, max_long_polls must be at least 1 (set long_poll_max_ms = 0 to turn long-poll off)"
+                    .into(),
+            );
+        }
         if r.max_body_bytes < MIN_BODY_BYTES {
             return invalid(format!(
-                "rendezvous.max_body_bytes must be at least {MIN_BODY_BYTES} (a 4096-character payload)"
+                "rendezvous.max_body_bytes must be at least {MIN_BODY_BYTES} (a 4096-byte payload)"
             ));
+        }
+        let http = &self.http;
+        if !HEADER_TIMEOUT_RANGE_SECS.contains(&http.header_read_timeout_secs) {
+            return invalid(format!(
+                "http.header_read_timeout_secs must be within 1..=300, got {}",
+                http.header_read_timeout_secs
+            ));
+        }
+        if http.max_connections == Some(0) {
+            return invalid("http.max_connections must be at least 1".into());
+        }
+        if let Some(metrics) = http.metrics_listen
+            && metrics == self.listen
+            && metrics.port() != 0
+        {
+            return invalid("http.metrics_listen must differ from listen".into());
         }
         if r.long_poll_max_ms > LONG_POLL_CAP_MS {
             return invalid(format!(
@@ -569,6 +657,8 @@ impl Config {
             renew_on_write: r.renew_on_write,
             max_lifetime: Duration::from_secs(r.max_lifetime_secs),
             max_sessions: r.max_sessions,
+            max_total_bytes: r.max_total_bytes,
+            protect_written_within: crate::store::PROTECT_WRITTEN_WITHIN,
         }
     }
 }
@@ -715,6 +805,13 @@ mod tests {
             &[("MXQR_RENDEZVOUS__LONG_POLL_MAX_MS", "60000")],
             &[("MXQR_RATE_LIMIT__WRITE_PER_SECOND", "0")],
             &[("MXQR_RENDEZVOUS__MAX_BODY_BYTES", "100")],
+            &[("MXQR_RENDEZVOUS__MAX_BODY_BYTES", "20000")],
+            &[("MXQR_RENDEZVOUS__MAX_TOTAL_BYTES", "4095")],
+            &[("MXQR_RENDEZVOUS__LONG_POLLS_PER_SESSION", "0")],
+            &[("MXQR_HTTP__HEADER_READ_TIMEOUT_SECS", "0")],
+            &[("MXQR_HTTP__HEADER_READ_TIMEOUT_SECS", "301")],
+            &[("MXQR_HTTP__MAX_CONNECTIONS", "0")],
+            &[("MXQR_HTTP__METRICS_LISTEN", "nowhere")],
             &[("MXQR_RENDEZVOUS__POSTGRES_URL", "mysql://db/mxqr")],
             &[("MXQR_RENDEZVOUS__POSTGRES_MAX_CONNECTIONS", "0")],
             &[("MXQR_DATABASE_URL", "sqlite:///tmp/x")],

@@ -68,6 +68,13 @@ pub enum ApiError {
     /// The store is unreachable.
     #[error("rendezvous store unavailable")]
     Unavailable,
+    /// The rendezvous is at its session or byte cap with only sessions in use: 503 with
+    /// `Retry-After`, so a flood of creations cannot end sign-ins in progress.
+    #[error("the rendezvous is at capacity; retry later")]
+    AtCapacity {
+        /// When room is expected.
+        retry_after: Duration,
+    },
 
     // Client-server API (src/matrix).
     /// No access token in the request.
@@ -106,6 +113,10 @@ impl ApiError {
             StoreError::NotFound => Self::NotFound,
             StoreError::ConcurrentWrite => Self::ConcurrentWrite(style),
             StoreError::TxnReused => Self::TxnReused,
+            StoreError::Full { retry_after } => {
+                tracing::warn!(?retry_after, "rendezvous at capacity: creation refused");
+                Self::AtCapacity { retry_after }
+            }
             StoreError::Unavailable(detail) => {
                 tracing::error!(%detail, "rendezvous store unavailable");
                 Self::Unavailable
@@ -135,6 +146,7 @@ impl ApiError {
             Self::InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
             Self::LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            Self::AtCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "M_LIMIT_EXCEEDED"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             Self::MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
             Self::UnknownToken { .. } => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
@@ -153,7 +165,7 @@ impl IntoResponse for ApiError {
         let (status, errcode) = self.status_and_code();
         let error = self.to_string();
         match self {
-            Self::LimitExceeded { retry_after } => {
+            Self::LimitExceeded { retry_after } | Self::AtCapacity { retry_after } => {
                 let ms = u64::try_from(retry_after.as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1);

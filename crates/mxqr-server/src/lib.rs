@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod listener;
 pub mod matrix;
 pub mod metrics;
 pub mod oauth;

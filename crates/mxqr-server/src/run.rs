@@ -81,6 +81,13 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         .with_writer(std::io::stderr)
         .try_init();
 
+    // Every connection costs a descriptor: use all the hard limit allows (the connection
+    // budget is derived from the result).
+    match crate::listener::raise_nofile_limit() {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
+
     crate::db::create_data_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,

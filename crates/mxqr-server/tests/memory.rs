@@ -25,6 +25,8 @@ async fn a_million_sessions_of_100_bytes_fit_in_well_under_a_gibibyte() {
         renew_on_write: true,
         max_lifetime: Duration::from_secs(600),
         max_sessions: SESSIONS as usize,
+        max_total_bytes: usize::MAX,
+        protect_written_within: mxqr_server::store::PROTECT_WRITTEN_WITHIN,
     });
     let before = rss_bytes();
     for i in 0..SESSIONS {

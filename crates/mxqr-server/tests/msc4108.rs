@@ -277,14 +277,29 @@ async fn sessions_path_is_configurable() {
     let id = url
         .strip_prefix("http://rendezvous.test/base/_synapse/client/rendezvous/")
         .unwrap_or_else(|| panic!("{url}"));
-    let response = get(
-        &server,
-        &server.url(&format!("/_synapse/client/rendezvous/{id}")),
-        None,
-    )
-    .await;
+    let response = server
+        .client
+        .get(server.url(&format!("/_synapse/client/rendezvous/{id}")))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // CORS follows the sessions wherever they are configured to live.
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
     assert_eq!(response.text().await.unwrap(), "x");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn text_payloads_are_never_sniffed_or_run_as_pages() {
+    let server = TestServer::start().await;
+    let (url, _) = create(&server, "<script>alert(1)</script>").await;
+    let response = get(&server, &url, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["content-security-policy"], "sandbox");
     server.stop().await;
 }
 

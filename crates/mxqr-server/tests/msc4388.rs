@@ -278,11 +278,11 @@ async fn transaction_ids_make_puts_idempotent() {
 }
 
 #[tokio::test]
-async fn payload_limits_are_counted_in_characters() {
+async fn payload_limits_are_counted_in_bytes() {
     let server = TestServer::start().await;
-    // 4096 two-byte characters: 8192 bytes, still allowed.
-    let (id, token) = server.create(STABLE, &"é".repeat(4096)).await;
-    let too_long = "é".repeat(4097);
+    // 2048 two-byte characters: 4096 bytes, still allowed.
+    let (id, token) = server.create(STABLE, &"é".repeat(2048)).await;
+    let too_long = format!("{}a", "é".repeat(2048));
     let response = server
         .client
         .post(server.url(STABLE))
@@ -621,6 +621,8 @@ async fn writes_renew_the_life_up_to_the_maximum() {
 async fn the_cap_evicts_the_session_closest_to_expiry() {
     let mut session_limits = limits(Duration::from_secs(60));
     session_limits.max_sessions = 3;
+    // None of them counts as in use: sessions written within it are never evicted.
+    session_limits.protect_written_within = Duration::ZERO;
     let server = TestServer::with(test_config(), session_limits).await;
     let mut ids = Vec::new();
     for i in 0..4 {
@@ -851,5 +853,167 @@ async fn expiry_ends_a_pending_long_poll_with_not_found() {
     // Woken by the periodic purge (every second), not by the 20 s timeout.
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     expect_error(response, StatusCode::NOT_FOUND, "M_NOT_FOUND").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn payloads_are_limited_in_bytes_not_characters() {
+    let server = TestServer::start().await;
+    // 1025 four-byte characters: 4100 bytes, well under 4096 characters.
+    let wide = "𝄞".repeat(1025);
+    let refused = server
+        .client
+        .post(server.url(STABLE))
+        .json(&json!({ "data": wide }))
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE").await;
+    let (id, token) = server.create(STABLE, &"𝄞".repeat(1024)).await;
+    expect_error(
+        server.put(STABLE, &id, &token, &wide).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    )
+    .await;
+    let refused = server
+        .client
+        .post(server.url(common::MSC4108))
+        .body(wide)
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE").await;
+    server.stop().await;
+}
+
+/// A 503 `M_LIMIT_EXCEEDED` with a `Retry-After` of at least a second.
+async fn expect_at_capacity(response: reqwest::Response) {
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body = expect_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "M_LIMIT_EXCEEDED",
+    )
+    .await;
+    assert!(body["retry_after_ms"].as_u64().unwrap() >= 1000, "{body}");
+}
+
+#[tokio::test]
+async fn at_the_cap_sessions_in_use_are_kept_and_creation_is_refused() {
+    let mut session_limits = limits(Duration::from_secs(60));
+    session_limits.max_sessions = 3;
+    let server = TestServer::with(test_config(), session_limits).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(server.create(STABLE, &format!("s{i}")).await.0);
+    }
+    let refused = server
+        .client
+        .post(server.url(STABLE))
+        .json(&json!({ "data": "flood" }))
+        .send()
+        .await
+        .unwrap();
+    expect_at_capacity(refused).await;
+    for id in &ids {
+        assert_eq!(
+            server.get(&format!("{STABLE}/{id}")).await.status(),
+            StatusCode::OK,
+            "a session written in the last minute is never evicted"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn payload_bytes_of_all_sessions_are_budgeted() {
+    let mut session_limits = limits(Duration::from_secs(60));
+    session_limits.max_total_bytes = 8_000;
+    let server = TestServer::with(test_config(), session_limits.clone()).await;
+    let full = "x".repeat(4096);
+    let (first, _) = server.create(STABLE, &full).await;
+    let (small, small_token) = server.create(STABLE, "tiny").await;
+    // 4096 + 4 + 4096 > 8000: a second large payload does not fit.
+    let refused = server
+        .client
+        .post(server.url(STABLE))
+        .json(&json!({ "data": full }))
+        .send()
+        .await
+        .unwrap();
+    expect_at_capacity(refused).await;
+    // Nor may a write grow a payload past the budget.
+    expect_at_capacity(server.put(STABLE, &small, &small_token, &full).await).await;
+    // A write that fits still works, and every session is still there.
+    assert_eq!(
+        server
+            .put(STABLE, &small, &small_token, &"y".repeat(1000))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.get(&format!("{STABLE}/{first}")).await.status(),
+        StatusCode::OK
+    );
+    server.stop().await;
+
+    // Sessions not written recently make room instead.
+    session_limits.protect_written_within = Duration::ZERO;
+    let server = TestServer::with(test_config(), session_limits).await;
+    let (first, _) = server.create(STABLE, &full).await;
+    server.create(STABLE, &full).await;
+    server.create(STABLE, &full).await;
+    expect_error(
+        server.get(&format!("{STABLE}/{first}")).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn long_polls_past_a_cap_answer_at_once() {
+    let mut config = test_config();
+    config.rendezvous.long_polls_per_session = 1;
+    config.rendezvous.long_polls_per_address = 2;
+    let server = TestServer::with_config(config).await;
+    let (first, first_token) = server.create(STABLE, "a").await;
+    let (second, second_token) = server.create(STABLE, "b").await;
+    let (third, third_token) = server.create(STABLE, "c").await;
+    let poll = |id: &str, token: &str| {
+        server
+            .client
+            .get(server.url(&format!("{STABLE}/{id}?since={token}&timeout_ms=3000")))
+            .send()
+    };
+    let held = tokio::spawn(poll(&first, &first_token));
+    let held_too = tokio::spawn(poll(&second, &second_token));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (id, token, cap) in [
+        (&first, &first_token, "per session"),
+        (&third, &third_token, "per address"),
+    ] {
+        let started = Instant::now();
+        let response = poll(id, token).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1), "{cap}");
+        assert_eq!(response.status(), StatusCode::OK, "{cap}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["sequence_token"], token.as_str(), "{cap}");
+    }
+    let started = Instant::now();
+    held.await.unwrap().unwrap();
+    held_too.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the granted polls waited"
+    );
     server.stop().await;
 }

@@ -544,6 +544,8 @@ async fn the_cap_evicts_the_session_closest_to_expiry_across_instances() {
     let (db, _) = fresh_database().await;
     let mut session_limits = limits(Duration::from_secs(60));
     session_limits.max_sessions = 3;
+    // None of them counts as in use: sessions written within it are never evicted.
+    session_limits.protect_written_within = Duration::ZERO;
     let a = PgServer::with(&db, test_config(), session_limits.clone()).await;
     let b = PgServer::with(&db, test_config(), session_limits).await;
     let mut ids = Vec::new();
@@ -718,4 +720,101 @@ async fn requests_beyond_the_pool_queue_through_a_stall_instead_of_failing() {
         "mxqr_rendezvous_sessions_created_total{transport=\"msc4388\"}",
     );
     assert_eq!(created, Some(24.0));
+}
+
+/// A 503 `M_LIMIT_EXCEEDED` with a `Retry-After` of at least a second.
+async fn expect_at_capacity(response: reqwest::Response) {
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    expect_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "M_LIMIT_EXCEEDED",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn at_the_cap_sessions_in_use_are_kept_across_instances() {
+    let (db, _) = fresh_database().await;
+    let mut session_limits = limits(Duration::from_secs(60));
+    session_limits.max_sessions = 3;
+    let a = PgServer::with(&db, test_config(), session_limits.clone()).await;
+    let b = PgServer::with(&db, test_config(), session_limits).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        ids.push(create(server, STABLE, &format!("s{i}")).await.0);
+    }
+    for server in [&a, &b] {
+        let refused = server
+            .client
+            .post(server.url(STABLE))
+            .json(&json!({ "data": "flood" }))
+            .send()
+            .await
+            .unwrap();
+        expect_at_capacity(refused).await;
+    }
+    for id in &ids {
+        read(&a, STABLE, id).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn payload_bytes_of_all_sessions_are_budgeted_across_instances() {
+    let (db, _) = fresh_database().await;
+    let mut session_limits = limits(Duration::from_secs(60));
+    session_limits.max_total_bytes = 8_000;
+    let a = PgServer::with(&db, test_config(), session_limits.clone()).await;
+    let b = PgServer::with(&db, test_config(), session_limits.clone()).await;
+    let full = "x".repeat(4096);
+    let (first, _) = create(&a, STABLE, &full).await;
+    let (small, small_token) = create(&b, STABLE, "tiny").await;
+    let refused = b
+        .client
+        .post(b.url(STABLE))
+        .json(&json!({ "data": full }))
+        .send()
+        .await
+        .unwrap();
+    expect_at_capacity(refused).await;
+    expect_at_capacity(put(&a, STABLE, &small, &small_token, &full).await).await;
+    let small_token =
+        token_of(put(&a, STABLE, &small, &small_token, &"y".repeat(1000)).await).await;
+    // 4096 + 1000 + 3000 is over; shrinking always fits, and the budget follows it.
+    let refused = b
+        .client
+        .post(b.url(STABLE))
+        .json(&json!({ "data": "w".repeat(3000) }))
+        .send()
+        .await
+        .unwrap();
+    expect_at_capacity(refused).await;
+    token_of(put(&b, STABLE, &small, &small_token, &"z".repeat(10)).await).await;
+    create(&b, STABLE, &"w".repeat(3000)).await;
+    read(&a, STABLE, &first).await;
+    a.stop().await;
+    b.stop().await;
+
+    // Sessions not written recently make room instead.
+    let (db, _) = fresh_database().await;
+    session_limits.protect_written_within = Duration::ZERO;
+    let a = PgServer::with(&db, test_config(), session_limits).await;
+    let (first, _) = create(&a, STABLE, &full).await;
+    create(&a, STABLE, &full).await;
+    create(&a, STABLE, &full).await;
+    expect_error(
+        a.get(&format!("{STABLE}/{first}")).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    )
+    .await;
+    a.stop().await;
 }

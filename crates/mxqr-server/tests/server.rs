@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{MSC4108, STABLE, TestServer, metric};
+use common::{MSC4108, STABLE, TestServer, metric, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -145,5 +145,84 @@ async fn every_response_has_no_store_and_a_content_length() {
         let declared: usize = headers["content-length"].to_str().unwrap().parse().unwrap();
         assert_eq!(response.bytes().await.unwrap().len(), declared, "{status}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cors_only_on_api_routes() {
+    let server = TestServer::start().await;
+    let from_elsewhere = |path: &str| {
+        server
+            .client
+            .get(server.url(path))
+            .header("origin", "https://app.example")
+            .send()
+    };
+    let api = from_elsewhere("/_matrix/client/versions").await.unwrap();
+    assert_eq!(api.headers()["access-control-allow-origin"], "*");
+    for page in [
+        "/health",
+        "/login",
+        "/account",
+        "/link",
+        "/oauth2/authorize",
+    ] {
+        let response = from_elsewhere(page).await.unwrap();
+        assert!(
+            !response
+                .headers()
+                .contains_key("access-control-allow-origin"),
+            "{page}"
+        );
+        let preflight = server
+            .client
+            .request(reqwest::Method::OPTIONS, server.url(page))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !preflight
+                .headers()
+                .contains_key("access-control-allow-origin"),
+            "{page}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_on_a_separate_listener_and_off_the_public_one() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = free.local_addr().unwrap();
+    drop(free);
+    let mut config = test_config();
+    config.http.metrics_listen = Some(metrics_addr);
+    config.http.public_metrics = false;
+    let server = TestServer::with_config(config).await;
+    assert_eq!(server.get("/metrics").await.status(), StatusCode::NOT_FOUND);
+    let mut text = None;
+    for _ in 0..50 {
+        if let Ok(response) = server
+            .client
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await
+        {
+            text = Some(response.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let text = text.expect("the metrics listener answers");
+    assert!(text.contains("mxqr_rendezvous_sessions_live"), "{text}");
+    let other = server
+        .client
+        .get(format!("http://{metrics_addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
     server.stop().await;
 }

@@ -1,5 +1,7 @@
 //! `mxqr serve` as a real process on a free port, spoken to over plain HTTP/1.1.
 
+mod cli_support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -152,4 +154,115 @@ fn print_config_shows_environment_overrides_and_refuses_bad_values() {
         stderr.starts_with("error: ") && stderr.contains("ttl_secs"),
         "{stderr}"
     );
+}
+
+/// Descriptors `mxqr serve` may open in the exhaustion test; the attacker holds more sockets.
+const NOFILE: u32 = 256;
+const ATTACKER_SOCKETS: usize = 400;
+
+/// One connection from 127.0.0.2 that sends `head` and then holds the socket.
+async fn attacker_socket(
+    addr: std::net::SocketAddr,
+    head: String,
+) -> Option<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.write_all(head.as_bytes()).await;
+    Some(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holding_many_sockets_does_not_stop_another_clients_sign_in() {
+    use cli_support::*;
+    let server = start_server_nofile(NOFILE);
+    let addr: std::net::SocketAddr = format!(
+        "{}:{}",
+        server.base.host_str().unwrap(),
+        server.base.port().unwrap()
+    )
+    .parse()
+    .unwrap();
+    let host = addr.to_string();
+
+    // The attacker's one rendezvous session, to long-poll on.
+    let prefix = "/_matrix/client/v1/rendezvous";
+    let created = attacker_socket(
+        addr,
+        format!(
+            "POST {prefix} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{{\"data\":\"x\"}}"
+        ),
+    )
+    .await
+    .expect("attacker connects");
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::BufReader::new(created), &mut answer)
+        .await
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let (id, token) = (
+        body["id"].as_str().unwrap().to_owned(),
+        body["sequence_token"].as_str().unwrap().to_owned(),
+    );
+
+    // More sockets than the server may open files: half-sent request heads, idle keep-alive
+    // connections and long-polls, held for the whole test.
+    let mut held = Vec::new();
+    for i in 0..ATTACKER_SOCKETS {
+        let head = match i % 3 {
+            0 => format!("GET /health HTTP/1.1\r\nHost: {host}\r\n"),
+            1 => format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+            _ => format!(
+                "GET {prefix}/{id}?since={token}&timeout_ms=30000 HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            ),
+        };
+        if let Some(stream) = attacker_socket(addr, head).await {
+            held.push(stream);
+        }
+    }
+    assert!(
+        held.len() > NOFILE as usize,
+        "the attacker got {} sockets",
+        held.len()
+    );
+
+    // Another client still gets answers, at once...
+    let health = tokio::task::spawn_blocking(move || request(&host, "GET", "/health", None))
+        .await
+        .unwrap();
+    assert_eq!(health.0, 200);
+    // ...and completes a whole QR sign-in: account set-up, both devices over the rendezvous,
+    // consent in the browser.
+    server.existing_profile();
+    let mut grant = server.spawn_json(&[
+        "grant",
+        "--profile",
+        "old",
+        "--msc4388",
+        "--json",
+        "--no-browser",
+    ]);
+    let qr = grant.wait_for("qr");
+    let mut login = server.spawn_json(&[
+        "login",
+        "--profile",
+        "new",
+        "--scan",
+        qr["base64"].as_str().unwrap(),
+        "--json",
+    ]);
+    let code = login.wait_for("check_code");
+    grant.wait_for("enter_check_code");
+    grant.type_line(code["code"].as_str().unwrap());
+    let uri = grant.wait_for("verification_uri");
+    consent(&server.base, uri["uri"].as_str().unwrap()).await;
+    let grant_done = grant.wait_for("done");
+    let new_done = login.wait_for("done");
+    check_signed_in(&server, &new_done, &grant_done, "new");
+    drop(held);
 }

@@ -1,5 +1,6 @@
 //! The two rendezvous APIs and what they share.
 
+pub mod longpoll;
 pub mod msc4108;
 pub mod msc4388;
 
@@ -10,7 +11,8 @@ use axum::http::HeaderMap;
 use crate::error::ApiError;
 use crate::store::SessionId;
 
-/// Largest MSC4388 `data`, in UTF-8 characters, and MSC4108 body, in bytes.
+/// Largest MSC4388 `data` and MSC4108 body, in UTF-8 bytes (never characters: the memory a
+/// session may hold is what the budget counts).
 pub const MAX_PAYLOAD: usize = 4096;
 
 /// Refuses a top-level browser navigation: the rendezvous must not host pages.

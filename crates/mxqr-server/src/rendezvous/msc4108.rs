@@ -50,6 +50,16 @@ fn version_headers(response: &mut Response, meta: &SessionMeta) {
         headers.insert(header::LAST_MODIFIED, modified);
     }
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    // The payload is whatever a client wrote: never let a browser sniff it into a page, and
+    // should one render it anyway, give it no origin and no scripts.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
 }
 
 /// The token inside an entity tag as sent back by a client or a proxy (`"T"`, `W/"T"`, `T`).
@@ -126,6 +136,7 @@ async fn create(
 /// for a change when asked to).
 async fn read(
     State(state): State<AppState>,
+    Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -138,8 +149,15 @@ async fn read(
     let any = if_none_match.is_some_and(|v| v.as_bytes().trim_ascii() == b"*");
     let known = if_none_match.and_then(parse_etag);
     let store = state.store();
-    let snapshot = match (known, requested_wait(&query, &headers)) {
-        (Some(since), Some(wait)) => {
+    // Past a long-poll cap, answer at once as a plain GET would.
+    let slot = match (known, requested_wait(&query, &headers)) {
+        (Some(since), Some(wait)) => state
+            .start_long_poll(client, id)
+            .map(|slot| (slot, since, wait)),
+        _ => None,
+    };
+    let snapshot = match slot {
+        Some((_slot, since, wait)) => {
             let until = deadline(wait, state.config().rendezvous.long_poll_max_ms);
             state
                 .until_shutdown(
@@ -148,7 +166,7 @@ async fn read(
                 )
                 .await
         }
-        _ => store.get(Transport::Msc4108, id).await,
+        None => store.get(Transport::Msc4108, id).await,
     }
     .map_err(|e| ApiError::from_store(e, STYLE))?;
     let mut response = if any || known == Some(snapshot.meta.token) {

@@ -61,9 +61,9 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 }
 
 pub(crate) fn check_data(data: &str) -> Result<(), ApiError> {
-    // Cheap byte test first: fewer bytes than the limit means fewer characters too.
-    if data.len() > MAX_PAYLOAD && data.chars().count() > MAX_PAYLOAD {
-        return Err(ApiError::TooLarge("data is longer than 4096 characters"));
+    // Bytes, not characters: 4-byte characters must not quadruple what a session holds.
+    if data.len() > MAX_PAYLOAD {
+        return Err(ApiError::TooLarge("data is larger than 4096 bytes"));
     }
     // PostgreSQL text cannot hold NUL: refuse it on every back end alike.
     if data.contains('\0') {
@@ -119,6 +119,7 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     Extension(style): Extension<ConflictStyle>,
+    Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -129,7 +130,8 @@ async fn read(
     let store = state.store();
     let snapshot = match (poll.since, poll.timeout) {
         (Some(since), Some(timeout)) => match since.parse::<SequenceToken>() {
-            Ok(since) => {
+            // Past a long-poll cap, answer at once as a plain GET would.
+            Ok(since) if let Some(_slot) = state.start_long_poll(client, id) => {
                 let until = deadline(timeout, state.config().rendezvous.long_poll_max_ms);
                 state
                     .until_shutdown(
@@ -139,7 +141,7 @@ async fn read(
                     .await
             }
             // A token we never issued differs from the current one: answer at once.
-            Err(_) => store.get(Transport::Msc4388, id).await,
+            _ => store.get(Transport::Msc4388, id).await,
         },
         _ => store.get(Transport::Msc4388, id).await,
     }

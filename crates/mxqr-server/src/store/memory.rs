@@ -26,6 +26,10 @@ const TXN_LOG_LEN: usize = 4;
 /// Expired sessions removed per lock acquisition, so a mass expiry never stalls requests.
 const PURGE_BATCH: usize = 1024;
 
+/// Sessions looked at, closest to expiry first, when looking for room at the cap: a bounded
+/// amount of work per create even when every session is protected.
+const EVICTION_SCAN: usize = 256;
+
 struct TxnRecord {
     txn_id: Box<str>,
     fingerprint: u64,
@@ -61,6 +65,8 @@ impl Entry {
 struct Inner {
     sessions: HashMap<u128, Entry>,
     by_expiry: BTreeSet<(u64, u128)>,
+    /// Payload bytes of all sessions, for `max_total_bytes`.
+    bytes: usize,
 }
 
 impl Inner {
@@ -68,6 +74,7 @@ impl Inner {
     fn remove(&mut self, id: u128) -> Option<Transport> {
         let mut entry = self.sessions.remove(&id)?;
         self.by_expiry.remove(&(entry.expires_ms, id));
+        self.bytes = self.bytes.saturating_sub(entry.data.len());
         entry.wake();
         Some(entry.transport)
     }
@@ -182,15 +189,62 @@ impl MemoryStore {
         (removed, true)
     }
 
-    fn do_create(&self, transport: Transport, data: Arc<str>) -> (SessionId, SessionMeta) {
-        let now_ms = self.now_ms();
-        let mut inner = self.lock();
-        while inner.sessions.len() >= self.limits.max_sessions.max(1) {
-            // Evict the session closest to expiry: it is the one most likely abandoned, and a
-            // user starting a sign-in now is never refused.
-            let Some(&(expires_ms, victim)) = inner.by_expiry.first() else {
+    /// Makes room for `extra_sessions` more sessions and `extra_bytes` more payload bytes by
+    /// evicting sessions closest to expiry (the likeliest abandoned) that were not written
+    /// within `protect_written_within`; `keep` is never evicted. Evicts nothing and answers
+    /// [`StoreError::Full`] when that is not enough.
+    fn make_room(
+        &self,
+        inner: &mut Inner,
+        extra_sessions: usize,
+        extra_bytes: usize,
+        now_ms: u64,
+        keep: Option<u128>,
+    ) -> Result<(), StoreError> {
+        let max_sessions = self.limits.max_sessions.max(1);
+        let max_bytes = self.limits.max_total_bytes;
+        let fits = |sessions: usize, bytes: usize| {
+            sessions + extra_sessions <= max_sessions
+                && bytes.saturating_add(extra_bytes) <= max_bytes
+        };
+        let (mut sessions, mut bytes) = (inner.sessions.len(), inner.bytes);
+        if fits(sessions, bytes) {
+            return Ok(());
+        }
+        let protect_ms = Self::ms(self.limits.protect_written_within);
+        let mut victims = Vec::new();
+        let mut room_at = u64::MAX;
+        for &(expires_ms, id) in inner.by_expiry.iter().take(EVICTION_SCAN) {
+            if fits(sessions, bytes) {
                 break;
+            }
+            let Some(entry) = inner.sessions.get(&id) else {
+                continue;
             };
+            if Some(id) == keep {
+                continue;
+            }
+            let protected_until = entry.modified_ms.saturating_add(protect_ms);
+            if expires_ms <= now_ms || protected_until <= now_ms {
+                victims.push((expires_ms, id));
+                sessions -= 1;
+                bytes = bytes.saturating_sub(entry.data.len());
+            } else {
+                room_at = room_at.min(protected_until.min(expires_ms));
+            }
+        }
+        if !fits(sessions, bytes) {
+            let wait = Duration::from_millis(room_at.saturating_sub(now_ms));
+            return Err(StoreError::Full {
+                retry_after: wait.clamp(
+                    Duration::from_secs(1),
+                    self.limits
+                        .protect_written_within
+                        .max(Duration::from_secs(1)),
+                ),
+            });
+        }
+        for (expires_ms, victim) in victims {
             if let Some(t) = inner.remove(victim) {
                 let counter = if expires_ms <= now_ms {
                     &self.counters.expired
@@ -200,6 +254,18 @@ impl MemoryStore {
                 self.counters.gone(counter, t);
             }
         }
+        Ok(())
+    }
+
+    fn do_create(
+        &self,
+        transport: Transport,
+        data: Arc<str>,
+    ) -> Result<(SessionId, SessionMeta), StoreError> {
+        let now_ms = self.now_ms();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        self.make_room(inner, 1, data.len(), now_ms, None)?;
         let mut id = SessionId::random();
         while inner.sessions.contains_key(&id.0) {
             id = SessionId::random();
@@ -217,11 +283,12 @@ impl MemoryStore {
             txns: None,
         };
         let meta = self.meta(&entry, now_ms);
+        inner.bytes += entry.data.len();
         inner.sessions.insert(id.0, entry);
         inner.by_expiry.insert((expires_ms, id.0));
         Counters::bump(&self.counters.created, transport);
         Counters::bump(&self.counters.live, transport);
-        (id, meta)
+        Ok((id, meta))
     }
 
     fn do_update(
@@ -232,8 +299,9 @@ impl MemoryStore {
     ) -> Result<SessionMeta, StoreError> {
         let now_ms = self.now_ms();
         let fingerprint = self.hasher.hash_one((write.expected.0, &*write.data));
-        let mut inner = self.lock();
-        let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let entry = self.live_entry(inner, transport, id, now_ms)?;
 
         if let (Some(txn_id), Some(log)) = (&write.txn_id, &entry.txns)
             && let Some(record) = log.0.iter().find(|r| r.txn_id == *txn_id)
@@ -247,7 +315,15 @@ impl MemoryStore {
             return Ok(meta);
         }
 
+        // A write that grows the payload must fit the byte budget (a full store is answered
+        // before the transaction log records anything, so a retry may succeed).
+        let growth = write.data.len().saturating_sub(entry.data.len());
+        if write.expected.0 == entry.token && growth > 0 {
+            self.make_room(inner, 0, growth, now_ms, Some(id.0))?;
+        }
+        let entry = inner.sessions.get_mut(&id.0).ok_or(StoreError::NotFound)?;
         let outcome = if write.expected.0 == entry.token {
+            inner.bytes = inner.bytes - entry.data.len() + write.data.len();
             let token = SequenceToken::fresh(&[entry.token, entry.prev_token]).0;
             entry.prev_token = entry.token;
             entry.token = token;
@@ -305,7 +381,7 @@ impl RendezvousStore for MemoryStore {
         transport: Transport,
         data: Arc<str>,
     ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>> {
-        Box::pin(async move { Ok(self.do_create(transport, data)) })
+        Box::pin(async move { self.do_create(transport, data) })
     }
 
     fn get(

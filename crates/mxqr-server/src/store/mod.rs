@@ -50,6 +50,10 @@ impl Transport {
     }
 }
 
+/// Sessions written this recently are never evicted to make room: a flood of creations must
+/// not end sign-ins in progress. At the cap with only such sessions, creation is refused.
+pub const PROTECT_WRITTEN_WITHIN: Duration = Duration::from_secs(60);
+
 /// Lifetime and capacity rules a store enforces.
 #[derive(Clone, Debug)]
 pub struct SessionLimits {
@@ -59,8 +63,13 @@ pub struct SessionLimits {
     pub renew_on_write: bool,
     /// Hard cap on a session's life from creation, whatever the renewals.
     pub max_lifetime: Duration,
-    /// Live sessions at most; creating one more evicts the session closest to expiry.
+    /// Live sessions at most; creating one more evicts the session closest to expiry among
+    /// those not written within `protect_written_within`, or fails with [`StoreError::Full`].
     pub max_sessions: usize,
+    /// Payload bytes of all live sessions together, at most (same eviction rule).
+    pub max_total_bytes: usize,
+    /// Sessions written this recently are never evicted ([`PROTECT_WRITTEN_WITHIN`]).
+    pub protect_written_within: Duration,
 }
 
 /// Version metadata of a session, as the HTTP layer reports it.
@@ -107,6 +116,13 @@ pub enum StoreError {
     /// The transaction ID was used before with a different body.
     #[error("transaction ID reused with a different request body")]
     TxnReused,
+    /// The session or byte cap is reached and every session was written too recently to be
+    /// evicted.
+    #[error("the rendezvous is full; retry in {retry_after:?}")]
+    Full {
+        /// When room is expected (a protected session ages or expires).
+        retry_after: Duration,
+    },
     /// The back end could not be reached or failed.
     #[error("rendezvous store unavailable: {0}")]
     Unavailable(String),

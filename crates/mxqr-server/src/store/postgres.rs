@@ -219,7 +219,9 @@ const META_COLUMNS: &str = "(extract(epoch FROM expires_at - now()) * 1000)::BIG
 /// the same snapshot to tell a lost race or stale token (`2`) from a retry of the latest write
 /// (`1`: `$3` is the token it replaced and the data is identical). The new token is `$4`, or
 /// `$5` should `$4` equal the token being replaced (the caller draws both different from `$3`
-/// and from each other), so no write reuses either of the session's last two tokens.
+/// and from each other), so no write reuses either of the session's last two tokens. A write
+/// that would take the payload bytes of all sessions past `$11` is not made (`3`, with the
+/// growth needed), so the caller can make room first.
 const UPDATE_SQL: &str = "\
 WITH upd AS (
     UPDATE rendezvous_sessions SET
@@ -231,6 +233,8 @@ WITH upd AS (
             now() + $8 * INTERVAL '1 millisecond',
             created_at + $9 * INTERVAL '1 millisecond')) ELSE expires_at END
     WHERE id = $1 AND transport = $2 AND token = $3 AND expires_at > now()
+        AND (octet_length($6) <= octet_length(data) OR
+             (SELECT bytes FROM rendezvous_counts) + octet_length($6) - octet_length(data) <= $11)
     RETURNING token, expires_at, modified_at
 ), cur AS (
     SELECT token, prev_token, data, expires_at, modified_at FROM rendezvous_sessions
@@ -241,13 +245,16 @@ WITH upd AS (
 SELECT 0::SMALLINT AS outcome, token,
     (extract(epoch FROM expires_at - now()) * 1000)::BIGINT AS expires_in_ms,
     (extract(epoch FROM modified_at) * 1000)::BIGINT AS modified_ms,
-    (SELECT count(*) FROM announced) AS notified
+    (SELECT count(*) FROM announced) AS notified,
+    0::BIGINT AS growth
 FROM upd
 UNION ALL
-SELECT CASE WHEN prev_token = $3 AND data = $6 THEN 1 ELSE 2 END::SMALLINT, token,
+SELECT CASE WHEN token = $3 THEN 3 WHEN prev_token = $3 AND data = $6 THEN 1 ELSE 2 END::SMALLINT,
+    token,
     (extract(epoch FROM expires_at - now()) * 1000)::BIGINT,
     (extract(epoch FROM modified_at) * 1000)::BIGINT,
-    0
+    0,
+    (octet_length($6) - octet_length(data))::BIGINT
 FROM cur WHERE NOT EXISTS (SELECT 1 FROM upd)";
 
 /// Where the transaction-ID path ended.
@@ -264,6 +271,8 @@ enum CasOutcome {
     Retry(SessionMeta),
     Conflict,
     NotFound,
+    /// The token is current but the write would exceed the byte budget by this growth.
+    OverBudget(i64),
 }
 
 impl PostgresStore {
@@ -348,8 +357,8 @@ impl PostgresStore {
             let id = SessionId::random();
             let token = SequenceToken::fresh(&[]);
             let row = sqlx::query(
-                "SELECT expires_in_ms, modified_ms, live_msc4388, live_msc4108, evicted, expired \
-                 FROM mxqr_rendezvous_create($1, $2, $3, $4, $5, $6)",
+                "SELECT expires_in_ms, modified_ms, live_msc4388, live_msc4108, evicted, expired, \
+                 room_in_ms FROM mxqr_rendezvous_create_bounded($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(id_sql(id))
             .bind(transport_code(transport))
@@ -357,10 +366,16 @@ impl PostgresStore {
             .bind(token_sql(token.0))
             .bind(ms(self.limits.ttl))
             .bind(max_sessions)
+            .bind(self.max_bytes())
+            .bind(ms(self.limits.protect_written_within))
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
             let Some(row) = row else { continue };
+            let room_in_ms: Option<i64> = row.try_get("room_in_ms").map_err(unavailable)?;
+            if let Some(room_in_ms) = room_in_ms {
+                return Err(self.full(room_in_ms));
+            }
             let meta = meta_from_row(&row, token.0).map_err(unavailable)?;
             self.counters.set_live(
                 row.try_get("live_msc4388").map_err(unavailable)?,
@@ -381,6 +396,53 @@ impl PostgresStore {
         Err(StoreError::Unavailable(
             "could not draw an unused session ID".into(),
         ))
+    }
+
+    fn max_bytes(&self) -> i64 {
+        i64::try_from(self.limits.max_total_bytes).unwrap_or(i64::MAX)
+    }
+
+    /// [`StoreError::Full`] for a wait the database computed.
+    fn full(&self, room_in_ms: i64) -> StoreError {
+        let wait = Duration::from_millis(u64::try_from(room_in_ms).unwrap_or(0));
+        StoreError::Full {
+            retry_after: wait.clamp(
+                Duration::from_secs(1),
+                self.limits
+                    .protect_written_within
+                    .max(Duration::from_secs(1)),
+            ),
+        }
+    }
+
+    /// Makes room for a write to `keep` that grows its payload by `growth` bytes.
+    async fn room_for_growth(&self, growth: i64, keep: SessionId) -> Result<(), StoreError> {
+        let max_sessions = i64::try_from(self.limits.max_sessions.max(1)).unwrap_or(i64::MAX);
+        let row = sqlx::query(
+            "SELECT room_in_ms, evicted, expired FROM mxqr_rendezvous_make_room(0, $1, $2, $3, $4, $5)",
+        )
+        .bind(growth)
+        .bind(max_sessions)
+        .bind(self.max_bytes())
+        .bind(ms(self.limits.protect_written_within))
+        .bind(id_sql(keep))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let room_in_ms: Option<i64> = row.try_get("room_in_ms").map_err(unavailable)?;
+        if let Some(room_in_ms) = room_in_ms {
+            return Err(self.full(room_in_ms));
+        }
+        for (column, counter) in [
+            ("evicted", &self.counters.evicted),
+            ("expired", &self.counters.expired),
+        ] {
+            let codes: Vec<i16> = row.try_get(column).map_err(unavailable)?;
+            for t in codes.into_iter().filter_map(transport_from_code) {
+                Counters::add(counter, t, 1);
+            }
+        }
+        Ok(())
     }
 
     async fn do_get(&self, transport: Transport, id: SessionId) -> Result<Snapshot, StoreError> {
@@ -423,6 +485,7 @@ impl PostgresStore {
             .bind(ms(self.limits.ttl))
             .bind(ms(self.limits.max_lifetime))
             .bind(id_hex(id))
+            .bind(self.max_bytes())
             .fetch_optional(executor)
             .await
             .map_err(unavailable)?;
@@ -435,6 +498,7 @@ impl PostgresStore {
         Ok(match outcome {
             0 => CasOutcome::Written(meta),
             1 => CasOutcome::Retry(meta),
+            3 => CasOutcome::OverBudget(row.try_get("growth").map_err(unavailable)?),
             _ => CasOutcome::Conflict,
         })
     }
@@ -446,10 +510,17 @@ impl PostgresStore {
         write: Write,
     ) -> Result<SessionMeta, StoreError> {
         let outcome = match &write.txn_id {
-            None => {
-                self.compare_and_set(&self.pool, transport, id, &write)
-                    .await?
-            }
+            None => match self
+                .compare_and_set(&self.pool, transport, id, &write)
+                .await?
+            {
+                CasOutcome::OverBudget(growth) => {
+                    self.room_for_growth(growth, id).await?;
+                    self.compare_and_set(&self.pool, transport, id, &write)
+                        .await?
+                }
+                outcome => outcome,
+            },
             Some(txn_id) => {
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
                 match self
@@ -473,6 +544,8 @@ impl PostgresStore {
             CasOutcome::Retry(meta) => Ok(meta),
             CasOutcome::Conflict => Err(StoreError::ConcurrentWrite),
             CasOutcome::NotFound => Err(StoreError::NotFound),
+            // Room was made, then taken by a concurrent write: try again shortly.
+            CasOutcome::OverBudget(_) => Err(self.full(0)),
         }
     }
 
@@ -521,12 +594,22 @@ impl PostgresStore {
             current.token = SequenceToken(token_rust(token));
             return Ok(TxnStep::Repeat(Ok(current)));
         }
-        let outcome = self
+        let mut outcome = self
             .compare_and_set(&mut **tx, transport, id, write)
             .await?;
+        if let CasOutcome::OverBudget(growth) = outcome {
+            // Nothing logged: a full store is no answer to remember for this transaction.
+            self.room_for_growth(growth, id).await?;
+            outcome = self
+                .compare_and_set(&mut **tx, transport, id, write)
+                .await?;
+            if let CasOutcome::OverBudget(_) = outcome {
+                return Ok(TxnStep::Repeat(Err(self.full(0))));
+            }
+        }
         let answered = match &outcome {
             CasOutcome::Written(meta) | CasOutcome::Retry(meta) => Some(token_sql(meta.token.0)),
-            CasOutcome::Conflict | CasOutcome::NotFound => None,
+            CasOutcome::Conflict | CasOutcome::NotFound | CasOutcome::OverBudget(_) => None,
         };
         sqlx::query(
             "INSERT INTO rendezvous_txns (session_id, txn_id, fingerprint, outcome) \

@@ -114,6 +114,8 @@ pub fn limits(ttl: Duration) -> SessionLimits {
         renew_on_write: false,
         max_lifetime: ttl,
         max_sessions: 10_000,
+        max_total_bytes: 64 << 20,
+        protect_written_within: mxqr_server::store::PROTECT_WRITTEN_WITHIN,
     }
 }
 

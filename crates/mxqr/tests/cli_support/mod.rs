@@ -56,7 +56,7 @@ pub fn start_server_logging(env: &[(&str, &str)], log: Option<&Path>) -> Server 
         Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
         None => Stdio::inherit(),
     };
-    let (child, base) = spawn_serve(&dir, "127.0.0.1:0", &env, stderr);
+    let (child, base) = spawn_serve(&dir, "127.0.0.1:0", &env, stderr, None);
     Server {
         child,
         base,
@@ -65,8 +65,42 @@ pub fn start_server_logging(env: &[(&str, &str)], log: Option<&Path>) -> Server 
     }
 }
 
-fn spawn_serve(dir: &Path, listen: &str, env: &[(String, String)], stderr: Stdio) -> (Child, Url) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxqr"))
+/// A server whose process may open at most `nofile` files (`ulimit -n`, soft and hard).
+pub fn start_server_nofile(nofile: u32) -> Server {
+    let dir = std::env::temp_dir().join(format!(
+        "mxqr-cli-signin-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (child, base) = spawn_serve(&dir, "127.0.0.1:0", &[], Stdio::inherit(), Some(nofile));
+    Server {
+        child,
+        base,
+        dir,
+        env: Vec::new(),
+    }
+}
+
+fn spawn_serve(
+    dir: &Path,
+    listen: &str,
+    env: &[(String, String)],
+    stderr: Stdio,
+    nofile: Option<u32>,
+) -> (Child, Url) {
+    let mut command = match nofile {
+        Some(limit) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_mxqr"));
+            shell
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_mxqr")),
+    };
+    let mut child = command
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(dir.join("server"))
         .env("MXQR_LOG", "warn")
@@ -98,7 +132,7 @@ impl Server {
             self.base.host_str().unwrap(),
             self.base.port().unwrap()
         );
-        let (child, base) = spawn_serve(&self.dir, &listen, &self.env, Stdio::inherit());
+        let (child, base) = spawn_serve(&self.dir, &listen, &self.env, Stdio::inherit(), None);
         assert_eq!(base, self.base);
         self.child = child;
     }
