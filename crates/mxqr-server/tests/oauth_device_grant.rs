@@ -491,3 +491,75 @@ async fn a_held_poll_answers_at_the_approval() {
         "answered after {took:?}"
     );
 }
+
+/// Code guessing on `/link` and password guessing have separate budgets per address, so
+/// neither can lock the other out for everyone behind one NAT address.
+#[tokio::test]
+async fn link_codes_and_passwords_have_separate_budgets() {
+    let options = || Options {
+        rate_limit: true,
+        ..Options::default()
+    };
+    let wrong_password = |server: &OAuthServer| {
+        let browser = oauth_support::browser();
+        let page = server.url("/login");
+        async move {
+            let html = browser
+                .get(&page)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            browser
+                .post(&page)
+                .form(&[
+                    ("csrf", hidden(&html, "csrf").as_str()),
+                    ("username", "alice"),
+                    ("password", "not the password"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    // Wrong codes until refused; signing in with the right password still works.
+    let server = OAuthServer::with(options()).await;
+    let browser = signed_in(&server).await;
+    let mut limited = false;
+    for _ in 0..10 {
+        let (status, _) = enter_code(&server, &browser, "BBBB-CCCC").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    assert!(limited);
+    assert_eq!(
+        server
+            .login(&oauth_support::browser(), "alice")
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+
+    // Wrong passwords until refused; code entry still works.
+    let server = OAuthServer::with(options()).await;
+    let browser = signed_in(&server).await;
+    let mut limited = false;
+    for _ in 0..10 {
+        let status = wrong_password(&server).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert!(limited);
+    let (status, _) = enter_code(&server, &browser, "BBBB-CCCC").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

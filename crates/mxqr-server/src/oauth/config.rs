@@ -63,6 +63,10 @@ pub struct OAuthConfig {
     pub failed_attempts_max: u32,
     /// Window of `failed_attempts_max`, seconds.
     pub failed_attempts_window_secs: u64,
+    /// Failed sign-ins allowed per account, from all addresses together, within
+    /// `failed_attempts_window_secs` (when `rate_limit.enabled`). Above `failed_attempts_max`,
+    /// so that locking someone out takes several addresses.
+    pub account_failed_attempts_max: u32,
 }
 
 impl Default for OAuthConfig {
@@ -80,6 +84,7 @@ impl Default for OAuthConfig {
             browser_session_ttl_secs: 86_400,
             failed_attempts_max: 10,
             failed_attempts_window_secs: 300,
+            account_failed_attempts_max: 20,
         }
     }
 }
@@ -122,9 +127,14 @@ impl OAuthConfig {
                 ));
             }
         }
-        if self.failed_attempts_max == 0 || self.failed_attempts_window_secs == 0 {
+        if self.failed_attempts_max == 0
+            || self.failed_attempts_window_secs == 0
+            || self.account_failed_attempts_max == 0
+        {
             return Err(
-                "oauth.failed_attempts_max and failed_attempts_window_secs must be positive".into(),
+                "oauth.failed_attempts_max, account_failed_attempts_max and \
+                 failed_attempts_window_secs must be positive"
+                    .into(),
             );
         }
         Ok(())

@@ -1,28 +1,39 @@
 //! Argon2id password hashes (PHC strings) and Matrix localpart rules.
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use tokio::sync::Semaphore;
 
 /// Shortest password accepted when an account is created or registered.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
 /// Why a password could not be hashed.
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed: {0}")]
-pub struct HashError(String);
+pub enum HashError {
+    /// Argon2 refused the input or parameters.
+    #[error("password hashing failed: {0}")]
+    Argon2(argon2::password_hash::Error),
+    /// The worker thread hashing it failed.
+    #[error("password hashing was interrupted: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
 
 /// Argon2id hash of `password` with a fresh 128-bit salt and the crate's default parameters
-/// (19 MiB, 2 passes: OWASP's minimum for argon2id).
+/// (19 MiB, 2 passes: OWASP's minimum for argon2id). Blocking; the server uses
+/// [`hash_bounded`].
 pub fn hash(password: &str) -> Result<String, HashError> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-        .map_err(|e| HashError(e.to_string()))?;
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(HashError::Argon2)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
+        .map_err(HashError::Argon2)
 }
 
 /// Whether `password` matches the PHC string `stored` (constant-time inside argon2).
+/// Blocking; the server uses [`verify_bounded`].
 pub fn verify(password: &str, stored: &str) -> bool {
     PasswordHash::new(stored).is_ok_and(|parsed| {
         Argon2::default()
@@ -31,12 +42,58 @@ pub fn verify(password: &str, stored: &str) -> bool {
     })
 }
 
+/// Argon2 computations allowed at once in this process, one per core: each takes 19 MiB and
+/// a core for tens of milliseconds, so more at once only adds memory, not throughput.
+/// Requests beyond it wait their turn.
+static ARGON2_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+});
+
+/// Argon2 computations running now, counted on the worker threads themselves.
+static ARGON2_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `work` on a blocking thread once an Argon2 slot is free.
+async fn bounded<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    // The semaphore is never closed, so acquiring cannot fail; without a permit the work
+    // would merely run unbounded.
+    let _permit = ARGON2_SLOTS.acquire().await.ok();
+    tokio::task::spawn_blocking(move || {
+        ARGON2_RUNNING.fetch_add(1, Ordering::SeqCst);
+        let result = work();
+        ARGON2_RUNNING.fetch_sub(1, Ordering::SeqCst);
+        result
+    })
+    .await
+}
+
+/// Argon2 computations running now in this process (for tests and diagnostics).
+pub fn argon2_running() -> usize {
+    ARGON2_RUNNING.load(Ordering::SeqCst)
+}
+
+/// [`hash`] within the process-wide bound on Argon2 work.
+pub async fn hash_bounded(password: String) -> Result<String, HashError> {
+    bounded(move || hash(&password)).await?
+}
+
+/// [`verify`] within the process-wide bound on Argon2 work; `stored` `None` (no such user)
+/// is checked against [`dummy_hash`], so the time does not tell which usernames exist.
+pub async fn verify_bounded(password: String, stored: Option<String>) -> bool {
+    bounded(move || verify(&password, stored.as_deref().unwrap_or_else(|| dummy_hash())))
+        .await
+        .unwrap_or_else(|err| {
+            tracing::error!(%err, "password verification failed");
+            false
+        })
+}
+
 /// A hash of a random password, verified against when the user does not exist so that the
 /// response time does not reveal which usernames exist.
 pub fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        hash(&hex::encode(rand::random::<[u8; 16]>())).unwrap_or_default()
-    });
+    static DUMMY: LazyLock<String> =
+        LazyLock::new(|| hash(&hex::encode(rand::random::<[u8; 16]>())).unwrap_or_default());
     &DUMMY
 }
 
@@ -73,6 +130,30 @@ mod tests {
         assert!(verify("correct horse", &h));
         assert!(!verify("wrong horse", &h));
         assert!(!verify("x", "not a phc string"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn argon2_work_is_bounded_per_process() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let stored = hash("correct horse").unwrap();
+        let checks: Vec<_> = (0..cores * 4 + 4)
+            .map(|i| tokio::spawn(verify_bounded(format!("wrong {i}"), Some(stored.clone()))))
+            .collect();
+        let mut peak = 0;
+        while checks.iter().any(|c| !c.is_finished()) {
+            peak = peak.max(argon2_running());
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(
+            peak >= 1 && peak <= cores,
+            "{peak} Argon2 runs at once on {cores} cores"
+        );
+        for check in checks {
+            assert!(!check.await.unwrap());
+        }
+        assert!(verify_bounded("correct horse".into(), Some(stored)).await);
+        assert!(!verify_bounded("x".into(), None).await);
+        assert!(verify("p", &hash_bounded("p".into()).await.unwrap()));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `/link`: the RFC 8628 verification URI. The person enters (or follows a link with) the
 //! user code, sees what is asking and from where, confirms explicitly, and approves or denies.
 //!
-//! Guessing is bounded three ways: 20^8 codes, a per-address limit on every code entry, and
-//! a per-grant cap on lookups after which the grant is refused.
+//! Guessing is bounded three ways: 20^8 codes, a per-address limit on wrong code entries (a
+//! budget of its own, apart from password sign-ins: guessing one cannot lock people behind
+//! the same NAT address out of the other), and a per-grant cap on lookups after which the
+//! grant is refused.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -35,9 +37,11 @@ async fn show_grant(
     typed: &str,
     error: Option<&str>,
 ) -> PageResult {
-    state.check_attempt(ip).map_err(PageError::RateLimited)?;
+    state
+        .check_user_code_entry(ip)
+        .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        state.attempt_failed(ip);
+        state.user_code_entry_failed(ip);
         return entry_form(
             state,
             visit,
@@ -54,7 +58,7 @@ async fn show_grant(
     {
         UserCodeLookup::Pending(grant) => grant,
         UserCodeLookup::NotFound => {
-            state.attempt_failed(ip);
+            state.user_code_entry_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -66,7 +70,7 @@ async fn show_grant(
             );
         }
         UserCodeLookup::TooManyAttempts => {
-            state.attempt_failed(ip);
+            state.user_code_entry_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -157,9 +161,11 @@ pub(crate) async fn link_submit(
         )
         .await;
     }
-    state.check_attempt(ip).map_err(PageError::RateLimited)?;
+    state
+        .check_user_code_entry(ip)
+        .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        state.attempt_failed(ip);
+        state.user_code_entry_failed(ip);
         return entry_form(
             &state,
             &visit,
@@ -175,7 +181,7 @@ pub(crate) async fn link_submit(
     if decided {
         state.device_grant_decided();
     } else {
-        state.attempt_failed(ip);
+        state.user_code_entry_failed(ip);
     }
     let (status, title, message) = match (decided, approve) {
         (true, true) => (
