@@ -469,12 +469,14 @@ impl OAuthState {
         // Refused at once, as a client would wait much longer in a queue.
         let slot = guards.in_flight.enter(ip).ok_or(Duration::from_secs(1))?;
         guards.password.attempt(ip)?;
-        if let Err(wait) = guards.account.attempt(account.to_owned()) {
+        // By digest: a typed name can be as long as the form, and this map lives a window.
+        let account = tokens::hash(account);
+        if let Err(wait) = guards.account.attempt(account.clone()) {
             guards.password.refund(ip);
             return Err(wait);
         }
         Ok(PasswordAttempt {
-            counted: Some((guards, ip, account.to_owned())),
+            counted: Some((guards, ip, account)),
             _slot: Some(slot),
         })
     }

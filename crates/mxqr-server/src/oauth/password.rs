@@ -1,11 +1,11 @@
 //! Argon2id password hashes (PHC strings) and Matrix localpart rules.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, mpsc};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 /// Shortest password accepted when an account is created or registered.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -18,7 +18,7 @@ pub enum HashError {
     Argon2(argon2::password_hash::Error),
     /// The worker thread hashing it failed.
     #[error("password hashing was interrupted: {0}")]
-    Worker(#[from] tokio::task::JoinError),
+    Worker(#[from] WorkerError),
 }
 
 /// Argon2id hash of `password` with a fresh 128-bit salt and the crate's default parameters
@@ -42,30 +42,77 @@ pub fn verify(password: &str, stored: &str) -> bool {
     })
 }
 
-/// Argon2 computations allowed at once in this process, one per core: each takes 19 MiB and
-/// a core for tens of milliseconds, so more at once only adds memory, not throughput.
-/// Requests beyond it wait their turn.
-static ARGON2_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| {
-    Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+/// Work for the Argon2 threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Argon2 computations run on one thread per core, for the whole process, in arrival order:
+/// each takes 19 MiB and a core for tens of milliseconds, so more at once would only add
+/// memory, not throughput. Fixed threads (not the blocking pool's changing ones) also keep
+/// what the allocator retains after a computation to one buffer per thread.
+static ARGON2_QUEUE: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(|| {
+    let (sender, receiver) = mpsc::channel::<Job>();
+    let receiver = Arc::new(Mutex::new(receiver));
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut started = 0;
+    for i in 0..threads {
+        let receiver = Arc::clone(&receiver);
+        let spawned = std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held while waiting for a job, not while running it.
+                    let job = receiver
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .recv();
+                    match job {
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(mpsc::RecvError) => return,
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => started += 1,
+            Err(err) => tracing::error!(%err, "could not start an Argon2 thread"),
+        }
+    }
+    (started > 0).then_some(sender)
 });
 
 /// Argon2 computations running now, counted on the worker threads themselves.
 static ARGON2_RUNNING: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `work` on a blocking thread once an Argon2 slot is free.
+/// Why Argon2 work did not come back.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No Argon2 thread could be started.
+    #[error("no password worker thread is running")]
+    NoWorkers,
+    /// The computation failed (panicked) before answering.
+    #[error("the password worker failed: {0}")]
+    Failed(#[from] oneshot::error::RecvError),
+}
+
+/// Runs `work` on one of the Argon2 threads, waiting for its turn. Work whose caller has gone
+/// (a dropped request) by its turn is skipped, so abandoned requests cannot pile up work.
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    // The semaphore is never closed, so acquiring cannot fail; without a permit the work
-    // would merely run unbounded.
-    let _permit = ARGON2_SLOTS.acquire().await.ok();
-    tokio::task::spawn_blocking(move || {
+) -> Result<T, WorkerError> {
+    let queue = ARGON2_QUEUE.as_ref().ok_or(WorkerError::NoWorkers)?;
+    let (answer, result) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        if answer.is_closed() {
+            return;
+        }
         ARGON2_RUNNING.fetch_add(1, Ordering::SeqCst);
-        let result = work();
+        let value = work();
         ARGON2_RUNNING.fetch_sub(1, Ordering::SeqCst);
-        result
-    })
-    .await
+        let _ = answer.send(value);
+    });
+    queue.send(job).map_err(|_| WorkerError::NoWorkers)?;
+    Ok(result.await?)
 }
 
 /// Argon2 computations running now in this process (for tests and diagnostics).

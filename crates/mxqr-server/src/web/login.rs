@@ -85,7 +85,7 @@ fn too_many_attempts(
 ///
 /// The attempt is counted against the address and the account before the password is
 /// checked (see [`OAuthState::begin_password_attempt`]), and the check itself waits for one
-/// of the process's Argon2 slots.
+/// of the process's Argon2 threads.
 pub(crate) async fn login_submit(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
