@@ -58,8 +58,10 @@ pub struct OAuthConfig {
     pub user_code_max_lookups: u32,
     /// Browser sign-in life in seconds (300–2592000).
     pub browser_session_ttl_secs: u64,
-    /// Failed sign-ins, user-code entries and device-code polls allowed per address within
-    /// `failed_attempts_window_secs` (when `rate_limit.enabled`).
+    /// Failed sign-ins allowed per address within `failed_attempts_window_secs` (when
+    /// `rate_limit.enabled`); wrong user codes on `/link` and unknown device codes at the
+    /// token endpoint each have a budget of this size of their own, so that guessing one
+    /// cannot lock people behind the same address out of the others.
     pub failed_attempts_max: u32,
     /// Window of `failed_attempts_max`, seconds.
     pub failed_attempts_window_secs: u64,
