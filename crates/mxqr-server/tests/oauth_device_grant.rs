@@ -563,3 +563,32 @@ async fn link_codes_and_passwords_have_separate_budgets() {
     let (status, _) = enter_code(&server, &browser, "BBBB-CCCC").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Wrong codes sent all at once from one address stop at the budget (5 in these tests):
+/// each entry is counted before the lookup, not after.
+#[tokio::test]
+async fn parallel_wrong_codes_are_counted_before_the_lookup() {
+    let server = OAuthServer::with(Options {
+        rate_limit: true,
+        ..Options::default()
+    })
+    .await;
+    let browser = signed_in(&server).await;
+    let page = browser.get(server.url("/link")).send().await.unwrap();
+    let csrf = hidden(&page.text().await.unwrap(), "csrf");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = browser
+            .post(server.url("/link"))
+            .form(&[("csrf", csrf.as_str()), ("code", "BBBB-CCCC")]);
+        tasks.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let mut looked_up = 0;
+    while let Some(status) = tasks.join_next().await {
+        match status.unwrap() {
+            StatusCode::NOT_FOUND => looked_up += 1,
+            status => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS),
+        }
+    }
+    assert!(looked_up <= 5, "{looked_up} wrong codes were looked up");
+}

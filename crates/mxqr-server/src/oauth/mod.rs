@@ -504,18 +504,21 @@ impl OAuthState {
         }
     }
 
-    /// Refuses `ip` while it has used up its wrong user codes on `/link`.
-    pub(crate) fn check_user_code_entry(&self, ip: IpAddr) -> Result<(), Duration> {
-        match self.0.guards.as_ref().and_then(|g| g.user_code.blocked(ip)) {
-            Some(wait) => Err(wait),
+    /// Counts a user code entered on `/link` by `ip` before it is looked up, so that parallel
+    /// guesses cannot all pass; refused (with how long to wait) once `ip` has used up its
+    /// wrong codes. Give it back with [`Self::uncount_user_code_entry`] when the code is right.
+    pub(crate) fn count_user_code_entry(&self, ip: IpAddr) -> Result<(), Duration> {
+        match &self.0.guards {
+            Some(g) => g.user_code.attempt(ip),
             None => Ok(()),
         }
     }
 
-    /// Counts a wrong user code entered by `ip`.
-    pub(crate) fn user_code_entry_failed(&self, ip: IpAddr) {
+    /// Gives back an entry counted by [`Self::count_user_code_entry`] that found its grant
+    /// (or never reached the store).
+    pub(crate) fn uncount_user_code_entry(&self, ip: IpAddr) {
         if let Some(g) = &self.0.guards {
-            g.user_code.fail(ip);
+            g.user_code.refund(ip);
         }
     }
 

@@ -29,7 +29,7 @@ fn entry_form(
     )
 }
 
-/// Looks `typed` up (counting the attempt) and shows the consent page or the entry form.
+/// Looks `typed` up (counted before the lookup, given back if it finds a grant) and shows the consent page or the entry form.
 async fn show_grant(
     state: &OAuthState,
     visit: &Visit,
@@ -38,10 +38,9 @@ async fn show_grant(
     error: Option<&str>,
 ) -> PageResult {
     state
-        .check_user_code_entry(ip)
+        .count_user_code_entry(ip)
         .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        state.user_code_entry_failed(ip);
         return entry_form(
             state,
             visit,
@@ -51,14 +50,16 @@ async fn show_grant(
         );
     };
     let max = i64::from(state.lifetimes().user_code_max_lookups);
-    let grant = match state
+    let lookup = state
         .db()
         .lookup_user_code(&code, state.now_ms(), max)
-        .await?
-    {
-        UserCodeLookup::Pending(grant) => grant,
+        .await;
+    let grant = match lookup.inspect_err(|_| state.uncount_user_code_entry(ip))? {
+        UserCodeLookup::Pending(grant) => {
+            state.uncount_user_code_entry(ip);
+            grant
+        }
         UserCodeLookup::NotFound => {
-            state.user_code_entry_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -70,7 +71,6 @@ async fn show_grant(
             );
         }
         UserCodeLookup::TooManyAttempts => {
-            state.user_code_entry_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -162,10 +162,9 @@ pub(crate) async fn link_submit(
         .await;
     }
     state
-        .check_user_code_entry(ip)
+        .count_user_code_entry(ip)
         .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        state.user_code_entry_failed(ip);
         return entry_form(
             &state,
             &visit,
@@ -177,11 +176,11 @@ pub(crate) async fn link_submit(
     let decided = state
         .db()
         .decide_device_grant(&code, &localpart, approve, state.now_ms())
-        .await?;
+        .await
+        .inspect_err(|_| state.uncount_user_code_entry(ip))?;
     if decided {
+        state.uncount_user_code_entry(ip);
         state.device_grant_decided();
-    } else {
-        state.user_code_entry_failed(ip);
     }
     let (status, title, message) = match (decided, approve) {
         (true, true) => (
