@@ -72,7 +72,10 @@ fn too_many_attempts(
             title => title,
             next => next,
             username => username,
-            error => format!("Too many attempts: try again in {secs} seconds."),
+            error => format!(
+                "Too many attempts: try again in {secs} second{}.",
+                if secs == 1 { "" } else { "s" }
+            ),
         },
     )?;
     response
