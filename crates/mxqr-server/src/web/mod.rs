@@ -3,9 +3,11 @@
 //!
 //! Every form carries a CSRF token: an HMAC of a nonce cookie keyed with the browser session
 //! (see [`form_token`]), so a token is worth nothing in another browser or session, even one
-//! an attacker planted the nonce in. Under an https public URL the cookies are `__Host-`
-//! cookies, which a sibling subdomain or a plain-http page cannot set. Pages load nothing
-//! external and forbid framing through the Content-Security-Policy.
+//! an attacker planted the nonce in. Before signing in there is no session to bind to and the
+//! token is a plain double submit of the nonce; under an https public URL the cookies are
+//! `__Host-` cookies, which a sibling subdomain or a plain-http page cannot set, so the nonce
+//! cannot be planted either. Pages load nothing external and forbid framing through the
+//! Content-Security-Policy.
 
 mod account;
 mod authorize;
