@@ -624,3 +624,104 @@ async fn device_consent_warns_when_the_device_id_exists() {
         assert!(html.contains(WARNING), "{html}");
     }
 }
+
+/// Code guessing on `/link` and password guessing have separate budgets per address, so
+/// neither can lock the other out for everyone behind one NAT address.
+#[tokio::test]
+async fn link_codes_and_passwords_have_separate_budgets() {
+    let options = || Options {
+        rate_limit: true,
+        ..Options::default()
+    };
+    let wrong_password = |server: &OAuthServer| {
+        let browser = oauth_support::browser();
+        let page = server.url("/login");
+        async move {
+            let html = browser
+                .get(&page)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            browser
+                .post(&page)
+                .form(&[
+                    ("csrf", hidden(&html, "csrf").as_str()),
+                    ("username", "alice"),
+                    ("password", "not the password"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    // Wrong codes until refused; signing in with the right password still works.
+    let server = OAuthServer::with(options()).await;
+    let browser = signed_in(&server).await;
+    let mut limited = false;
+    for _ in 0..10 {
+        let (status, _) = enter_code(&server, &browser, "BBBB-CCCC").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    assert!(limited);
+    assert_eq!(
+        server
+            .login(&oauth_support::browser(), "alice")
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+
+    // Wrong passwords until refused; code entry still works.
+    let server = OAuthServer::with(options()).await;
+    let browser = signed_in(&server).await;
+    let mut limited = false;
+    for _ in 0..10 {
+        let status = wrong_password(&server).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert!(limited);
+    let (status, _) = enter_code(&server, &browser, "BBBB-CCCC").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Wrong codes sent all at once from one address stop at the budget (5 in these tests):
+/// each entry is counted before the lookup, not after.
+#[tokio::test]
+async fn parallel_wrong_codes_are_counted_before_the_lookup() {
+    let server = OAuthServer::with(Options {
+        rate_limit: true,
+        ..Options::default()
+    })
+    .await;
+    let browser = signed_in(&server).await;
+    let page = browser.get(server.url("/link")).send().await.unwrap();
+    let csrf = hidden(&page.text().await.unwrap(), "csrf");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = browser
+            .post(server.url("/link"))
+            .form(&[("csrf", csrf.as_str()), ("code", "BBBB-CCCC")]);
+        tasks.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let mut looked_up = 0;
+    while let Some(status) = tasks.join_next().await {
+        match status.unwrap() {
+            StatusCode::NOT_FOUND => looked_up += 1,
+            status => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS),
+        }
+    }
+    assert!(looked_up <= 5, "{looked_up} wrong codes were looked up");
+}

@@ -59,8 +59,10 @@ pub struct OAuthConfig {
     pub user_code_max_lookups: u32,
     /// Browser sign-in life in seconds (300–2592000).
     pub browser_session_ttl_secs: u64,
-    /// Failed sign-ins, user-code entries and device-code polls allowed per address within
-    /// `failed_attempts_window_secs` (when `rate_limit.enabled`).
+    /// Failed sign-ins allowed per address within `failed_attempts_window_secs` (when
+    /// `rate_limit.enabled`); wrong user codes on `/link` and unknown device codes at the
+    /// token endpoint each have a budget of this size of their own, so that guessing one
+    /// cannot lock people behind the same address out of the others.
     pub failed_attempts_max: u32,
     /// Window of `failed_attempts_max`, seconds.
     pub failed_attempts_window_secs: u64,
@@ -71,6 +73,10 @@ pub struct OAuthConfig {
     /// Pending device grants per client, from all addresses together: bounds the rows a
     /// flood from many addresses can add, while leaving room for many real sign-ins.
     pub device_grants_pending_per_client: u32,
+    /// Failed sign-ins allowed per account, from all addresses together, within
+    /// `failed_attempts_window_secs` (when `rate_limit.enabled`). Above `failed_attempts_max`,
+    /// so that locking someone out takes several addresses.
+    pub account_failed_attempts_max: u32,
 }
 
 impl Default for OAuthConfig {
@@ -90,6 +96,7 @@ impl Default for OAuthConfig {
             failed_attempts_window_secs: 300,
             device_grants_pending_per_address: 10,
             device_grants_pending_per_client: 1000,
+            account_failed_attempts_max: 20,
         }
     }
 }
@@ -136,9 +143,14 @@ impl OAuthConfig {
         {
             return Err("oauth.device_grants_pending_per_* must be at least 1".into());
         }
-        if self.failed_attempts_max == 0 || self.failed_attempts_window_secs == 0 {
+        if self.failed_attempts_max == 0
+            || self.failed_attempts_window_secs == 0
+            || self.account_failed_attempts_max == 0
+        {
             return Err(
-                "oauth.failed_attempts_max and failed_attempts_window_secs must be positive".into(),
+                "oauth.failed_attempts_max, account_failed_attempts_max and \
+                 failed_attempts_window_secs must be positive"
+                    .into(),
             );
         }
         Ok(())

@@ -32,7 +32,7 @@ use crate::auth::CreateAuthorizer;
 use crate::config::Config;
 use crate::db::{DbResult, NewTokens, SharedDb, TokenInfo};
 use crate::store::BoxFuture;
-use limits::FailureLimiter;
+use limits::{FailureLimiter, InFlight, InFlightSlot};
 
 /// Source of the current time, injectable so tests can expire codes without sleeping.
 pub trait Clock: Send + Sync + 'static {
@@ -148,8 +148,8 @@ struct Inner {
     registration_enabled: bool,
     secure_cookies: bool,
     last_purge: AtomicI64,
-    attempt_limiter: Option<FailureLimiter>,
-    unknown_code_limiter: Option<FailureLimiter>,
+    /// Budgets against guessing (when `rate_limit.enabled`).
+    guards: Option<Guards>,
     /// Client registrations and device authorizations per address (both unauthenticated
     /// and stored); `None` when rate limits are off.
     creation_limiter: Option<crate::ratelimit::RateLimiter>,
@@ -157,6 +157,42 @@ struct Inner {
     synapse: std::sync::OnceLock<Arc<crate::synapse::SynapseLink>>,
     /// Bumped whenever this instance decides a device grant, to wake held token polls.
     device_decisions: tokio::sync::watch::Sender<u64>,
+}
+
+/// Separate budgets, so that guessing one kind of secret cannot lock people behind the same
+/// address (a NAT) out of the others.
+struct Guards {
+    /// Failed sign-ins and registrations per address.
+    password: FailureLimiter,
+    /// Failed sign-ins per account, from any address.
+    account: FailureLimiter<String>,
+    /// Password checks running per address.
+    in_flight: InFlight,
+    /// Wrong user codes entered on `/link` per address.
+    user_code: FailureLimiter,
+    /// Unknown device codes at the token endpoint per address.
+    unknown_code: FailureLimiter,
+}
+
+/// Password checks one address may have running at once.
+const PASSWORD_CHECKS_PER_ADDRESS: u32 = 2;
+
+/// A password attempt counted against the budgets of its address and account, running
+/// (holding its in-flight slot) until dropped. Dropped without [`Self::succeeded`], it
+/// stays counted as a failure.
+pub(crate) struct PasswordAttempt<'a> {
+    counted: Option<(&'a Guards, IpAddr, String)>,
+    _slot: Option<InFlightSlot>,
+}
+
+impl PasswordAttempt<'_> {
+    /// The password was right: the attempt does not use up the budgets.
+    pub(crate) fn succeeded(mut self) {
+        if let Some((guards, ip, account)) = self.counted.take() {
+            guards.password.refund(ip);
+            guards.account.refund(account);
+        }
+    }
 }
 
 /// Shared state of the OAuth endpoints and pages (cheap to clone).
@@ -221,14 +257,15 @@ impl OAuthState {
         life: Lifetimes,
     ) -> Self {
         let public_url = config.effective_public_url();
-        let limiter = || {
-            config.rate_limit.enabled.then(|| {
-                FailureLimiter::new(
-                    config.oauth.failed_attempts_max,
-                    Duration::from_secs(config.oauth.failed_attempts_window_secs),
-                )
-            })
-        };
+        let window = Duration::from_secs(config.oauth.failed_attempts_window_secs);
+        let per_address = || FailureLimiter::new(config.oauth.failed_attempts_max, window);
+        let guards = config.rate_limit.enabled.then(|| Guards {
+            password: per_address(),
+            account: FailureLimiter::new(config.oauth.account_failed_attempts_max, window),
+            in_flight: InFlight::new(PASSWORD_CHECKS_PER_ADDRESS),
+            user_code: per_address(),
+            unknown_code: per_address(),
+        });
         Self(Arc::new(Inner {
             db,
             clock,
@@ -238,8 +275,7 @@ impl OAuthState {
             public_url,
             registration_enabled: config.oauth.registration_enabled,
             last_purge: AtomicI64::new(0),
-            attempt_limiter: limiter(),
-            unknown_code_limiter: limiter(),
+            guards,
             creation_limiter: config.rate_limit.enabled.then(|| {
                 crate::ratelimit::RateLimiter::new(
                     config.rate_limit.oauth_create_per_second,
@@ -468,18 +504,79 @@ impl OAuthState {
         self.0.creation_limiter.is_some()
     }
 
-    /// Refuses `ip` while it has used up its failed sign-ins and code entries.
-    pub(crate) fn check_attempt(&self, ip: IpAddr) -> Result<(), Duration> {
-        match self.0.attempt_limiter.as_ref().and_then(|l| l.blocked(ip)) {
-            Some(wait) => Err(wait),
+    /// Counts a password attempt of `ip` on `account` before it is checked: refused (with
+    /// how long to wait) while `ip` has [`PASSWORD_CHECKS_PER_ADDRESS`] checks running, or
+    /// the address or the account has used up its failures.
+    ///
+    /// The per-account budget applies whatever the address, so a botnet cannot guess one
+    /// password from many addresses; its cost is that such a botnet can keep the account
+    /// from signing in with a password for the window. It is set higher than the
+    /// per-address one, so one address alone cannot do that, and it blocks only new
+    /// sign-ins: browser sessions and devices already signed in keep working.
+    pub(crate) fn begin_password_attempt(
+        &self,
+        ip: IpAddr,
+        account: &str,
+    ) -> Result<PasswordAttempt<'_>, Duration> {
+        let Some(guards) = &self.0.guards else {
+            return Ok(PasswordAttempt {
+                counted: None,
+                _slot: None,
+            });
+        };
+        // Refused at once, as a client would wait much longer in a queue.
+        let slot = guards.in_flight.enter(ip).ok_or(Duration::from_secs(1))?;
+        guards.password.attempt(ip)?;
+        // By digest: a typed name can be as long as the form, and this map lives a window.
+        let account = tokens::hash(account);
+        if let Err(wait) = guards.account.attempt(account.clone()) {
+            guards.password.refund(ip);
+            return Err(wait);
+        }
+        Ok(PasswordAttempt {
+            counted: Some((guards, ip, account)),
+            _slot: Some(slot),
+        })
+    }
+
+    /// A slot for a registration's password hash (bounded per address like sign-ins);
+    /// refused while `ip` has its checks running or has used up its failures.
+    pub(crate) fn begin_registration(&self, ip: IpAddr) -> Result<Option<InFlightSlot>, Duration> {
+        let Some(guards) = &self.0.guards else {
+            return Ok(None);
+        };
+        if let Some(wait) = guards.password.blocked(ip) {
+            return Err(wait);
+        }
+        guards
+            .in_flight
+            .enter(ip)
+            .map(Some)
+            .ok_or(Duration::from_secs(1))
+    }
+
+    /// Counts a failed registration (a taken username) of `ip`.
+    pub(crate) fn registration_failed(&self, ip: IpAddr) {
+        if let Some(g) = &self.0.guards {
+            g.password.fail(ip);
+        }
+    }
+
+    /// Counts a user code entered on `/link` by `ip` before it is looked up, so that parallel
+    /// guesses cannot all pass; refused (with how long to wait) once `ip` has used up its
+    /// wrong codes. Give it back with [`Self::uncount_user_code_entry`] when the code is right.
+    pub(crate) fn count_user_code_entry(&self, ip: IpAddr) -> Result<(), Duration> {
+        match &self.0.guards {
+            Some(g) => g.user_code.attempt(ip),
             None => Ok(()),
         }
     }
 
-    /// Counts a failed sign-in or code entry of `ip`.
-    pub(crate) fn attempt_failed(&self, ip: IpAddr) {
-        if let Some(l) = &self.0.attempt_limiter {
-            l.fail(ip);
+    /// Gives back an entry counted by [`Self::count_user_code_entry`] that found its grant
+    /// (or never reached the store).
+    pub(crate) fn uncount_user_code_entry(&self, ip: IpAddr) {
+        if let Some(g) = &self.0.guards {
+            g.user_code.refund(ip);
         }
     }
 
@@ -487,9 +584,9 @@ impl OAuthState {
     pub(crate) fn check_unknown_code(&self, ip: IpAddr) -> Result<(), Duration> {
         match self
             .0
-            .unknown_code_limiter
+            .guards
             .as_ref()
-            .and_then(|l| l.blocked(ip))
+            .and_then(|g| g.unknown_code.blocked(ip))
         {
             Some(wait) => Err(wait),
             None => Ok(()),
@@ -498,8 +595,8 @@ impl OAuthState {
 
     /// Counts an unknown device code presented by `ip`.
     pub(crate) fn unknown_code(&self, ip: IpAddr) {
-        if let Some(l) = &self.0.unknown_code_limiter {
-            l.fail(ip);
+        if let Some(g) = &self.0.guards {
+            g.unknown_code.fail(ip);
         }
     }
 
@@ -576,11 +673,11 @@ impl OAuthState {
             Ok(n) => tracing::debug!(purged = n, "expired OAuth rows purged"),
             Err(err) => tracing::warn!(%err, "purging expired OAuth rows failed"),
         }
-        for limiter in [&self.0.attempt_limiter, &self.0.unknown_code_limiter]
-            .into_iter()
-            .flatten()
-        {
-            limiter.prune();
+        if let Some(g) = &self.0.guards {
+            for limiter in [&g.password, &g.user_code, &g.unknown_code] {
+                limiter.prune();
+            }
+            g.account.prune();
         }
         if let Some(limiter) = &self.0.creation_limiter {
             limiter.prune();

@@ -94,7 +94,7 @@ pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// A random value for CSRF tokens (not stored server-side: double-submit cookie).
+/// A random value for the CSRF nonce cookie (not stored server-side).
 pub fn csrf_token() -> String {
     random_base62(RANDOM_CHARS)
 }

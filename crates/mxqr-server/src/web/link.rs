@@ -1,8 +1,10 @@
 //! `/link`: the RFC 8628 verification URI. The person enters (or follows a link with) the
 //! user code, sees what is asking and from where, confirms explicitly, and approves or denies.
 //!
-//! Guessing is bounded three ways: 20^8 codes, a per-address limit on every code entry, and
-//! a per-grant cap on lookups after which the grant is refused.
+//! Guessing is bounded three ways: 20^8 codes, a per-address limit on wrong code entries (a
+//! budget of its own, apart from password sign-ins: guessing one cannot lock people behind
+//! the same NAT address out of the other), and a per-grant cap on lookups after which the
+//! grant is refused.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -27,7 +29,7 @@ fn entry_form(
     )
 }
 
-/// Looks `typed` up (counting the attempt) and shows the consent page or the entry form.
+/// Looks `typed` up (counted before the lookup, given back if it finds a grant) and shows the consent page or the entry form.
 async fn show_grant(
     state: &OAuthState,
     visit: &Visit,
@@ -35,9 +37,10 @@ async fn show_grant(
     typed: &str,
     error: Option<&str>,
 ) -> PageResult {
-    state.check_attempt(ip).map_err(PageError::RateLimited)?;
+    state
+        .count_user_code_entry(ip)
+        .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        state.attempt_failed(ip);
         return entry_form(
             state,
             visit,
@@ -47,14 +50,16 @@ async fn show_grant(
         );
     };
     let max = i64::from(state.lifetimes().user_code_max_lookups);
-    let grant = match state
+    let lookup = state
         .db()
         .lookup_user_code(&code, state.now_ms(), max)
-        .await?
-    {
-        UserCodeLookup::Pending(grant) => grant,
+        .await;
+    let grant = match lookup.inspect_err(|_| state.uncount_user_code_entry(ip))? {
+        UserCodeLookup::Pending(grant) => {
+            state.uncount_user_code_entry(ip);
+            grant
+        }
         UserCodeLookup::NotFound => {
-            state.attempt_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -66,7 +71,6 @@ async fn show_grant(
             );
         }
         UserCodeLookup::TooManyAttempts => {
-            state.attempt_failed(ip);
             return entry_form(
                 state,
                 visit,
@@ -161,9 +165,10 @@ pub(crate) async fn link_submit(
         )
         .await;
     }
-    state.check_attempt(ip).map_err(PageError::RateLimited)?;
+    state
+        .count_user_code_entry(ip)
+        .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        state.attempt_failed(ip);
         return entry_form(
             &state,
             &visit,
@@ -175,11 +180,11 @@ pub(crate) async fn link_submit(
     let decided = state
         .db()
         .decide_device_grant(&code, &localpart, approve, state.now_ms())
-        .await?;
+        .await
+        .inspect_err(|_| state.uncount_user_code_entry(ip))?;
     if decided {
+        state.uncount_user_code_entry(ip);
         state.device_grant_decided();
-    } else {
-        state.attempt_failed(ip);
     }
     let (status, title, message) = match (decided, approve) {
         (true, true) => (

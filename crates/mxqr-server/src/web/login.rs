@@ -1,15 +1,16 @@
 //! Sign-in, self-registration and sign-out.
 
 use super::{
-    PageBody, PageError, PageResult, SESSION_COOKIE, Visit, safe_next, see_other, set_cookie,
+    PageBody, PageError, PageResult, Visit, safe_next, see_other, session_cookie, set_cookie,
 };
 use crate::db::DbError;
 use crate::oauth::endpoints::Params;
 use crate::oauth::{OAuthState, RequestIp, password, tokens};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use std::time::Duration;
 
 fn form(body: &Bytes) -> Result<Params, PageError> {
     Params::parse(body).map_err(PageError::BadRequest)
@@ -28,7 +29,7 @@ async fn sign_in(state: &OAuthState, visit: &Visit, localpart: &str, next: &str)
     let mut response = see_other(next);
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(state, SESSION_COOKIE, &token, Some(life)),
+        set_cookie(state, session_cookie(state), &token, Some(life)),
     );
     visit.finish(state, &mut response);
     Ok(response)
@@ -51,7 +52,43 @@ pub(crate) async fn login_page(
     )
 }
 
+/// The form `template` again, refusing the attempt for `wait`: 429 with `Retry-After`.
+fn too_many_attempts(
+    state: &OAuthState,
+    visit: &Visit,
+    template: &str,
+    title: &str,
+    next: &str,
+    username: &str,
+    wait: Duration,
+) -> PageResult {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut response = visit.render(
+        state,
+        StatusCode::TOO_MANY_REQUESTS,
+        template,
+        minijinja::context! {
+            title => title,
+            next => next,
+            username => username,
+            error => format!(
+                "Too many attempts: try again in {secs} second{}.",
+                if secs == 1 { "" } else { "s" }
+            ),
+        },
+    )?;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Ok(response)
+}
+
 /// `POST /login`: username and password; a locked account cannot sign in.
+///
+/// The attempt is counted against the address and the account before the password is
+/// checked (see [`OAuthState::begin_password_attempt`]), and the check itself waits for one
+/// of the process's Argon2 threads.
 pub(crate) async fn login_submit(
     State(state): State<OAuthState>,
     RequestIp(ip): RequestIp,
@@ -61,25 +98,27 @@ pub(crate) async fn login_submit(
     let visit = Visit::of(&state, &headers).await?;
     let params = form(&body)?;
     visit.check_csrf(params.get("csrf"))?;
-    state.check_attempt(ip).map_err(PageError::RateLimited)?;
     let next = safe_next(params.get("next"));
     let typed = params.get("username").unwrap_or("");
     let localpart = password::localpart_of(typed, state.server_name());
-    let given = params.get("password").unwrap_or("").to_owned();
     let user = state.db().user(&localpart).await?;
-    let stored = user
-        .as_ref()
-        .and_then(|u| u.password_hash.clone())
-        .unwrap_or_else(|| password::dummy_hash().to_owned());
-    let matches = tokio::task::spawn_blocking(move || password::verify(&given, &stored))
-        .await
-        .unwrap_or(false);
+    let attempt = match state.begin_password_attempt(ip, &localpart) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            return too_many_attempts(&state, &visit, "login.html", "Sign in", &next, typed, wait);
+        }
+    };
+    let given = params.get("password").unwrap_or("").to_owned();
+    let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+    let matches = password::verify_bounded(given, stored).await;
     match user {
         Some(user) if matches && user.password_hash.is_some() && !user.locked => {
+            attempt.succeeded();
             sign_in(&state, &visit, &user.localpart, &next).await
         }
         _ => {
-            state.attempt_failed(ip);
+            // Dropping the attempt leaves it counted as a failure.
+            drop(attempt);
             visit.render(
                 &state,
                 StatusCode::UNAUTHORIZED,
@@ -132,9 +171,22 @@ pub(crate) async fn register_submit(
     let visit = Visit::of(&state, &headers).await?;
     let params = form(&body)?;
     visit.check_csrf(params.get("csrf"))?;
-    state.check_attempt(ip).map_err(PageError::RateLimited)?;
     let next = safe_next(params.get("next"));
     let username = params.get("username").unwrap_or("").trim().to_owned();
+    let _slot = match state.begin_registration(ip) {
+        Ok(slot) => slot,
+        Err(wait) => {
+            return too_many_attempts(
+                &state,
+                &visit,
+                "register.html",
+                "Create account",
+                &next,
+                &username,
+                wait,
+            );
+        }
+    };
     let pw = params.get("password").unwrap_or("").to_owned();
     let refuse = |error: &str| {
         visit.render(
@@ -155,9 +207,8 @@ pub(crate) async fn register_submit(
     if params.get("password2") != Some(pw.as_str()) {
         return refuse("The two passwords differ.");
     }
-    let hashed = tokio::task::spawn_blocking(move || password::hash(&pw))
+    let hashed = password::hash_bounded(pw)
         .await
-        .map_err(|e| PageError::BadRequest(format!("password could not be processed: {e}")))?
         .map_err(|e| PageError::BadRequest(e.to_string()))?;
     match state
         .db()
@@ -166,7 +217,7 @@ pub(crate) async fn register_submit(
     {
         Ok(()) => sign_in(&state, &visit, &username, &next).await,
         Err(DbError::Conflict) => {
-            state.attempt_failed(ip);
+            state.registration_failed(ip);
             refuse("This username is taken.")
         }
         Err(err) => Err(err.into()),
@@ -182,7 +233,7 @@ pub(crate) async fn logout(
     let visit = Visit::of(&state, &headers).await?;
     let params = form(&body)?;
     visit.check_csrf(params.get("csrf"))?;
-    if let Some(token) = super::cookie(&headers, SESSION_COOKIE) {
+    if let Some(token) = super::cookie(&headers, session_cookie(&state)) {
         state
             .db()
             .delete_browser_session(&tokens::hash(token))
@@ -191,7 +242,12 @@ pub(crate) async fn logout(
     let mut response = see_other("/login");
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, "", Some(std::time::Duration::ZERO)),
+        set_cookie(
+            &state,
+            session_cookie(&state),
+            "",
+            Some(std::time::Duration::ZERO),
+        ),
     );
     Ok(response)
 }

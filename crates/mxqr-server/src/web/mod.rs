@@ -1,9 +1,13 @@
 //! Server-rendered pages: sign-in, registration, OAuth consent, `/link` for device codes and
 //! the account pages (`account_management_uri`).
 //!
-//! Every form carries a CSRF token checked against a cookie (double submit: an attacker's page
-//! can neither read nor set the HttpOnly, SameSite=Lax cookie). Pages load nothing external
-//! and forbid framing through the Content-Security-Policy.
+//! Every form carries a CSRF token: an HMAC of a nonce cookie keyed with the browser session
+//! (see [`form_token`]), so a token is worth nothing in another browser or session, even one
+//! an attacker planted the nonce in. Before signing in there is no session to bind to and the
+//! token is a plain double submit of the nonce; under an https public URL the cookies are
+//! `__Host-` cookies, which a sibling subdomain or a plain-http page cannot set, so the nonce
+//! cannot be planted either. Pages load nothing external and forbid framing through the
+//! Content-Security-Policy.
 
 mod account;
 mod authorize;
@@ -26,10 +30,53 @@ use subtle::ConstantTimeEq;
 use crate::db::DbError;
 use crate::oauth::{OAuthState, tokens};
 
-/// Cookie holding the browser session token.
+/// Cookie holding the browser session token (over http, i.e. loopback development).
 const SESSION_COOKIE: &str = "mxqr_session";
-/// Cookie holding the CSRF token (double submit).
+/// Cookie holding the CSRF nonce (over http).
 const CSRF_COOKIE: &str = "mxqr_csrf";
+/// The same cookies under an https public URL: browsers accept `__Host-` cookies only when
+/// Secure, with `Path=/` and no `Domain`, so no other host can set or shadow them.
+const SECURE_SESSION_COOKIE: &str = "__Host-mxqr_session";
+const SECURE_CSRF_COOKIE: &str = "__Host-mxqr_csrf";
+
+/// Name of the browser-session cookie on this server.
+fn session_cookie(state: &OAuthState) -> &'static str {
+    if state.secure_cookies() {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+/// Name of the CSRF nonce cookie on this server.
+fn csrf_cookie(state: &OAuthState) -> &'static str {
+    if state.secure_cookies() {
+        SECURE_CSRF_COOKIE
+    } else {
+        CSRF_COOKIE
+    }
+}
+
+/// The CSRF token of forms shown to the browser holding `nonce` and, once signed in, the
+/// session token `session`: HMAC-SHA256 keyed with the session token, over the nonce.
+///
+/// The key is the browser session's secret, which the server checks against its store on
+/// every request and which an attacker cannot read (HttpOnly) or guess, so knowing or
+/// planting the nonce does not give a valid token. Being derived from the session rather
+/// than a per-process key, tokens stay valid across restarts and between instances that
+/// share the database.
+fn form_token(nonce: &str, session: Option<&str>) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let key = session.unwrap_or_default().as_bytes();
+    // HMAC takes keys of any length: this cannot fail.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(b"mxqr csrf v1\0");
+    mac.update(nonce.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
 
 const CSP: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; form-action 'self'; \
                    frame-ancestors 'none'; base-uri 'none'";
@@ -199,6 +246,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, `Path=/` and never a `Domain`, plus Secure
+/// under https (which the `__Host-` names require).
 fn set_cookie(
     state: &OAuthState,
     name: &str,
@@ -216,42 +265,48 @@ fn set_cookie(
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
 }
 
-/// What a page needs from the request: the CSRF token (created if missing) and the signed-in
-/// user.
+/// What a page needs from the request: the CSRF nonce (created if missing), the form token
+/// bound to it and the session, and the signed-in user.
 pub(crate) struct Visit {
+    nonce: String,
+    new_nonce: bool,
+    /// The form token ([`form_token`]) forms of this visit carry.
     csrf: String,
-    new_csrf: bool,
     localpart: Option<String>,
 }
 
 impl Visit {
     async fn of(state: &OAuthState, headers: &HeaderMap) -> Result<Self, PageError> {
-        let existing = cookie(headers, CSRF_COOKIE)
+        let existing = cookie(headers, csrf_cookie(state))
             .filter(|v| v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric()));
-        let (csrf, new_csrf) = match existing {
+        let (nonce, new_nonce) = match existing {
             Some(v) => (v.to_owned(), false),
             None => (tokens::csrf_token(), true),
         };
-        let localpart = match cookie(headers, SESSION_COOKIE) {
-            Some(token) if tokens::well_formed(tokens::Kind::BrowserSession, token) => {
+        let session = cookie(headers, session_cookie(state))
+            .filter(|token| tokens::well_formed(tokens::Kind::BrowserSession, token));
+        let localpart = match session {
+            Some(token) => {
                 state
                     .db()
                     .browser_session_user(&tokens::hash(token), state.now_ms())
                     .await?
             }
-            _ => None,
+            None => None,
         };
         Ok(Self {
-            csrf,
-            new_csrf,
+            csrf: form_token(&nonce, session),
+            nonce,
+            new_nonce,
             localpart,
         })
     }
 
-    /// Checks the form's `csrf` field against the cookie, in constant time.
+    /// Checks the form's `csrf` field against the token of this nonce and session, in
+    /// constant time.
     fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
         match submitted {
-            Some(s) if !self.new_csrf && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => {
+            Some(s) if !self.new_nonce && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => {
                 Ok(())
             }
             _ => Err(PageError::Csrf),
@@ -280,12 +335,12 @@ impl Visit {
         Ok(response)
     }
 
-    /// Adds the CSRF cookie when this visit created the token.
+    /// Adds the CSRF nonce cookie when this visit created the nonce.
     fn finish(&self, state: &OAuthState, response: &mut Response) {
-        if self.new_csrf {
+        if self.new_nonce {
             response.headers_mut().append(
                 header::SET_COOKIE,
-                set_cookie(state, CSRF_COOKIE, &self.csrf, None),
+                set_cookie(state, csrf_cookie(state), &self.nonce, None),
             );
         }
     }
@@ -307,14 +362,28 @@ fn query_params(raw: Option<String>) -> Result<crate::oauth::endpoints::Params, 
         .map_err(PageError::BadRequest)
 }
 
-/// `next` targets must stay on this site: a path, not `//host` or `/\host`.
+/// Pages a sign-in may return to: the consent page, `/link` and the account page.
+const NEXT_PATHS: [&str; 3] = ["/oauth2/authorize", "/link", "/account"];
+
+/// Where to go after signing in or registering: `next` when it is one of [`NEXT_PATHS`]
+/// (plus any query), else `/account`.
+///
+/// Browsers strip tabs and newlines from URLs and read `\` as `/`, so `/\t/evil.example`
+/// is another site to them: rather than listing tricks, `next` must be an exact path from a
+/// fixed set followed by a query of plain URL characters (percent escapes allowed, which a
+/// query cannot turn into another origin). Such a value is always a valid `Location`.
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.starts_with("/\\") => {
-            n.to_owned()
-        }
-        _ => "/account".to_owned(),
-    }
+    next.filter(|n| {
+        let (path, query) = n.split_once('?').unwrap_or((n, ""));
+        NEXT_PATHS.contains(&path) && query.bytes().all(query_byte)
+    })
+    .unwrap_or("/account")
+    .to_owned()
+}
+
+/// A byte that may stand unescaped in a URL query (RFC 3986 `query`, with `%` for escapes).
+fn query_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
 /// A time for people: `Mon, 23 Nov 2026 08:00:00 GMT`.
@@ -379,13 +448,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn next_stays_on_site() {
-        assert_eq!(safe_next(Some("/link?code=X")), "/link?code=X");
+    fn next_stays_on_own_pages() {
+        for good in [
+            "/link?code=X",
+            "/link",
+            "/account",
+            "/oauth2/authorize?client_id=a&scope=urn%3Ax%20y",
+        ] {
+            assert_eq!(safe_next(Some(good)), good);
+        }
         for bad in [
             None,
             Some("https://evil.example/"),
             Some("//evil.example/"),
             Some("/\\evil"),
+            Some("/\t/evil.example"),
+            Some("/%09/evil.example"),
+            Some("/link/../x"),
+            Some("/link?x=\n"),
+            Some("/link?x=\\"),
+            Some("/link#x"),
+            Some("/login"),
             Some(""),
         ] {
             assert_eq!(safe_next(bad), "/account", "{bad:?}");

@@ -68,6 +68,10 @@ pub struct Options {
     pub max_lookups: u32,
     /// Pending device grants per client (`None`: the configured default).
     pub device_grants_per_client: Option<u32>,
+    /// `public_url` instead of `http://<listen address>/` (e.g. https, for cookie rules).
+    pub public_url: Option<String>,
+    /// Take the client address from `x-forwarded-for` (tests acting as many addresses).
+    pub forwarded_for: bool,
 }
 
 impl Default for Options {
@@ -77,6 +81,8 @@ impl Default for Options {
             rate_limit: false,
             max_lookups: 5,
             device_grants_per_client: None,
+            public_url: None,
+            forwarded_for: false,
         }
     }
 }
@@ -129,11 +135,19 @@ impl OAuthServer {
         let mut config = Config {
             listen: addr,
             data_dir: dir.clone(),
-            public_url: Some(format!("http://{addr}/")),
+            public_url: Some(
+                options
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}/")),
+            ),
             server_name: Some("example.test".into()),
             ..Config::default()
         };
         config.rate_limit.enabled = options.rate_limit;
+        if options.forwarded_for {
+            config.rate_limit.client_ip_header = Some("x-forwarded-for".into());
+        }
         config.oauth.registration_enabled = options.registration;
         config.oauth.failed_attempts_max = 5;
         let mut pg_database = None;
