@@ -21,9 +21,8 @@ use super::client::entry_bytes;
 use super::{
     AccountDataQuota, AccountDataWrite, BackupVersion, ClientDb, CodeOutcome, Db, DbError,
     DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
-    NewTokens, PendingGrantCaps, PollOutcome,
-    RedeemCode, RefreshOutcome, StoredDeviceKeys, TokenInfo, TokenStatus, UploadedKey, User,
-    UserCodeLookup,
+    NewTokens, PendingGrantCaps, PollOutcome, RedeemCode, RefreshOutcome, StoredDeviceKeys,
+    TokenInfo, TokenStatus, UploadedKey, User, UserCodeLookup,
 };
 use crate::pg_gate::PgGate;
 use crate::store::BoxFuture;
