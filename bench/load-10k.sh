@@ -140,8 +140,11 @@ fi
 [[ " $PARTS " == *" pg "* ]] || exit 0
 log "two instances on one PostgreSQL"
 pg_url=$(scripts/pg-test-server.sh start "$work/pg" | tail -n 1)
-# Pools of 64 per instance stay within the test server's 300 connections.
-pg_env=(MXQR_DATABASE_URL="$pg_url" MXQR_RENDEZVOUS__POSTGRES_MAX_CONNECTIONS=64)
+# Pools of 64 per instance stay within the test server's 300 connections. Instances of one
+# deployment share its server name (pinned in the database at first start), whatever their
+# own URLs.
+pg_env=(MXQR_DATABASE_URL="$pg_url" MXQR_RENDEZVOUS__POSTGRES_MAX_CONNECTIONS=64
+  MXQR_SERVER_NAME=load.mxqr.test)
 start_server a "${pg_env[@]}"
 a_url=$url a_pid=$pid
 start_server b "${pg_env[@]}"

@@ -74,15 +74,15 @@ impl ConnectionLimits {
             .http
             .max_connections
             .map_or(budget, |n| n.min(budget));
+        // One address never gets more than half of the whole by default; an operator's
+        // explicit number (or `0`, none) stands, as does a trusted proxy header, behind which
+        // every connection comes from the proxy.
         let per_address = match config.http.max_connections_per_address {
-            Some(0) => usize::MAX,
-            Some(n) => n,
-            // Behind a trusted proxy every connection comes from the proxy.
-            None if config.rate_limit.client_ip_header.is_some() => usize::MAX,
-            None => DEFAULT_PER_ADDRESS,
+            Some(0) => total,
+            Some(n) => n.min(total),
+            None if config.rate_limit.client_ip_header.is_some() => total,
+            None => DEFAULT_PER_ADDRESS.min((total / 2).max(1)),
         };
-        // One address never gets more than half of the whole.
-        let per_address = per_address.min((total / 2).max(1));
         Self { total, per_address }
     }
 
@@ -251,7 +251,12 @@ mod tests {
         let mut proxied = Config::default();
         proxied.rate_limit.client_ip_header = Some("x-forwarded-for".into());
         let behind = ConnectionLimits::new(&proxied, Some(10_000));
-        assert_eq!(behind.per_address, behind.total / 2);
+        assert_eq!(behind.per_address, behind.total);
+        // `0` is no per-address cap at all: one load generator may use the whole budget.
+        let mut uncapped = Config::default();
+        uncapped.http.max_connections_per_address = Some(0);
+        let all = ConnectionLimits::new(&uncapped, Some(20_000));
+        assert_eq!(all.per_address, all.total);
         proxied.http.max_connections = Some(500);
         proxied.http.max_connections_per_address = Some(10);
         assert_eq!(
