@@ -2,7 +2,7 @@
 # Rendezvous throughput of `mxqr serve` (release build, in-memory store) against Synapse 1.163.2,
 # both on loopback, both transports, 1, 8 and 64 concurrent sign-in flows. Prints a table with
 # flows/s, p99 latency and their ratios, and each server's peak RSS. Installs Synapse into a
-# temporary venv (see shared/SYNAPSE.md for the settings) and removes everything it started.
+# temporary venv (with the settings of scripts/synapse-test-server.sh) and removes everything it started.
 #
 #   bench/rendezvous-vs-synapse.sh            env: BENCH_SECONDS (per run, default 15)
 set -euo pipefail

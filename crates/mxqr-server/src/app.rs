@@ -346,7 +346,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let client = state.client_ip(&request);
     request.extensions_mut().insert(client);
     let mut response = next.run(request).await;
-    // Proxies must neither cache nor rewrite (compression weakens ETags): PROTOCOL.md §7.
+    // Proxies must neither cache nor rewrite (compression weakens ETags): docs/protocol.md §7.
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store, no-transform"),

@@ -1,4 +1,4 @@
-//! The homeserver side of a QR sign-in, in order (PROTOCOL.md §5 and §8): the existing device
+//! The homeserver side of a QR sign-in, in order (docs/protocol.md §5 and §8): the existing device
 //! bootstraps cross-signing, checks the new device does not exist yet, the new device gets
 //! its token, checks `whoami`, uploads its keys signed by itself and by the self-signing key
 //! in one request, and the existing device then sees it as cross-signed.

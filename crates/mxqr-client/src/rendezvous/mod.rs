@@ -1,10 +1,10 @@
-//! The rendezvous session two devices talk through (PROTOCOL.md section 3).
+//! The rendezvous session two devices talk through (docs/protocol.md §3).
 //!
 //! One [`Rendezvous`] hides which transport carries the payloads. Both keep one payload at a
 //! time and a version token (MSC4388 `sequence_token`, MSC4108 2024 `ETag`); every write names
 //! the last version the writer saw, and every read waits until the version changes.
 //!
-//! Field lessons built in (PROTOCOL.md section 7): expiry is measured locally from the relative
+//! Field lessons built in (docs/protocol.md §7): expiry is measured locally from the relative
 //! lifetime the server reports, never from its clock; a write whose response was lost is
 //! retried and a 409/412 is resolved by re-reading instead of stalling; long-poll is used where
 //! the server advertises it, polling with back-off otherwise. Reads and writes that get no

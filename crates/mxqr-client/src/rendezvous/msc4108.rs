@@ -1,4 +1,4 @@
-//! MSC4108 (2024): the ETag rendezvous (PROTOCOL.md 3a).
+//! MSC4108 (2024): the ETag rendezvous (docs/protocol.md §3a).
 //!
 //! The session's lifetime is taken as `Expires - Date` from the server's own headers, so a
 //! skewed local clock cannot shorten it.

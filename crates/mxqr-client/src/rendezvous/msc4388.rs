@@ -1,4 +1,4 @@
-//! MSC4388: JSON bodies versioned by `sequence_token` (PROTOCOL.md 3b).
+//! MSC4388: JSON bodies versioned by `sequence_token` (docs/protocol.md §3b).
 
 use std::time::Duration;
 

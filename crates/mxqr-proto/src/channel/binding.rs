@@ -29,7 +29,7 @@ pub enum AadLayout {
     U16UrlU8IdToken,
 }
 
-/// The layout mxqr seals and opens with (newest evidence, PROTOCOL.md 4b).
+/// The layout mxqr seals and opens with (newest evidence, docs/protocol.md §4b).
 pub const AAD_LAYOUT: AadLayout = AadLayout::U16UrlU8IdToken;
 
 impl Binding {

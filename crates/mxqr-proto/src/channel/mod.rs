@@ -1,4 +1,4 @@
-//! The secure channel between the two devices (PROTOCOL.md section 4).
+//! The secure channel between the two devices (docs/protocol.md §4).
 //!
 //! G shows the QR code with its ephemeral public key; S scans it and speaks first. The
 //! handshake is S's `MATRIX_QR_CODE_LOGIN_INITIATE` and G's `MATRIX_QR_CODE_LOGIN_OK`; S then

@@ -17,7 +17,7 @@ use crate::{DeviceKind, Generation};
 
 /// The existing device's side of a QR sign-in.
 ///
-/// Order (PROTOCOL.md 5): as S, send `m.login.protocols` (as G the homeserver is in the QR
+/// Order (docs/protocol.md §5): as S, send `m.login.protocols` (as G the homeserver is in the QR
 /// code, and nothing is done before the check code matched) → receive `m.login.protocol`
 /// → the device ID must be unknown (404) → open the consent page and send
 /// `m.login.protocol_accepted` → on `m.login.success` wait for the device to appear →

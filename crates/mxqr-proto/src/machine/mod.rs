@@ -1,4 +1,4 @@
-//! Sans-IO state machines of the new and the existing device (PROTOCOL.md sections 1, 4, 5).
+//! Sans-IO state machines of the new and the existing device (docs/protocol.md §§ 1, 4, 5).
 //!
 //! [`NewDevice`] and [`ExistingDevice`] each start either as G (they created a rendezvous
 //! and show the QR code) or as S (they scanned one), in either generation. The driver feeds

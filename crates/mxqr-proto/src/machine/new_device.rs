@@ -16,7 +16,7 @@ use crate::{DeviceKind, Generation};
 
 /// The new device's side of a QR sign-in.
 ///
-/// Order (PROTOCOL.md 5): learn the homeserver (from the QR code as S, from
+/// Order (docs/protocol.md §5): learn the homeserver (from the QR code as S, from
 /// `m.login.protocols` as G) → start the device authorization grant → `m.login.protocol` →
 /// on `m.login.protocol_accepted` show the user code and poll for the token →
 /// `m.login.success` / `m.login.declined` / `m.login.failure authorization_expired` →

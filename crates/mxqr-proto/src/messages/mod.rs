@@ -1,4 +1,4 @@
-//! The `m.login.*` messages carried inside the secure channel (PROTOCOL.md section 5).
+//! The `m.login.*` messages carried inside the secure channel (docs/protocol.md §5).
 //!
 //! [`LoginMessage::from_json`] reads one message and [`LoginMessage::to_json`] writes one.
 //! Decoding is done in two passes (first `type`, then the body of that type) rather than
@@ -24,7 +24,7 @@ use crate::Generation;
 /// The wire name of the only sign-in protocol defined so far.
 pub const DEVICE_AUTHORIZATION_GRANT: &str = "device_authorization_grant";
 
-/// Largest payload a rendezvous accepts (PROTOCOL.md 3); serialising into a buffer of this
+/// Largest payload a rendezvous accepts (docs/protocol.md §3); serialising into a buffer of this
 /// size up front means no reallocation leaves an unzeroized copy of a secret behind.
 const ENCODE_CAPACITY: usize = 4096;
 

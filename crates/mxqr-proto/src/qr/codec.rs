@@ -1,4 +1,4 @@
-//! Byte layout of login QR codes (PROTOCOL.md 2a and 2b): decoding with a specific error for
+//! Byte layout of login QR codes (docs/protocol.md §2a and 2b): decoding with a specific error for
 //! every way a payload can be wrong, and encoding that reproduces what shipping clients emit.
 
 use std::net::Ipv6Addr;
@@ -26,7 +26,7 @@ pub mod msc4108 {
 /// MSC4388 choices that are still moving upstream, each named once here.
 ///
 /// Revision followed: the MSC4388 proposal text as parsed by the released matrix-sdk-crypto
-/// 0.19.1 (PROTOCOL.md 2b). Where the newest upstream branch differs (the one-byte rendezvous
+/// 0.19.1 (docs/protocol.md §2b). Where the newest upstream branch differs (the one-byte rendezvous
 /// ID length), the decoder accepts both and the encoder follows the released parsers by
 /// default; see [`Msc4388IdLength`].
 pub mod msc4388 {

@@ -1,4 +1,4 @@
-//! QR payloads of both generations (PROTOCOL.md section 2).
+//! QR payloads of both generations (docs/protocol.md §2).
 //!
 //! The codec ([`QrCode::decode`], [`QrCode::encode`]) lives in `codec.rs`; rendering to a
 //! terminal or PNG and reading QR codes back from images live in [`render`] (feature `image`),

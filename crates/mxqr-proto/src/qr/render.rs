@@ -1,7 +1,7 @@
 //! Showing a payload as a QR code (terminal text or PNG) and reading one back from a picture.
 //!
 //! Payloads are binary, so the symbol always uses byte mode, at error correction level Q
-//! (PROTOCOL.md section 2): an optimising encoder could split a payload into numeric or
+//! (docs/protocol.md §2): an optimising encoder could split a payload into numeric or
 //! alphanumeric segments, which some scanners decode to text instead of the raw bytes.
 
 use std::io::Cursor;
@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use qrcode::bits::Bits;
 use qrcode::{EcLevel, Version};
 
-/// Error correction level of every code we draw (PROTOCOL.md section 2).
+/// Error correction level of every code we draw (docs/protocol.md §2).
 pub const EC_LEVEL: EcLevel = EcLevel::Q;
 /// Light border of a PNG, in modules: what the QR standard asks for.
 pub const PNG_QUIET_ZONE: u32 = 4;

@@ -95,7 +95,7 @@ struct DeleteDevice {
 }
 
 /// The UIA stage names the account-page approval is offered under: the spec's, and the one
-/// matrix-sdk and Synapse used before it (PROTOCOL.md §8).
+/// matrix-sdk and Synapse used before it (docs/protocol.md §8).
 pub(crate) const OAUTH_STAGES: [&str; 2] = ["m.oauth", "org.matrix.cross_signing_reset"];
 
 /// A 401 user-interactive-auth answer sending the user to `url` (the account page) under

@@ -262,7 +262,7 @@ async fn store_device_keys(auth: &Authed, uploaded: &Value) -> Result<(), ApiErr
         keyring.insert(cross_signing_key_id(ssk), *ssk);
     }
     // Own-user signatures can only be the device's and the self-signing key's; each must
-    // verify, since a device that sent one believes itself cross-signed (PROTOCOL.md §7).
+    // verify, since a device that sent one believes itself cross-signed (docs/protocol.md §7).
     // Before any self-signing key is published, an own-user signature by another key is
     // dropped instead: matrix-sdk's cross-signing bootstrap uploads its device keys already
     // signed by the self-signing key it publishes in the next request, and sends that

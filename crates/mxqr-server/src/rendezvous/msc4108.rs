@@ -1,4 +1,4 @@
-//! MSC4108 (2024 revision) rendezvous: text bodies versioned by ETag (PROTOCOL.md §3a), shaped
+//! MSC4108 (2024 revision) rendezvous: text bodies versioned by ETag (docs/protocol.md §3a), shaped
 //! for what matrix-sdk checks: `Content-Type` exactly `text/plain`, and `ETag`, `Expires` and
 //! `Last-Modified` on both 200 and 304.
 //!

@@ -1,4 +1,4 @@
-//! MSC4388 rendezvous: JSON bodies, `sequence_token` versioning (PROTOCOL.md §3b), plus the
+//! MSC4388 rendezvous: JSON bodies, `sequence_token` versioning (docs/protocol.md §3b), plus the
 //! idempotent `PUT …/{id}/{txnId}` form and the long-poll extension
 //! (`GET …/{id}?since=<token>&timeout_ms=<n>`).
 
