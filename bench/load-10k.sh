@@ -101,7 +101,8 @@ run_bench() {
   cat "$work"/bench.* | awk '
     /^flows_ok/ { ok += $2 } /^flows_per_s/ { rate += $2 } /^requests_per_s/ { req += $2 }
     /^latency_p50_ms/ { if ($2 > p50) p50 = $2 } /^latency_p99_ms/ { if ($2 > p99) p99 = $2 }
-    /^errors\[/ { errors += $2 } /^retried_503/ { retried += $2 } /^error:/ { print "    " $0 }
+    /^errors\[/ { errors += $2 } /^retried_503/ { retried += $2 }
+    /^error:/ || /^error_example\[/ { print "    " $0 }
     /^server_peak_rss_mib/ { gsub(/\)/, "", $4); rss[$4] = $2 }
     END {
       printf "    flows_ok %d  flows/s %.1f  requests/s %.1f  p50 %.2f ms  p99 %.2f ms  errors %d  retried 503s %d\n",

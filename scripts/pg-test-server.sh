@@ -52,13 +52,14 @@ start() {
   as_owner "$initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 \
     >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
   # Random start so that parallel callers rarely race for the same port; retried on failure.
+  # Below the ephemeral range (32768+), where a load generator's own connections may hold it.
   for _ in $(seq 1 20); do
-    port=$((20000 + RANDOM % 20000))
+    port=$((20000 + RANDOM % 12000))
     port_is_free "$port" || continue
     if as_owner "$pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start -o \
       "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories='$dir' \
        -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-      >/dev/null; then
+      >/dev/null 2>&1; then
       echo "$port" >"$dir/port"
       break
     fi

@@ -100,17 +100,39 @@ struct RendezvousArgs {
 enum FlowError {
     #[error("HTTP {0}")]
     Status(StatusCode),
-    #[error("transport error")]
-    Io,
+    /// The request failed below HTTP: `kind` classifies it (timeout, connect, …), `detail`
+    /// keeps the whole error chain for the report.
+    #[error("transport error ({kind}): {detail}")]
+    Io { kind: &'static str, detail: String },
     #[error("unexpected response: {0}")]
     Protocol(&'static str),
 }
 
 impl FlowError {
+    fn io(err: &reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            "timeout"
+        } else if err.is_connect() {
+            "connect"
+        } else if err.is_body() || err.is_decode() {
+            "body"
+        } else {
+            "request"
+        };
+        let mut detail = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(inner) = source {
+            detail.push_str(": ");
+            detail.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        Self::Io { kind, detail }
+    }
+
     fn label(&self) -> String {
         match self {
             Self::Status(s) => s.as_u16().to_string(),
-            Self::Io => "io".into(),
+            Self::Io { kind, .. } => format!("io-{kind}"),
             Self::Protocol(_) => "protocol".into(),
         }
     }
@@ -120,6 +142,8 @@ impl FlowError {
 struct Stats {
     latencies_us: Vec<u64>,
     errors: BTreeMap<String, u64>,
+    /// The first error of each label, printed so a failed run says what went wrong.
+    examples: BTreeMap<String, String>,
 }
 
 struct Runner {
@@ -146,7 +170,7 @@ impl Runner {
         let mut retries = 0;
         let response = loop {
             let again = request.try_clone();
-            let response = request.send().await.map_err(|_| FlowError::Io)?;
+            let response = request.send().await.map_err(|e| FlowError::io(&e))?;
             self.requests.fetch_add(1, Ordering::Relaxed);
             // A 503 with Retry-After is the server shedding load; real clients wait and retry.
             match again {
@@ -339,7 +363,7 @@ impl Runner {
             if etag_of(&read)? != written {
                 return Err(FlowError::Protocol("ETag of read differs from write"));
             }
-            let text = read.text().await.map_err(|_| FlowError::Io)?;
+            let text = read.text().await.map_err(|e| FlowError::io(&e))?;
             if text != data {
                 return Err(FlowError::Protocol("peer did not read the write"));
             }
@@ -411,7 +435,13 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
         .to_owned()
     });
     let client = Client::builder()
-        .timeout(Duration::from_secs(30))
+        // Past its pool the PostgreSQL store queues a request for up to 30 s before answering
+        // 503; the client outwaits that so the answer, not a timeout, is what is counted.
+        .timeout(Duration::from_secs(60))
+        // `mxqr serve` closes a keep-alive connection idle for 10 s (`http.header_read_timeout_secs`);
+        // a client reusing one at that instant sees it closed under its request. Clients that
+        // keep connections shorter than the server never meet that race.
+        .pool_idle_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
@@ -441,6 +471,7 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let mut examples: BTreeMap<String, String> = BTreeMap::new();
                 loop {
                     let flow = next_flow.fetch_add(1, Ordering::Relaxed);
                     if flow >= runner.args.flows || Instant::now() >= stop_at {
@@ -450,13 +481,22 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
                         Ok(()) => {
                             completed.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(err) => *errors.entry(err.label()).or_default() += 1,
+                        Err(err) => {
+                            let label = err.label();
+                            examples
+                                .entry(label.clone())
+                                .or_insert_with(|| err.to_string());
+                            *errors.entry(label).or_default() += 1;
+                        }
                     }
                 }
                 let mut stats = stats.lock().await;
                 stats.latencies_us.append(&mut latencies);
                 for (label, count) in errors {
                     *stats.errors.entry(label).or_default() += count;
+                }
+                for (label, example) in examples {
+                    stats.examples.entry(label).or_insert(example);
                 }
             })
         })
@@ -501,6 +541,9 @@ async fn run(args: RendezvousArgs) -> Result<(), String> {
             "",
             width = 6usize.saturating_sub(label.len()) + 1
         );
+    }
+    for (label, example) in &stats.examples {
+        println!("error_example[{label}] {example}");
     }
     for &pid in &args.server_pid {
         match memory_kib(pid) {
