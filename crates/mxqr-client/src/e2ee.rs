@@ -1,10 +1,11 @@
-//! First sign-in of an existing device: device keys, cross-signing and key backup, so that it
-//! holds the secrets a QR sign-in hands over.
+//! Encryption requests: the first sign-in of an existing device (device keys, cross-signing
+//! and key backup, so that it holds the secrets a QR sign-in hands over), and what a new
+//! device asks of the homeserver to check the secrets it receives.
 
 use mxqr_keys::{Account, BackupKey, CrossSigningKeys};
 use mxqr_proto::messages::SecretsMessage;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use url::Url;
 
 use crate::ClientError;
@@ -82,6 +83,68 @@ async fn post(
         .json()
         .await
         .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+}
+
+/// The user's keys as the homeserver shows them to the user (`POST /keys/query`): the
+/// cross-signing keys, and the device keys of `device_id` (of every device when `None`).
+pub async fn query_own_keys(
+    http: &reqwest::Client,
+    homeserver: &Url,
+    access_token: &str,
+    user_id: &str,
+    device_id: Option<&str>,
+) -> Result<Value, ClientError> {
+    let devices: Vec<&str> = device_id.into_iter().collect();
+    let body = json!({ "device_keys": { user_id: devices } });
+    post(
+        http,
+        homeserver,
+        "_matrix/client/v3/keys/query",
+        access_token,
+        &body,
+    )
+    .await
+}
+
+/// The current key backup version (`GET /room_keys/version`), `None` when there is none.
+pub async fn current_backup_version(
+    http: &reqwest::Client,
+    homeserver: &Url,
+    access_token: &str,
+) -> Result<Option<Value>, ClientError> {
+    match get(
+        http,
+        homeserver,
+        "_matrix/client/v3/room_keys/version",
+        access_token,
+    )
+    .await
+    {
+        Ok(version) => Ok(Some(version)),
+        Err(ClientError::Status {
+            status: StatusCode::NOT_FOUND,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST /keys/upload` with `body`.
+pub async fn upload_keys(
+    http: &reqwest::Client,
+    homeserver: &Url,
+    access_token: &str,
+    body: &Value,
+) -> Result<(), ClientError> {
+    post(
+        http,
+        homeserver,
+        "_matrix/client/v3/keys/upload",
+        access_token,
+        body,
+    )
+    .await
+    .map(drop)
 }
 
 fn build<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, ClientError> {

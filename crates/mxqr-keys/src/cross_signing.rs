@@ -41,6 +41,17 @@ impl KeyUsage {
     }
 }
 
+/// The key's name for people: `master`, `self-signing`, `user-signing`.
+impl std::fmt::Display for KeyUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyUsage::Master => "master",
+            KeyUsage::SelfSigning => "self-signing",
+            KeyUsage::UserSigning => "user-signing",
+        })
+    }
+}
+
 /// `ed25519:<unpadded base64 public key>`: cross-signing keys are named by their public key.
 pub fn cross_signing_key_id(public_key: &Ed25519PublicKey) -> String {
     ed25519_key_id(&public_key.to_base64())

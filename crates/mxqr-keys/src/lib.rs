@@ -12,6 +12,7 @@
 //!   and export; `/keys/device_signing/upload` and `/keys/signatures/upload` bodies.
 //! - [`backup`]: the `m.megolm_backup.v1.curve25519-aes-sha2` key and its signed `auth_data`.
 //! - [`verify`]: the server's checks of uploaded key objects.
+//! - [`received`]: the new device's checks of received secrets against the published keys.
 //!
 //! Private keys are never shown by `Debug` and are wiped when dropped.
 
@@ -20,6 +21,7 @@ pub mod backup;
 pub mod canonical;
 pub mod cross_signing;
 pub mod device;
+pub mod received;
 pub mod signing;
 pub mod verify;
 
@@ -31,6 +33,10 @@ pub use cross_signing::{
     seed_from_secret, seed_to_secret, signatures_upload_body,
 };
 pub use device::{KeysUploadError, device_id, device_keys, keys_upload_body};
+pub use received::{
+    BackupRefusal, CrossSigningRefusal, check_received_backup, check_received_cross_signing,
+    published_cross_signing_keys,
+};
 pub use signing::{
     JsonSigner, SignError, SignatureError, ed25519_key_id, sign_json, signing_input, verify_json,
 };

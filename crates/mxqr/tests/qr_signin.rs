@@ -375,7 +375,7 @@ async fn all_four_combinations_sign_in_and_cross_sign() {
             assert_eq!(grant.device_id, new_id, "{label}");
             assert_eq!(login.e2ee.user_id, boot.user_id, "{label}");
             assert!(
-                login.e2ee.cross_signed && login.e2ee.backup_enabled,
+                login.e2ee.cross_signed() && login.e2ee.backup_enabled(),
                 "{label}: {:?}",
                 login.e2ee
             );

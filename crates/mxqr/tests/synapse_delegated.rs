@@ -634,7 +634,7 @@ async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
             assert_eq!(login.device_id, new_id, "{label}");
             assert_eq!(grant.device_id, new_id, "{label}");
             assert!(
-                login.e2ee.cross_signed && login.e2ee.backup_enabled,
+                login.e2ee.cross_signed() && login.e2ee.backup_enabled(),
                 "{label}: {:?}",
                 login.e2ee
             );

@@ -19,7 +19,10 @@ use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, NewDevice, Sta
 use mxqr_proto::qr::QrCode;
 
 pub use existing::{ExistingSession, GrantOutcome, TokenRefresh, grant_scan, grant_show_qr};
-pub use new::{E2eeReport, E2eeSetup, LoginOutcome, NewDeviceOptions, login_scan, login_show_qr};
+pub use new::{
+    BackupStatus, CrossSigningStatus, E2eeReport, E2eeSetup, EncryptionSetUp, LoginOutcome,
+    NewDeviceOptions, SignedInDevice, login_scan, login_show_qr, set_up_encryption,
+};
 
 use crate::ClientError;
 use crate::rendezvous::Rendezvous;
@@ -81,8 +84,14 @@ pub enum DriverError {
     #[error(transparent)]
     Client(#[from] ClientError),
     /// The sign-in itself went through, but setting up encryption on the new device did not.
-    #[error("signed in, but end-to-end encryption could not be set up: {0}")]
-    E2ee(ClientError),
+    /// The device is signed in: `device` holds its tokens, so the app can keep a record of it
+    /// (or sign it out) rather than leave it behind unknown.
+    #[error("signed in, but end-to-end encryption could not be set up: {source}")]
+    E2ee {
+        device: Box<SignedInDevice>,
+        #[source]
+        source: ClientError,
+    },
 }
 
 /// The two machines, driven alike.

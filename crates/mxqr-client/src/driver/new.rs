@@ -3,20 +3,22 @@
 
 use std::future::Future;
 
-use mxqr_keys::{Account, BackupKey, CrossSigningKeys};
+use mxqr_keys::{
+    Account, BackupRefusal, CrossSigningRefusal, check_received_backup,
+    check_received_cross_signing,
+};
 use mxqr_proto::Generation;
 use mxqr_proto::machine::{Action, DeviceAuthorization, Event, NewDevice, TokenOutcome};
 use mxqr_proto::messages::{DeviceId, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode};
-use reqwest::StatusCode;
 use tokio::time::Instant;
 use url::Url;
 
 use super::{Background, DriverError, Handled, Handler, Step, Ui, UiEvent, run};
-use crate::ClientError;
 use crate::discovery::homeserver_base_url;
 use crate::oauth::{self, AuthMetadata, ClientMetadata, DeviceGrantOutcome, ScopeSpelling, Tokens};
-use crate::rendezvous::{Rendezvous, RendezvousSupport, join};
+use crate::rendezvous::{Rendezvous, RendezvousSupport};
+use crate::{ClientError, e2ee};
 
 /// How the new device presents itself.
 #[derive(Debug, Clone)]
@@ -44,10 +46,40 @@ impl Default for NewDeviceOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct E2eeReport {
     pub user_id: String,
+    pub cross_signing: CrossSigningStatus,
+    pub backup: BackupStatus,
+}
+
+impl E2eeReport {
     /// The device keys were uploaded with the self-signing key's signature.
-    pub cross_signed: bool,
-    /// The backup key matched the server's current backup version.
-    pub backup_enabled: bool,
+    pub fn cross_signed(&self) -> bool {
+        matches!(self.cross_signing, CrossSigningStatus::Signed)
+    }
+
+    /// The backup key is the server's current backup version's key.
+    pub fn backup_enabled(&self) -> bool {
+        matches!(self.backup, BackupStatus::Enabled)
+    }
+}
+
+/// What became of the received cross-signing keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrossSigningStatus {
+    /// They are the user's published keys: the device signed itself with the self-signing key.
+    Signed,
+    /// They are not: the device keys went up without their signature, and they are not kept.
+    Refused(CrossSigningRefusal),
+}
+
+/// What became of the received backup key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupStatus {
+    /// It is the current backup version's key.
+    Enabled,
+    /// The existing device sent none.
+    NotSent,
+    /// It is not the current backup version's key; it is not kept.
+    Refused(BackupRefusal),
 }
 
 /// The new device's encryption identity and its set-up once signed in.
@@ -62,9 +94,8 @@ pub trait E2eeSetup: Send {
     ) -> impl Future<Output = Result<E2eeReport, ClientError>> + Send;
 }
 
-/// The real set-up on a vodozemac `Account`: the device ID is its Curve25519 identity key (as
-/// matrix-sdk does), and one `/keys/upload` carries the device keys signed by the device and
-/// by the self-signing key from `m.login.secrets`.
+/// The real set-up on a vodozemac `Account` (see [`set_up_encryption`]): the device ID is its
+/// Curve25519 identity key, as matrix-sdk does.
 impl E2eeSetup for Account {
     fn device_id(&self) -> DeviceId {
         DeviceId::new(mxqr_keys::device_id(self)).expect("a base64 key is a valid device ID")
@@ -77,91 +108,94 @@ impl E2eeSetup for Account {
         access_token: &str,
         secrets: &SecretsMessage,
     ) -> Result<E2eeReport, ClientError> {
-        let whoami: serde_json::Value = get_json(
-            http,
-            join(homeserver, "_matrix/client/v3/account/whoami")?,
-            access_token,
-        )
-        .await?;
-        let user_id = whoami
-            .get("user_id")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| ClientError::Protocol("whoami has no user_id".into()))?
-            .to_owned();
-        let cross_signing = CrossSigningKeys::from_secrets(&secrets.cross_signing)
-            .map_err(|e| ClientError::Protocol(format!("received cross-signing keys: {e}")))?;
-        let body = mxqr_keys::keys_upload_body(self, &user_id, Some(&cross_signing), 20)
-            .map_err(|e| ClientError::Protocol(format!("building the key upload: {e}")))?;
-        let response = http
-            .post(join(homeserver, "_matrix/client/v3/keys/upload")?)
-            .bearer_auth(access_token)
-            .json(&body)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            return Err(ClientError::from_response(response).await);
-        }
-        self.mark_keys_as_published();
-
-        let backup_enabled = match &secrets.backup {
-            Some(backup) => backup_matches(http, homeserver, access_token, backup).await?,
-            None => false,
-        };
-        Ok(E2eeReport {
-            user_id,
-            cross_signed: true,
-            backup_enabled,
-        })
+        set_up_encryption(self, http, homeserver, access_token, secrets)
+            .await
+            .map(|done| done.report)
     }
 }
 
-/// Whether the received backup key is the one of the server's backup `version`.
-async fn backup_matches(
+/// The outcome of [`set_up_encryption`].
+#[derive(Debug)]
+pub struct EncryptionSetUp {
+    pub report: E2eeReport,
+    /// The received secrets that passed the checks: the only ones to keep and hand on to
+    /// further devices. `None` when the cross-signing keys were refused: `m.login.secrets`
+    /// cannot carry a backup key without them, so a good backup key is then used but not kept.
+    pub accepted: Option<SecretsMessage>,
+}
+
+/// Sets up encryption on the new device with the secrets received in `m.login.secrets`: one
+/// `/keys/upload` carries the device keys signed by the device and, if the received
+/// cross-signing keys are the user's published ones, by the self-signing key.
+///
+/// Each secret is checked against what the homeserver publishes before it is used (see
+/// [`mxqr_keys::received`]); a refused one is reported, not an error, and the sign-in goes on
+/// without it. Only request failures are errors.
+pub async fn set_up_encryption(
+    account: &mut Account,
     http: &reqwest::Client,
     homeserver: &Url,
     access_token: &str,
-    backup: &mxqr_proto::messages::BackupSecrets,
-) -> Result<bool, ClientError> {
-    let key = BackupKey::from_backup_secrets(backup)
-        .map_err(|e| ClientError::Protocol(format!("received backup key: {e}")))?;
-    let path = format!(
-        "_matrix/client/v3/room_keys/version/{}",
-        urlencoding(&backup.backup_version)
-    );
-    let info: serde_json::Value = match get_json(http, join(homeserver, &path)?, access_token).await
-    {
-        Ok(v) => v,
-        Err(ClientError::Status {
-            status: StatusCode::NOT_FOUND,
-            ..
-        }) => return Ok(false),
-        Err(e) => return Err(e),
+    secrets: &SecretsMessage,
+) -> Result<EncryptionSetUp, ClientError> {
+    let me = e2ee::whoami(http, homeserver, access_token).await?;
+    let user_id = me.user_id;
+    let published = e2ee::query_own_keys(
+        http,
+        homeserver,
+        access_token,
+        &user_id,
+        me.device_id.as_deref(),
+    )
+    .await?;
+    let (cross_signing, cross_signing_status) =
+        match check_received_cross_signing(&secrets.cross_signing, &published, &user_id) {
+            Ok(keys) => (Some(keys), CrossSigningStatus::Signed),
+            Err(refusal) => {
+                tracing::warn!(%refusal, "received cross-signing keys refused");
+                (None, CrossSigningStatus::Refused(refusal))
+            }
+        };
+    let backup = match &secrets.backup {
+        None => BackupStatus::NotSent,
+        Some(received) => {
+            let current = e2ee::current_backup_version(http, homeserver, access_token).await?;
+            match check_received_backup(received, current.as_ref()) {
+                Ok(_) => BackupStatus::Enabled,
+                Err(refusal) => {
+                    tracing::warn!(%refusal, "received backup key refused");
+                    BackupStatus::Refused(refusal)
+                }
+            }
+        }
     };
-    let public = info
-        .pointer("/auth_data/public_key")
-        .and_then(|v| v.as_str());
-    Ok(public == Some(key.public_key().to_base64().as_str()))
+
+    let body = mxqr_keys::keys_upload_body(account, &user_id, cross_signing.as_ref(), 20)
+        .map_err(|e| ClientError::Protocol(format!("building the key upload: {e}")))?;
+    e2ee::upload_keys(http, homeserver, access_token, &body).await?;
+    account.mark_keys_as_published();
+
+    let accepted = cross_signing.is_some().then(|| SecretsMessage {
+        cross_signing: secrets.cross_signing.clone(),
+        backup: secrets
+            .backup
+            .clone()
+            .filter(|_| backup == BackupStatus::Enabled),
+    });
+    Ok(EncryptionSetUp {
+        report: E2eeReport {
+            user_id,
+            cross_signing: cross_signing_status,
+            backup,
+        },
+        accepted,
+    })
 }
 
 pub(crate) fn urlencoding(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%2B")
-}
-
-pub(crate) async fn get_json(
-    http: &reqwest::Client,
-    url: Url,
-    access_token: &str,
-) -> Result<serde_json::Value, ClientError> {
-    let response = http.get(url).bearer_auth(access_token).send().await?;
-    if !response.status().is_success() {
-        return Err(ClientError::from_response(response).await);
-    }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("not JSON: {e}")))
 }
 
 /// A completed sign-in of the new device.
@@ -173,6 +207,17 @@ pub struct LoginOutcome {
     pub device_id: DeviceId,
     pub tokens: Tokens,
     pub e2ee: E2eeReport,
+}
+
+/// A new device that signed in but whose encryption set-up failed: what an app needs to keep
+/// a record of it, so that it is not left signed in unknown to anyone (and can sign out).
+#[derive(Debug)]
+pub struct SignedInDevice {
+    pub homeserver: Url,
+    pub metadata: AuthMetadata,
+    pub client_id: String,
+    pub device_id: DeviceId,
+    pub tokens: Tokens,
 }
 
 struct NewHandler<'a, E: E2eeSetup, U: Ui> {
@@ -411,7 +456,6 @@ async fn drive<E: E2eeSetup, U: Ui>(
             "sign-in ended without secrets".into(),
         ))
     })?;
-    let e2ee = report.map_err(DriverError::E2ee)?;
     let (metadata, client_id, _, _) = handler.grant.take().ok_or_else(|| {
         DriverError::Client(ClientError::Protocol(
             "sign-in ended without authorization".into(),
@@ -425,6 +469,21 @@ async fn drive<E: E2eeSetup, U: Ui>(
             "sign-in ended without a homeserver".into(),
         ))
     })?;
+    let e2ee = match report {
+        Ok(report) => report,
+        Err(source) => {
+            return Err(DriverError::E2ee {
+                device: Box::new(SignedInDevice {
+                    homeserver,
+                    metadata,
+                    client_id,
+                    device_id,
+                    tokens,
+                }),
+                source,
+            });
+        }
+    };
     Ok(LoginOutcome {
         homeserver,
         metadata,

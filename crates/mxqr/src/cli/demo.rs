@@ -468,15 +468,15 @@ impl DemoServer {
         if login.device_id != new_id || grant.device_id != new_id {
             return Err("the two devices disagree on the new device's ID".into());
         }
-        if !(login.e2ee.cross_signed && login.e2ee.backup_enabled) {
+        if !(login.e2ee.cross_signed() && login.e2ee.backup_enabled()) {
             return Err(format!("encryption set-up incomplete: {:?}", login.e2ee));
         }
         self.check_cross_signed(existing, new_id.as_str()).await?;
         Ok(Run {
             took,
             steps: log.take(),
-            cross_signed: login.e2ee.cross_signed,
-            backup_enabled: login.e2ee.backup_enabled,
+            cross_signed: login.e2ee.cross_signed(),
+            backup_enabled: login.e2ee.backup_enabled(),
         })
     }
 

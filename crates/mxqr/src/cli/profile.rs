@@ -14,6 +14,7 @@ use mxqr_proto::messages::SecretsMessage;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use url::Url;
+use zeroize::Zeroizing;
 
 /// Why a profile could not be used; every message is meant for a person.
 #[derive(Debug, thiserror::Error)]
@@ -140,12 +141,13 @@ impl Profile {
     /// The stored session, or `None` if the profile was never saved.
     pub fn load_opt(&self) -> Result<Option<Session>, ProfileError> {
         let path = self.file();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Holds tokens and private keys: wiped once parsed.
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ProfileError::Read { path, source }),
         };
-        serde_json::from_str(&text)
+        serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| ProfileError::Corrupt {
                 name: self.name.clone(),
@@ -165,7 +167,7 @@ impl Profile {
             move |source| ProfileError::Write { path, source }
         };
         create_private_dir(&self.dir).map_err(write_err(&self.dir))?;
-        let json = serde_json::to_vec_pretty(session).map_err(|e| ProfileError::Write {
+        let json = serialise(session).map_err(|e| ProfileError::Write {
             path: self.file(),
             source: std::io::Error::other(e),
         })?;
@@ -192,6 +194,31 @@ impl Profile {
                 source,
             }),
         }
+    }
+}
+
+/// The session as written to disk, in a buffer wiped when dropped (it holds tokens and private
+/// keys). The buffer is sized exactly before the second pass fills it, so it never grows:
+/// growing would free the bytes written so far without wiping them.
+fn serialise(session: &Session) -> serde_json::Result<Zeroizing<Vec<u8>>> {
+    let mut length = ByteCount(0);
+    serde_json::to_writer_pretty(&mut length, session)?;
+    let mut buffer = Zeroizing::new(Vec::with_capacity(length.0));
+    serde_json::to_writer_pretty(&mut *buffer, session)?;
+    Ok(buffer)
+}
+
+/// A writer that only counts.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -288,5 +315,48 @@ impl From<ProfileError> for super::CliError {
             ProfileError::BadName(_) => super::CliError::Usage(e.to_string()),
             _ => super::CliError::Failed(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mxqr_proto::messages::{BackupSecrets, CrossSigningSecrets, Secret};
+
+    use super::*;
+
+    fn session() -> Session {
+        let secret = || Secret::new("c2VjcmV0IHNlZWQgYnl0ZXMgdGhhdCBhcmUgMzIgYnl0ZXM");
+        let mut account = Session::default();
+        account.set_account(&Account::new()).unwrap();
+        Session {
+            access_token: Some("mat_".repeat(100)),
+            refresh_token: Some("mar_".repeat(100)),
+            secrets: Some(SecretsMessage {
+                cross_signing: CrossSigningSecrets {
+                    master_key: secret(),
+                    self_signing_key: secret(),
+                    user_signing_key: secret(),
+                },
+                backup: Some(BackupSecrets {
+                    algorithm: mxqr_keys::BACKUP_ALGORITHM.into(),
+                    key: secret(),
+                    backup_version: "1".into(),
+                }),
+            }),
+            ..account
+        }
+    }
+
+    #[test]
+    fn the_written_bytes_are_in_one_wiped_buffer_that_never_grew() {
+        let session = session();
+        let bytes: Zeroizing<Vec<u8>> = serialise(&session).unwrap();
+        // A buffer that grew would have left copies of its earlier contents, unwiped, in
+        // freed memory; one sized to the byte leaves none.
+        assert_eq!(bytes.capacity(), bytes.len());
+        let back: Session = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.access_token, session.access_token);
+        assert_eq!(back.secrets, session.secrets);
+        assert_eq!(back.account, session.account);
     }
 }

@@ -11,8 +11,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use clap::{ArgGroup, Args};
 use mxqr_client::ClientError;
 use mxqr_client::driver::{
-    DriverError, E2eeReport, E2eeSetup, ExistingSession, NewDeviceOptions, TokenRefresh,
-    grant_scan, grant_show_qr, login_scan, login_show_qr,
+    BackupStatus, CrossSigningStatus, DriverError, E2eeReport, E2eeSetup, ExistingSession,
+    NewDeviceOptions, SignedInDevice, TokenRefresh, grant_scan, grant_show_qr, login_scan,
+    login_show_qr, set_up_encryption,
 };
 use mxqr_keys::Account;
 use mxqr_proto::Generation;
@@ -89,8 +90,8 @@ pub struct GrantArgs {
     pub no_browser: bool,
 }
 
-/// The new device's keys, keeping a copy of the secrets it receives so that this profile can
-/// later let further devices in itself.
+/// The new device's keys, keeping a copy of the received secrets that passed the checks
+/// against the published keys, so that this profile can later let further devices in itself.
 struct KeptKeys {
     account: Account,
     secrets: Option<SecretsMessage>,
@@ -108,10 +109,10 @@ impl E2eeSetup for KeptKeys {
         access_token: &str,
         secrets: &SecretsMessage,
     ) -> Result<E2eeReport, ClientError> {
-        self.secrets = Some(secrets.clone());
-        self.account
-            .finish(http, homeserver, access_token, secrets)
-            .await
+        let done =
+            set_up_encryption(&mut self.account, http, homeserver, access_token, secrets).await?;
+        self.secrets = done.accepted;
+        Ok(done.report)
     }
 }
 
@@ -168,7 +169,13 @@ async fn run_login(args: LoginArgs) -> Result<(), CliError> {
             ));
         }
     };
-    let outcome = result.map_err(|e| cli_error(&e))?;
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(DriverError::E2ee { device, source }) => {
+            return Err(keep_without_e2ee(&profile, &keys.account, &device, &source));
+        }
+        Err(e) => return Err(cli_error(&e)),
+    };
 
     let mut session = Session {
         homeserver: Some(outcome.homeserver.clone()),
@@ -193,8 +200,10 @@ async fn run_login(args: LoginArgs) -> Result<(), CliError> {
             "homeserver": outcome.homeserver.as_str(),
             "user_id": e2ee.user_id,
             "device_id": outcome.device_id.as_str(),
-            "cross_signed": e2ee.cross_signed,
-            "backup": e2ee.backup_enabled,
+            "cross_signed": e2ee.cross_signed(),
+            "cross_signing_refused": refused_cross_signing(e2ee).map(|r| r.to_string()),
+            "backup": e2ee.backup_enabled(),
+            "backup_refused": refused_backup(e2ee).map(|r| r.to_string()),
         }));
     } else {
         println!(
@@ -203,10 +212,78 @@ async fn run_login(args: LoginArgs) -> Result<(), CliError> {
             outcome.device_id.as_str(),
             profile.name
         );
-        println!("cross-signed: {}", yes_no(e2ee.cross_signed));
-        println!("key backup:   {}", yes_no(e2ee.backup_enabled));
+        println!(
+            "cross-signed: {}",
+            with_reason(e2ee.cross_signed(), refused_cross_signing(e2ee))
+        );
+        println!(
+            "key backup:   {}",
+            with_reason(e2ee.backup_enabled(), refused_backup(e2ee))
+        );
     }
     Ok(())
+}
+
+fn refused_cross_signing(e2ee: &E2eeReport) -> Option<&dyn std::fmt::Display> {
+    match &e2ee.cross_signing {
+        CrossSigningStatus::Refused(refusal) => Some(refusal),
+        CrossSigningStatus::Signed => None,
+    }
+}
+
+fn refused_backup(e2ee: &E2eeReport) -> Option<&dyn std::fmt::Display> {
+    match &e2ee.backup {
+        BackupStatus::Refused(refusal) => Some(refusal),
+        BackupStatus::Enabled | BackupStatus::NotSent => None,
+    }
+}
+
+/// `yes`, `no`, or `no (why a received key was refused)`.
+fn with_reason(done: bool, refused: Option<&dyn std::fmt::Display>) -> String {
+    match refused {
+        Some(why) => format!("no ({why}; the received key is not kept)"),
+        None => yes_no(done).to_owned(),
+    }
+}
+
+/// The device signed in but encryption set-up failed: saves the profile anyway (tokens,
+/// device keys, no secrets) and says how to sign the device out.
+///
+/// Saved rather than revoked: the device already shows on the account (the existing device
+/// saw it appear), a revocation would go to the server that just failed and could fail too,
+/// and with the profile the person can look at the device (`mxqr whoami`), keep it as a
+/// device without cross-signing, or end it with `mxqr logout`.
+fn keep_without_e2ee(
+    profile: &Profile,
+    account: &Account,
+    device: &SignedInDevice,
+    source: &ClientError,
+) -> CliError {
+    let mut session = Session {
+        homeserver: Some(device.homeserver.clone()),
+        device_id: Some(device.device_id.as_str().to_owned()),
+        client_id: Some(device.client_id.clone()),
+        ..Session::default()
+    };
+    session.set_tokens(&device.tokens);
+    let saved = session
+        .set_account(account)
+        .and_then(|()| profile.save(&session).map_err(|e| e.to_string()));
+    let name = &profile.name;
+    match saved {
+        Ok(()) => CliError::Failed(format!(
+            "signed in as device {} (saved in profile `{name}`), but end-to-end encryption \
+             could not be set up: {source}; the device is not cross-signed. \
+             `mxqr logout --profile {name}` signs it out",
+            device.device_id.as_str()
+        )),
+        Err(e) => CliError::Failed(format!(
+            "signed in as device {}, but end-to-end encryption could not be set up \
+             ({source}), and the profile could not be saved ({e}): sign the device out on \
+             the account page",
+            device.device_id.as_str()
+        )),
+    }
 }
 
 async fn run_grant(args: GrantArgs) -> Result<(), CliError> {

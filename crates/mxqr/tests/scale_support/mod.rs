@@ -657,7 +657,7 @@ pub async fn sign_in(
     assert_eq!(grant.device_id, new_id, "{label}");
     assert_eq!(login.e2ee.user_id, existing.user_id, "{label}");
     assert!(
-        login.e2ee.cross_signed && login.e2ee.backup_enabled,
+        login.e2ee.cross_signed() && login.e2ee.backup_enabled(),
         "{label}: {:?}",
         login.e2ee
     );
