@@ -35,6 +35,9 @@ pub enum ClientError {
     /// The access token was refused and could not be renewed.
     #[error("{0}")]
     Unauthorized(String),
+    /// A value from a peer or a server cannot go into a request path.
+    #[error("cannot build the request URL: {0}")]
+    Path(#[from] crate::endpoint::PathError),
 }
 
 impl ClientError {

@@ -13,10 +13,11 @@ use mxqr_proto::qr::QrCode;
 use reqwest::StatusCode;
 use url::Url;
 
-use super::new::{create_rendezvous, pick_generation, scanned_support, urlencoding};
+use super::new::{create_rendezvous, pick_generation, scanned_support};
 use super::{Background, DriverError, Handled, Handler, Step, Ui, UiEvent, run};
 use crate::ClientError;
-use crate::rendezvous::{Rendezvous, RendezvousSupport, join};
+use crate::endpoint::endpoint;
+use crate::rendezvous::{Rendezvous, RendezvousSupport};
 
 /// How often, and how long, the existing device looks for the new device after
 /// `m.login.success` (matrix-sdk: every 500 ms for 10 s).
@@ -114,12 +115,9 @@ async fn device_status(
     access_token: &str,
     device_id: &DeviceId,
 ) -> Result<StatusCode, ClientError> {
-    let path = format!(
-        "_matrix/client/v3/devices/{}",
-        urlencoding(device_id.as_str())
-    );
+    let url = endpoint(homeserver, "_matrix/client/v3/devices", &[device_id.as_str()])?;
     let response = http
-        .get(join(homeserver, &path)?)
+        .get(url)
         .bearer_auth(access_token)
         .send()
         .await?;

@@ -15,6 +15,7 @@ use url::Url;
 use super::{Background, DriverError, Handled, Handler, Step, Ui, UiEvent, run};
 use crate::ClientError;
 use crate::discovery::homeserver_base_url;
+use crate::endpoint::endpoint;
 use crate::oauth::{self, AuthMetadata, ClientMetadata, DeviceGrantOutcome, ScopeSpelling, Tokens};
 use crate::rendezvous::{Rendezvous, RendezvousSupport, join};
 
@@ -124,12 +125,12 @@ async fn backup_matches(
 ) -> Result<bool, ClientError> {
     let key = BackupKey::from_backup_secrets(backup)
         .map_err(|e| ClientError::Protocol(format!("received backup key: {e}")))?;
-    let path = format!(
-        "_matrix/client/v3/room_keys/version/{}",
-        urlencoding(&backup.backup_version)
-    );
-    let info: serde_json::Value = match get_json(http, join(homeserver, &path)?, access_token).await
-    {
+    let url = endpoint(
+        homeserver,
+        "_matrix/client/v3/room_keys/version",
+        &[&backup.backup_version],
+    )?;
+    let info: serde_json::Value = match get_json(http, url, access_token).await {
         Ok(v) => v,
         Err(ClientError::Status {
             status: StatusCode::NOT_FOUND,
@@ -141,12 +142,6 @@ async fn backup_matches(
         .pointer("/auth_data/public_key")
         .and_then(|v| v.as_str());
     Ok(public == Some(key.public_key().to_base64().as_str()))
-}
-
-pub(crate) fn urlencoding(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%2B")
 }
 
 pub(crate) async fn get_json(
@@ -489,4 +484,54 @@ pub async fn login_scan<E: E2eeSetup, U: Ui>(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A server that answers every request 404 and reports its request line.
+    async fn recording_server() -> (Url, mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = vec![0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&head[..n]);
+                let _ = tx.send(text.lines().next().unwrap_or_default().to_owned());
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_backup_version_from_the_peer_cannot_climb_out_of_its_path() {
+        let (homeserver, mut requests) = recording_server().await;
+        let http = reqwest::Client::new();
+        for version in ["..", ".", "../../account/whoami", "%2e%2e", "7?x=1"] {
+            let backup = BackupKey::new().to_backup_secrets(version);
+            let _ = backup_matches(&http, &homeserver, "token", &backup).await;
+            while let Ok(line) = requests.try_recv() {
+                let path = line.split(' ').nth(1).unwrap_or_default();
+                let rest = path
+                    .strip_prefix("/_matrix/client/v3/room_keys/version/")
+                    .unwrap_or_else(|| panic!("{version:?} made the client request {path}"));
+                assert!(
+                    !rest.is_empty() && !rest.contains(['/', '?']),
+                    "{version:?} made the client request {path}"
+                );
+            }
+        }
+    }
 }
