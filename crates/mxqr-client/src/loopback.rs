@@ -27,6 +27,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once. A browser opens one or two; the cap bounds what a local
 /// process can make us hold, and beyond it new connections wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 16;
+/// Pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the browser brought back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +85,13 @@ impl LoopbackRedirect {
                         }
                     }
                     accepted = self.listener.accept(), if serving.len() < MAX_CONNECTIONS => {
-                        if let Ok((stream, _)) = accepted {
-                            let state = state.clone();
-                            serving.spawn(async move { serve_one(stream, &state).await });
+                        match accepted {
+                            Ok((stream, _)) => {
+                                let state = state.clone();
+                                serving.spawn(async move { serve_one(stream, &state).await });
+                            }
+                            // Out of file descriptors, say: do not spin on the error.
+                            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
                         }
                     }
                 }
