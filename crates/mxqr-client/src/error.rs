@@ -38,6 +38,10 @@ pub enum ClientError {
     /// A value from a peer or a server cannot go into a request path.
     #[error("cannot build the request URL: {0}")]
     Path(#[from] crate::endpoint::PathError),
+    /// The homeserver's own device authorization endpoint cannot anchor the check of the
+    /// consent pages a new device names.
+    #[error(transparent)]
+    ConsentOrigin(#[from] mxqr_proto::machine::ConsentOriginError),
 }
 
 impl ClientError {

@@ -237,7 +237,7 @@ async fn consent_origin(
                 .into(),
         )
     })?;
-    ConsentOrigin::of_endpoint(&endpoint).map_err(|e| ClientError::Protocol(e.to_string()))
+    Ok(ConsentOrigin::of_endpoint(&endpoint)?)
 }
 
 /// The existing device shows a QR code on its own homeserver for a new device to scan.
