@@ -35,6 +35,13 @@ pub enum ClientError {
     /// The access token was refused and could not be renewed.
     #[error("{0}")]
     Unauthorized(String),
+    /// A value from a peer or a server cannot go into a request path.
+    #[error("cannot build the request URL: {0}")]
+    Path(#[from] crate::endpoint::PathError),
+    /// The homeserver's own device authorization endpoint cannot anchor the check of the
+    /// consent pages a new device names.
+    #[error(transparent)]
+    ConsentOrigin(#[from] mxqr_proto::machine::ConsentOriginError),
 }
 
 impl ClientError {

@@ -12,6 +12,7 @@
 pub mod discovery;
 pub mod driver;
 pub mod e2ee;
+pub mod endpoint;
 pub mod error;
 pub mod loopback;
 pub mod oauth;

@@ -4,12 +4,16 @@
 //!
 //! Only `GET /callback` with the expected `state` ends the wait; anything else (a favicon
 //! request, a stray visitor, a forged callback with another state) gets a 4xx and the wait
-//! goes on, so a local attacker cannot end the sign-in by racing the browser.
+//! goes on, so a local attacker cannot end the sign-in by racing the browser. Each connection
+//! is served on its own task, so one that sends nothing cannot hold up the browser's; at
+//! most [`MAX_CONNECTIONS`] are served at once, each within [`READ_TIMEOUT`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use url::Url;
 
 use crate::ClientError;
@@ -20,6 +24,11 @@ pub const CALLBACK_PATH: &str = "/callback";
 const MAX_HEAD: usize = 16 * 1024;
 /// How long one connection may take to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. A browser opens one or two; the cap bounds what a local
+/// process can make us hold, and beyond it new connections wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// Pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the browser brought back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +73,27 @@ impl LoopbackRedirect {
 
     /// Waits (at most `timeout`) for the callback carrying `state`.
     pub async fn wait(self, state: &str, timeout: Duration) -> Result<Callback, ClientError> {
+        let state: Arc<str> = state.into();
+        // Dropped on return: connections still being served are abandoned.
+        let mut serving = JoinSet::new();
         tokio::time::timeout(timeout, async {
             loop {
-                let Ok((stream, _)) = self.listener.accept().await else {
-                    continue;
-                };
-                if let Some(callback) = serve_one(stream, state).await {
-                    return callback;
+                tokio::select! {
+                    Some(served) = serving.join_next() => {
+                        if let Ok(Some(callback)) = served {
+                            return callback;
+                        }
+                    }
+                    accepted = self.listener.accept(), if serving.len() < MAX_CONNECTIONS => {
+                        match accepted {
+                            Ok((stream, _)) => {
+                                let state = state.clone();
+                                serving.spawn(async move { serve_one(stream, &state).await });
+                            }
+                            // Out of file descriptors, say: do not spin on the error.
+                            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+                        }
+                    }
                 }
             }
         })
@@ -260,5 +283,36 @@ mod tests {
             waiting.await.unwrap().unwrap(),
             Callback::Code("real".into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_does_not_hold_up_the_callback() {
+        let redirect = LoopbackRedirect::bind().await.unwrap();
+        let uri = redirect.redirect_uri().clone();
+        let waiting = tokio::spawn(redirect.wait("s1", Duration::from_secs(30)));
+        // A local process connects first and sends nothing, for longer than a read may take.
+        let addr = format!("127.0.0.1:{}", uri.port().unwrap());
+        let _silent: Vec<TcpStream> = {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(TcpStream::connect(&addr).await.unwrap());
+            }
+            held
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = tokio::time::Instant::now();
+        let mut real = uri.clone();
+        real.set_query(Some("code=real&state=s1"));
+        let page = reqwest::Client::new().get(real).send();
+        let page = tokio::time::timeout(Duration::from_secs(3), page)
+            .await
+            .expect("the callback is answered while the silent connections stay open")
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert_eq!(
+            waiting.await.unwrap().unwrap(),
+            Callback::Code("real".into())
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }

@@ -170,7 +170,7 @@ fn hpke_mxqr_scans_vodozemac_generates() {
 }
 
 /// The HPKE binding is real: vodozemac sealing for one rendezvous, mxqr opening as another,
-/// is refused and named.
+/// is refused.
 #[test]
 fn hpke_binding_mismatch_with_vodozemac() {
     let g = GeneratorChannel::new(Generation::Msc4388, &mut rng());
@@ -180,7 +180,7 @@ fn hpke_binding_mismatch_with_vodozemac() {
         .establish_channel(vodo_key(g.public_key()), INITIATE, &elsewhere.aad())
         .unwrap();
     let err = g.receive_initiate(&message.encode(), &here).unwrap_err();
-    assert_eq!(err, ChannelError::WrongBinding);
+    assert_eq!(err, ChannelError::Tampered);
 }
 
 /// Fixed secrets give fixed bytes: a known-answer check of our HPKE key schedule against

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use mxqr_proto::Generation;
 use mxqr_proto::channel::{Binding, CheckCode, EstablishedChannel, ScannerChannel};
 use mxqr_proto::machine::{
-    Action, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event, ExistingDevice, Failure,
-    NewDevice, TokenOutcome, Unexpected,
+    Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
+    ExistingDevice, Failure, NewDevice, TokenOutcome, Unexpected, UntrustedConsentPage,
 };
 use mxqr_proto::messages::{
     BackupSecrets, CrossSigningSecrets, DeviceId, FailureReason, HomeserverField, LoginMessage,
@@ -24,6 +24,12 @@ const DEVICE_ID: &str = "wMMTDKJ5CYj0aC9Wj0pjB0gx1/tG+c8Ie2XyHcD8eWg";
 const VERIFICATION_URI: &str = "https://auth.example.org/device";
 const VERIFICATION_URI_COMPLETE: &str = "https://auth.example.org/device?code=QWERTY";
 const USER_CODE: &str = "QWERTY";
+/// The existing device's homeserver's `device_authorization_endpoint`.
+const DEVICE_ENDPOINT: &str = "https://auth.example.org/oauth2/device";
+
+fn consent() -> ConsentOrigin {
+    ConsentOrigin::of_endpoint(&url::Url::parse(DEVICE_ENDPOINT).unwrap()).unwrap()
+}
 
 const GENERATIONS: [Generation; 2] = [Generation::Msc4108v2024, Generation::Msc4388];
 
@@ -182,6 +188,8 @@ struct Script {
     code_offset: u8,
     /// The user cancels right after this action was carried out.
     cancel_after: Option<fn(&Action) -> bool>,
+    /// New device: the consent page it names instead of its server's.
+    consent_page: Option<&'static str>,
 }
 
 impl Default for Script {
@@ -193,6 +201,7 @@ impl Default for Script {
             device_appears: true,
             code_offset: 0,
             cancel_after: None,
+            consent_page: None,
         }
     }
 }
@@ -276,7 +285,8 @@ impl World {
                 (Device::New(d), a, new.clone())
             }
             Shows::Existing => {
-                let (d, a) = ExistingDevice::show_qr(rv.created(), HOMESERVER, &mut rng).unwrap();
+                let (d, a) =
+                    ExistingDevice::show_qr(rv.created(), HOMESERVER, consent(), &mut rng).unwrap();
                 (Device::Existing(d), a, existing.clone())
             }
         };
@@ -289,7 +299,8 @@ impl World {
         let (s, s_actions, s_script) = match shows {
             Shows::New => {
                 let (d, a) =
-                    ExistingDevice::scan(&scanned, first_token, HOMESERVER, &mut rng).unwrap();
+                    ExistingDevice::scan(&scanned, first_token, HOMESERVER, consent(), &mut rng)
+                        .unwrap();
                 (Device::Existing(d), a, existing)
             }
             Shows::Existing => {
@@ -432,8 +443,13 @@ impl World {
                 self.homeserver_asked = Some(homeserver.clone());
                 Some(if script.authorization_supported {
                     Event::DeviceAuthorizationStarted(DeviceAuthorization {
-                        verification_uri: VERIFICATION_URI.into(),
-                        verification_uri_complete: Some(VERIFICATION_URI_COMPLETE.into()),
+                        verification_uri: script.consent_page.unwrap_or(VERIFICATION_URI).into(),
+                        verification_uri_complete: Some(
+                            script
+                                .consent_page
+                                .unwrap_or(VERIFICATION_URI_COMPLETE)
+                                .into(),
+                        ),
                         user_code: USER_CODE.into(),
                     })
                 } else {
@@ -649,6 +665,65 @@ fn device_already_exists() {
         assert!(world.opened_uri.is_none());
         assert!(world.new_side().did(|a| *a == Action::PollToken).is_none());
         assert!(world.rv.deleted);
+    }
+}
+
+#[test]
+fn a_consent_page_off_the_account_origin_is_refused_before_the_lookup() {
+    let other = || UntrustedConsentPage::OtherOrigin {
+        expected: "https://auth.example.org".into(),
+    };
+    let pages = [
+        (
+            "https://auth.example.org.evil.test/device?code=QWERTY",
+            other(),
+        ),
+        ("https://evil.test/device", other()),
+        ("https://auth.example.org:8443/device", other()),
+        ("javascript:alert(1)", UntrustedConsentPage::Insecure),
+        ("file:///etc/passwd", UntrustedConsentPage::Insecure),
+        (
+            "http://auth.example.org/device",
+            UntrustedConsentPage::Insecure,
+        ),
+        (
+            "https://auth.example.org/\u{1b}[2J",
+            UntrustedConsentPage::NotAUrl,
+        ),
+    ];
+    for (generation, shows) in combos() {
+        for (page, why) in pages.clone() {
+            let new = Script {
+                consent_page: Some(page),
+                ..Script::default()
+            };
+            let world = run(generation, shows, new, Script::default());
+            let context = format!("{generation:?}, {shows:?} shows, {page:?}");
+            assert_eq!(
+                world.existing_side().outcome(),
+                &failed(Failure::UntrustedConsentPage(why), true),
+                "{context}"
+            );
+            assert_eq!(
+                world.new_side().outcome(),
+                &failed(
+                    Failure::PeerFailed(FailureReason::UnsupportedProtocol),
+                    false
+                ),
+                "{context}"
+            );
+            // Neither looked up nor opened nor accepted.
+            assert!(world.opened_uri.is_none(), "{context}");
+            let existing = world.existing_side();
+            assert!(
+                existing
+                    .did(|a| matches!(a, Action::LookUpDevice { .. }))
+                    .is_none(),
+                "{context}"
+            );
+            assert!(world.new_side().did(|a| *a == Action::PollToken).is_none());
+            assert!(world.rv.deleted, "{context}");
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 
 use mxqr_proto::channel::{Binding, GeneratorChannel, ScannerChannel};
 use mxqr_proto::machine::{
-    Action, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event, ExistingDevice, Failure,
-    MAX_HELD_PAYLOADS, NewDevice, StartError, TokenOutcome,
+    Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
+    ExistingDevice, Failure, MAX_HELD_PAYLOADS, NewDevice, StartError, TokenOutcome,
 };
 use mxqr_proto::messages::{CrossSigningSecrets, DeviceId, FailureReason, Secret, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode, QrError, QrIntent, QrRendezvous};
@@ -18,6 +18,11 @@ const RENDEZVOUS_URL: &str = "https://matrix.example.org/_synapse/client/rendezv
 
 fn rng() -> StdRng {
     StdRng::seed_from_u64(1)
+}
+
+fn consent() -> ConsentOrigin {
+    ConsentOrigin::of_endpoint(&url::Url::parse("https://matrix.example.org/device").unwrap())
+        .unwrap()
 }
 
 fn device_id() -> DeviceId {
@@ -96,8 +101,13 @@ fn new_device_shows_a_login_code() {
 
 #[test]
 fn existing_device_shows_a_reciprocate_code_with_its_homeserver() {
-    let (_, actions) =
-        ExistingDevice::show_qr(created(Generation::Msc4108v2024), HOMESERVER, &mut rng()).unwrap();
+    let (_, actions) = ExistingDevice::show_qr(
+        created(Generation::Msc4108v2024),
+        HOMESERVER,
+        consent(),
+        &mut rng(),
+    )
+    .unwrap();
     let qr = shown_qr(&actions);
     assert_eq!(qr.intent, QrIntent::Reciprocate);
     // matrix-sdk writes the base URL with its trailing `/` into 2024 codes.
@@ -130,6 +140,7 @@ fn msc4388_existing_device_must_use_its_own_homeserver() {
     let err = ExistingDevice::show_qr(
         created(Generation::Msc4388),
         "https://other.example.net",
+        consent(),
         &mut rng(),
     )
     .unwrap_err();
@@ -145,6 +156,7 @@ fn msc4388_existing_device_must_use_its_own_homeserver() {
         ExistingDevice::show_qr(
             created(Generation::Msc4388),
             &format!("{HOMESERVER}/"),
+            consent(),
             &mut rng()
         )
         .is_ok()
@@ -153,8 +165,13 @@ fn msc4388_existing_device_must_use_its_own_homeserver() {
 
 #[test]
 fn invalid_urls_are_refused() {
-    let err = ExistingDevice::show_qr(created(Generation::Msc4108v2024), "not a url", &mut rng())
-        .unwrap_err();
+    let err = ExistingDevice::show_qr(
+        created(Generation::Msc4108v2024),
+        "not a url",
+        consent(),
+        &mut rng(),
+    )
+    .unwrap_err();
     assert!(matches!(
         err,
         StartError::InvalidUrl {
@@ -204,6 +221,7 @@ fn a_device_refuses_a_code_of_its_own_kind() {
                 &code(generation, QrIntent::Reciprocate),
                 "t0".into(),
                 HOMESERVER,
+                consent(),
                 &mut rng()
             )
             .unwrap_err(),
@@ -231,7 +249,7 @@ fn a_low_order_key_is_refused_before_anything_is_sent() {
         let mut qr = code(generation, QrIntent::Login);
         qr.public_key = PublicKey([0; 32]);
         assert!(matches!(
-            ExistingDevice::scan(&qr, "t0".into(), HOMESERVER, &mut rng()),
+            ExistingDevice::scan(&qr, "t0".into(), HOMESERVER, consent(), &mut rng()),
             Err(StartError::Channel(_))
         ));
     }
@@ -310,8 +328,13 @@ fn seen_tokens_and_foreign_events_are_ignored() {
 
 #[test]
 fn garbage_instead_of_initiate_fails_silently() {
-    let (mut device, _) =
-        ExistingDevice::show_qr(created(Generation::Msc4388), HOMESERVER, &mut rng()).unwrap();
+    let (mut device, _) = ExistingDevice::show_qr(
+        created(Generation::Msc4388),
+        HOMESERVER,
+        consent(),
+        &mut rng(),
+    )
+    .unwrap();
     let actions = device.handle(
         Event::PayloadReceived {
             data: "not a payload!".into(),
@@ -448,12 +471,15 @@ impl Machine {
                 (Machine::New(d), a)
             }
             Start::ExistingShows => {
-                let (d, a) = ExistingDevice::show_qr(created(generation), HOMESERVER, rng).unwrap();
+                let (d, a) =
+                    ExistingDevice::show_qr(created(generation), HOMESERVER, consent(), rng)
+                        .unwrap();
                 (Machine::Existing(d), a)
             }
             Start::ExistingScans => {
                 let qr = code(generation, QrIntent::Login);
-                let (d, a) = ExistingDevice::scan(&qr, "t0".into(), HOMESERVER, rng).unwrap();
+                let (d, a) =
+                    ExistingDevice::scan(&qr, "t0".into(), HOMESERVER, consent(), rng).unwrap();
                 (Machine::Existing(d), a)
             }
         }

@@ -7,16 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mxqr_proto::Generation;
-use mxqr_proto::machine::{Action, DeviceLookup, Event, ExistingDevice};
+use mxqr_proto::machine::{Action, ConsentOrigin, DeviceLookup, Event, ExistingDevice};
 use mxqr_proto::messages::{DeviceId, SecretsMessage};
 use mxqr_proto::qr::QrCode;
 use reqwest::StatusCode;
 use url::Url;
 
-use super::new::{create_rendezvous, pick_generation, scanned_support, urlencoding};
+use super::new::{create_rendezvous, pick_generation, scanned_support};
 use super::{Background, DriverError, Handled, Handler, Step, Ui, UiEvent, run};
 use crate::ClientError;
-use crate::rendezvous::{Rendezvous, RendezvousSupport, join};
+use crate::endpoint::endpoint;
+use crate::oauth::AuthMetadata;
+use crate::rendezvous::{Rendezvous, RendezvousSupport};
 
 /// How often, and how long, the existing device looks for the new device after
 /// `m.login.success` (matrix-sdk: every 500 ms for 10 s).
@@ -114,15 +116,12 @@ async fn device_status(
     access_token: &str,
     device_id: &DeviceId,
 ) -> Result<StatusCode, ClientError> {
-    let path = format!(
-        "_matrix/client/v3/devices/{}",
-        urlencoding(device_id.as_str())
-    );
-    let response = http
-        .get(join(homeserver, &path)?)
-        .bearer_auth(access_token)
-        .send()
-        .await?;
+    let url = endpoint(
+        homeserver,
+        "_matrix/client/v3/devices",
+        &[device_id.as_str()],
+    )?;
+    let response = http.get(url).bearer_auth(access_token).send().await?;
     Ok(response.status())
 }
 
@@ -222,6 +221,25 @@ async fn drive<U: Ui>(
     Ok(GrantOutcome { device_id })
 }
 
+/// Where the account's consent pages live: the origin of the `device_authorization_endpoint`
+/// in the homeserver's own `auth_metadata`, read here rather than taken from the new device.
+/// A homeserver without the grant cannot sign a new device in by QR code, so that ends the
+/// grant before it starts.
+async fn consent_origin(
+    http: &reqwest::Client,
+    homeserver: &Url,
+) -> Result<ConsentOrigin, ClientError> {
+    let metadata = AuthMetadata::discover(http, homeserver).await?;
+    let endpoint = metadata.device_authorization_endpoint.ok_or_else(|| {
+        ClientError::Protocol(
+            "the homeserver offers no device authorization grant, so no device can sign in \
+             by QR code"
+                .into(),
+        )
+    })?;
+    Ok(ConsentOrigin::of_endpoint(&endpoint)?)
+}
+
 /// The existing device shows a QR code on its own homeserver for a new device to scan.
 pub async fn grant_show_qr<U: Ui>(
     http: reqwest::Client,
@@ -229,6 +247,7 @@ pub async fn grant_show_qr<U: Ui>(
     generation: Option<Generation>,
     ui: &mut U,
 ) -> Result<GrantOutcome, DriverError> {
+    let consent = consent_origin(&http, &session.homeserver).await?;
     let support = RendezvousSupport::discover(&http, &session.homeserver).await?;
     let generation = pick_generation(generation, &support)?;
     let rendezvous = create_rendezvous(
@@ -241,7 +260,7 @@ pub async fn grant_show_qr<U: Ui>(
     .await?;
     let homeserver = session.homeserver.to_string();
     drive(http, session, ui, rendezvous, |rv| {
-        ExistingDevice::show_qr(rv.created(), &homeserver, &mut rand::rng())
+        ExistingDevice::show_qr(rv.created(), &homeserver, consent, &mut rand::rng())
     })
     .await
 }
@@ -255,6 +274,7 @@ pub async fn grant_scan<U: Ui>(
 ) -> Result<GrantOutcome, DriverError> {
     qr.check_scannable_by(mxqr_proto::DeviceKind::Existing)
         .map_err(mxqr_proto::machine::StartError::Qr)?;
+    let consent = consent_origin(&http, &session.homeserver).await?;
     let support = scanned_support(&http, qr).await;
     let rendezvous = Rendezvous::join(http.clone(), &qr.rendezvous, support.long_poll).await?;
     let homeserver = session.homeserver.to_string();
@@ -263,6 +283,7 @@ pub async fn grant_scan<U: Ui>(
             qr,
             rv.sequence_token().to_owned(),
             &homeserver,
+            consent,
             &mut rand::rng(),
         )
     })

@@ -192,12 +192,6 @@ pub async fn set_up_encryption(
     })
 }
 
-pub(crate) fn urlencoding(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%2B")
-}
-
 /// A completed sign-in of the new device.
 #[derive(Debug)]
 pub struct LoginOutcome {

@@ -10,6 +10,7 @@ use url::Url;
 
 use super::{Snapshot, WriteOutcome, join};
 use crate::ClientError;
+use crate::endpoint::endpoint;
 
 pub(super) struct Session {
     pub(super) prefix: Msc4388Prefix,
@@ -59,13 +60,10 @@ async fn json_of<T: serde::de::DeserializeOwned>(
 
 impl Session {
     fn new(base_url: &Url, prefix: Msc4388Prefix, id: String) -> Result<Self, ClientError> {
-        if id.is_empty() || id.contains('/') {
+        if id.contains('/') {
             return Err(ClientError::Protocol("invalid rendezvous ID".into()));
         }
-        let endpoint = join(
-            base_url,
-            &format!("{}/{}", prefix_path(prefix), urlencode(&id)),
-        )?;
+        let endpoint = endpoint(base_url, prefix_path(prefix), &[&id])?;
         Ok(Self {
             prefix,
             base_url: base_url.clone(),
@@ -187,9 +185,31 @@ impl Session {
     }
 }
 
-/// Percent-encodes a path segment (IDs are opaque strings chosen by the server).
-fn urlencode(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendezvous_id_cannot_climb_out_of_its_path() {
+        let base = Url::parse("https://hs.example/matrix/").unwrap();
+        for id in [".", ".."] {
+            assert!(
+                Session::new(&base, Msc4388Prefix::Stable, id.into()).is_err(),
+                "{id}"
+            );
+        }
+        for id in ["%2e%2e", "a?b#c"] {
+            let session = Session::new(&base, Msc4388Prefix::Stable, id.into()).unwrap();
+            assert!(
+                session
+                    .endpoint
+                    .path()
+                    .starts_with("/matrix/_matrix/client/v1/rendezvous/"),
+                "{id}: {}",
+                session.endpoint
+            );
+            assert_eq!(session.endpoint.query(), None, "{id}");
+            assert_eq!(session.endpoint.path_segments().unwrap().count(), 6, "{id}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! and the response direction MSC4388 adds on top of it.
 //!
 //! The key schedule is written out (rather than taken from an AEAD context that hides its
-//! sequence number) so that [`super::stream::Direction`] can diagnose failed opens. It is
+//! sequence number) so that [`super::stream::Direction`] can recognise replays. It is
 //! checked against vodozemac's `hpke` module and the `hpke` crate in the tests.
 
 use hkdf::Hkdf;

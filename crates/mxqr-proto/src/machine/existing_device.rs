@@ -4,13 +4,13 @@ use rand_core::CryptoRng;
 
 use super::conversation::{Conduct, Conversation, Ending, Next};
 use super::{
-    Action, CreatedRendezvous, DeviceLookup, Event, Failure, StartError, Unexpected, parse_url,
-    place_of_created, place_of_scanned,
+    Action, ConsentOrigin, CreatedRendezvous, DeviceLookup, Event, Failure, StartError, Unexpected,
+    UntrustedConsentPage, parse_url, place_of_created, place_of_scanned,
 };
 use crate::channel::GeneratorChannel;
 use crate::messages::{
-    DeviceAuthorizationGrant, DeviceId, FailureReason, HomeserverField, LoginMessage,
-    LoginProtocol, Protocol, ProtocolsMessage,
+    DeviceAuthorizationGrant, DeviceId, FailureMessage, FailureReason, HomeserverField,
+    LoginMessage, LoginProtocol, Protocol, ProtocolsMessage,
 };
 use crate::qr::{QrCode, QrIntent, QrRendezvous};
 use crate::{DeviceKind, Generation};
@@ -39,9 +39,12 @@ impl ExistingDevice {
     /// As G: the driver created `rendezvous`; show the returned QR code and wait for the
     /// new device to scan it. `homeserver` is the account's homeserver base URL; in MSC4388
     /// the rendezvous must have been created there, since the code names one URL for both.
+    /// `consent` is the origin of that homeserver's device authorization endpoint: the only
+    /// consent pages opened are there.
     pub fn show_qr<R: CryptoRng + ?Sized>(
         rendezvous: CreatedRendezvous,
         homeserver: &str,
+        consent: ConsentOrigin,
         rng: &mut R,
     ) -> Result<(Self, Vec<Action>), StartError> {
         let homeserver = parse_url(homeserver, "homeserver")?;
@@ -63,6 +66,7 @@ impl ExistingDevice {
         let conduct = ExistingConduct {
             generation: place.generation,
             announce: None,
+            consent,
         };
         let conversation = Conversation::generator(conduct, place, channel);
         Ok((Self { conversation }, vec![Action::ShowQrCode(qr)]))
@@ -70,11 +74,13 @@ impl ExistingDevice {
 
     /// As S: the user scanned `qr` (shown by the new device), and a read of its rendezvous
     /// returned `sequence_token` (the 2024 `ETag`). `homeserver` is the account's
-    /// homeserver base URL, announced in `m.login.protocols`.
+    /// homeserver base URL, announced in `m.login.protocols`; `consent` as in
+    /// [`ExistingDevice::show_qr`].
     pub fn scan<R: CryptoRng + ?Sized>(
         qr: &QrCode,
         sequence_token: String,
         homeserver: &str,
+        consent: ConsentOrigin,
         rng: &mut R,
     ) -> Result<(Self, Vec<Action>), StartError> {
         qr.check_scannable_by(DeviceKind::Existing)?;
@@ -87,6 +93,7 @@ impl ExistingDevice {
         let conduct = ExistingConduct {
             generation,
             announce: Some(homeserver.to_string()),
+            consent,
         };
         let (conversation, actions) = Conversation::scanner(conduct, place, qr.public_key, rng)
             .map_err(StartError::Channel)?;
@@ -119,6 +126,8 @@ struct ExistingConduct {
     /// As S: the homeserver to announce in `m.login.protocols`. As G the QR code carried
     /// it, and matrix-sdk's new device expects no `m.login.protocols` then.
     announce: Option<String>,
+    /// Where the account's consent pages live.
+    consent: ConsentOrigin,
 }
 
 /// The existing device's steps once the channel is trusted.
@@ -128,7 +137,8 @@ enum ExistingStep {
     /// The driver checks that the device ID is free.
     LookingUpDevice {
         device_id: DeviceId,
-        grant: DeviceAuthorizationGrant,
+        /// The consent page, already checked against [`ConsentOrigin`].
+        page: url::Url,
     },
     /// `m.login.protocol_accepted` sent; waiting for `m.login.success`.
     AwaitingSuccess { device_id: DeviceId },
@@ -164,12 +174,16 @@ impl Conduct for ExistingConduct {
             (ExistingStep::AwaitingProtocol, LoginMessage::Protocol(protocol)) => {
                 match protocol.protocol {
                     LoginProtocol::DeviceAuthorizationGrant(grant) => {
+                        let page = match self.consent_page(&grant) {
+                            Ok(page) => page,
+                            Err(why) => return refuse_consent_page(why),
+                        };
                         out.push(Action::LookUpDevice {
                             device_id: protocol.device_id.clone(),
                         });
                         Next::stay(ExistingStep::LookingUpDevice {
                             device_id: protocol.device_id,
-                            grant,
+                            page,
                         })
                     }
                     LoginProtocol::Unsupported(_) => Next::fail(FailureReason::UnsupportedProtocol),
@@ -193,12 +207,10 @@ impl Conduct for ExistingConduct {
         out: &mut Vec<Action>,
     ) -> Next<ExistingStep> {
         match (step, event) {
-            (ExistingStep::LookingUpDevice { device_id, grant }, Event::DeviceLookup(lookup)) => {
+            (ExistingStep::LookingUpDevice { device_id, page }, Event::DeviceLookup(lookup)) => {
                 match lookup {
                     DeviceLookup::NotFound => {
-                        out.push(Action::OpenVerificationUri {
-                            uri: grant.uri_to_open().to_owned(),
-                        });
+                        out.push(Action::OpenVerificationUri { uri: page.into() });
                         Next::send(
                             ExistingStep::AwaitingSuccess { device_id },
                             LoginMessage::ProtocolAccepted,
@@ -220,5 +232,35 @@ impl Conduct for ExistingConduct {
             },
             (step, _) => Next::stay(step),
         }
+    }
+}
+
+impl ExistingConduct {
+    /// The page to open, if every page the new device named is on the account's own
+    /// consent origin: an honest peer names none elsewhere, so one foreign field is enough
+    /// to stop.
+    fn consent_page(
+        &self,
+        grant: &DeviceAuthorizationGrant,
+    ) -> Result<url::Url, UntrustedConsentPage> {
+        let plain = self.consent.check(&grant.verification_uri)?;
+        match &grant.verification_uri_complete {
+            Some(complete) => self.consent.check(complete),
+            None => Ok(plain),
+        }
+    }
+}
+
+/// Stops before anything is opened or accepted, telling the peer `unsupported_protocol`.
+///
+/// Of the reasons the protocol defines, this one fits: the device authorization grant as
+/// the new device offers it, pointing outside the account's OAuth server, is not one this
+/// device takes part in. `unexpected_message_received` would blame the order or encoding
+/// of a message that was well-formed and in its place; `user_cancelled` would blame the
+/// person; the others name unrelated events.
+fn refuse_consent_page(why: UntrustedConsentPage) -> Next<ExistingStep> {
+    Next::Tell {
+        message: FailureMessage::new(FailureReason::UnsupportedProtocol).into(),
+        ending: Ending::Failed(Failure::UntrustedConsentPage(why)),
     }
 }

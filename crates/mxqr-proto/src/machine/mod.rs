@@ -40,15 +40,22 @@
 //!   messages still reach only the real peer, and telling it beats leaving it waiting.
 //! - **The new device's user code** is shown once `m.login.protocol_accepted` arrives,
 //!   together with the start of token polling, as matrix-sdk does.
+//! - **The consent page** the new device names is opened only if it is on the origin of
+//!   the existing device's own homeserver's `device_authorization_endpoint`
+//!   ([`ConsentOrigin`]); otherwise the existing device stops at once, before the device
+//!   lookup, with `m.login.failure unsupported_protocol`: the grant as offered is not one it
+//!   takes part in, which fits that reason better than blaming order or encoding.
 //! - **`m.login.declined`** is accepted only where the table of section 5 allows it: from
 //!   the new device, after `m.login.protocol_accepted`.
 //!
 //! [`sequence_token`]: NewDevice::sequence_token
 
+mod consent;
 mod conversation;
 mod existing_device;
 mod new_device;
 
+pub use consent::{ConsentOrigin, ConsentOriginError, UntrustedConsentPage};
 pub use existing_device::ExistingDevice;
 pub use new_device::NewDevice;
 
@@ -173,7 +180,8 @@ pub enum Action {
     ImportSecrets(SecretsMessage),
     /// Existing device: `GET /_matrix/client/v3/devices/<device_id>`; it must 404.
     LookUpDevice { device_id: DeviceId },
-    /// Existing device: open this consent page in a browser.
+    /// Existing device: open this consent page in a browser. It is an https URL (http only
+    /// on loopback) on the origin given to the machine as its [`ConsentOrigin`].
     OpenVerificationUri { uri: String },
     /// Existing device: poll the device list until `device_id` appears, or ~10 s passed.
     WaitForDevice { device_id: DeviceId },
@@ -228,6 +236,10 @@ pub enum Failure {
     /// The driver reported a transport failure.
     #[error("the rendezvous transport failed")]
     Transport,
+    /// Existing device: the new device named a consent page outside the account's own OAuth
+    /// server; nothing was opened, and the peer was sent `unsupported_protocol`.
+    #[error("{0}")]
+    UntrustedConsentPage(UntrustedConsentPage),
 }
 
 impl Failure {
@@ -236,6 +248,7 @@ impl Failure {
         match self {
             Failure::PeerFailed(reason) | Failure::Local(reason) => Some(reason),
             Failure::Unexpected(_) => Some(&FailureReason::UnexpectedMessageReceived),
+            Failure::UntrustedConsentPage(_) => Some(&FailureReason::UnsupportedProtocol),
             _ => None,
         }
     }

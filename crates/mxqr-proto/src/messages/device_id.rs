@@ -7,10 +7,13 @@ const MAX_LEN: usize = 255;
 
 /// A Matrix device ID.
 ///
-/// matrix-sdk uses the unpadded base64 Curve25519 identity key, so `+` and `/` must be
-/// accepted. What is refused is what would break the places the ID goes: whitespace
-/// (scopes are space-separated), control characters and non-ASCII (HTTP paths and logs),
-/// and empty or overlong IDs.
+/// Only the characters device IDs are made of: letters, digits and `._~+/=-`. That covers
+/// Synapse's upper-case IDs and base64 in both alphabets, padded or not (matrix-sdk uses
+/// the unpadded Curve25519 identity key, so `+` and `/` must pass). Refused is what would
+/// break the places the ID goes: whitespace (scopes are space-separated), control
+/// characters and non-ASCII (HTTP paths and logs), URL syntax (`%`, `?`, `#`, `\`),
+/// the dot segments `.` and `..` (which a URL path resolves away), and empty or overlong
+/// IDs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(String);
 
@@ -21,9 +24,14 @@ pub enum DeviceIdError {
     Empty,
     #[error("device ID is {0} bytes long, at most {MAX_LEN} are allowed")]
     TooLong(usize),
-    #[error("device ID contains a character outside printable ASCII at byte {0}")]
+    #[error("device ID contains a character other than letters, digits and `._~+/=-` at byte {0}")]
     BadCharacter(usize),
+    #[error("`.` and `..` are not device IDs")]
+    DotSegment,
 }
+
+/// The characters of a device ID besides ASCII letters and digits.
+const PUNCTUATION: &[u8] = b"._~+/=-";
 
 impl DeviceId {
     pub fn new(id: impl Into<String>) -> Result<Self, DeviceIdError> {
@@ -34,8 +42,14 @@ impl DeviceId {
         if id.len() > MAX_LEN {
             return Err(DeviceIdError::TooLong(id.len()));
         }
-        if let Some(at) = id.bytes().position(|b| !b.is_ascii_graphic()) {
+        if let Some(at) = id
+            .bytes()
+            .position(|b| !b.is_ascii_alphanumeric() && !PUNCTUATION.contains(&b))
+        {
             return Err(DeviceIdError::BadCharacter(at));
+        }
+        if id == "." || id == ".." {
+            return Err(DeviceIdError::DotSegment);
         }
         Ok(Self(id))
     }
@@ -94,5 +108,39 @@ mod tests {
             Err(DeviceIdError::TooLong(256))
         );
         assert!(DeviceId::new("A".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn dot_segments_are_not_device_ids() {
+        assert_eq!(DeviceId::new("."), Err(DeviceIdError::DotSegment));
+        assert_eq!(DeviceId::new(".."), Err(DeviceIdError::DotSegment));
+        assert!(DeviceId::new("...").is_ok());
+        assert!(DeviceId::new(".A").is_ok());
+    }
+
+    #[test]
+    fn only_the_characters_clients_use() {
+        // Synapse's IDs, standard and URL-safe unpadded and padded base64.
+        for id in ["ABCDEFGHIJ", "a+b/c=", "a-b_c~d.e", "0123456789"] {
+            assert!(DeviceId::new(id).is_ok(), "{id}");
+        }
+        for (id, at) in [
+            ("AB%2e", 2),
+            ("AB?x", 2),
+            ("AB#x", 2),
+            ("A\\B", 1),
+            ("A&B", 1),
+            ("A;B", 1),
+            ("A:B", 1),
+            ("A\"B", 1),
+            ("A<B", 1),
+            ("A@B", 1),
+        ] {
+            assert_eq!(
+                DeviceId::new(id),
+                Err(DeviceIdError::BadCharacter(at)),
+                "{id}"
+            );
+        }
     }
 }

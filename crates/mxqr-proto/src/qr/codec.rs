@@ -470,7 +470,7 @@ fn check_url(field: QrField, s: &str) -> Result<(), QrError> {
 
 /// Loopback only (127.0.0.0/8, ::1, localhost): plain http is safe there because the traffic
 /// never leaves the machine, which is what local development and tests need.
-fn is_loopback(url: &url::Url) -> bool {
+pub(crate) fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

@@ -5,6 +5,8 @@
 //! so that the sans-IO core does not pull in image libraries for callers that only parse bytes.
 
 mod codec;
+
+pub(crate) use codec::is_loopback;
 #[cfg(feature = "image")]
 pub mod render;
 

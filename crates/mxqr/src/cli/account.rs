@@ -15,6 +15,7 @@ use mxqr_keys::Account;
 use serde_json::json;
 use url::Url;
 
+use super::printable::printable;
 use super::profile::{Profile, Session, SignedIn};
 use super::ui::CliUi;
 use super::{CliError, block_on, finish};
@@ -281,7 +282,9 @@ async fn bootstrap(common: &ProfileArgs) -> Result<(), CliError> {
     } else {
         println!(
             "Cross-signing and key backup (version {}) set up for {} on device {}",
-            boot.backup_version, boot.user_id, boot.device_id
+            printable(&boot.backup_version),
+            printable(&boot.user_id),
+            printable(&boot.device_id)
         );
     }
     Ok(())
@@ -451,8 +454,10 @@ fn report_identity(
         );
     } else {
         println!(
-            "Profile `{profile}`: {user_id} on device {} at {homeserver}",
-            device_id.unwrap_or("(unknown)")
+            "Profile `{profile}`: {} on device {} at {}",
+            printable(user_id),
+            printable(device_id.unwrap_or("(unknown)")),
+            printable(homeserver.as_str())
         );
     }
 }
@@ -495,12 +500,12 @@ async fn run_whoami(common: ProfileArgs) -> Result<(), CliError> {
             })
         );
     } else {
-        println!("user:       {}", me.user_id);
+        println!("user:       {}", printable(&me.user_id));
         println!(
             "device:     {}",
-            me.device_id.as_deref().unwrap_or("(unknown)")
+            printable(me.device_id.as_deref().unwrap_or("(unknown)"))
         );
-        println!("homeserver: {homeserver}");
+        println!("homeserver: {}", printable(homeserver.as_str()));
         println!(
             "holds cross-signing keys: {}",
             if secrets.is_some() { "yes" } else { "no" }

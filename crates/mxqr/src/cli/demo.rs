@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
+use super::printable::printable;
 use super::{CliError, finish};
 
 /// Longest one combination may take before the demo calls it failed.
@@ -228,7 +229,7 @@ fn report(
                 step["device"].as_str().unwrap_or(""),
                 step["step"].as_str().unwrap_or(""),
                 if detail.is_empty() { "" } else { ": " },
-                detail
+                printable(detail)
             );
         }
     }
@@ -237,7 +238,7 @@ fn report(
             "  ok: cross-signed and connected to key backup; {median:.1} ms (median of {}, max {max:.1} ms)",
             runs.len()
         ),
-        (Some(error), _, _) => println!("  FAILED: {error}"),
+        (Some(error), _, _) => println!("  FAILED: {}", printable(error)),
         _ => println!("  no result"),
     }
 }

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod admin;
 pub mod demo;
+pub mod printable;
 pub mod profile;
 pub mod qr;
 pub mod serve;
@@ -22,14 +23,19 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Prints `error: <message>` as exactly one line and returns `status`.
 pub fn fail(status: u8, message: impl std::fmt::Display) -> ExitCode {
-    let message = message.to_string();
+    eprintln!("{}", error_line(&message.to_string()));
+    ExitCode::from(status)
+}
+
+/// `error: <message>` on one line. Messages quote servers and peers, so what is left after
+/// joining the lines goes through [`printable::printable`].
+fn error_line(message: &str) -> String {
     let one_line: Vec<&str> = message
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    eprintln!("error: {}", one_line.join("; "));
-    ExitCode::from(status)
+    format!("error: {}", printable::printable(&one_line.join("; ")))
 }
 
 /// Why a client command failed: bad usage (exit 2) or a failure of the sign-in, the network
@@ -82,4 +88,17 @@ pub fn finish(json: bool, result: Result<(), CliError>) -> ExitCode {
         );
     }
     fail(status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn an_error_is_one_printable_line() {
+        assert_eq!(
+            error_line("server answered 400: \u{1b}[2Jbad\n  code\r\n"),
+            "error: server answered 400: \\u{1b}[2Jbad; code"
+        );
+    }
 }

@@ -24,6 +24,7 @@ use mxqr_proto::qr::render;
 use serde_json::json;
 use url::Url;
 
+use super::printable::printable;
 use super::profile::{Profile, Session, SignedIn};
 use super::ui::{CliUi, parse_check_code};
 use super::{CliError, block_on, finish};
@@ -208,8 +209,8 @@ async fn run_login(args: LoginArgs) -> Result<(), CliError> {
     } else {
         println!(
             "Signed in as {} on device {} (profile `{}`)",
-            e2ee.user_id,
-            outcome.device_id.as_str(),
+            printable(&e2ee.user_id),
+            printable(outcome.device_id.as_str()),
             profile.name
         );
         println!(
@@ -357,8 +358,8 @@ async fn run_grant(args: GrantArgs) -> Result<(), CliError> {
     } else {
         println!(
             "Signed in device {} as {}",
-            outcome.device_id.as_str(),
-            me.user_id
+            printable(outcome.device_id.as_str()),
+            printable(&me.user_id)
         );
         println!("cross-signing keys handed over: yes");
         println!("key backup handed over:         {}", yes_no(backup));
@@ -452,6 +453,11 @@ pub fn describe(error: &DriverError) -> String {
                 Failure::PeerDeclined | Failure::Declined => {
                     "the sign-in was declined on the consent page".to_owned()
                 }
+                Failure::UntrustedConsentPage(why) => format!(
+                    "the new device asked this one to open a page outside your homeserver's \
+                     sign-in service, as a phishing attempt would; nothing was opened or signed \
+                     in ({why})"
+                ),
                 other => other.to_string(),
             };
             match cause {

@@ -25,6 +25,8 @@ use mxqr_proto::qr::render::{self, TerminalOptions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::printable::printable;
+
 pub struct CliUi {
     pub json: bool,
     /// The check code given on the command line, used instead of asking.
@@ -129,7 +131,7 @@ impl CliUi {
         if self.json {
             self.emit(json!({ "event": "authorization_url", "url": url }));
         } else {
-            println!("Sign in on this page: {url}");
+            println!("Sign in on this page: {}", printable(url));
             let _ = std::io::stdout().flush();
         }
         self.open_browser(url);
@@ -227,14 +229,21 @@ impl Ui for CliUi {
                         "verification_uri": verification_uri,
                     }));
                 } else {
-                    println!("Approve the code {user_code} at {verification_uri}");
+                    println!(
+                        "Approve the code {} at {}",
+                        printable(&user_code),
+                        printable(&verification_uri)
+                    );
                 }
             }
             UiEvent::OpenVerificationUri(uri) => {
                 if self.json {
                     self.emit(json!({ "event": "verification_uri", "uri": uri }));
                 } else {
-                    println!("Approve the new device in your browser: {uri}");
+                    println!(
+                        "Approve the new device in your browser: {}",
+                        printable(&uri)
+                    );
                     let _ = std::io::stdout().flush();
                 }
                 self.open_browser(&uri);
