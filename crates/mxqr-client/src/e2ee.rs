@@ -56,10 +56,7 @@ async fn get(
     if !response.status().is_success() {
         return Err(ClientError::from_response(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    crate::body::json(response, path).await
 }
 
 async fn post(
@@ -78,10 +75,7 @@ async fn post(
     if !response.status().is_success() {
         return Err(ClientError::from_response(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    crate::body::json(response, path).await
 }
 
 fn build<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, ClientError> {

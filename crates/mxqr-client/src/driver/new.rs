@@ -158,10 +158,7 @@ pub(crate) async fn get_json(
     if !response.status().is_success() {
         return Err(ClientError::from_response(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("not JSON: {e}")))
+    crate::body::json(response, "answer").await
 }
 
 /// A completed sign-in of the new device.

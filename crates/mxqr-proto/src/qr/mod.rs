@@ -9,7 +9,8 @@ mod codec;
 pub mod render;
 
 pub use codec::{
-    EncodeError, EncodeSettings, Msc4388IdLength, QrError, QrField, UrlProblem, msc4108, msc4388,
+    EncodeError, EncodeSettings, Msc4388IdLength, QrError, QrField, UrlProblem, is_secure_url,
+    msc4108, msc4388,
 };
 
 use crate::{DeviceKind, Generation, PublicKey};
