@@ -435,3 +435,56 @@ async fn huge_expiry_and_interval_do_not_panic_the_poller() {
     .unwrap();
     assert!(matches!(outcome, DeviceGrantOutcome::Denied), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn a_huge_rendezvous_lifetime_is_held_to_an_hour() {
+    let far = "Fri, 31 Dec 9999 23:59:59 GMT";
+    let base = serve(
+        Router::new()
+            .route(
+                "/_matrix/client/v1/rendezvous/abc",
+                get(|| async {
+                    axum::Json(json!({
+                        "data": "",
+                        "sequence_token": "1",
+                        "expires_in_ms": u64::MAX,
+                    }))
+                }),
+            )
+            .route(
+                "/msc4108/session",
+                get(move || async move {
+                    (
+                        [
+                            (header::ETAG, "\"1\""),
+                            (header::EXPIRES, far),
+                            (header::DATE, "Thu, 01 Jan 1970 00:00:00 GMT"),
+                        ],
+                        "",
+                    )
+                }),
+            ),
+    );
+    let http = reqwest::Client::new();
+    for qr in [
+        QrRendezvous::Msc4388 {
+            prefix: Msc4388Prefix::Stable,
+            rendezvous_id: "abc".into(),
+            base_url: base.to_string(),
+        },
+        QrRendezvous::Msc4108 {
+            rendezvous_url: base.join("msc4108/session").unwrap().to_string(),
+            homeserver: None,
+        },
+    ] {
+        let rv = promptly(Rendezvous::join(http.clone(), &qr, false))
+            .await
+            .unwrap();
+        let remaining = rv.remaining();
+        assert!(
+            remaining <= mxqr_client::rendezvous::MAX_SESSION_LIFETIME
+                && remaining > Duration::from_secs(60 * 59),
+            "{qr:?}: {remaining:?}"
+        );
+    }
+}
