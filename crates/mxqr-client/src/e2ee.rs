@@ -57,10 +57,7 @@ async fn get(
     if !response.status().is_success() {
         return Err(ClientError::from_response(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    crate::body::json(response, path).await
 }
 
 async fn post(
@@ -79,10 +76,7 @@ async fn post(
     if !response.status().is_success() {
         return Err(ClientError::from_response(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    crate::body::json(response, path).await
 }
 
 /// The user's keys as the homeserver shows them to the user (`POST /keys/query`): the

@@ -1,6 +1,10 @@
 //! Errors of the client, one enum so callers can match on what went wrong.
 
+use mxqr_proto::qr::is_secure_url;
 use reqwest::StatusCode;
+use url::Url;
+
+use crate::body::{self, Cap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -42,13 +46,44 @@ pub enum ClientError {
     /// consent pages a new device names.
     #[error(transparent)]
     ConsentOrigin(#[from] mxqr_proto::machine::ConsentOriginError),
+    /// An answer's body is larger than the cap for its kind (see [`crate::body::Cap`]),
+    /// announced in `Content-Length` or found while reading; reading stopped there.
+    #[error("the server's answer is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// An answer that is not the JSON its endpoint prescribes.
+    #[error("the server's {what} is not valid: {source}")]
+    Malformed {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A server or the other device named an address that is neither https nor plain http to
+    /// a loopback host: the rule the QR decoder applies to codes
+    /// ([`mxqr_proto::qr::is_secure_url`]).
+    #[error("the {what} {url} is not https (plain http is allowed only for loopback hosts)")]
+    InsecureUrl { what: &'static str, url: Url },
 }
 
 impl ClientError {
-    /// Reads a Matrix error body (`{"errcode","error"}`) if there is one.
+    /// Reads a Matrix error body (`{"errcode","error"}`) if there is one, within the default
+    /// cap.
     pub(crate) async fn from_response(response: reqwest::Response) -> Self {
+        Self::from_response_within(response, Cap::Other).await
+    }
+
+    /// [`from_response`](Self::from_response) for an answer whose kind has cap `cap`.
+    pub(crate) async fn from_response_within(response: reqwest::Response, cap: Cap) -> Self {
         let status = response.status();
-        let body: Option<serde_json::Value> = response.json().await.ok();
+        match body::read(response, cap).await {
+            Ok(bytes) => Self::from_error_body(status, &bytes),
+            Err(e) => e,
+        }
+    }
+
+    /// The error an answer with an error `status` and `body` stands for: a body that is not a
+    /// Matrix error leaves the fields empty.
+    pub fn from_error_body(status: StatusCode, body: &[u8]) -> Self {
+        let body: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let field = |k: &str| {
             body.as_ref()
                 .and_then(|b| b.get(k))
@@ -60,5 +95,18 @@ impl ClientError {
             errcode: field("errcode"),
             error: field("error"),
         }
+    }
+}
+
+/// Refuses `url` unless it follows the QR decoder's transport rule (https, or plain http to
+/// a loopback host).
+pub(crate) fn require_secure(what: &'static str, url: &Url) -> Result<(), ClientError> {
+    if is_secure_url(url) {
+        Ok(())
+    } else {
+        Err(ClientError::InsecureUrl {
+            what,
+            url: url.clone(),
+        })
     }
 }

@@ -8,7 +8,9 @@
 //! - [`discovery`]: homeserver base URL from a URL or a server name.
 //! - [`oauth`]: the OAuth 2.0 client: metadata, registration, device and authorization-code
 //!   grants, refresh, revocation.
+//! - [`body`]: every answer body is read through it, within a size cap.
 
+pub mod body;
 pub mod discovery;
 pub mod driver;
 pub mod e2ee;

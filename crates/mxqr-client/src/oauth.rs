@@ -19,10 +19,18 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::ClientError;
+use crate::body::{self, Cap, parse_json};
+use crate::error::require_secure;
 use crate::rendezvous::join;
 
 /// The device-code grant type of RFC 8628.
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Longest device grant lifetime taken from a server: a sign-in never waits longer.
+pub const MAX_GRANT_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Bounds of the poll interval taken from a server (RFC 8628 `interval`, plus `slow_down`).
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Server metadata (RFC 8414 as profiled by the Matrix spec).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -55,14 +63,37 @@ impl AuthMetadata {
         ] {
             let response = http.get(join(homeserver, path)?).send().await?;
             if response.status().is_success() {
-                return response
-                    .json()
-                    .await
-                    .map_err(|e| ClientError::Protocol(format!("auth metadata: {e}")));
+                return Self::from_json(&body::read(response, Cap::Other).await?);
             }
             last = Some(ClientError::from_response(response).await);
         }
         Err(last.unwrap_or(ClientError::Unsupported))
+    }
+
+    /// Parses a metadata answer and refuses it unless the issuer and every endpoint use https
+    /// (plain http only on loopback): the client sends secrets to them and sends people to
+    /// them.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ClientError> {
+        let metadata: Self = parse_json(bytes, "auth metadata")?;
+        let issuer = Url::parse(&metadata.issuer)
+            .map_err(|e| ClientError::Protocol(format!("auth metadata issuer: {e}")))?;
+        require_secure("issuer", &issuer)?;
+        require_secure("authorization endpoint", &metadata.authorization_endpoint)?;
+        require_secure("token endpoint", &metadata.token_endpoint)?;
+        for (what, endpoint) in [
+            ("registration endpoint", &metadata.registration_endpoint),
+            ("revocation endpoint", &metadata.revocation_endpoint),
+            (
+                "device authorization endpoint",
+                &metadata.device_authorization_endpoint,
+            ),
+            ("account management URI", &metadata.account_management_uri),
+        ] {
+            if let Some(url) = endpoint {
+                require_secure(what, url)?;
+            }
+        }
+        Ok(metadata)
     }
 
     fn device_endpoint(&self) -> Result<&Url, ClientError> {
@@ -141,10 +172,7 @@ pub async fn register(
     if !response.status().is_success() {
         return Err(oauth_error(response).await);
     }
-    let registered: Registered = response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("registration: {e}")))?;
+    let registered: Registered = body::json(response, "registration answer").await?;
     Ok(registered.client_id)
 }
 
@@ -180,9 +208,24 @@ pub struct OAuthError {
     pub error_description: Option<String>,
 }
 
+impl Tokens {
+    /// Parses a token endpoint answer.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ClientError> {
+        parse_json(bytes, "token answer")
+    }
+}
+
 async fn oauth_error(response: reqwest::Response) -> ClientError {
     let status = response.status();
-    match response.json::<OAuthError>().await {
+    match body::read(response, Cap::Other).await {
+        Ok(bytes) => error_from_body(status, &bytes),
+        Err(e) => e,
+    }
+}
+
+/// The error an OAuth answer with an error `status` and `body` stands for.
+pub fn error_from_body(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<OAuthError>(body) {
         Ok(e) => ClientError::OAuth {
             status,
             error: e.error,
@@ -212,6 +255,28 @@ fn default_interval() -> u64 {
     5
 }
 
+impl DeviceAuthorization {
+    /// Parses a device authorization answer, holding `expires_in` and `interval` to
+    /// [`MAX_GRANT_LIFETIME`] and [`MIN_POLL_INTERVAL`]..=[`MAX_POLL_INTERVAL`]: a server
+    /// cannot make the poller wait for ever, poll in a busy loop or overflow its clock.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ClientError> {
+        let mut grant: Self = parse_json(bytes, "device authorization answer")?;
+        grant.expires_in = grant.lifetime().as_secs();
+        grant.interval = grant.poll_interval().as_secs();
+        Ok(grant)
+    }
+
+    /// The grant's lifetime, within [`MAX_GRANT_LIFETIME`].
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.expires_in).min(MAX_GRANT_LIFETIME)
+    }
+
+    /// The poll interval asked for, within [`MIN_POLL_INTERVAL`]..=[`MAX_POLL_INTERVAL`].
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.interval).clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL)
+    }
+}
+
 impl std::fmt::Debug for DeviceAuthorization {
     // The device code is a bearer secret until redeemed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,10 +304,7 @@ pub async fn start_device_authorization(
     if response.status() != StatusCode::OK {
         return Err(oauth_error(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("device authorization: {e}")))
+    DeviceAuthorization::from_json(&body::read(response, Cap::Other).await?)
 }
 
 /// One poll of the token endpoint for a device grant.
@@ -273,18 +335,19 @@ pub async fn poll_device_token(
         .send()
         .await?;
     let status = response.status();
+    poll_outcome(status, &body::read(response, Cap::Other).await?)
+}
+
+/// What one answer of the token endpoint to a device-grant poll means.
+pub fn poll_outcome(status: StatusCode, body: &[u8]) -> Result<PollOutcome, ClientError> {
     if status == StatusCode::OK {
-        let tokens = response
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("token: {e}")))?;
-        return Ok(PollOutcome::Granted(tokens));
+        return Ok(PollOutcome::Granted(Tokens::from_json(body)?));
     }
     if status == StatusCode::BAD_REQUEST
         || status == StatusCode::FORBIDDEN
         || status == StatusCode::UNAUTHORIZED
     {
-        if let Ok(e) = response.json::<OAuthError>().await {
+        if let Ok(e) = serde_json::from_slice::<OAuthError>(body) {
             return match e.error.as_str() {
                 "authorization_pending" => Ok(PollOutcome::Pending),
                 "slow_down" => Ok(PollOutcome::SlowDown),
@@ -303,7 +366,7 @@ pub async fn poll_device_token(
             error: None,
         });
     }
-    Err(oauth_error(response).await)
+    Err(error_from_body(status, body))
 }
 
 /// How a device grant ended.
@@ -326,8 +389,13 @@ pub async fn wait_for_device_token(
     authorization: &DeviceAuthorization,
     started: Instant,
 ) -> Result<DeviceGrantOutcome, ClientError> {
-    let deadline = started + Duration::from_secs(authorization.expires_in);
-    let mut interval = Duration::from_secs(authorization.interval.max(1));
+    // Both bounded, so no instant below can overflow; should one still not be representable,
+    // the grant counts as expired rather than the poller panicking.
+    let deadline = started
+        .checked_add(authorization.lifetime())
+        .unwrap_or(started);
+    let mut interval = authorization.poll_interval();
+    let fits = |pause: Duration| deadline.saturating_duration_since(Instant::now()) > pause;
     let mut retry = crate::rendezvous::Retry::default();
     loop {
         let outcome =
@@ -338,7 +406,7 @@ pub async fn wait_for_device_token(
                 }
                 Err(e) if crate::rendezvous::is_transient(&e) => match retry.next_pause() {
                     // Never faster than the interval the server asked for.
-                    Some(pause) if Instant::now() + pause.max(interval) < deadline => {
+                    Some(pause) if fits(pause.max(interval)) => {
                         tracing::debug!("token poll failed ({e}); retrying");
                         tokio::time::sleep(pause.max(interval)).await;
                         continue;
@@ -351,10 +419,12 @@ pub async fn wait_for_device_token(
             PollOutcome::Granted(t) => return Ok(DeviceGrantOutcome::Granted(t)),
             PollOutcome::Denied => return Ok(DeviceGrantOutcome::Denied),
             PollOutcome::Expired => return Ok(DeviceGrantOutcome::Expired),
-            PollOutcome::SlowDown => interval += Duration::from_secs(5),
+            PollOutcome::SlowDown => {
+                interval = (interval + Duration::from_secs(5)).min(MAX_POLL_INTERVAL);
+            }
             PollOutcome::Pending => {}
         }
-        if Instant::now() + interval > deadline {
+        if !fits(interval) {
             return Ok(DeviceGrantOutcome::Expired);
         }
         tokio::time::sleep(interval).await;
@@ -426,10 +496,7 @@ async fn token_request(
     if response.status() != StatusCode::OK {
         return Err(oauth_error(response).await);
     }
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("token: {e}")))
+    Tokens::from_json(&body::read(response, Cap::Other).await?)
 }
 
 /// Redeems an authorization code.

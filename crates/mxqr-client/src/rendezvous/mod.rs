@@ -11,8 +11,8 @@
 //! answer or a 503 are retried for a bounded time, so an instance behind a load balancer going
 //! away, restarting, or losing its database for a moment does not end a sign-in.
 
-mod msc4108;
-mod msc4388;
+pub mod msc4108;
+pub mod msc4388;
 
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::ClientError;
+use crate::body::{self, Cap, parse_json};
 
 /// Our own `unstable_features` flag for the long-poll extension.
 pub const LONG_POLL_FEATURE: &str = "io.mxqr.rendezvous_long_poll";
@@ -36,6 +37,21 @@ const POLL_MAX: Duration = Duration::from_secs(2);
 const RETRY_FOR: Duration = Duration::from_secs(10);
 /// First pause before such a retry; doubled up to [`POLL_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest session lifetime taken from a server (sessions live minutes): a sign-in never
+/// waits longer, and the local deadline cannot overflow.
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Lifetime assumed when the server reports none.
+const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// The local deadline of a session the server says lives `lifetime` from now, measured on
+/// this device's clock and held to [`MAX_SESSION_LIFETIME`].
+pub fn expiry_after(lifetime: Duration) -> Instant {
+    let now = Instant::now();
+    // Within the bound, the sum always fits; if it still did not, the session counts as
+    // expired rather than the client panicking.
+    now.checked_add(lifetime.min(MAX_SESSION_LIFETIME))
+        .unwrap_or(now)
+}
 
 /// Whether a failed request may succeed if sent again: no answer at all (connection refused or
 /// cut, e.g. an instance going away behind a load balancer), or 503 (the server's database is
@@ -107,10 +123,12 @@ impl RendezvousSupport {
         if !response.status().is_success() {
             return Err(ClientError::from_response(response).await);
         }
-        let versions: serde_json::Value = response
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("/versions is not JSON: {e}")))?;
+        Self::from_versions_body(&body::read(response, Cap::Other).await?)
+    }
+
+    /// Parses a `/versions` answer.
+    pub fn from_versions_body(bytes: &[u8]) -> Result<Self, ClientError> {
+        let versions: serde_json::Value = parse_json(bytes, "/versions answer")?;
         Ok(Self::from_versions(&versions))
     }
 }
@@ -152,15 +170,20 @@ impl std::fmt::Debug for Rendezvous {
     }
 }
 
-/// One observed state of the session.
-pub(crate) struct Snapshot {
+/// One observed state of the session, as a read answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The payload (empty before the first write).
     pub data: String,
+    /// Its version (MSC4388 `sequence_token`, MSC4108 `ETag`).
     pub token: String,
+    /// The session's remaining lifetime, as the server reported it.
     pub expires_in: Option<Duration>,
 }
 
 /// The outcome of one write attempt.
-pub(crate) enum WriteOutcome {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
     Written {
         token: String,
         expires_in: Option<Duration>,
@@ -234,13 +257,13 @@ impl Rendezvous {
     }
 
     fn new(http: reqwest::Client, transport: Transport, snap: Snapshot, long_poll: bool) -> Self {
-        let lifetime = snap.expires_in.unwrap_or(Duration::from_secs(120));
+        let lifetime = snap.expires_in.unwrap_or(DEFAULT_SESSION_LIFETIME);
         Self {
             http,
             transport,
             long_poll,
             token: snap.token,
-            expires_at: Instant::now() + lifetime,
+            expires_at: expiry_after(lifetime),
             pending: None,
         }
     }
@@ -319,7 +342,7 @@ impl Rendezvous {
 
     fn refresh_expiry(&mut self, expires_in: Option<Duration>) {
         if let Some(d) = expires_in {
-            self.expires_at = Instant::now() + d;
+            self.expires_at = expiry_after(d);
         }
     }
 
@@ -408,7 +431,10 @@ impl Rendezvous {
         if let Some(data) = self.pending.take() {
             return Ok(data);
         }
-        let deadline = Instant::now() + max_wait;
+        // Past the session's expiry the wait ends anyway.
+        let deadline = Instant::now()
+            .checked_add(max_wait)
+            .unwrap_or(self.expires_at);
         let mut backoff = POLL_MIN;
         let mut retry = Retry::default();
         loop {

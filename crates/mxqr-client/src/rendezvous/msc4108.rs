@@ -2,6 +2,9 @@
 //!
 //! The session's lifetime is taken as `Expires - Date` from the server's own headers, so a
 //! skewed local clock cannot shorten it.
+//!
+//! The `parse_*` functions turn an answer (status, headers, body) into what it means; the
+//! requests below and the fuzz targets both call them.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +15,8 @@ use url::Url;
 
 use super::{Snapshot, WriteOutcome, join};
 use crate::ClientError;
+use crate::body::{self, Cap, parse_json};
+use crate::error::require_secure;
 
 const ENDPOINT: &str = "_matrix/client/unstable/org.matrix.msc4108/rendezvous";
 
@@ -58,29 +63,13 @@ impl Session {
             .body("")
             .send()
             .await?;
-        match response.status() {
-            StatusCode::CREATED => {}
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                return Err(ClientError::Unsupported);
-            }
-            _ => return Err(ClientError::from_response(response).await),
-        }
-        let token = etag(response.headers())?;
-        let expires_in = lifetime(response.headers());
-        let created: Created = response
-            .json()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("rendezvous creation: {e}")))?;
-        let url = Url::parse(&created.url)
-            .map_err(|e| ClientError::Protocol(format!("session URL: {e}")))?;
-        Ok((
-            Self { url },
-            Snapshot {
-                data: String::new(),
-                token,
-                expires_in,
-            },
-        ))
+        let (status, headers) = (response.status(), response.headers().clone());
+        let (url, snap) = parse_created(
+            status,
+            &headers,
+            &body::read(response, Cap::Rendezvous).await?,
+        )?;
+        Ok((Self { url }, snap))
     }
 
     pub(super) async fn join(
@@ -111,25 +100,9 @@ impl Session {
             request = request.header(IF_NONE_MATCH, etag_seen);
         }
         let response = request.send().await?;
-        match response.status() {
-            StatusCode::OK => {
-                let token = etag(response.headers())?;
-                let expires_in = lifetime(response.headers());
-                let data = response.text().await?;
-                Ok(Some(Snapshot {
-                    data,
-                    token,
-                    expires_in,
-                }))
-            }
-            StatusCode::NOT_MODIFIED => Ok(Some(Snapshot {
-                data: String::new(),
-                token: etag_seen.to_owned(),
-                expires_in: lifetime(response.headers()),
-            })),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(ClientError::from_response(response).await),
-        }
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = body::read(response, Cap::Rendezvous).await?;
+        parse_read(status, &headers, &body, etag_seen)
     }
 
     pub(super) async fn put(
@@ -145,15 +118,9 @@ impl Session {
             .body(data.to_owned())
             .send()
             .await?;
-        match response.status() {
-            StatusCode::ACCEPTED | StatusCode::OK => Ok(WriteOutcome::Written {
-                token: etag(response.headers())?,
-                expires_in: lifetime(response.headers()),
-            }),
-            StatusCode::PRECONDITION_FAILED => Ok(WriteOutcome::Conflict),
-            StatusCode::NOT_FOUND => Ok(WriteOutcome::Gone),
-            _ => Err(ClientError::from_response(response).await),
-        }
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = body::read(response, Cap::Rendezvous).await?;
+        parse_write(status, &headers, &body)
     }
 
     pub(super) async fn delete(&self, http: &reqwest::Client) -> Result<(), ClientError> {
@@ -161,7 +128,83 @@ impl Session {
         if response.status().is_success() || response.status() == StatusCode::NOT_FOUND {
             Ok(())
         } else {
-            Err(ClientError::from_response(response).await)
+            Err(ClientError::from_response_within(response, Cap::Rendezvous).await)
         }
+    }
+}
+
+/// What an answer to the create request means: the session URL (held to the QR decoder's
+/// rule, as the other device will be) and the first version.
+pub fn parse_created(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Url, Snapshot), ClientError> {
+    match status {
+        StatusCode::CREATED => {}
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            return Err(ClientError::Unsupported);
+        }
+        _ => return Err(ClientError::from_error_body(status, body)),
+    }
+    let token = etag(headers)?;
+    let expires_in = lifetime(headers);
+    let created: Created = parse_json(body, "rendezvous creation answer")?;
+    let url =
+        Url::parse(&created.url).map_err(|e| ClientError::Protocol(format!("session URL: {e}")))?;
+    require_secure("rendezvous session URL", &url)?;
+    Ok((
+        url,
+        Snapshot {
+            data: String::new(),
+            token,
+            expires_in,
+        },
+    ))
+}
+
+/// What an answer to a read sent with `If-None-Match: etag_seen` means: the payload and its
+/// version, the same version again (304), or `None` when the session is gone.
+pub fn parse_read(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    etag_seen: &str,
+) -> Result<Option<Snapshot>, ClientError> {
+    match status {
+        StatusCode::OK => {
+            let token = etag(headers)?;
+            let data = String::from_utf8(body.to_vec())
+                .map_err(|_| ClientError::Protocol("rendezvous payload is not UTF-8".into()))?;
+            Ok(Some(Snapshot {
+                data,
+                token,
+                expires_in: lifetime(headers),
+            }))
+        }
+        StatusCode::NOT_MODIFIED => Ok(Some(Snapshot {
+            data: String::new(),
+            token: etag_seen.to_owned(),
+            expires_in: lifetime(headers),
+        })),
+        StatusCode::NOT_FOUND => Ok(None),
+        _ => Err(ClientError::from_error_body(status, body)),
+    }
+}
+
+/// What an answer to a write sent with `If-Match` means.
+pub fn parse_write(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<WriteOutcome, ClientError> {
+    match status {
+        StatusCode::ACCEPTED | StatusCode::OK => Ok(WriteOutcome::Written {
+            token: etag(headers)?,
+            expires_in: lifetime(headers),
+        }),
+        StatusCode::PRECONDITION_FAILED => Ok(WriteOutcome::Conflict),
+        StatusCode::NOT_FOUND => Ok(WriteOutcome::Gone),
+        _ => Err(ClientError::from_error_body(status, body)),
     }
 }

@@ -1,4 +1,7 @@
 //! MSC4388: JSON bodies versioned by `sequence_token` (docs/protocol.md §3b).
+//!
+//! The `parse_*` functions turn an answer (status, body) into what it means; the requests
+//! below and the fuzz targets both call them.
 
 use std::time::Duration;
 
@@ -10,6 +13,7 @@ use url::Url;
 
 use super::{Snapshot, WriteOutcome, join};
 use crate::ClientError;
+use crate::body::{self, Cap, parse_json};
 use crate::endpoint::endpoint;
 
 pub(super) struct Session {
@@ -46,16 +50,6 @@ fn prefix_path(prefix: Msc4388Prefix) -> &'static str {
         Msc4388Prefix::Stable => "_matrix/client/v1/rendezvous",
         Msc4388Prefix::Unstable => "_matrix/client/unstable/io.element.msc4388/rendezvous",
     }
-}
-
-async fn json_of<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
-    what: &str,
-) -> Result<T, ClientError> {
-    response
-        .json()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("{what}: {e}")))
 }
 
 impl Session {
@@ -95,21 +89,9 @@ impl Session {
             request = request.bearer_auth(token);
         }
         let response = request.send().await?;
-        match response.status() {
-            StatusCode::OK | StatusCode::CREATED => {}
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                return Err(ClientError::Unsupported);
-            }
-            _ => return Err(ClientError::from_response(response).await),
-        }
-        let created: Created = json_of(response, "rendezvous creation").await?;
-        let session = Self::new(base_url, prefix, created.id)?;
-        let snap = Snapshot {
-            data: String::new(),
-            token: created.sequence_token,
-            expires_in: created.expires_in_ms.map(Duration::from_millis),
-        };
-        Ok((session, snap))
+        let status = response.status();
+        let (id, snap) = parse_created(status, &body::read(response, Cap::Rendezvous).await?)?;
+        Ok((Self::new(base_url, prefix, id)?, snap))
     }
 
     pub(super) async fn join(
@@ -139,18 +121,8 @@ impl Session {
                 .append_pair("timeout_ms", &wait.as_millis().to_string());
         }
         let response = http.get(url).send().await?;
-        match response.status() {
-            StatusCode::OK => {
-                let state: State = json_of(response, "rendezvous read").await?;
-                Ok(Some(Snapshot {
-                    data: state.data,
-                    token: state.sequence_token,
-                    expires_in: state.expires_in_ms.map(Duration::from_millis),
-                }))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(ClientError::from_response(response).await),
-        }
+        let status = response.status();
+        parse_read(status, &body::read(response, Cap::Rendezvous).await?)
     }
 
     pub(super) async fn put(
@@ -161,18 +133,8 @@ impl Session {
     ) -> Result<WriteOutcome, ClientError> {
         let body = json!({ "sequence_token": token, "data": data });
         let response = http.put(self.endpoint.clone()).json(&body).send().await?;
-        match response.status() {
-            StatusCode::OK => {
-                let written: Written = json_of(response, "rendezvous write").await?;
-                Ok(WriteOutcome::Written {
-                    token: written.sequence_token,
-                    expires_in: written.expires_in_ms.map(Duration::from_millis),
-                })
-            }
-            StatusCode::CONFLICT => Ok(WriteOutcome::Conflict),
-            StatusCode::NOT_FOUND => Ok(WriteOutcome::Gone),
-            _ => Err(ClientError::from_response(response).await),
-        }
+        let status = response.status();
+        parse_write(status, &body::read(response, Cap::Rendezvous).await?)
     }
 
     pub(super) async fn delete(&self, http: &reqwest::Client) -> Result<(), ClientError> {
@@ -180,8 +142,59 @@ impl Session {
         if response.status().is_success() || response.status() == StatusCode::NOT_FOUND {
             Ok(())
         } else {
-            Err(ClientError::from_response(response).await)
+            Err(ClientError::from_response_within(response, Cap::Rendezvous).await)
         }
+    }
+}
+
+/// What an answer to the create request means: the session's ID and its first version.
+pub fn parse_created(status: StatusCode, body: &[u8]) -> Result<(String, Snapshot), ClientError> {
+    match status {
+        StatusCode::OK | StatusCode::CREATED => {}
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            return Err(ClientError::Unsupported);
+        }
+        _ => return Err(ClientError::from_error_body(status, body)),
+    }
+    let created: Created = parse_json(body, "rendezvous creation answer")?;
+    let snap = Snapshot {
+        data: String::new(),
+        token: created.sequence_token,
+        expires_in: created.expires_in_ms.map(Duration::from_millis),
+    };
+    Ok((created.id, snap))
+}
+
+/// What an answer to a read means: the payload and its version, or `None` when the session
+/// is gone.
+pub fn parse_read(status: StatusCode, body: &[u8]) -> Result<Option<Snapshot>, ClientError> {
+    match status {
+        StatusCode::OK => {
+            let state: State = parse_json(body, "rendezvous read answer")?;
+            Ok(Some(Snapshot {
+                data: state.data,
+                token: state.sequence_token,
+                expires_in: state.expires_in_ms.map(Duration::from_millis),
+            }))
+        }
+        StatusCode::NOT_FOUND => Ok(None),
+        _ => Err(ClientError::from_error_body(status, body)),
+    }
+}
+
+/// What an answer to a write means.
+pub fn parse_write(status: StatusCode, body: &[u8]) -> Result<WriteOutcome, ClientError> {
+    match status {
+        StatusCode::OK => {
+            let written: Written = parse_json(body, "rendezvous write answer")?;
+            Ok(WriteOutcome::Written {
+                token: written.sequence_token,
+                expires_in: written.expires_in_ms.map(Duration::from_millis),
+            })
+        }
+        StatusCode::CONFLICT => Ok(WriteOutcome::Conflict),
+        StatusCode::NOT_FOUND => Ok(WriteOutcome::Gone),
+        _ => Err(ClientError::from_error_body(status, body)),
     }
 }
 

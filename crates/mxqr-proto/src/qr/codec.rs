@@ -461,10 +461,21 @@ fn check_url(field: QrField, s: &str) -> Result<(), QrError> {
     }
     let url = url::Url::parse(s).map_err(|e| invalid(UrlProblem::Parse(e)))?;
     match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback(&url) => Ok(()),
+        _ if is_secure_url(&url) => Ok(()),
         "http" => Err(QrError::InsecureUrl { field }),
         other => Err(invalid(UrlProblem::NotHttps(other.to_owned()))),
+    }
+}
+
+/// The transport rule for every server address a device talks to, whether a QR code, the
+/// other device or a server named it: https, or plain http to a loopback host only. One
+/// predicate, so the client applies to server answers exactly what the decoder applies to
+/// codes.
+pub fn is_secure_url(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => is_loopback(url),
+        _ => false,
     }
 }
 

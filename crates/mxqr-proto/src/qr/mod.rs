@@ -11,7 +11,8 @@ pub(crate) use codec::is_loopback;
 pub mod render;
 
 pub use codec::{
-    EncodeError, EncodeSettings, Msc4388IdLength, QrError, QrField, UrlProblem, msc4108, msc4388,
+    EncodeError, EncodeSettings, Msc4388IdLength, QrError, QrField, UrlProblem, is_secure_url,
+    msc4108, msc4388,
 };
 
 use crate::{DeviceKind, Generation, PublicKey};
