@@ -1,7 +1,9 @@
 //! `/keys/query` answers of a hostile server: read as the client reads every JSON answer,
 //! then each user's cross-signing keys and device keys through the checks the client relies
 //! on (master key shape, self-signing and user-signing keys signed by the master key, device
-//! keys self-signed and signed by the self-signing key). Never a panic.
+//! keys self-signed and signed by the self-signing key), and the new device's check of
+//! received secrets against the same answer, read also as a `/room_keys/version` answer.
+//! Never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +25,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(answer) = mxqr_client::body::parse_json::<Value>(data, "keys/query answer") else {
         return;
     };
+    // The new device's checks of received secrets, against a fixed pair of secrets (the
+    // inputs it gets from the other device are not the point here: the server's answer is).
+    let (cross_signing, backup) = secrets();
+    let _ = mxqr_keys::check_received_backup(backup, Some(&answer));
     for (user_id, master) in user_entries(&answer, "master_keys") {
+        let _ = mxqr_keys::published_cross_signing_keys(&answer, user_id);
+        let _ = mxqr_keys::check_received_cross_signing(cross_signing, &answer, user_id);
         let Ok(master) = mxqr_keys::cross_signing_public_key(master, user_id, KeyUsage::Master)
         else {
             continue;
@@ -49,6 +57,23 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// Secrets made once per process, as an existing device would send them.
+fn secrets() -> &'static (
+    mxqr_proto::messages::CrossSigningSecrets,
+    mxqr_proto::messages::BackupSecrets,
+) {
+    static SECRETS: std::sync::OnceLock<(
+        mxqr_proto::messages::CrossSigningSecrets,
+        mxqr_proto::messages::BackupSecrets,
+    )> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(|| {
+        (
+            mxqr_keys::CrossSigningKeys::new().to_secrets(),
+            mxqr_keys::BackupKey::new().to_backup_secrets("1"),
+        )
+    })
+}
 
 /// A JSON pointer token for `key` (RFC 6901).
 fn escape(key: &str) -> String {
