@@ -10,7 +10,7 @@
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::sqlite::{SqliteDb, backend};
+use super::sqlite::{LegacySqlite, backend};
 use super::{DbError, DbResult, TokenInfo};
 use crate::store::BoxFuture;
 
@@ -300,7 +300,7 @@ fn uploaded_key(row: &SqliteRow) -> Result<UploadedKey, sqlx::Error> {
     })
 }
 
-impl ClientDb for SqliteDb {
+impl ClientDb for LegacySqlite {
     fn token_status<'a>(
         &'a self,
         access_hash: &'a str,

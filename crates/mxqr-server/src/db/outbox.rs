@@ -7,8 +7,8 @@
 
 use sqlx::Row;
 
-use super::postgres::{PgDb, pg_error};
-use super::sqlite::{SqliteDb, backend};
+use super::postgres::{LegacyPg, pg_error};
+use super::sqlite::{LegacySqlite, backend};
 use super::{DbError, DbResult};
 use crate::store::BoxFuture;
 
@@ -121,7 +121,7 @@ fn entry(
     next_attempt_at: i64,
 ) -> DbResult<OutboxEntry> {
     let kind = OutboxKind::parse(kind)
-        .ok_or_else(|| DbError::Backend(format!("unknown outbox job kind {kind:?}")))?;
+        .ok_or_else(|| DbError::Unreadable(format!("unknown outbox job kind {kind:?}")))?;
     Ok(OutboxEntry {
         id,
         job: OutboxJob {
@@ -142,7 +142,7 @@ const OWNER_SQL: &str = "SELECT s.localpart, s.device_id FROM oauth_sessions s W
        SELECT session_id FROM access_tokens WHERE token_hash = $1 \
        UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)";
 
-impl OutboxDb for SqliteDb {
+impl OutboxDb for LegacySqlite {
     fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
         Box::pin(async move {
             let mut tx = self
@@ -255,7 +255,7 @@ impl OutboxDb for SqliteDb {
     }
 }
 
-impl OutboxDb for PgDb {
+impl OutboxDb for LegacyPg {
     fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
         self.bounded(async move {
             let mut tx = self.pool().begin().await.map_err(pg_error)?;
