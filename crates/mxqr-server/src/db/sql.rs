@@ -42,6 +42,15 @@ impl Dialect {
         }
     }
 
+    /// Like [`Self::for_update`], but leaving the foreign-key checks of other writes
+    /// unblocked (the row's key does not change).
+    pub(super) fn for_no_key_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR NO KEY UPDATE",
+        }
+    }
+
     /// Collation sorting text by bytes: SQLite's default, PostgreSQL's `"C"` whatever the
     /// database's own collation.
     pub(super) fn byte_order(self) -> &'static str {

@@ -1,5 +1,5 @@
-//! SQLite pool handle of the client-server half ([`super::ClientDb`], [`super::OutboxDb`])
-//! that is not yet on the shared code in [`super::repo`].
+//! SQLite pool handle of the outbox half ([`super::OutboxDb`]) that is not yet on the shared
+//! code.
 
 use sqlx::SqlitePool;
 
@@ -16,7 +16,7 @@ impl LegacySqlite {
         Self { pool }
     }
 
-    /// The pool, for the [`super::ClientDb`] implementation in `client.rs`.
+    /// The pool, for the [`super::OutboxDb`] implementation in `outbox.rs`.
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
