@@ -38,7 +38,11 @@ impl SqlDb {
         let mut attempt = 0;
         loop {
             match try_open_sqlite(path).await {
-                Ok(pool) => return Ok(Self::from_pool(Pool::Sqlite(pool))),
+                Ok(pool) => {
+                    return Ok(Self {
+                        pool: Pool::Sqlite(pool),
+                    });
+                }
                 Err(_) if attempt < OPEN_RETRIES => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
@@ -79,7 +83,9 @@ impl SqlDb {
             return Err(open_error(format!("migration failed: {e}")));
         }
         let gate = Arc::new(PgGate::new(max_connections));
-        Ok(Self::from_pool(Pool::Postgres { pool, gate }))
+        Ok(Self {
+            pool: Pool::Postgres { pool, gate },
+        })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

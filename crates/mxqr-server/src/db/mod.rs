@@ -10,12 +10,9 @@
 
 mod client;
 mod connect;
-mod legacy;
 mod outbox;
-mod postgres;
 mod repo;
 mod sql;
-mod sqlite;
 
 use std::sync::Arc;
 
@@ -30,14 +27,6 @@ pub use outbox::{OutboxDb, OutboxEntry, OutboxJob, OutboxKind};
 #[derive(Clone, Debug)]
 pub struct SqlDb {
     pool: sql::Pool,
-    legacy: legacy::Legacy,
-}
-
-impl SqlDb {
-    fn from_pool(pool: sql::Pool) -> Self {
-        let legacy = legacy::Legacy::new(&pool);
-        Self { pool, legacy }
-    }
 }
 
 /// The store opened on SQLite ([`SqlDb::open`]).
