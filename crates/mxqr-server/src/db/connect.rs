@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::sql::Pool;
-use super::{DbError, DbResult, SqlDb};
+use super::{DbError, DbResult, OpenFailure, SqlDb};
 use crate::pg_gate::PgGate;
 
 /// How long a SQLite writer waits for another (the admin CLI, another request) before failing.
@@ -47,10 +47,10 @@ impl SqlDb {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                 }
-                Err(detail) => {
+                Err(source) => {
                     return Err(DbError::Open {
                         path: path.display().to_string(),
-                        detail,
+                        source,
                     });
                 }
             }
@@ -65,22 +65,23 @@ impl SqlDb {
     /// applies each migration. The rendezvous set (`pg_migrations/`) may share the database
     /// and its `_sqlx_migrations` table: each migrator ignores the other's entries.
     pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
-        let open_error = |detail: String| DbError::Open {
+        let open_error = |source: OpenFailure| DbError::Open {
             path: redacted(url),
-            detail,
+            source,
         };
-        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(e.to_string()))?;
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| open_error(OpenFailure::Connect(e)))?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
-            .map_err(|e| open_error(e.to_string()))?;
+            .map_err(|e| open_error(OpenFailure::Connect(e)))?;
         let mut migrator = sqlx::migrate!("./pg_db_migrations");
         migrator.set_ignore_missing(true);
         if let Err(e) = migrator.run(&pool).await {
             pool.close().await;
-            return Err(open_error(format!("migration failed: {e}")));
+            return Err(open_error(OpenFailure::Migrate(e)));
         }
         let gate = Arc::new(PgGate::new(max_connections));
         Ok(Self {
@@ -94,10 +95,10 @@ impl SqlDb {
     }
 }
 
-async fn try_open_sqlite(path: &Path) -> Result<sqlx::SqlitePool, String> {
-    create_private_file(path).map_err(|e| e.to_string())?;
+async fn try_open_sqlite(path: &Path) -> Result<sqlx::SqlitePool, OpenFailure> {
+    create_private_file(path).map_err(OpenFailure::File)?;
     let options = SqliteConnectOptions::from_str("sqlite:")
-        .map_err(|e| e.to_string())?
+        .map_err(OpenFailure::Connect)?
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -108,10 +109,10 @@ async fn try_open_sqlite(path: &Path) -> Result<sqlx::SqlitePool, String> {
         .max_connections(4)
         .connect_with(options)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(OpenFailure::Connect)?;
     if let Err(e) = SQLITE_MIGRATOR.run(&pool).await {
         pool.close().await;
-        return Err(format!("migration failed: {e}"));
+        return Err(OpenFailure::Migrate(e));
     }
     Ok(pool)
 }
@@ -194,5 +195,23 @@ mod tests {
             Err(DbError::Conflict)
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An open that fails keeps its cause (here the file that cannot be created) as source.
+    #[tokio::test]
+    async fn open_failure_keeps_its_cause() {
+        let path = std::env::temp_dir()
+            .join(format!(
+                "mxqr-no-such-dir-{}",
+                hex::encode(rand::random::<[u8; 4]>())
+            ))
+            .join("mxqr.sqlite3");
+        let err = SqlDb::open(&path).await.unwrap_err();
+        let DbError::Open { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(matches!(source, OpenFailure::File(_)), "{source:?}");
+        let io = std::error::Error::source(source).expect("the io error");
+        assert!(io.downcast_ref::<std::io::Error>().is_some(), "{io:?}");
     }
 }

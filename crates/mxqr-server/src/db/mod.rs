@@ -49,12 +49,13 @@ pub enum DbError {
     #[error("not found")]
     NotFound,
     /// The database could not be opened or migrated.
-    #[error("cannot open database {path}: {detail}")]
+    #[error("cannot open database {path}: {source}")]
     Open {
         /// Location.
         path: String,
         /// Cause.
-        detail: String,
+        #[source]
+        source: OpenFailure,
     },
     /// The database cannot be reached or gave up on the call (connection lost, pool
     /// exhausted, timeout, shutdown): a retry may succeed, so clients get 503 with
@@ -78,6 +79,24 @@ pub enum DbError {
         /// Name pinned at first start.
         pinned: String,
     },
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFailure {
+    /// The SQLite file could not be created.
+    #[error("{0}")]
+    File(#[source] std::io::Error),
+    /// The URL is unusable or the database refused the connection.
+    #[error("{0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Something the server opens with the store failed (the rendezvous store, the
+    /// homeserver secret).
+    #[error("{0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Why the database could not be reached: both kinds are worth a retry.

@@ -132,6 +132,17 @@ fn entry(
     })
 }
 
+/// A stored job's columns (`attempts` is a 32-bit INTEGER on PostgreSQL).
+type OutboxRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i32,
+    i64,
+);
+
 impl OutboxDb for SqlDb {
     fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
         self.pool.run(async move {
@@ -158,16 +169,7 @@ impl OutboxDb for SqlDb {
     fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>> {
         self.pool.run(async move {
             let mut c = self.pool.acquire().await?;
-            // `attempts` is a 32-bit INTEGER on PostgreSQL.
-            let rows: Vec<(
-                i64,
-                String,
-                String,
-                Option<String>,
-                Option<String>,
-                i32,
-                i64,
-            )> = fetch!(
+            let rows: Vec<OutboxRow> = fetch!(
                 c.conn(),
                 fetch_all,
                 "SELECT id, kind, localpart, device_id, display_name, attempts, next_attempt_at \

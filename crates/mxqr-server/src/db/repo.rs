@@ -84,6 +84,17 @@ const GRANT_COLUMNS: &str = "SELECT user_code, client_id, scope, device_id, requ
      requester_ua, created_at, expires_at, interval_secs, last_poll_at, status, localpart, \
      lookups FROM device_grants";
 
+/// An OAuth session as a refresh reads it, with its user's lock.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    localpart: String,
+    device_id: String,
+    client_id: Option<String>,
+    scope: String,
+    revoked_at: Option<i64>,
+    locked: bool,
+}
+
 /// An authorization code as stored.
 #[derive(sqlx::FromRow)]
 struct CodeRow {
@@ -104,10 +115,11 @@ impl Tx {
     /// writes for the user unblocked.
     pub(super) async fn lock_user(&mut self, localpart: &str) -> DbResult<()> {
         if self.dialect() == Dialect::Postgres {
+            let lock = self.dialect().for_no_key_update();
             let _: Option<(i32,)> = fetch!(
                 self.conn(),
                 fetch_optional,
-                "SELECT 1 FROM users WHERE localpart = $1 FOR NO KEY UPDATE",
+                &format!("SELECT 1 FROM users WHERE localpart = $1{lock}"),
                 localpart
             )?;
         }
@@ -513,7 +525,7 @@ impl Db for SqlDb {
                 Dialect::Sqlite => "",
                 Dialect::Postgres => " FOR NO KEY UPDATE OF s",
             };
-            let session: Option<(String, String, Option<String>, String, Option<i64>, bool)> = fetch!(
+            let session: Option<SessionRow> = fetch!(
                 tx.conn(),
                 fetch_optional,
                 &format!(
@@ -523,16 +535,15 @@ impl Db for SqlDb {
                 ),
                 &session_id
             )?;
-            let Some((localpart, device_id, session_client, scope, session_revoked, locked)) =
-                session
-            else {
+            let Some(session) = session else {
                 return Ok(RefreshOutcome::Invalid);
             };
+            let (session_revoked, locked) = (session.revoked_at.is_some(), session.locked);
             let grant = Grant {
-                localpart,
-                device_id,
-                client_id: session_client,
-                scope,
+                localpart: session.localpart,
+                device_id: session.device_id,
+                client_id: session.client_id,
+                scope: session.scope,
             };
             let (used_at, replaced_by, revoked_at): (Option<i64>, Option<String>, Option<i64>) = fetch!(
                 tx.conn(),
@@ -545,7 +556,7 @@ impl Db for SqlDb {
                 refresh_hash
             )?;
             let other_client = client_id.is_some_and(|c| grant.client_id.as_deref() != Some(c));
-            if session_revoked.is_some() || revoked_at.is_some() || locked || other_client {
+            if session_revoked || revoked_at.is_some() || locked || other_client {
                 return Ok(RefreshOutcome::Invalid);
             }
             if let Some(used_at) = used_at {

@@ -355,4 +355,20 @@ mod tests {
         .unwrap();
         assert_eq!(missing, None);
     }
+
+    /// A failure keeps the driver's error as its source, for logs and for telling causes
+    /// apart, instead of flattening it to text.
+    #[tokio::test]
+    async fn errors_keep_the_driver_error_as_source() {
+        let pool = memory().await;
+        let mut conn = pool.acquire().await.unwrap();
+        let err = exec!(conn.conn(), "SELECT * FROM no_such_table").unwrap_err();
+        assert!(matches!(err, DbError::Backend(_)), "{err:?}");
+        let source = std::error::Error::source(&err).expect("a source");
+        let driver = source
+            .downcast_ref::<sqlx::Error>()
+            .expect("the sqlx error");
+        assert!(driver.as_database_error().is_some(), "{driver:?}");
+        assert!(err.to_string().contains("no_such_table"), "{err}");
+    }
 }
