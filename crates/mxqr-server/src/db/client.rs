@@ -2,10 +2,11 @@
 //! device edits, end-to-end-encryption keys, key-backup versions and account data.
 //!
 //! A supertrait of [`super::Db`], so `Arc<dyn Db>` reaches it, while the OAuth half of the
-//! trait stays untouched; implemented once for both back ends, like `repo.rs`. The store knows nothing about
-//! signatures: handlers verify, then store JSON text. Updates that merge signatures into a
-//! stored object are compare-and-swap ([`ClientDb::swap_device_keys`]), so two concurrent
-//! merges cannot lose each other's signature and the back end needs no JSON support.
+//! trait stays untouched; implemented once for both back ends, like `repo.rs`. The store
+//! knows nothing about signatures: handlers verify, then store JSON text. Updates that merge
+//! signatures into a stored object are compare-and-swap ([`ClientDb::swap_device_keys`]), so
+//! two concurrent merges cannot lose each other's signature and the back end needs no JSON
+//! support.
 
 use super::sql::{Tx, exec, fetch, scalar};
 use super::{DbError, DbResult, SqlDb, TokenInfo};

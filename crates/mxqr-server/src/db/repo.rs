@@ -1,11 +1,12 @@
 //! The accounts and OAuth half of the store ([`Db`]), written once for both back ends.
 //!
-//! Each method is one call of [`Pool::run`]: a single statement on a pooled connection, or a
-//! transaction ([`Pool::begin`]) committed at its end. The locking the back ends differ in is
-//! in [`Tx`]'s lock helpers and [`super::sql::Dialect`]: on SQLite they are no-ops (the
-//! transaction holds the one write lock from its start); on PostgreSQL the code, device
-//! grant or OAuth session being redeemed is locked `FOR UPDATE` and re-read, so a second
-//! instance racing on it waits and then sees the first one's result. Locks are taken in one
+//! Each method is one call of [`super::sql::Pool::run`]: a single statement on a pooled
+//! connection, or a transaction ([`super::sql::Pool::begin`]) committed at its end. The
+//! locking the back ends differ in is in [`Tx`]'s lock helpers and [`super::sql::Dialect`]:
+//! on SQLite they are no-ops (the transaction holds the one write lock from its start); on
+//! PostgreSQL the code, device grant or OAuth session being redeemed is locked `FOR UPDATE`
+//! and re-read, so a second instance racing on it waits and then sees the first one's
+//! result. Locks are taken in one
 //! order everywhere (code or grant, then user, then session, then tokens) so that racing
 //! transactions queue instead of deadlocking.
 
@@ -94,6 +95,9 @@ struct SessionRow {
     revoked_at: Option<i64>,
     locked: bool,
 }
+
+/// A refresh token's `used_at`, `replaced_by` and `revoked_at`.
+type RefreshState = (Option<i64>, Option<String>, Option<i64>);
 
 /// An authorization code as stored.
 #[derive(sqlx::FromRow)]
@@ -545,7 +549,7 @@ impl Db for SqlDb {
                 client_id: session.client_id,
                 scope: session.scope,
             };
-            let (used_at, replaced_by, revoked_at): (Option<i64>, Option<String>, Option<i64>) = fetch!(
+            let (used_at, replaced_by, revoked_at): RefreshState = fetch!(
                 tx.conn(),
                 fetch_one,
                 &format!(
