@@ -1,17 +1,15 @@
 //! The store side of the client-server endpoints a QR sign-in touches: bearer-token status,
 //! device edits, end-to-end-encryption keys, key-backup versions and account data.
 //!
-//! A supertrait of [`super::Db`], so every back end implements it and `Arc<dyn Db>` reaches
-//! it, while the OAuth half of the trait stays untouched. The store knows nothing about
-//! signatures: handlers verify, then store JSON text. Updates that merge signatures into a
-//! stored object are compare-and-swap ([`ClientDb::swap_device_keys`]), so two concurrent
-//! merges cannot lose each other's signature and the back end needs no JSON support.
+//! A supertrait of [`super::Db`], so `Arc<dyn Db>` reaches it, while the OAuth half of the
+//! trait stays untouched; implemented once for both back ends, like `repo.rs`. The store
+//! knows nothing about signatures: handlers verify, then store JSON text. Updates that merge
+//! signatures into a stored object are compare-and-swap ([`ClientDb::swap_device_keys`]), so
+//! two concurrent merges cannot lose each other's signature and the back end needs no JSON
+//! support.
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
-
-use super::sqlite::{SqliteDb, backend};
-use super::{DbError, DbResult, TokenInfo};
+use super::sql::{Tx, exec, fetch, scalar};
+use super::{DbError, DbResult, SqlDb, TokenInfo};
 use crate::store::BoxFuture;
 
 /// What a presented access token (by hash) stands for, with the reason when it is unusable:
@@ -267,83 +265,111 @@ pub(super) fn entry_bytes(data_type: &str, content: &str) -> i64 {
     i64::try_from(data_type.len() + content.len()).unwrap_or(i64::MAX)
 }
 
-/// Removes key rows left by an earlier device with this ID (older than the device row).
-async fn purge_stale(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    localpart: &str,
-    device_id: &str,
-) -> Result<(), sqlx::Error> {
-    for (table, column) in [
-        ("e2e_device_keys", "updated_at"),
-        ("e2e_one_time_keys", "created_at"),
-        ("e2e_fallback_keys", "created_at"),
-    ] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE localpart = ? AND device_id = ? AND {column} < \
-             (SELECT created_at FROM devices WHERE localpart = ? AND device_id = ?)"
-        ))
-        .bind(localpart)
-        .bind(device_id)
-        .bind(localpart)
-        .bind(device_id)
-        .execute(&mut **tx)
-        .await?;
+impl Tx {
+    /// Serializes the key writes of one device (uploads, claims) on PostgreSQL; `false` if
+    /// there is no device.
+    async fn lock_device(&mut self, localpart: &str, device_id: &str) -> DbResult<bool> {
+        let lock = self.dialect().for_no_key_update();
+        let row: Option<(i32,)> = fetch!(
+            self.conn(),
+            fetch_optional,
+            &format!("SELECT 1 FROM devices WHERE localpart = $1 AND device_id = $2{lock}"),
+            localpart,
+            device_id
+        )?;
+        Ok(row.is_some())
     }
-    Ok(())
+
+    /// Removes key rows left by an earlier device with this ID (older than the device row).
+    async fn purge_stale(&mut self, localpart: &str, device_id: &str) -> DbResult<()> {
+        for (table, column) in [
+            ("e2e_device_keys", "updated_at"),
+            ("e2e_one_time_keys", "created_at"),
+            ("e2e_fallback_keys", "created_at"),
+        ] {
+            exec!(
+                self.conn(),
+                &format!(
+                    "DELETE FROM {table} WHERE localpart = $1 AND device_id = $2 AND {column} < \
+                     (SELECT created_at FROM devices WHERE localpart = $1 AND device_id = $2)"
+                ),
+                localpart,
+                device_id
+            )?;
+        }
+        Ok(())
+    }
 }
 
-fn uploaded_key(row: &SqliteRow) -> Result<UploadedKey, sqlx::Error> {
-    Ok(UploadedKey {
-        algorithm: row.try_get("algorithm")?,
-        key_id: row.try_get("key_id")?,
-        key_json: row.try_get("key_json")?,
-    })
+type KeyRow = (String, String, String);
+
+fn uploaded_key((algorithm, key_id, key_json): KeyRow) -> UploadedKey {
+    UploadedKey {
+        algorithm,
+        key_id,
+        key_json,
+    }
 }
 
-impl ClientDb for SqliteDb {
+impl ClientDb for SqlDb {
     fn token_status<'a>(
         &'a self,
         access_hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<TokenStatus>> {
-        Box::pin(async move {
-            let row = sqlx::query(
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            type StatusRow = (
+                String,
+                String,
+                String,
+                String,
+                i64,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                bool,
+            );
+            let row: Option<StatusRow> = fetch!(
+                c.conn(),
+                fetch_optional,
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.used_at, t.revoked_at AS token_revoked, s.revoked_at AS session_revoked, u.locked \
+                 t.used_at, t.revoked_at, s.revoked_at, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
-                 JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = ?",
-            )
-            .bind(access_hash)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(backend)?;
-            let Some(row) = row else {
+                 JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
+                access_hash
+            )?;
+            let Some((
+                localpart,
+                device_id,
+                scope,
+                session_id,
+                expires_at,
+                used_at,
+                token_revoked,
+                session_revoked,
+                locked,
+            )) = row
+            else {
                 return Ok(TokenStatus::Unknown);
             };
-            let read = || -> Result<TokenStatus, sqlx::Error> {
-                // Locking revokes sessions too: report the lock, which is what the user can act on.
-                if row.try_get::<i64, _>("locked")? != 0 {
-                    return Ok(TokenStatus::Locked);
-                }
-                if row.try_get::<Option<i64>, _>("token_revoked")?.is_some()
-                    || row.try_get::<Option<i64>, _>("session_revoked")?.is_some()
-                {
-                    return Ok(TokenStatus::Revoked);
-                }
-                let expires_at: i64 = row.try_get("expires_at")?;
-                if expires_at <= now {
-                    return Ok(TokenStatus::Expired);
-                }
-                Ok(TokenStatus::Live(TokenInfo {
-                    localpart: row.try_get("localpart")?,
-                    device_id: row.try_get("device_id")?,
-                    scope: row.try_get("scope")?,
+            // Locking revokes sessions too: report the lock, which is what the user can act on.
+            Ok(if locked {
+                TokenStatus::Locked
+            } else if token_revoked.is_some() || session_revoked.is_some() {
+                TokenStatus::Revoked
+            } else if expires_at <= now {
+                TokenStatus::Expired
+            } else {
+                TokenStatus::Live(TokenInfo {
+                    localpart,
+                    device_id,
+                    scope,
                     expires_at,
-                    session_id: row.try_get("session_id")?,
-                    used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
-                }))
-            };
-            read().map_err(backend)
+                    session_id,
+                    used: used_at.is_some(),
+                })
+            })
         })
     }
 
@@ -353,17 +379,16 @@ impl ClientDb for SqliteDb {
         device_id: &'a str,
         display_name: Option<&'a str>,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE devices SET display_name = ? WHERE localpart = ? AND device_id = ?",
-            )
-            .bind(display_name)
-            .bind(localpart)
-            .bind(device_id)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
-            Ok(done.rows_affected() > 0)
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
+                display_name,
+                localpart,
+                device_id
+            )?;
+            Ok(done > 0)
         })
     }
 
@@ -372,34 +397,12 @@ impl ClientDb for SqliteDb {
         localpart: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<u64>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
-            let live =
-                "SELECT session_id FROM oauth_sessions WHERE localpart = ? AND revoked_at IS NULL";
-            for table in ["access_tokens", "refresh_tokens"] {
-                sqlx::query(&format!(
-                    "UPDATE {table} SET revoked_at = ? WHERE revoked_at IS NULL AND session_id IN ({live})"
-                ))
-                .bind(now)
-                .bind(localpart)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            }
-            let done = sqlx::query(
-                "UPDATE oauth_sessions SET revoked_at = ? WHERE localpart = ? AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(localpart)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(done.rows_affected())
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
+            tx.lock_user(localpart).await?;
+            let n = tx.revoke_user_sessions(localpart, None, now).await?;
+            tx.commit().await?;
+            Ok(n)
         })
     }
 
@@ -408,41 +411,42 @@ impl ClientDb for SqliteDb {
         localpart: &'a str,
         device_ids: &'a [String],
     ) -> BoxFuture<'a, DbResult<Vec<StoredDeviceKeys>>> {
-        Box::pin(async move {
-            let base = "SELECT k.device_id, k.key_json, d.display_name FROM e2e_device_keys k \
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                        WHERE k.localpart = ? AND k.updated_at >= d.created_at";
-            let rows = if device_ids.is_empty() {
-                sqlx::query(&format!("{base} ORDER BY k.device_id"))
-                    .bind(localpart)
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(backend)?
+                        WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
+            let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
+                let order = self.pool.dialect().byte_order();
+                fetch!(
+                    c.conn(),
+                    fetch_all,
+                    &format!("{base} ORDER BY k.device_id{order}"),
+                    localpart
+                )?
             } else {
+                // In the order asked for.
                 let mut rows = Vec::new();
                 for device_id in device_ids {
-                    if let Some(row) = sqlx::query(&format!("{base} AND k.device_id = ?"))
-                        .bind(localpart)
-                        .bind(device_id)
-                        .fetch_optional(self.pool())
-                        .await
-                        .map_err(backend)?
-                    {
-                        rows.push(row);
-                    }
+                    let row: Option<(String, Option<String>, String)> = fetch!(
+                        c.conn(),
+                        fetch_optional,
+                        &format!("{base} AND k.device_id = $2"),
+                        localpart,
+                        device_id
+                    )?;
+                    rows.extend(row);
                 }
                 rows
             };
-            rows.iter()
-                .map(|row| {
-                    Ok(StoredDeviceKeys {
-                        device_id: row.try_get("device_id")?,
-                        display_name: row.try_get("display_name")?,
-                        key_json: row.try_get("key_json")?,
-                    })
+            Ok(rows
+                .into_iter()
+                .map(|(device_id, display_name, key_json)| StoredDeviceKeys {
+                    device_id,
+                    display_name,
+                    key_json,
                 })
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(backend)
+                .collect())
         })
     }
 
@@ -454,43 +458,35 @@ impl ClientDb for SqliteDb {
         new: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        Box::pin(async move {
+        self.pool.run(async move {
             let Some(old) = old else {
-                let mut tx = self
-                    .pool()
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(backend)?;
-                purge_stale(&mut tx, localpart, device_id)
-                    .await
-                    .map_err(backend)?;
-                let done = sqlx::query(
+                let mut tx = self.pool.begin().await?;
+                tx.lock_device(localpart, device_id).await?;
+                tx.purge_stale(localpart, device_id).await?;
+                let done = exec!(
+                    tx.conn(),
                     "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                     VALUES (?, ?, ?, ?) ON CONFLICT (localpart, device_id) DO NOTHING",
-                )
-                .bind(localpart)
-                .bind(device_id)
-                .bind(new)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-                tx.commit().await.map_err(backend)?;
-                return Ok(done.rows_affected() > 0);
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
+                    localpart,
+                    device_id,
+                    new,
+                    now
+                )?;
+                tx.commit().await?;
+                return Ok(done > 0);
             };
-            let done = sqlx::query(
-                "UPDATE e2e_device_keys SET key_json = ?, updated_at = ? \
-                     WHERE localpart = ? AND device_id = ? AND key_json = ?",
-            )
-            .bind(new)
-            .bind(now)
-            .bind(localpart)
-            .bind(device_id)
-            .bind(old)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
-            Ok(done.rows_affected() > 0)
+            let mut c = self.pool.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
+                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                new,
+                now,
+                localpart,
+                device_id,
+                old
+            )?;
+            Ok(done > 0)
         })
     }
 
@@ -501,49 +497,42 @@ impl ClientDb for SqliteDb {
         keys: &'a [UploadedKey],
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
-            purge_stale(&mut tx, localpart, device_id)
-                .await
-                .map_err(backend)?;
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
+            // Two identical uploads racing must both succeed, not collide on the key.
+            tx.lock_device(localpart, device_id).await?;
+            tx.purge_stale(localpart, device_id).await?;
             for key in keys {
-                let existing: Option<String> = sqlx::query_scalar(
+                let existing: Option<String> = scalar!(
+                    tx.conn(),
+                    fetch_optional,
                     "SELECT key_json FROM e2e_one_time_keys \
-                     WHERE localpart = ? AND device_id = ? AND algorithm = ? AND key_id = ?",
-                )
-                .bind(localpart)
-                .bind(device_id)
-                .bind(&key.algorithm)
-                .bind(&key.key_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+                    localpart,
+                    device_id,
+                    &key.algorithm,
+                    &key.key_id
+                )?;
                 match existing {
                     Some(json) if json == key.key_json => {}
                     Some(_) => return Err(DbError::Conflict),
                     None => {
-                        sqlx::query(
+                        exec!(
+                            tx.conn(),
                             "INSERT INTO e2e_one_time_keys \
                              (localpart, device_id, algorithm, key_id, key_json, created_at) \
-                             VALUES (?, ?, ?, ?, ?, ?)",
-                        )
-                        .bind(localpart)
-                        .bind(device_id)
-                        .bind(&key.algorithm)
-                        .bind(&key.key_id)
-                        .bind(&key.key_json)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                            localpart,
+                            device_id,
+                            &key.algorithm,
+                            &key.key_id,
+                            &key.key_json,
+                            now
+                        )?;
                     }
                 }
             }
-            tx.commit().await.map_err(backend)
+            tx.commit().await
         })
     }
 
@@ -552,22 +541,22 @@ impl ClientDb for SqliteDb {
         localpart: &'a str,
         device_id: &'a str,
     ) -> BoxFuture<'a, DbResult<Vec<(String, i64)>>> {
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT k.algorithm, COUNT(*) AS n FROM e2e_one_time_keys k \
-                 JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                 WHERE k.localpart = ? AND k.device_id = ? AND k.created_at >= d.created_at \
-                 GROUP BY k.algorithm ORDER BY k.algorithm",
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let order = self.pool.dialect().byte_order();
+            fetch!(
+                c.conn(),
+                fetch_all,
+                &format!(
+                    "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
+                     JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
+                     WHERE k.localpart = $1 AND k.device_id = $2 \
+                       AND k.created_at >= d.created_at \
+                     GROUP BY k.algorithm ORDER BY k.algorithm{order}"
+                ),
+                localpart,
+                device_id
             )
-            .bind(localpart)
-            .bind(device_id)
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
-            rows.iter()
-                .map(|row| Ok((row.try_get("algorithm")?, row.try_get("n")?)))
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(backend)
         })
     }
 
@@ -578,34 +567,28 @@ impl ClientDb for SqliteDb {
         key: &'a UploadedKey,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
-            purge_stale(&mut tx, localpart, device_id)
-                .await
-                .map_err(backend)?;
-            sqlx::query(
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
+            tx.lock_device(localpart, device_id).await?;
+            tx.purge_stale(localpart, device_id).await?;
+            exec!(
+                tx.conn(),
                 "INSERT INTO e2e_fallback_keys \
                  (localpart, device_id, algorithm, key_id, key_json, used, created_at) \
-                 VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
-                 SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0, \
+                 VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
+                 ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
+                 SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE, \
                  created_at = excluded.created_at \
                  WHERE e2e_fallback_keys.key_id <> excluded.key_id \
                     OR e2e_fallback_keys.key_json <> excluded.key_json",
-            )
-            .bind(localpart)
-            .bind(device_id)
-            .bind(&key.algorithm)
-            .bind(&key.key_id)
-            .bind(&key.key_json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            tx.commit().await.map_err(backend)
+                localpart,
+                device_id,
+                &key.algorithm,
+                &key.key_id,
+                &key.key_json,
+                now
+            )?;
+            tx.commit().await
         })
     }
 
@@ -615,82 +598,44 @@ impl ClientDb for SqliteDb {
         device_id: &'a str,
         algorithm: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<UploadedKey>>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
-            let exists: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM devices WHERE localpart = ? AND device_id = ?",
-            )
-            .bind(localpart)
-            .bind(device_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if exists == 0 {
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
+            // Claims of one device queue here, so a one-time key is handed out only once.
+            if !tx.lock_device(localpart, device_id).await? {
                 return Ok(None);
             }
-            purge_stale(&mut tx, localpart, device_id)
-                .await
-                .map_err(backend)?;
-            let one_time = sqlx::query(
-                "SELECT algorithm, key_id, key_json FROM e2e_one_time_keys \
-                 WHERE localpart = ? AND device_id = ? AND algorithm = ? \
-                 ORDER BY created_at, key_id LIMIT 1",
-            )
-            .bind(localpart)
-            .bind(device_id)
-            .bind(algorithm)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let claimed = if let Some(row) = one_time {
-                let key = uploaded_key(&row).map_err(backend)?;
-                sqlx::query(
+            tx.purge_stale(localpart, device_id).await?;
+            let order = tx.dialect().byte_order();
+            let one_time: Option<KeyRow> = fetch!(
+                tx.conn(),
+                fetch_optional,
+                &format!(
                     "DELETE FROM e2e_one_time_keys \
-                     WHERE localpart = ? AND device_id = ? AND algorithm = ? AND key_id = ?",
-                )
-                .bind(localpart)
-                .bind(device_id)
-                .bind(algorithm)
-                .bind(&key.key_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-                Some(key)
-            } else {
-                let fallback = sqlx::query(
-                    "SELECT algorithm, key_id, key_json FROM e2e_fallback_keys \
-                     WHERE localpart = ? AND device_id = ? AND algorithm = ?",
-                )
-                .bind(localpart)
-                .bind(device_id)
-                .bind(algorithm)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-                if fallback.is_some() {
-                    sqlx::query(
-                        "UPDATE e2e_fallback_keys SET used = 1 \
-                         WHERE localpart = ? AND device_id = ? AND algorithm = ?",
-                    )
-                    .bind(localpart)
-                    .bind(device_id)
-                    .bind(algorithm)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                }
-                fallback
-                    .as_ref()
-                    .map(uploaded_key)
-                    .transpose()
-                    .map_err(backend)?
+                     WHERE (localpart, device_id, algorithm, key_id) = ( \
+                       SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
+                       WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                       ORDER BY created_at, key_id{order} LIMIT 1) \
+                     RETURNING algorithm, key_id, key_json"
+                ),
+                localpart,
+                device_id,
+                algorithm
+            )?;
+            let claimed = match one_time {
+                Some(row) => Some(row),
+                None => fetch!(
+                    tx.conn(),
+                    fetch_optional,
+                    "UPDATE e2e_fallback_keys SET used = TRUE \
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                     RETURNING algorithm, key_id, key_json",
+                    localpart,
+                    device_id,
+                    algorithm
+                )?,
             };
-            tx.commit().await.map_err(backend)?;
-            Ok(claimed)
+            tx.commit().await?;
+            Ok(claimed.map(uploaded_key))
         })
     }
 
@@ -698,19 +643,18 @@ impl ClientDb for SqliteDb {
         &'a self,
         localpart: &'a str,
     ) -> BoxFuture<'a, DbResult<Vec<(String, String)>>> {
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT key_usage, key_json FROM e2e_cross_signing_keys WHERE localpart = ? \
-                 ORDER BY key_usage",
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let order = self.pool.dialect().byte_order();
+            fetch!(
+                c.conn(),
+                fetch_all,
+                &format!(
+                    "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
+                     WHERE localpart = $1 ORDER BY key_usage{order}"
+                ),
+                localpart
             )
-            .bind(localpart)
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
-            rows.iter()
-                .map(|row| Ok((row.try_get("key_usage")?, row.try_get("key_json")?)))
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(backend)
         })
     }
 
@@ -721,34 +665,29 @@ impl ClientDb for SqliteDb {
         consume_reset: bool,
         now: i64,
     ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
             for (usage, json) in keys {
-                sqlx::query(
-                    "INSERT INTO e2e_cross_signing_keys (localpart, key_usage, key_json, updated_at) \
-                     VALUES (?, ?, ?, ?) ON CONFLICT (localpart, key_usage) DO UPDATE \
+                exec!(
+                    tx.conn(),
+                    "INSERT INTO e2e_cross_signing_keys \
+                     (localpart, key_usage, key_json, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, key_usage) DO UPDATE \
                      SET key_json = excluded.key_json, updated_at = excluded.updated_at",
-                )
-                .bind(localpart)
-                .bind(usage)
-                .bind(json)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+                    localpart,
+                    usage,
+                    json,
+                    now
+                )?;
             }
             if consume_reset {
-                sqlx::query("DELETE FROM cross_signing_resets WHERE localpart = ?")
-                    .bind(localpart)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
+                exec!(
+                    tx.conn(),
+                    "DELETE FROM cross_signing_resets WHERE localpart = $1",
+                    localpart
+                )?;
             }
-            tx.commit().await.map_err(backend)
+            tx.commit().await
         })
     }
 
@@ -760,20 +699,19 @@ impl ClientDb for SqliteDb {
         new: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE e2e_cross_signing_keys SET key_json = ?, updated_at = ? \
-                 WHERE localpart = ? AND key_usage = ? AND key_json = ?",
-            )
-            .bind(new)
-            .bind(now)
-            .bind(localpart)
-            .bind(usage)
-            .bind(old)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
-            Ok(done.rows_affected() > 0)
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
+                 WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
+                new,
+                now,
+                localpart,
+                usage,
+                old
+            )?;
+            Ok(done > 0)
         })
     }
 
@@ -785,21 +723,21 @@ impl ClientDb for SqliteDb {
         signer_key_id: &'a str,
         signature: &'a str,
     ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async move {
-            sqlx::query(
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            exec!(
+                c.conn(),
                 "INSERT INTO e2e_user_signatures \
-                 (signer, target_user_id, target_key_id, signer_key_id, signature) VALUES (?, ?, ?, ?, ?) \
+                 (signer, target_user_id, target_key_id, signer_key_id, signature) \
+                 VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
                  DO UPDATE SET signature = excluded.signature",
-            )
-            .bind(signer)
-            .bind(target_user_id)
-            .bind(target_key_id)
-            .bind(signer_key_id)
-            .bind(signature)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
+                signer,
+                target_user_id,
+                target_key_id,
+                signer_key_id,
+                signature
+            )?;
             Ok(())
         })
     }
@@ -809,26 +747,20 @@ impl ClientDb for SqliteDb {
         signer: &'a str,
         target_user_id: &'a str,
     ) -> BoxFuture<'a, DbResult<Vec<(String, String, String)>>> {
-        Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
-                 WHERE signer = ? AND target_user_id = ? ORDER BY target_key_id, signer_key_id",
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let order = self.pool.dialect().byte_order();
+            fetch!(
+                c.conn(),
+                fetch_all,
+                &format!(
+                    "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
+                     WHERE signer = $1 AND target_user_id = $2 \
+                     ORDER BY target_key_id{order}, signer_key_id{order}"
+                ),
+                signer,
+                target_user_id
             )
-            .bind(signer)
-            .bind(target_user_id)
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
-            rows.iter()
-                .map(|row| {
-                    Ok((
-                        row.try_get("target_key_id")?,
-                        row.try_get("signer_key_id")?,
-                        row.try_get("signature")?,
-                    ))
-                })
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(backend)
         })
     }
 
@@ -839,33 +771,29 @@ impl ClientDb for SqliteDb {
         auth_data: &'a str,
         now: i64,
     ) -> BoxFuture<'a, DbResult<i64>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
-            let last: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = ?",
-            )
-            .bind(localpart)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
+            // Creations of one user queue here, so each gets the next number.
+            tx.lock_user(localpart).await?;
+            let last: Option<i64> = scalar!(
+                tx.conn(),
+                fetch_one,
+                "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
+                localpart
+            )?;
             let version = last.unwrap_or(0) + 1;
-            sqlx::query(
+            exec!(
+                tx.conn(),
                 "INSERT INTO e2e_backup_versions \
-                 (localpart, version, algorithm, auth_data, etag, created_at) VALUES (?, ?, ?, ?, 0, ?)",
-            )
-            .bind(localpart)
-            .bind(version)
-            .bind(algorithm)
-            .bind(auth_data)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
+                 (localpart, version, algorithm, auth_data, etag, created_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5)",
+                localpart,
+                version,
+                algorithm,
+                auth_data,
+                now
+            )?;
+            tx.commit().await?;
             Ok(version)
         })
     }
@@ -875,35 +803,33 @@ impl ClientDb for SqliteDb {
         localpart: &'a str,
         version: Option<i64>,
     ) -> BoxFuture<'a, DbResult<Option<BackupVersion>>> {
-        Box::pin(async move {
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
             let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
-                        WHERE localpart = ? AND deleted_at IS NULL";
-            let row = match version {
-                Some(version) => {
-                    sqlx::query(&format!("{base} AND version = ?"))
-                        .bind(localpart)
-                        .bind(version)
-                        .fetch_optional(self.pool())
-                        .await
-                }
-                None => {
-                    sqlx::query(&format!("{base} ORDER BY version DESC LIMIT 1"))
-                        .bind(localpart)
-                        .fetch_optional(self.pool())
-                        .await
-                }
-            }
-            .map_err(backend)?;
-            row.map(|row| {
-                Ok(BackupVersion {
-                    version: row.try_get("version")?,
-                    algorithm: row.try_get("algorithm")?,
-                    auth_data: row.try_get("auth_data")?,
-                    etag: row.try_get("etag")?,
-                })
-            })
-            .transpose()
-            .map_err(backend)
+                        WHERE localpart = $1 AND deleted_at IS NULL";
+            let row: Option<(i64, String, String, i64)> = match version {
+                Some(version) => fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    &format!("{base} AND version = $2"),
+                    localpart,
+                    version
+                )?,
+                None => fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    &format!("{base} ORDER BY version DESC LIMIT 1"),
+                    localpart
+                )?,
+            };
+            Ok(
+                row.map(|(version, algorithm, auth_data, etag)| BackupVersion {
+                    version,
+                    algorithm,
+                    auth_data,
+                    etag,
+                }),
+            )
         })
     }
 
@@ -913,18 +839,17 @@ impl ClientDb for SqliteDb {
         version: i64,
         auth_data: &'a str,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE e2e_backup_versions SET auth_data = ? \
-                 WHERE localpart = ? AND version = ? AND deleted_at IS NULL",
-            )
-            .bind(auth_data)
-            .bind(localpart)
-            .bind(version)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
-            Ok(done.rows_affected() > 0)
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_backup_versions SET auth_data = $1 \
+                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+                auth_data,
+                localpart,
+                version
+            )?;
+            Ok(done > 0)
         })
     }
 
@@ -934,18 +859,17 @@ impl ClientDb for SqliteDb {
         version: i64,
         now: i64,
     ) -> BoxFuture<'a, DbResult<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE e2e_backup_versions SET deleted_at = ? \
-                 WHERE localpart = ? AND version = ? AND deleted_at IS NULL",
-            )
-            .bind(now)
-            .bind(localpart)
-            .bind(version)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
-            Ok(done.rows_affected() > 0)
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_backup_versions SET deleted_at = $1 \
+                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+                now,
+                localpart,
+                version
+            )?;
+            Ok(done > 0)
         })
     }
 
@@ -954,15 +878,15 @@ impl ClientDb for SqliteDb {
         localpart: &'a str,
         data_type: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<String>>> {
-        Box::pin(async move {
-            sqlx::query_scalar(
-                "SELECT content FROM account_data WHERE localpart = ? AND data_type = ?",
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            scalar!(
+                c.conn(),
+                fetch_optional,
+                "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
+                localpart,
+                data_type
             )
-            .bind(localpart)
-            .bind(data_type)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(backend)
         })
     }
 
@@ -974,40 +898,35 @@ impl ClientDb for SqliteDb {
         now: i64,
         quota: AccountDataQuota,
     ) -> BoxFuture<'a, DbResult<AccountDataWrite>> {
-        Box::pin(async move {
-            // The write lock is taken up front: no other write can slip past the quota.
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
-            let (entries, bytes): (i64, i64) = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(data_type AS BLOB)) \
-                 + LENGTH(CAST(content AS BLOB))), 0) \
-                 FROM account_data WHERE localpart = ? AND data_type <> ?",
-            )
-            .bind(localpart)
-            .bind(data_type)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
+            // This user's writes are serialized (the user lock; on SQLite the write lock taken
+            // up front), so two cannot both pass the quota.
+            tx.lock_user(localpart).await?;
+            let (entries, bytes): (i64, i64) = fetch!(
+                tx.conn(),
+                fetch_one,
+                "SELECT COUNT(*), \
+                 CAST(COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0) AS BIGINT) \
+                 FROM account_data WHERE localpart = $1 AND data_type <> $2",
+                localpart,
+                data_type
+            )?;
             let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
             if verdict != AccountDataWrite::Stored {
                 return Ok(verdict);
             }
-            sqlx::query(
+            exec!(
+                tx.conn(),
                 "INSERT INTO account_data (localpart, data_type, content, updated_at) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (localpart, data_type) DO UPDATE \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
                  SET content = excluded.content, updated_at = excluded.updated_at",
-            )
-            .bind(localpart)
-            .bind(data_type)
-            .bind(content)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
+                localpart,
+                data_type,
+                content,
+                now
+            )?;
+            tx.commit().await?;
             Ok(AccountDataWrite::Stored)
         })
     }

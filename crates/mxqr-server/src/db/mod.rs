@@ -1,16 +1,18 @@
 //! Persistent store for accounts, OAuth 2.0 clients, grants and tokens, behind one async trait.
 //!
 //! The HTTP layer and `mxqr admin` speak only to [`Db`], opened by [`open`]: SQLite
-//! ([`SqliteDb`], `migrations/`) by default, PostgreSQL ([`PgDb`], `pg_db_migrations/`) when
-//! `database.url` is set, so that several instances can share accounts and tokens. Every
-//! operation that must be atomic (redeeming a code once, rotating a refresh token, redeeming a
-//! device grant once) is one trait method, so each back end implements it as one transaction.
+//! (`migrations/`) by default, PostgreSQL (`pg_db_migrations/`) when `database.url` is set, so
+//! that several instances can share accounts and tokens. Both are one type, [`SqlDb`], whose
+//! code and query text are shared (`repo.rs` on top of `sql.rs`). Every operation that must be
+//! atomic (redeeming a code once, rotating a refresh token, redeeming a device grant once) is
+//! one trait method, implemented as one transaction.
 //! Secrets never reach this layer: callers pass SHA-256 digests (hex) of codes and tokens.
 
 mod client;
+mod connect;
 mod outbox;
-mod postgres;
-mod sqlite;
+mod repo;
+mod sql;
 
 use std::sync::Arc;
 
@@ -19,8 +21,18 @@ pub use client::{
     UploadedKey,
 };
 pub use outbox::{OutboxDb, OutboxEntry, OutboxJob, OutboxKind};
-pub use postgres::PgDb;
-pub use sqlite::SqliteDb;
+
+/// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
+/// code and query text serves both (crate README, "Storage").
+#[derive(Clone, Debug)]
+pub struct SqlDb {
+    pool: sql::Pool,
+}
+
+/// The store opened on SQLite ([`SqlDb::open`]).
+pub type SqliteDb = SqlDb;
+/// The store connected to PostgreSQL ([`SqlDb::connect`]).
+pub type PgDb = SqlDb;
 
 use crate::store::BoxFuture;
 
@@ -37,21 +49,25 @@ pub enum DbError {
     #[error("not found")]
     NotFound,
     /// The database could not be opened or migrated.
-    #[error("cannot open database {path}: {detail}")]
+    #[error("cannot open database {path}: {source}")]
     Open {
         /// Location.
         path: String,
         /// Cause.
-        detail: String,
+        #[source]
+        source: OpenFailure,
     },
     /// The database cannot be reached or gave up on the call (connection lost, pool
     /// exhausted, timeout, shutdown): a retry may succeed, so clients get 503 with
     /// `Retry-After`.
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Unreachable),
     /// Any other database failure.
     #[error("database error: {0}")]
-    Backend(String),
+    Backend(#[source] sqlx::Error),
+    /// A stored row holds a value this version cannot read (e.g. an unknown outbox job kind).
+    #[error("unreadable stored value: {0}")]
+    Unreadable(String),
     /// The configured server name is not the one the database was created with.
     #[error(
         "server name {configured:?} differs from {pinned:?}, the name this database was first \
@@ -63,6 +79,36 @@ pub enum DbError {
         /// Name pinned at first start.
         pinned: String,
     },
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFailure {
+    /// The SQLite file could not be created.
+    #[error("{0}")]
+    File(#[source] std::io::Error),
+    /// The URL is unusable or the database refused the connection.
+    #[error("{0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Something the server opens with the store failed (the rendezvous store, the
+    /// homeserver secret).
+    #[error("{0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why the database could not be reached: both kinds are worth a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// The driver gave up (connection lost, pool timeout, shutdown, overload, serialization
+    /// failure).
+    #[error(transparent)]
+    Driver(sqlx::Error),
+    /// The admission queue or the call's time bound ran out.
+    #[error("{0}")]
+    Gate(String),
 }
 
 /// Creates the data directory (and missing parents) readable by the server's user only
@@ -79,8 +125,8 @@ pub fn create_data_dir(path: &std::path::Path) -> std::io::Result<()> {
 /// file. `mxqr serve` and `mxqr admin` both come here, so they always agree.
 pub async fn open(config: &crate::Config) -> DbResult<SharedDb> {
     Ok(match &config.database.url {
-        Some(url) => Arc::new(PgDb::connect(url, config.database.max_connections).await?),
-        None => Arc::new(SqliteDb::open(&config.sqlite_path()).await?),
+        Some(url) => Arc::new(SqlDb::connect(url, config.database.max_connections).await?),
+        None => Arc::new(SqlDb::open(&config.sqlite_path()).await?),
     })
 }
 

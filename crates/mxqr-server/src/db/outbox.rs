@@ -5,11 +5,8 @@
 //! its deletion), so a job that keeps failing holds the ones behind it until it succeeds or
 //! is dropped as permanently refused.
 
-use sqlx::Row;
-
-use super::postgres::{PgDb, pg_error};
-use super::sqlite::{SqliteDb, backend};
-use super::{DbError, DbResult};
+use super::sql::{exec, fetch, scalar};
+use super::{DbError, DbResult, SqlDb};
 use crate::store::BoxFuture;
 
 /// What a job asks Synapse to do.
@@ -121,7 +118,7 @@ fn entry(
     next_attempt_at: i64,
 ) -> DbResult<OutboxEntry> {
     let kind = OutboxKind::parse(kind)
-        .ok_or_else(|| DbError::Backend(format!("unknown outbox job kind {kind:?}")))?;
+        .ok_or_else(|| DbError::Unreadable(format!("unknown outbox job kind {kind:?}")))?;
     Ok(OutboxEntry {
         id,
         job: OutboxJob {
@@ -135,180 +132,72 @@ fn entry(
     })
 }
 
-const HEAD_COLUMNS: &str = "SELECT id, kind, localpart, device_id, display_name, attempts, next_attempt_at \
-     FROM synapse_outbox ORDER BY id LIMIT ";
+/// A stored job's columns (`attempts` is a 32-bit INTEGER on PostgreSQL).
+type OutboxRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i32,
+    i64,
+);
 
-const OWNER_SQL: &str = "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
-       SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-       UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)";
-
-impl OutboxDb for SqliteDb {
+impl OutboxDb for SqlDb {
     fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
-        Box::pin(async move {
-            let mut tx = self
-                .pool()
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(backend)?;
+        self.pool.run(async move {
+            let mut tx = self.pool.begin().await?;
             let mut last = 0;
             for job in jobs {
-                last = sqlx::query(
-                    "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
-                     created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(job.kind.as_str())
-                .bind(&job.localpart)
-                .bind(&job.device_id)
-                .bind(&job.display_name)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .last_insert_rowid();
-            }
-            tx.commit().await.map_err(backend)?;
-            Ok(last)
-        })
-    }
-
-    fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>> {
-        Box::pin(async move {
-            let rows = sqlx::query(&format!("{HEAD_COLUMNS}?"))
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await
-                .map_err(backend)?;
-            rows.iter()
-                .map(|r| {
-                    entry(
-                        r.try_get("id").map_err(backend)?,
-                        r.try_get::<String, _>("kind").map_err(backend)?.as_str(),
-                        r.try_get("localpart").map_err(backend)?,
-                        r.try_get("device_id").map_err(backend)?,
-                        r.try_get("display_name").map_err(backend)?,
-                        r.try_get("attempts").map_err(backend)?,
-                        r.try_get("next_attempt_at").map_err(backend)?,
-                    )
-                })
-                .collect()
-        })
-    }
-
-    fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>> {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM synapse_outbox WHERE id = ?")
-                .bind(id)
-                .execute(self.pool())
-                .await
-                .map_err(backend)?;
-            Ok(())
-        })
-    }
-
-    fn outbox_retry<'a>(
-        &'a self,
-        id: i64,
-        next_attempt_at: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = ?, \
-                 last_error = ? WHERE id = ?",
-            )
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(id)
-            .execute(self.pool())
-            .await
-            .map_err(backend)?;
-            Ok(())
-        })
-    }
-
-    fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>> {
-        Box::pin(async move {
-            let row = sqlx::query("SELECT 1 FROM synapse_outbox WHERE id = ?")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(backend)?;
-            Ok(row.is_some())
-        })
-    }
-
-    fn token_owner<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<(String, String)>>> {
-        Box::pin(async move {
-            let row = sqlx::query(&OWNER_SQL.replace("$1", "?1"))
-                .bind(token_hash)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(backend)?;
-            row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .transpose()
-                .map_err(backend)
-        })
-    }
-}
-
-impl OutboxDb for PgDb {
-    fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
-        self.bounded(async move {
-            let mut tx = self.pool().begin().await.map_err(pg_error)?;
-            let mut last = 0;
-            for job in jobs {
-                last = sqlx::query_scalar::<_, i64>(
+                last = scalar!(
+                    tx.conn(),
+                    fetch_one,
                     "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
                      created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-                )
-                .bind(job.kind.as_str())
-                .bind(&job.localpart)
-                .bind(&job.device_id)
-                .bind(&job.display_name)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(pg_error)?;
+                    job.kind.as_str(),
+                    &job.localpart,
+                    &job.device_id,
+                    &job.display_name,
+                    now
+                )?;
             }
-            tx.commit().await.map_err(pg_error)?;
+            tx.commit().await?;
             Ok(last)
         })
     }
 
     fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>> {
-        self.bounded(async move {
-            let rows = sqlx::query(&format!("{HEAD_COLUMNS}$1"))
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await
-                .map_err(pg_error)?;
-            rows.iter()
-                .map(|r| {
-                    entry(
-                        r.try_get("id").map_err(pg_error)?,
-                        r.try_get::<String, _>("kind").map_err(pg_error)?.as_str(),
-                        r.try_get("localpart").map_err(pg_error)?,
-                        r.try_get("device_id").map_err(pg_error)?,
-                        r.try_get("display_name").map_err(pg_error)?,
-                        i64::from(r.try_get::<i32, _>("attempts").map_err(pg_error)?),
-                        r.try_get("next_attempt_at").map_err(pg_error)?,
-                    )
-                })
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let rows: Vec<OutboxRow> = fetch!(
+                c.conn(),
+                fetch_all,
+                "SELECT id, kind, localpart, device_id, display_name, attempts, next_attempt_at \
+                 FROM synapse_outbox ORDER BY id LIMIT $1",
+                limit
+            )?;
+            rows.into_iter()
+                .map(
+                    |(id, kind, localpart, device_id, display_name, attempts, next_attempt_at)| {
+                        entry(
+                            id,
+                            &kind,
+                            localpart,
+                            device_id,
+                            display_name,
+                            i64::from(attempts),
+                            next_attempt_at,
+                        )
+                    },
+                )
                 .collect()
         })
     }
 
     fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>> {
-        self.bounded(async move {
-            sqlx::query("DELETE FROM synapse_outbox WHERE id = $1")
-                .bind(id)
-                .execute(self.pool())
-                .await
-                .map_err(pg_error)?;
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            exec!(c.conn(), "DELETE FROM synapse_outbox WHERE id = $1", id)?;
             Ok(())
         })
     }
@@ -319,28 +208,29 @@ impl OutboxDb for PgDb {
         next_attempt_at: i64,
         error: &'a str,
     ) -> BoxFuture<'a, DbResult<()>> {
-        self.bounded(async move {
-            sqlx::query(
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            exec!(
+                c.conn(),
                 "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
                  last_error = $2 WHERE id = $3",
-            )
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(id)
-            .execute(self.pool())
-            .await
-            .map_err(pg_error)?;
+                next_attempt_at,
+                error,
+                id
+            )?;
             Ok(())
         })
     }
 
     fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>> {
-        self.bounded(async move {
-            let row = sqlx::query("SELECT 1 FROM synapse_outbox WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(pg_error)?;
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            let row: Option<(i32,)> = fetch!(
+                c.conn(),
+                fetch_optional,
+                "SELECT 1 FROM synapse_outbox WHERE id = $1",
+                id
+            )?;
             Ok(row.is_some())
         })
     }
@@ -349,15 +239,16 @@ impl OutboxDb for PgDb {
         &'a self,
         token_hash: &'a str,
     ) -> BoxFuture<'a, DbResult<Option<(String, String)>>> {
-        self.bounded(async move {
-            let row = sqlx::query(OWNER_SQL)
-                .bind(token_hash)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(pg_error)?;
-            row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .transpose()
-                .map_err(pg_error)
+        self.pool.run(async move {
+            let mut c = self.pool.acquire().await?;
+            fetch!(
+                c.conn(),
+                fetch_optional,
+                "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
+                   SELECT session_id FROM access_tokens WHERE token_hash = $1 \
+                   UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
+                token_hash
+            )
         })
     }
 }

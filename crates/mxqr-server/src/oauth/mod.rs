@@ -704,7 +704,7 @@ pub async fn app_state_named(
             .await
             .map_err(|e| crate::db::DbError::Open {
                 path: "rendezvous store (rendezvous.postgres_url, else database.url)".into(),
-                detail: e.to_string(),
+                source: crate::db::OpenFailure::Other(e.into()),
             })?;
     if !config.oauth.enabled {
         return Ok(crate::AppState::with_store(config, store));
@@ -716,7 +716,7 @@ pub async fn app_state_named(
             .load_secret()
             .map_err(|e| crate::db::DbError::Open {
                 path: "homeserver shared secret".into(),
-                detail: e.to_string(),
+                source: crate::db::OpenFailure::Other(e.into()),
             })?;
         let url = config.homeserver.synapse_url.as_deref().unwrap_or_default();
         oauth.attach_synapse(crate::synapse::SynapseLink::new(url, secret));
