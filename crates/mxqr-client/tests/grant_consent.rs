@@ -13,7 +13,9 @@ use mxqr_client::ClientError;
 use mxqr_client::driver::{DriverError, ExistingSession, Ui, UiEvent, grant_scan};
 use mxqr_client::rendezvous::{Rendezvous, RendezvousSupport};
 use mxqr_proto::Generation;
-use mxqr_proto::machine::{Action, DeviceAuthorization, Event, Failure, NewDevice, TokenOutcome};
+use mxqr_proto::machine::{
+    Action, DeviceAuthorization, Event, Failure, Instant, NewDevice, TokenAnswer,
+};
 use mxqr_proto::messages::{CrossSigningSecrets, DeviceId, FailureReason, Secret, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode};
 use mxqr_server::{AppState, Config};
@@ -133,10 +135,12 @@ async fn hostile_new_device(
                         verification_uri: page.to_owned(),
                         verification_uri_complete: Some(page.to_owned()),
                         user_code: "ABCD-1234".into(),
+                        expires_in: Duration::from_secs(600),
+                        interval: None,
                     })]
                 }
                 // Consent was asked for: refuse, to end the honest case too.
-                Action::PollToken => vec![Event::Token(TokenOutcome::Denied)],
+                Action::PollToken => vec![Event::TokenPolled(TokenAnswer::Denied)],
                 Action::DeleteRendezvous => {
                     rendezvous.delete_session().await;
                     vec![]
@@ -146,7 +150,7 @@ async fn hostile_new_device(
                 _ => vec![],
             };
             for event in events {
-                queue.extend(machine.handle(event, &mut rand::rng()));
+                queue.extend(machine.handle(Instant::now(), event, &mut rand::rng()));
             }
         }
         let token = machine.sequence_token().expect("waiting").to_owned();
@@ -161,7 +165,7 @@ async fn hostile_new_device(
             Err(ClientError::Timeout) => continue,
             Err(_) => Event::TransportFailed,
         };
-        queue.extend(machine.handle(event, &mut rand::rng()));
+        queue.extend(machine.handle(Instant::now(), event, &mut rand::rng()));
     }
 }
 

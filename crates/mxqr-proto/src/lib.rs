@@ -17,6 +17,17 @@ pub mod keys;
 pub mod machine;
 pub mod messages;
 pub mod qr;
+pub mod token_poll;
+
+/// The instant type of every deadline here: `std::time::Instant`, except in browsers
+/// (wasm32-unknown-unknown), where `std` has no clock and `web_time::Instant` stands in.
+/// The core never reads a clock: the driver passes `now` in.
+pub mod time {
+    #[cfg(not(all(target_family = "wasm", target_os = "unknown")))]
+    pub use std::time::Instant;
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    pub use web_time::Instant;
+}
 
 pub use keys::PublicKey;
 

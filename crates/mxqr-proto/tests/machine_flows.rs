@@ -2,12 +2,13 @@
 //! every QR direction and generation to completion, then every way a sign-in can fail.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use mxqr_proto::Generation;
 use mxqr_proto::channel::{Binding, CheckCode, EstablishedChannel, ScannerChannel};
 use mxqr_proto::machine::{
     Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
-    ExistingDevice, Failure, NewDevice, TokenOutcome, Unexpected, UntrustedConsentPage,
+    ExistingDevice, Failure, Instant, NewDevice, TokenAnswer, Unexpected, UntrustedConsentPage,
 };
 use mxqr_proto::messages::{
     BackupSecrets, CrossSigningSecrets, DeviceId, FailureReason, HomeserverField, LoginMessage,
@@ -155,10 +156,24 @@ enum Device {
 }
 
 impl Device {
-    fn handle(&mut self, event: Event, rng: &mut StdRng) -> Vec<Action> {
+    fn handle(&mut self, now: Instant, event: Event, rng: &mut StdRng) -> Vec<Action> {
         match self {
-            Device::New(d) => d.handle(event, rng),
-            Device::Existing(d) => d.handle(event, rng),
+            Device::New(d) => d.handle(now, event, rng),
+            Device::Existing(d) => d.handle(now, event, rng),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Device::New(d) => d.poll_timeout(),
+            Device::Existing(d) => d.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        match self {
+            Device::New(d) => d.handle_timeout(now),
+            Device::Existing(d) => d.handle_timeout(now),
         }
     }
 
@@ -181,7 +196,11 @@ impl Device {
 #[derive(Clone)]
 struct Script {
     authorization_supported: bool,
-    token: TokenOutcome,
+    /// The grant's `expires_in` and `interval` as the server sends them.
+    expires_in: Duration,
+    interval: Option<Duration>,
+    /// The token endpoint's answers, poll after poll; the last one repeats.
+    token: Vec<TokenAnswer>,
     lookup: DeviceLookup,
     device_appears: bool,
     /// Added to the correct check code before typing it (mod 100).
@@ -196,7 +215,9 @@ impl Default for Script {
     fn default() -> Self {
         Self {
             authorization_supported: true,
-            token: TokenOutcome::Granted,
+            expires_in: Duration::from_secs(600),
+            interval: Some(Duration::from_secs(5)),
+            token: vec![TokenAnswer::Granted],
             lookup: DeviceLookup::NotFound,
             device_appears: true,
             code_offset: 0,
@@ -218,6 +239,8 @@ struct Side {
     actions: VecDeque<Action>,
     inbox: VecDeque<Event>,
     log: Vec<Entry>,
+    /// When each entry of `log` happened.
+    times: Vec<Instant>,
     asked_for_code: bool,
     code_entered: bool,
 }
@@ -230,6 +253,7 @@ impl Side {
             actions: actions.into(),
             inbox: VecDeque::new(),
             log: Vec::new(),
+            times: Vec::new(),
             asked_for_code: false,
             code_entered: false,
         }
@@ -252,6 +276,26 @@ impl Side {
             .position(|entry| matches!(entry, Entry::Out(a) if pred(a)))
     }
 
+    fn record(&mut self, entry: Entry, now: Instant) {
+        self.log.push(entry);
+        self.times.push(now);
+    }
+
+    /// When each action matching `pred` was asked for.
+    fn times_of(&self, pred: impl Fn(&Action) -> bool) -> Vec<Instant> {
+        self.log
+            .iter()
+            .zip(&self.times)
+            .filter(|(entry, _)| matches!(entry, Entry::Out(a) if pred(a)))
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    /// When the outcome was reached.
+    fn outcome_time(&self) -> Instant {
+        self.times_of(|a| matches!(a, Action::Done | Action::Failed { .. }))[0]
+    }
+
     fn sent_messages(&self) -> usize {
         self.log
             .iter()
@@ -262,6 +306,9 @@ impl Side {
 
 struct World {
     rng: StdRng,
+    /// The clock both drivers read; it moves only when nothing else can happen.
+    start: Instant,
+    now: Instant,
     rv: Rendezvous,
     sides: Vec<Side>,
     /// The check code S shows; G's user types it.
@@ -308,10 +355,13 @@ impl World {
                 (Device::New(d), a, new)
             }
         };
+        let start = Instant::now();
         let mut g_side = Side::new(g, g_script, Vec::new());
-        g_side.log.push(Entry::Out(Action::ShowQrCode(qr.clone())));
+        g_side.record(Entry::Out(Action::ShowQrCode(qr.clone())), start);
         Self {
             rng,
+            start,
+            now: start,
             rv,
             sides: vec![g_side, Side::new(s, s_script, s_actions)],
             shown_code: None,
@@ -346,16 +396,17 @@ impl World {
     }
 
     /// Runs until nothing more can happen. Priority: carry out actions, then deliver
-    /// events, then read the rendezvous, and only when all is quiet the user types the
-    /// check code (so G sees S's early payloads before confirmation).
+    /// events, then read the rendezvous; when all is quiet the user types the check code
+    /// (so G sees S's early payloads before confirmation), and only then does the clock
+    /// move on to the next deadline of a machine.
     fn run(&mut self) {
-        for _ in 0..1000 {
+        for _ in 0..10000 {
             if self.step() {
                 continue;
             }
             return;
         }
-        panic!("no quiescence after 1000 steps");
+        panic!("no quiescence after 10000 steps");
     }
 
     fn step(&mut self) -> bool {
@@ -368,8 +419,8 @@ impl World {
         for i in 0..self.sides.len() {
             if let Some(event) = self.sides[i].inbox.pop_front() {
                 let side = &mut self.sides[i];
-                side.log.push(Entry::In(event.clone()));
-                let actions = side.device.handle(event, &mut self.rng);
+                side.record(Entry::In(event.clone()), self.now);
+                let actions = side.device.handle(self.now, event, &mut self.rng);
                 side.actions.extend(actions);
                 return true;
             }
@@ -410,11 +461,37 @@ impl World {
                 return true;
             }
         }
-        false
+        self.advance_clock()
+    }
+
+    /// Moves the clock to the earliest deadline of an unfinished machine and lets every
+    /// machine whose deadline passed act on it.
+    fn advance_clock(&mut self) -> bool {
+        let Some(next) = self
+            .sides
+            .iter()
+            .filter(|side| !side.device.is_finished())
+            .filter_map(|side| side.device.poll_timeout())
+            .min()
+        else {
+            return false;
+        };
+        assert!(
+            next < self.start + Duration::from_secs(2 * 60 * 60),
+            "a deadline beyond every bound"
+        );
+        self.now = self.now.max(next);
+        for side in &mut self.sides {
+            if side.device.poll_timeout().is_some_and(|at| at <= self.now) {
+                let actions = side.device.handle_timeout(self.now);
+                side.actions.extend(actions);
+            }
+        }
+        true
     }
 
     fn carry_out(&mut self, i: usize, action: Action) {
-        self.sides[i].log.push(Entry::Out(action.clone()));
+        self.sides[i].record(Entry::Out(action.clone()), self.now);
         let script = self.sides[i].script.clone();
         let reply = match &action {
             Action::ShowQrCode(_) => None,
@@ -451,6 +528,8 @@ impl World {
                                 .into(),
                         ),
                         user_code: USER_CODE.into(),
+                        expires_in: script.expires_in,
+                        interval: script.interval,
                     })
                 } else {
                     Event::DeviceAuthorizationUnsupported
@@ -460,7 +539,11 @@ impl World {
                 self.user_code_shown = Some(user_code.clone());
                 None
             }
-            Action::PollToken => Some(Event::Token(script.token)),
+            Action::PollToken => {
+                let polls = self.sides[i].times_of(|a| *a == Action::PollToken).len();
+                let answer = script.token[(polls - 1).min(script.token.len() - 1)];
+                Some(Event::TokenPolled(answer))
+            }
             Action::ImportSecrets(secrets) => {
                 self.imported = Some(secrets.clone());
                 None
@@ -626,7 +709,7 @@ fn new_device_polls_only_after_protocol_accepted() {
 fn authorization_expired() {
     for (generation, shows) in combos() {
         let new = Script {
-            token: TokenOutcome::Expired,
+            token: vec![TokenAnswer::Expired],
             ..Script::default()
         };
         let world = run(generation, shows, new, Script::default());
@@ -642,6 +725,123 @@ fn authorization_expired() {
         assert!(world.rv.deleted);
         assert!(world.imported.is_none());
     }
+}
+
+/// The gaps between the new device's token polls, and its outcome.
+fn token_polls(new: Script) -> (Vec<Duration>, World) {
+    let world = run(Generation::Msc4388, Shows::Existing, new, Script::default());
+    let times = world.new_side().times_of(|a| *a == Action::PollToken);
+    let gaps = times.windows(2).map(|w| w[1] - w[0]).collect();
+    (gaps, world)
+}
+
+fn secs(list: &[u64]) -> Vec<Duration> {
+    list.iter().map(|s| Duration::from_secs(*s)).collect()
+}
+
+#[test]
+fn token_polls_follow_the_interval_and_slow_down() {
+    let (gaps, world) = token_polls(Script {
+        token: vec![
+            TokenAnswer::Pending,
+            TokenAnswer::SlowDown,
+            TokenAnswer::Pending,
+            TokenAnswer::SlowDown,
+            TokenAnswer::Granted,
+        ],
+        ..Script::default()
+    });
+    // Every 5 s, then 10 s after the first `slow_down`, 15 s after the second.
+    assert_eq!(gaps, secs(&[5, 10, 10, 15]));
+    assert_eq!(world.new_side().outcome(), &Action::Done);
+    assert_eq!(world.existing_side().outcome(), &Action::Done);
+
+    // The first poll comes as `m.login.protocol_accepted` arrives, not an interval later.
+    let new = world.new_side();
+    let accepted = new.times_of(|a| matches!(a, Action::ShowUserCode { .. }))[0];
+    assert_eq!(new.times_of(|a| *a == Action::PollToken)[0], accepted);
+}
+
+#[test]
+fn slow_down_never_stretches_the_interval_beyond_a_minute() {
+    let (gaps, _) = token_polls(Script {
+        interval: Some(Duration::from_secs(50)),
+        token: vec![
+            TokenAnswer::SlowDown,
+            TokenAnswer::SlowDown,
+            TokenAnswer::SlowDown,
+            TokenAnswer::Granted,
+        ],
+        ..Script::default()
+    });
+    assert_eq!(gaps, secs(&[55, 60, 60]));
+
+    // Nor does a server's own interval, however large; one of 0 is held to a second.
+    for (interval, gap) in [(u64::MAX, 60), (0, 1)] {
+        let (gaps, _) = token_polls(Script {
+            expires_in: Duration::from_secs(u64::MAX),
+            interval: Some(Duration::from_secs(interval)),
+            token: vec![TokenAnswer::Pending, TokenAnswer::Granted],
+            ..Script::default()
+        });
+        assert_eq!(gaps, secs(&[gap]));
+    }
+}
+
+#[test]
+fn token_polling_stops_when_the_grant_expires() {
+    for (generation, shows) in combos() {
+        let new = Script {
+            expires_in: Duration::from_secs(12),
+            token: vec![TokenAnswer::Pending],
+            ..Script::default()
+        };
+        let world = run(generation, shows, new, Script::default());
+        let side = world.new_side();
+        let polls = side.times_of(|a| *a == Action::PollToken);
+        let issued = side.times_of(|a| matches!(a, Action::ShowUserCode { .. }))[0];
+        // Polls at 0, 5 and 10 s; one at 15 s would come after the expiry at 12 s.
+        let at: Vec<Duration> = polls.iter().map(|t| *t - issued).collect();
+        assert_eq!(at, secs(&[0, 5, 10]));
+        let reason = FailureReason::AuthorizationExpired;
+        assert_eq!(
+            side.outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert!(side.outcome_time() - issued < Duration::from_secs(12));
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_token_endpoint_ends_the_sign_in() {
+    let new = Script {
+        interval: Some(Duration::from_secs(1)),
+        token: vec![TokenAnswer::Pending, TokenAnswer::Unavailable],
+        ..Script::default()
+    };
+    let world = run(Generation::Msc4388, Shows::New, new, Script::default());
+    let side = world.new_side();
+    // Retried for ten seconds after the first unanswered poll, never faster than the
+    // interval, then given up.
+    let polls = side.times_of(|a| *a == Action::PollToken);
+    let gaps: Vec<u128> = polls
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, [1000, 1000, 1000, 1000, 2000, 2000, 2000]);
+    let reason = FailureReason::UserCancelled;
+    assert_eq!(
+        side.outcome(),
+        &failed(Failure::Local(reason.clone()), true)
+    );
+    assert_eq!(
+        world.existing_side().outcome(),
+        &failed(Failure::PeerFailed(reason), false)
+    );
 }
 
 #[test]
@@ -839,7 +1039,7 @@ fn cancel_before_the_channel_is_up_deletes_the_rendezvous() {
 fn declined() {
     for (generation, shows) in combos() {
         let new = Script {
-            token: TokenOutcome::Denied,
+            token: vec![TokenAnswer::Denied],
             ..Script::default()
         };
         let world = run(generation, shows, new, Script::default());

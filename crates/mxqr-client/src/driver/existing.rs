@@ -127,11 +127,12 @@ async fn device_status(
 
 impl<U: Ui> Handler for ExistingHandler<'_, U> {
     type Ui = U;
+    type Answer = Event;
     fn ui(&mut self) -> &mut U {
         self.ui
     }
 
-    async fn handle(&mut self, action: Action) -> Handled {
+    async fn handle(&mut self, action: Action) -> Handled<Event> {
         match action {
             Action::LookUpDevice { device_id } => {
                 let status = self
@@ -159,7 +160,7 @@ impl<U: Ui> Handler for ExistingHandler<'_, U> {
                 let http = self.http.clone();
                 let homeserver = self.session.homeserver.clone();
                 let auth = self.auth.clone();
-                let wait: Background = Box::pin(async move {
+                let wait: Background<Event> = Box::pin(async move {
                     let deadline = tokio::time::Instant::now() + DEVICE_POLL_FOR;
                     loop {
                         if let Ok(StatusCode::OK) =
@@ -183,6 +184,10 @@ impl<U: Ui> Handler for ExistingHandler<'_, U> {
                 Handled::Now(vec![])
             }
         }
+    }
+
+    fn answered(&mut self, event: Event) -> Vec<Event> {
+        vec![event]
     }
 
     fn take_cause(&mut self) -> Option<ClientError> {

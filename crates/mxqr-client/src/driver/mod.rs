@@ -2,9 +2,12 @@
 //!
 //! A driver carries out each [`Action`] a machine returns and feeds back the [`Event`] that
 //! came of it: rendezvous reads and writes, the OAuth calls of the new device, the device
-//! look-ups of the existing device, and what the person sees and types ([`Ui`]). Waits that
-//! may take long (token polling, the device appearing) run while the rendezvous is watched,
-//! so a failure sent by the other device is seen at once.
+//! look-ups of the existing device, and what the person sees and types ([`Ui`]). The
+//! protocol's timing is the machine's: the driver sleeps until the machine's next deadline
+//! ([`poll_timeout`](NewDevice::poll_timeout)) and hands it over
+//! ([`handle_timeout`](NewDevice::handle_timeout)), passing the clock in with every input.
+//! Requests that may take long (a token poll the server holds) run while the rendezvous is
+//! watched, so a failure sent by the other device is seen at once.
 
 mod existing;
 mod new;
@@ -15,7 +18,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use mxqr_proto::channel::CheckCode;
-use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, NewDevice, StartError};
+use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, Instant, NewDevice, StartError};
 use mxqr_proto::qr::QrCode;
 
 pub use existing::{ExistingSession, GrantOutcome, TokenRefresh, grant_scan, grant_show_qr};
@@ -96,13 +99,21 @@ pub enum DriverError {
 
 /// The two machines, driven alike.
 pub(crate) trait Machine {
-    fn handle(&mut self, event: Event) -> Vec<Action>;
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action>;
     fn sequence_token(&self) -> Option<String>;
 }
 
 impl Machine for NewDevice {
-    fn handle(&mut self, event: Event) -> Vec<Action> {
-        NewDevice::handle(self, event, &mut rand::rng())
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        NewDevice::handle(self, now, event, &mut rand::rng())
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        NewDevice::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        NewDevice::handle_timeout(self, now)
     }
     fn sequence_token(&self) -> Option<String> {
         NewDevice::sequence_token(self).map(str::to_owned)
@@ -110,30 +121,46 @@ impl Machine for NewDevice {
 }
 
 impl Machine for ExistingDevice {
-    fn handle(&mut self, event: Event) -> Vec<Action> {
-        ExistingDevice::handle(self, event, &mut rand::rng())
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        ExistingDevice::handle(self, now, event, &mut rand::rng())
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ExistingDevice::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        ExistingDevice::handle_timeout(self, now)
     }
     fn sequence_token(&self) -> Option<String> {
         ExistingDevice::sequence_token(self).map(str::to_owned)
     }
 }
 
-/// A wait that runs while the rendezvous is watched, ending in an event.
-pub(crate) type Background = Pin<Box<dyn Future<Output = Event> + Send>>;
+/// The driver's clock, as the machines take it (tokio's, so paused test time applies).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A request that runs while the rendezvous is watched.
+pub(crate) type Background<A> = Pin<Box<dyn Future<Output = A> + Send>>;
 
 /// What a device-specific action handler decided.
-pub(crate) enum Handled {
+pub(crate) enum Handled<A> {
     /// Events to feed the machine now.
     Now(Vec<Event>),
-    /// A long wait to run alongside the rendezvous.
-    Later(Background),
+    /// A request to run alongside the rendezvous; its answer goes to
+    /// [`Handler::answered`].
+    Later(Background<A>),
 }
 
 /// Device-specific actions.
 pub(crate) trait Handler {
     type Ui: Ui;
+    /// What a request run in the background brings back.
+    type Answer: Send + 'static;
     fn ui(&mut self) -> &mut Self::Ui;
-    fn handle(&mut self, action: Action) -> impl Future<Output = Handled> + Send;
+    fn handle(&mut self, action: Action) -> impl Future<Output = Handled<Self::Answer>> + Send;
+    /// The events a background request's answer stands for.
+    fn answered(&mut self, answer: Self::Answer) -> Vec<Event>;
     /// The request error behind the last failed step, reported with the failure.
     fn take_cause(&mut self) -> Option<ClientError>;
 }
@@ -153,7 +180,7 @@ where
     H: Handler,
 {
     let mut queue: VecDeque<Action> = initial.into();
-    let mut background: Option<Background> = None;
+    let mut background: Option<Background<H::Answer>> = None;
     let mut transport_error: Option<ClientError> = None;
     loop {
         while let Some(action) = queue.pop_front() {
@@ -207,12 +234,14 @@ where
                 },
             };
             for event in events {
-                queue.extend(machine.handle(event));
+                queue.extend(machine.handle(now(), event));
             }
         }
 
-        // Nothing to do but wait: for the other device, or for a background wait.
+        // Nothing to do but wait: for the other device, the machine's next deadline, or a
+        // background request.
         let token = machine.sequence_token();
+        let deadline = machine.poll_timeout();
         let event = tokio::select! {
             received = async {
                 match &token {
@@ -228,21 +257,33 @@ where
                     Event::TransportFailed
                 }
             },
-            event = async {
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                queue.extend(machine.handle_timeout(now()));
+                continue;
+            }
+            answer = async {
                 match background.as_mut() {
-                    Some(wait) => wait.await,
+                    Some(request) => request.await,
                     None => std::future::pending().await,
                 }
             } => {
                 background = None;
-                event
+                for event in handler.answered(answer) {
+                    queue.extend(machine.handle(now(), event));
+                }
+                continue;
             }
             () = handler.ui().cancelled() => {
-                // A pending wait (token polling, the device appearing) is abandoned.
+                // A request in flight (a token poll, a device check) is abandoned.
                 background = None;
                 Event::Cancelled
             }
         };
-        queue.extend(machine.handle(event));
+        queue.extend(machine.handle(now(), event));
     }
 }

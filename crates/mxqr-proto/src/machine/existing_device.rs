@@ -13,6 +13,7 @@ use crate::messages::{
     LoginMessage, LoginProtocol, Protocol, ProtocolsMessage,
 };
 use crate::qr::{QrCode, QrIntent, QrRendezvous};
+use crate::time::Instant;
 use crate::{DeviceKind, Generation};
 
 /// The existing device's side of a QR sign-in.
@@ -100,10 +101,27 @@ impl ExistingDevice {
         Ok((Self { conversation }, actions))
     }
 
-    /// Feeds one event; returns what to do, in order. `rng` is used only by G, to seal
-    /// its OK.
-    pub fn handle<R: CryptoRng + ?Sized>(&mut self, event: Event, rng: &mut R) -> Vec<Action> {
-        self.conversation.handle(event, rng)
+    /// Feeds one event that happened at `now`; returns what to do, in order. `rng` is used
+    /// only by G, to seal its OK.
+    pub fn handle<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Instant,
+        event: Event,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        self.conversation.handle(now, event, rng)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called; `None` while
+    /// nothing is timed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conversation.poll_timeout()
+    }
+
+    /// Time passed: acts on every deadline due at `now`. Calling it early, late or twice
+    /// is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        self.conversation.handle_timeout(now)
     }
 
     /// The token to read the rendezvous against; `None` while a PUT is in flight or once
@@ -151,7 +169,7 @@ enum ExistingStep {
 impl Conduct for ExistingConduct {
     type Step = ExistingStep;
 
-    fn secured(&mut self, _out: &mut Vec<Action>) -> Next<ExistingStep> {
+    fn secured(&mut self, _now: Instant, _out: &mut Vec<Action>) -> Next<ExistingStep> {
         match self.announce.take() {
             Some(homeserver) => {
                 let protocols = ProtocolsMessage {
@@ -168,6 +186,7 @@ impl Conduct for ExistingConduct {
         &mut self,
         step: ExistingStep,
         message: LoginMessage,
+        _now: Instant,
         out: &mut Vec<Action>,
     ) -> Next<ExistingStep> {
         match (step, message) {
@@ -204,6 +223,7 @@ impl Conduct for ExistingConduct {
         &mut self,
         step: ExistingStep,
         event: Event,
+        _now: Instant,
         out: &mut Vec<Action>,
     ) -> Next<ExistingStep> {
         match (step, event) {
@@ -232,6 +252,19 @@ impl Conduct for ExistingConduct {
             },
             (step, _) => Next::stay(step),
         }
+    }
+
+    fn poll_timeout(_step: &ExistingStep) -> Option<Instant> {
+        None
+    }
+
+    fn timeout(
+        &mut self,
+        step: ExistingStep,
+        _now: Instant,
+        _out: &mut Vec<Action>,
+    ) -> Next<ExistingStep> {
+        Next::stay(step)
     }
 }
 

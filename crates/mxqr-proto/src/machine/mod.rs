@@ -59,6 +59,11 @@ pub use consent::{ConsentOrigin, ConsentOriginError, UntrustedConsentPage};
 pub use existing_device::ExistingDevice;
 pub use new_device::NewDevice;
 
+pub use crate::time::Instant;
+pub use crate::token_poll::{TokenAnswer, TokenOutcome};
+
+use std::time::Duration;
+
 use crate::Generation;
 use crate::channel::{ChannelError, CheckCode};
 use crate::messages::{DeviceId, FailureReason, MessageError, MessageType, SecretsMessage};
@@ -91,6 +96,12 @@ pub struct DeviceAuthorization {
     pub verification_uri: String,
     pub verification_uri_complete: Option<String>,
     pub user_code: String,
+    /// The server's `expires_in`, as sent: the machine holds it to
+    /// [`MAX_GRANT_LIFETIME`](crate::token_poll::MAX_GRANT_LIFETIME).
+    pub expires_in: Duration,
+    /// The server's `interval`, as sent (`None`: it sent none): the machine applies the
+    /// default and the bounds of [`crate::token_poll`].
+    pub interval: Option<Duration>,
 }
 
 /// Result of the existing device's `GET /_matrix/client/v3/devices/<id>`.
@@ -100,16 +111,6 @@ pub enum DeviceLookup {
     NotFound,
     /// Any other answer: matrix-sdk treats every non-404 as "already exists", so do we.
     Found,
-}
-
-/// Final answer of the new device's token endpoint polling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenOutcome {
-    Granted,
-    /// `access_denied`: the user refused on the consent page.
-    Denied,
-    /// `expired_token`: nobody approved in time.
-    Expired,
 }
 
 /// Something that happened, reported by the driver.
@@ -128,8 +129,8 @@ pub enum Event {
     DeviceAuthorizationStarted(DeviceAuthorization),
     /// New device: its homeserver does not offer the device authorization grant.
     DeviceAuthorizationUnsupported,
-    /// New device: the token endpoint polling ended.
-    Token(TokenOutcome),
+    /// New device: the answer to the last [`Action::PollToken`].
+    TokenPolled(TokenAnswer),
     /// Existing device: outcome of the device lookup.
     DeviceLookup(DeviceLookup),
     /// Existing device: the new device showed up in the device list.
@@ -173,7 +174,9 @@ pub enum Action {
         user_code: String,
         verification_uri: String,
     },
-    /// New device: poll the token endpoint (first poll now, then every `interval`).
+    /// New device: poll the token endpoint once, now, and report the answer as
+    /// [`Event::TokenPolled`]. The machine paces the polls (RFC 8628 `interval` and
+    /// `slow_down`) and stops them when the grant expires.
     PollToken,
     /// New device: store these secrets, sign the device keys with the self-signing key,
     /// upload keys and signature, enable the backup if present.
