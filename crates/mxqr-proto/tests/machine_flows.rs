@@ -8,7 +8,8 @@ use mxqr_proto::Generation;
 use mxqr_proto::channel::{Binding, CheckCode, EstablishedChannel, ScannerChannel};
 use mxqr_proto::machine::{
     Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
-    ExistingDevice, Failure, Instant, NewDevice, TokenAnswer, Unexpected, UntrustedConsentPage,
+    ExistingDevice, Failure, Instant, NewDevice, RECEIVE_SLICE, Read, TokenAnswer, Unexpected,
+    UntrustedConsentPage,
 };
 use mxqr_proto::messages::{
     BackupSecrets, CrossSigningSecrets, DeviceId, FailureReason, HomeserverField, LoginMessage,
@@ -177,10 +178,10 @@ impl Device {
         }
     }
 
-    fn sequence_token(&self) -> Option<&str> {
+    fn read(&self, now: Instant) -> Option<Read<'_>> {
         match self {
-            Device::New(d) => d.sequence_token(),
-            Device::Existing(d) => d.sequence_token(),
+            Device::New(d) => d.read(now),
+            Device::Existing(d) => d.read(now),
         }
     }
 
@@ -202,7 +203,9 @@ struct Script {
     /// The token endpoint's answers, poll after poll; the last one repeats.
     token: Vec<TokenAnswer>,
     lookup: DeviceLookup,
-    device_appears: bool,
+    /// Existing device: the look-up that first finds the new device (1: the first one);
+    /// `None`: it never appears.
+    device_appears: Option<usize>,
     /// Added to the correct check code before typing it (mod 100).
     code_offset: u8,
     /// The user cancels right after this action was carried out.
@@ -219,7 +222,7 @@ impl Default for Script {
             interval: Some(Duration::from_secs(5)),
             token: vec![TokenAnswer::Granted],
             lookup: DeviceLookup::NotFound,
-            device_appears: true,
+            device_appears: Some(1),
             code_offset: 0,
             cancel_after: None,
             consent_page: None,
@@ -241,6 +244,8 @@ struct Side {
     log: Vec<Entry>,
     /// When each entry of `log` happened.
     times: Vec<Instant>,
+    /// The reads the machine asked for: when, and until when.
+    reads: Vec<(Instant, Instant)>,
     asked_for_code: bool,
     code_entered: bool,
 }
@@ -254,6 +259,7 @@ impl Side {
             inbox: VecDeque::new(),
             log: Vec::new(),
             times: Vec::new(),
+            reads: Vec::new(),
             asked_for_code: false,
             code_entered: false,
         }
@@ -318,6 +324,8 @@ struct World {
     opened_uri: Option<String>,
     user_code_shown: Option<String>,
     imported: Option<SecretsMessage>,
+    /// Actions the fake drivers never answer, as a server that does not respond.
+    unanswered: Option<fn(&Action) -> bool>,
 }
 
 impl World {
@@ -370,6 +378,7 @@ impl World {
             opened_uri: None,
             user_code_shown: None,
             imported: None,
+            unanswered: None,
         }
     }
 
@@ -430,9 +439,16 @@ impl World {
             if side.device.is_finished() {
                 continue;
             }
-            let Some(token) = side.device.sequence_token() else {
+            let Some(read) = side.device.read(self.now) else {
                 continue;
             };
+            // A read lasts a slice at most, and ends by the machine's next deadline.
+            assert!(read.until <= self.now + RECEIVE_SLICE);
+            if let Some(deadline) = side.device.poll_timeout() {
+                assert!(read.until <= deadline);
+            }
+            let (token, until) = (read.sequence_token.to_owned(), read.until);
+            side.reads.push((self.now, until));
             match self.rv.read() {
                 None => {
                     side.inbox.push_back(Event::TransportFailed);
@@ -556,12 +572,15 @@ impl World {
                 self.opened_uri = Some(uri.clone());
                 None
             }
-            Action::WaitForDevice { device_id } => {
+            Action::LookForDevice { device_id } => {
                 assert_eq!(device_id.as_str(), DEVICE_ID);
-                Some(if script.device_appears {
+                let looks = self.sides[i]
+                    .times_of(|a| matches!(a, Action::LookForDevice { .. }))
+                    .len();
+                Some(if script.device_appears.is_some_and(|n| looks >= n) {
                     Event::DeviceAppeared
                 } else {
-                    Event::DeviceWaitTimedOut
+                    Event::DeviceNotSeen
                 })
             }
             Action::ExportSecrets => Some(Event::SecretsObtained(secrets())),
@@ -572,7 +591,9 @@ impl World {
             Action::Done | Action::Failed { .. } => None,
         };
         let side = &mut self.sides[i];
-        side.inbox.extend(reply);
+        if !self.unanswered.is_some_and(|pred| pred(&action)) {
+            side.inbox.extend(reply);
+        }
         if script.cancel_after.is_some_and(|pred| pred(&action)) {
             side.inbox.push_back(Event::Cancelled);
         }
@@ -758,6 +779,10 @@ fn token_polls_follow_the_interval_and_slow_down() {
 
     // The first poll comes as `m.login.protocol_accepted` arrives, not an interval later.
     let new = world.new_side();
+    // Between polls the new device reads the rendezvous until the next poll is due.
+    let waits: Vec<Duration> = new.reads.iter().map(|(at, until)| *until - *at).collect();
+    assert!(waits.contains(&Duration::from_secs(15)), "{waits:?}");
+    assert!(waits.contains(&RECEIVE_SLICE), "{waits:?}");
     let accepted = new.times_of(|a| matches!(a, Action::ShowUserCode { .. }))[0];
     assert_eq!(new.times_of(|a| *a == Action::PollToken)[0], accepted);
 }
@@ -931,7 +956,7 @@ fn a_consent_page_off_the_account_origin_is_refused_before_the_lookup() {
 fn device_not_found() {
     for (generation, shows) in combos() {
         let existing = Script {
-            device_appears: false,
+            device_appears: None,
             ..Script::default()
         };
         let world = run(generation, shows, Script::default(), existing);
@@ -947,6 +972,65 @@ fn device_not_found() {
         assert!(world.imported.is_none());
         assert!(world.rv.deleted);
     }
+}
+
+/// When the existing device looked for the new device, and when it gave up or went on,
+/// relative to `m.login.success`.
+fn device_wait(existing: Script) -> (Vec<Duration>, Duration, World) {
+    let world = run(Generation::Msc4388, Shows::New, Script::default(), existing);
+    let side = world.existing_side();
+    let looks = side.times_of(|a| matches!(a, Action::LookForDevice { .. }));
+    let success = looks[0];
+    let at = looks.iter().map(|t| *t - success).collect();
+    (at, side.outcome_time() - success, world)
+}
+
+#[test]
+fn existing_device_gives_up_waiting_for_the_new_device_at_the_deadline() {
+    let (looks, ended, world) = device_wait(Script {
+        device_appears: None,
+        ..Script::default()
+    });
+    // A look every 500 ms from `m.login.success` on, and not one at or past 10 s.
+    let expected: Vec<Duration> = (0..20).map(|n| Duration::from_millis(500 * n)).collect();
+    assert_eq!(looks, expected);
+    assert_eq!(ended, Duration::from_secs(10));
+    assert_eq!(
+        world.existing_side().outcome(),
+        &failed(Failure::Local(FailureReason::DeviceNotFound), true)
+    );
+}
+
+#[test]
+fn a_device_that_appears_within_the_wait_gets_the_secrets() {
+    let (looks, ended, world) = device_wait(Script {
+        device_appears: Some(20),
+        ..Script::default()
+    });
+    assert_eq!(looks.len(), 20);
+    assert_eq!(ended, Duration::from_millis(9500));
+    assert_eq!(world.existing_side().outcome(), &Action::Done);
+    assert_eq!(world.imported, Some(secrets()));
+}
+
+#[test]
+fn a_look_up_still_in_flight_at_the_deadline_does_not_hold_the_wait_open() {
+    let existing = Script {
+        device_appears: None,
+        ..Script::default()
+    };
+    let mut world = World::start(Generation::Msc4388, Shows::New, Script::default(), existing);
+    // The server never answers the look-up: the machine alone ends the wait.
+    world.unanswered = Some(|a| matches!(a, Action::LookForDevice { .. }));
+    world.run();
+    let side = world.existing_side();
+    let looks = side.times_of(|a| matches!(a, Action::LookForDevice { .. }));
+    assert_eq!(looks.len(), 1);
+    assert_eq!(side.outcome_time() - looks[0], Duration::from_secs(10));
+    assert_eq!(
+        side.outcome(),
+        &failed(Failure::Local(FailureReason::DeviceNotFound), true)
+    );
 }
 
 #[test]
@@ -995,7 +1079,7 @@ fn user_cancelled_on_new_device() {
 fn user_cancelled_on_existing_device() {
     for (generation, shows) in combos() {
         let existing = Script {
-            cancel_after: Some(|a| matches!(a, Action::WaitForDevice { .. })),
+            cancel_after: Some(|a| matches!(a, Action::LookForDevice { .. })),
             ..Script::default()
         };
         let world = run(generation, shows, Script::default(), existing);

@@ -6,7 +6,8 @@ use std::time::Duration;
 use mxqr_proto::channel::{Binding, GeneratorChannel, ScannerChannel};
 use mxqr_proto::machine::{
     Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
-    ExistingDevice, Failure, Instant, MAX_HELD_PAYLOADS, NewDevice, StartError, TokenAnswer,
+    ExistingDevice, Failure, Instant, MAX_HELD_PAYLOADS, NewDevice, RECEIVE_SLICE, StartError,
+    TokenAnswer,
 };
 use mxqr_proto::messages::{CrossSigningSecrets, DeviceId, FailureReason, Secret, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode, QrError, QrIntent, QrRendezvous};
@@ -305,6 +306,31 @@ fn events_during_a_put_wait_for_its_outcome() {
 }
 
 #[test]
+fn a_read_lasts_a_receive_slice_and_none_is_made_while_writing() {
+    let qr = code(Generation::Msc4388, QrIntent::Reciprocate);
+    let (mut device, _) = NewDevice::scan(&qr, "t0".into(), device_id(), &mut rng()).unwrap();
+    let start = now();
+    // INITIATE is being written: there is nothing to read for, and nothing is timed.
+    assert_eq!(device.read(start), None);
+    assert_eq!(device.poll_timeout(), None);
+    device.handle(
+        start,
+        Event::PayloadSent {
+            sequence_token: "t1".into(),
+        },
+        &mut rng(),
+    );
+    let later = start + Duration::from_secs(3);
+    let read = device.read(later).unwrap();
+    assert_eq!(read.sequence_token, "t1");
+    let until = read.until;
+    assert_eq!(until, later + RECEIVE_SLICE);
+    // The slice ending with nothing read changes nothing.
+    assert_eq!(device.handle_timeout(until), vec![]);
+    assert_eq!(device.read(until).unwrap().sequence_token, "t1");
+}
+
+#[test]
 fn seen_tokens_and_foreign_events_are_ignored() {
     let (mut device, _) =
         NewDevice::show_qr(created(Generation::Msc4388), device_id(), &mut rng()).unwrap();
@@ -447,7 +473,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         Just(Event::DeviceLookup(DeviceLookup::NotFound)),
         Just(Event::DeviceLookup(DeviceLookup::Found)),
         Just(Event::DeviceAppeared),
-        Just(Event::DeviceWaitTimedOut),
+        Just(Event::DeviceNotSeen),
         Just(Event::SecretsObtained(SecretsMessage {
             cross_signing: CrossSigningSecrets {
                 master_key: Secret::new("m"),

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use super::{Action, Event, Failure, MAX_HELD_PAYLOADS, Unexpected};
+use super::{Action, Event, Failure, MAX_HELD_PAYLOADS, RECEIVE_SLICE, Read, Unexpected};
 use crate::Generation;
 use crate::channel::{
     Binding, ChannelError, EstablishedChannel, GeneratorChannel, ScannerChannel, UnconfirmedChannel,
@@ -236,6 +236,20 @@ impl<D: Conduct> Conversation<D> {
             self.queue.clear();
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// The read to make at `now`: against the current token, until the end of a receive
+    /// slice or the next deadline, whichever comes first.
+    pub(super) fn read(&self, now: Instant) -> Option<Read<'_>> {
+        let sequence_token = self.sequence_token()?;
+        let slice_end = now.checked_add(RECEIVE_SLICE).unwrap_or(now);
+        let until = self
+            .poll_timeout()
+            .map_or(slice_end, |deadline| deadline.min(slice_end));
+        Some(Read {
+            sequence_token,
+            until,
+        })
     }
 
     /// The next deadline; `None` while a PUT is in flight (its outcome comes first) or once

@@ -75,6 +75,29 @@ use conversation::Place;
 /// store.
 pub const MAX_HELD_PAYLOADS: usize = 8;
 
+/// How long the existing device waits for the new device to appear in the account's device
+/// list after `m.login.success`, and how often it looks (as matrix-sdk: 10 s, every 500 ms).
+/// The new device signed in just before saying so, so a device that is still missing after
+/// that is not coming.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(10);
+pub const DEVICE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Longest a single read of the rendezvous waits before the driver comes back to the
+/// machine (see [`NewDevice::read`]). Nothing is lost when it ends: the driver just reads
+/// again. It bounds each long-poll request and lets a driver that cannot wait on two things
+/// at once still come back regularly.
+pub const RECEIVE_SLICE: Duration = Duration::from_secs(30);
+
+/// A read of the rendezvous the machine asks for: against `sequence_token` (`If-None-Match`
+/// in the 2024 generation), waiting at most until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read<'a> {
+    pub sequence_token: &'a str,
+    /// [`RECEIVE_SLICE`] from now, or the machine's next deadline if that comes first: when
+    /// it passes with nothing read, call `handle_timeout` and read again.
+    pub until: Instant,
+}
+
 /// The rendezvous G created, as the server described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreatedRendezvous {
@@ -133,10 +156,11 @@ pub enum Event {
     TokenPolled(TokenAnswer),
     /// Existing device: outcome of the device lookup.
     DeviceLookup(DeviceLookup),
-    /// Existing device: the new device showed up in the device list.
+    /// Existing device: the last [`Action::LookForDevice`] found the new device (200).
     DeviceAppeared,
-    /// Existing device: the new device did not show up in time (~10 s).
-    DeviceWaitTimedOut,
+    /// Existing device: the last [`Action::LookForDevice`] did not find it (any other
+    /// answer, or none). The machine decides when to look again and when to give up.
+    DeviceNotSeen,
     /// Existing device: the secrets to send, read from the local crypto store.
     SecretsObtained(SecretsMessage),
     /// The user cancelled on this device.
@@ -186,8 +210,10 @@ pub enum Action {
     /// Existing device: open this consent page in a browser. It is an https URL (http only
     /// on loopback) on the origin given to the machine as its [`ConsentOrigin`].
     OpenVerificationUri { uri: String },
-    /// Existing device: poll the device list until `device_id` appears, or ~10 s passed.
-    WaitForDevice { device_id: DeviceId },
+    /// Existing device: `GET /_matrix/client/v3/devices/<device_id>` once, now, and report
+    /// [`Event::DeviceAppeared`] or [`Event::DeviceNotSeen`]. The machine repeats it every
+    /// [`DEVICE_CHECK_EVERY`] until the device appears or [`DEVICE_WAIT`] passed.
+    LookForDevice { device_id: DeviceId },
     /// Existing device: read the cross-signing keys (and backup key) from the local store.
     ExportSecrets,
     /// DELETE the rendezvous; failures of this request can be ignored.

@@ -4,8 +4,8 @@ use rand_core::CryptoRng;
 
 use super::conversation::{Conduct, Conversation, Ending, Next};
 use super::{
-    Action, CreatedRendezvous, DeviceAuthorization, Event, StartError, TokenOutcome, Unexpected,
-    place_of_created, place_of_scanned,
+    Action, CreatedRendezvous, DeviceAuthorization, Event, Read, StartError, TokenOutcome,
+    Unexpected, place_of_created, place_of_scanned,
 };
 use crate::channel::GeneratorChannel;
 use crate::messages::{
@@ -96,6 +96,13 @@ impl NewDevice {
         rng: &mut R,
     ) -> Vec<Action> {
         self.conversation.handle(now, event, rng)
+    }
+
+    /// The rendezvous read to make at `now`; `None` while a PUT is in flight or once
+    /// finished. A payload read is reported as [`Event::PayloadReceived`]; when `until`
+    /// passes first, call [`handle_timeout`](Self::handle_timeout) and ask again.
+    pub fn read(&self, now: Instant) -> Option<Read<'_>> {
+        self.conversation.read(now)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called (the next token
