@@ -15,7 +15,6 @@ mod new;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use mxqr_proto::channel::CheckCode;
 use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, Instant, NewDevice, StartError};
@@ -102,7 +101,8 @@ pub(crate) trait Machine {
     fn handle(&mut self, now: Instant, event: Event) -> Vec<Action>;
     fn poll_timeout(&self) -> Option<Instant>;
     fn handle_timeout(&mut self, now: Instant) -> Vec<Action>;
-    fn sequence_token(&self) -> Option<String>;
+    /// The rendezvous read the machine asks for at `now`: its token, and until when.
+    fn read(&self, now: Instant) -> Option<(String, Instant)>;
 }
 
 impl Machine for NewDevice {
@@ -115,8 +115,8 @@ impl Machine for NewDevice {
     fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         NewDevice::handle_timeout(self, now)
     }
-    fn sequence_token(&self) -> Option<String> {
-        NewDevice::sequence_token(self).map(str::to_owned)
+    fn read(&self, now: Instant) -> Option<(String, Instant)> {
+        NewDevice::read(self, now).map(|read| (read.sequence_token.to_owned(), read.until))
     }
 }
 
@@ -130,8 +130,8 @@ impl Machine for ExistingDevice {
     fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         ExistingDevice::handle_timeout(self, now)
     }
-    fn sequence_token(&self) -> Option<String> {
-        ExistingDevice::sequence_token(self).map(str::to_owned)
+    fn read(&self, now: Instant) -> Option<(String, Instant)> {
+        ExistingDevice::read(self, now).map(|read| (read.sequence_token.to_owned(), read.until))
     }
 }
 
@@ -164,9 +164,6 @@ pub(crate) trait Handler {
     /// The request error behind the last failed step, reported with the failure.
     fn take_cause(&mut self) -> Option<ClientError>;
 }
-
-/// Longest single wait for the other device's next payload.
-const RECEIVE_SLICE: Duration = Duration::from_secs(30);
 
 /// Runs `machine` to its end. Returns `Ok(())` on [`Action::Done`].
 pub(crate) async fn run<M, H>(
@@ -238,29 +235,39 @@ where
             }
         }
 
-        // Nothing to do but wait: for the other device, the machine's next deadline, or a
-        // background request.
-        let token = machine.sequence_token();
+        // Nothing to do but wait: for the other device (reading as long as the machine says,
+        // which is never past its next deadline), or for a background request.
+        let started = now();
+        let read = machine.read(started);
         let deadline = machine.poll_timeout();
         let event = tokio::select! {
             received = async {
-                match &token {
-                    Some(t) => rendezvous.receive_after(t, RECEIVE_SLICE).await,
+                match &read {
+                    Some((token, until)) => {
+                        let wait = until.saturating_duration_since(started);
+                        rendezvous.receive_after(token, wait).await
+                    }
                     None => std::future::pending().await,
                 }
             } => match received {
                 Ok((data, sequence_token)) => Event::PayloadReceived { data, sequence_token },
-                // Nothing yet: look again (the session's own expiry ends this).
-                Err(ClientError::Timeout) => continue,
+                // The read's time is up: a receive slice ended, or a deadline came.
+                Err(ClientError::Timeout) => {
+                    queue.extend(machine.handle_timeout(now()));
+                    continue;
+                }
                 Err(e) => {
                     transport_error = Some(e);
                     Event::TransportFailed
                 }
             },
+            // With nothing to read, the machine's deadline is waited for on its own.
             () = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                    None => std::future::pending().await,
+                match (&read, deadline) {
+                    (None, Some(at)) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await
+                    }
+                    _ => std::future::pending().await,
                 }
             } => {
                 queue.extend(machine.handle_timeout(now()));
