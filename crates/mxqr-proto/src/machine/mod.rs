@@ -3,15 +3,29 @@
 //! [`NewDevice`] and [`ExistingDevice`] each start either as G (they created a rendezvous
 //! and show the QR code) or as S (they scanned one), in either generation. The driver feeds
 //! [`Event`]s to `handle` and carries out the [`Action`]s it returns, in order. Nothing
-//! here touches the network or a clock: timeouts (the ~10 s device wait) and polling
-//! intervals are the driver's, reported back as events.
+//! here touches the network or a clock.
+//!
+//! # Time
+//!
+//! The machines own the protocol's timing, in the manner of a sans-IO transport: the pace
+//! of the token polls (RFC 8628 `interval`, `slow_down`, `expires_in`, see
+//! [`crate::token_poll`]), the existing device's wait for the new device ([`DEVICE_WAIT`],
+//! looking every [`DEVICE_CHECK_EVERY`]) and how long one rendezvous read lasts
+//! ([`RECEIVE_SLICE`]). Every input carries `now`, the driver's clock; `poll_timeout` says
+//! when the machine next needs to act, and `handle_timeout(now)` lets it. A driver keeps
+//! no timer of its own: it sleeps until `poll_timeout` (or reads until [`Read::until`]),
+//! then calls `handle_timeout`. Tests move `now` by hand.
 //!
 //! # Driver contract
 //!
-//! - Poll the rendezvous while the machine is not finished and [`sequence_token`] is
-//!   `Some`, and report every read whose token differs from it as
-//!   [`Event::PayloadReceived`] (use the token as `If-None-Match` in the 2024 generation).
-//!   Re-reporting an already seen token, or a stale read, is harmless: it is ignored.
+//! - While the machine is not finished, make the read `read(now)` asks for: against its
+//!   `sequence_token` (`If-None-Match` in the 2024 generation), until [`Read::until`]. Report
+//!   every read whose token differs from it as [`Event::PayloadReceived`]; when `until`
+//!   passes first, call `handle_timeout`. Re-reporting an already seen token, or a stale
+//!   read, is harmless: it is ignored.
+//! - Carry out [`Action::PollToken`] and [`Action::LookForDevice`] once each, when asked
+//!   (they may run while the rendezvous is read), and report the answer. The machine asks
+//!   again when it is time.
 //! - [`Action::Send`] is a PUT of `payload` replacing `sequence_token` (`If-Match` in 2024,
 //!   the JSON `sequence_token` in MSC4388); report [`Event::PayloadSent`] with the new token,
 //!   or [`Event::TransportFailed`]. Events that arrive meanwhile are queued by the machine
@@ -40,6 +54,11 @@
 //!   messages still reach only the real peer, and telling it beats leaving it waiting.
 //! - **The new device's user code** is shown once `m.login.protocol_accepted` arrives,
 //!   together with the start of token polling, as matrix-sdk does.
+//! - **A token endpoint that stays unreachable** (no answer or 503 for
+//!   [`UNAVAILABLE_FOR`](crate::token_poll::UNAVAILABLE_FOR)) ends the new device's part as
+//!   a cancellation does, with `user_cancelled`: no reason names a server failure.
+//! - **The wait for the new device** ends at its deadline even with a look-up unanswered:
+//!   a homeserver that does not answer cannot hold the sign-in open.
 //! - **The consent page** the new device names is opened only if it is on the origin of
 //!   the existing device's own homeserver's `device_authorization_endpoint`
 //!   ([`ConsentOrigin`]); otherwise the existing device stops at once, before the device
@@ -47,8 +66,6 @@
 //!   takes part in, which fits that reason better than blaming order or encoding.
 //! - **`m.login.declined`** is accepted only where the table of section 5 allows it: from
 //!   the new device, after `m.login.protocol_accepted`.
-//!
-//! [`sequence_token`]: NewDevice::sequence_token
 
 mod consent;
 mod conversation;
