@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mxqr_proto::token_poll::{self, TokenAnswer, TokenOutcome, TokenPoll, TokenPollStep};
 use rand::RngExt as _;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -26,11 +27,8 @@ use crate::rendezvous::join;
 /// The device-code grant type of RFC 8628.
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-/// Longest device grant lifetime taken from a server: a sign-in never waits longer.
-pub const MAX_GRANT_LIFETIME: Duration = Duration::from_secs(60 * 60);
-/// Bounds of the poll interval taken from a server (RFC 8628 `interval`, plus `slow_down`).
-pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// The bounds of a server's device grant timing; the core's poller applies them.
+pub use mxqr_proto::token_poll::{MAX_GRANT_LIFETIME, MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
 
 /// Server metadata (RFC 8414 as profiled by the Matrix spec).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -252,7 +250,7 @@ pub struct DeviceAuthorization {
 }
 
 fn default_interval() -> u64 {
-    5
+    token_poll::DEFAULT_POLL_INTERVAL.as_secs()
 }
 
 impl DeviceAuthorization {
@@ -268,12 +266,12 @@ impl DeviceAuthorization {
 
     /// The grant's lifetime, within [`MAX_GRANT_LIFETIME`].
     pub fn lifetime(&self) -> Duration {
-        Duration::from_secs(self.expires_in).min(MAX_GRANT_LIFETIME)
+        token_poll::grant_lifetime(Duration::from_secs(self.expires_in))
     }
 
     /// The poll interval asked for, within [`MIN_POLL_INTERVAL`]..=[`MAX_POLL_INTERVAL`].
     pub fn poll_interval(&self) -> Duration {
-        Duration::from_secs(self.interval).clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL)
+        token_poll::poll_interval(Some(Duration::from_secs(self.interval)))
     }
 }
 
@@ -315,6 +313,19 @@ pub enum PollOutcome {
     SlowDown,
     Denied,
     Expired,
+}
+
+impl PollOutcome {
+    /// What the poll's pacing ([`TokenPoll`]) makes of it.
+    pub fn answer(&self) -> TokenAnswer {
+        match self {
+            PollOutcome::Granted(_) => TokenAnswer::Granted,
+            PollOutcome::Pending => TokenAnswer::Pending,
+            PollOutcome::SlowDown => TokenAnswer::SlowDown,
+            PollOutcome::Denied => TokenAnswer::Denied,
+            PollOutcome::Expired => TokenAnswer::Expired,
+        }
+    }
 }
 
 /// Polls once. Pending/denied/expired are accepted with status 400 (RFC 8628) or 403 (as
@@ -377,11 +388,12 @@ pub enum DeviceGrantOutcome {
     Expired,
 }
 
-/// Polls until the grant is decided: the first poll at once, then every `interval`, five
-/// seconds more after each `slow_down` (RFC 8628 3.5), and no later than the grant's expiry.
-/// A poll that gets no answer or a 503 is retried for a bounded time (an instance or the
-/// server's database may be restarting): the device code is kept server-side, and a grant
-/// whose answer was lost can only come back as an error, never as a second sign-in.
+/// Polls until the grant is decided, paced by the core's [`TokenPoll`]: the first poll at
+/// once, then every `interval`, five seconds more after each `slow_down` (RFC 8628 3.5), and
+/// no later than the grant's expiry. A poll that gets no answer or a 503 is retried for a
+/// bounded time (an instance or the server's database may be restarting): the device code is
+/// kept server-side, and a grant whose answer was lost can only come back as an error, never
+/// as a second sign-in. `started` is when the grant was issued.
 pub async fn wait_for_device_token(
     http: &reqwest::Client,
     metadata: &AuthMetadata,
@@ -389,45 +401,60 @@ pub async fn wait_for_device_token(
     authorization: &DeviceAuthorization,
     started: Instant,
 ) -> Result<DeviceGrantOutcome, ClientError> {
-    // Both bounded, so no instant below can overflow; should one still not be representable,
-    // the grant counts as expired rather than the poller panicking.
-    let deadline = started
-        .checked_add(authorization.lifetime())
-        .unwrap_or(started);
-    let mut interval = authorization.poll_interval();
-    let fits = |pause: Duration| deadline.saturating_duration_since(Instant::now()) > pause;
-    let mut retry = crate::rendezvous::Retry::default();
+    let mut poll = TokenPoll::new(
+        started.into_std(),
+        Duration::from_secs(authorization.expires_in),
+        Some(Duration::from_secs(authorization.interval)),
+    );
+    let mut last_error = None;
     loop {
-        let outcome =
+        let Some(at) = poll.poll_timeout() else {
+            return Err(ClientError::Protocol(
+                "token polling stopped undecided".into(),
+            ));
+        };
+        tokio::time::sleep_until(Instant::from_std(at)).await;
+        match poll.handle_timeout(Instant::now().into_std()) {
+            Some(TokenPollStep::PollNow) => {}
+            Some(TokenPollStep::Ended(outcome)) => return ended(outcome, None, last_error),
+            None => continue,
+        }
+        let (answer, polled) =
             match poll_device_token(http, metadata, client_id, &authorization.device_code).await {
-                Ok(outcome) => {
-                    retry.reset();
-                    outcome
+                Ok(polled) => {
+                    last_error = None;
+                    (polled.answer(), Some(polled))
                 }
-                Err(e) if crate::rendezvous::is_transient(&e) => match retry.next_pause() {
-                    // Never faster than the interval the server asked for.
-                    Some(pause) if fits(pause.max(interval)) => {
-                        tracing::debug!("token poll failed ({e}); retrying");
-                        tokio::time::sleep(pause.max(interval)).await;
-                        continue;
-                    }
-                    _ => return Err(e),
-                },
+                // May pass: the pacing decides whether and when to try again.
+                Err(e) if crate::rendezvous::is_transient(&e) => {
+                    tracing::debug!("token poll failed ({e})");
+                    last_error = Some(e);
+                    (TokenAnswer::Unavailable, None)
+                }
                 Err(e) => return Err(e),
             };
-        match outcome {
-            PollOutcome::Granted(t) => return Ok(DeviceGrantOutcome::Granted(t)),
-            PollOutcome::Denied => return Ok(DeviceGrantOutcome::Denied),
-            PollOutcome::Expired => return Ok(DeviceGrantOutcome::Expired),
-            PollOutcome::SlowDown => {
-                interval = (interval + Duration::from_secs(5)).min(MAX_POLL_INTERVAL);
-            }
-            PollOutcome::Pending => {}
+        if let Some(outcome) = poll.handle_answer(Instant::now().into_std(), answer) {
+            return ended(outcome, polled, last_error);
         }
-        if !fits(interval) {
-            return Ok(DeviceGrantOutcome::Expired);
+    }
+}
+
+/// How polling ended, with the tokens of the last poll and the error of the last failed one.
+fn ended(
+    outcome: TokenOutcome,
+    polled: Option<PollOutcome>,
+    last_error: Option<ClientError>,
+) -> Result<DeviceGrantOutcome, ClientError> {
+    match (outcome, polled) {
+        (TokenOutcome::Granted, Some(PollOutcome::Granted(tokens))) => {
+            Ok(DeviceGrantOutcome::Granted(tokens))
         }
-        tokio::time::sleep(interval).await;
+        (TokenOutcome::Denied, _) => Ok(DeviceGrantOutcome::Denied),
+        (TokenOutcome::Expired, _) => Ok(DeviceGrantOutcome::Expired),
+        (TokenOutcome::Unreachable, _) => Err(last_error.unwrap_or(ClientError::Timeout)),
+        (TokenOutcome::Granted, _) => Err(ClientError::Protocol(
+            "token polling granted without tokens".into(),
+        )),
     }
 }
 

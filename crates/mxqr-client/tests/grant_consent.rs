@@ -1,19 +1,23 @@
 //! The existing device's driver opens only consent pages of its own homeserver's OAuth server:
 //! a hostile new device that names another page gets `m.login.failure`, and the page never
-//! reaches the [`Ui`].
+//! reaches the [`Ui`]. And it waits for the new device to appear only as long as its machine
+//! says.
 //!
 //! The rendezvous runs on the real `mxqr-server`; the existing device's homeserver is a small
 //! fake that serves `auth_metadata` and answers the device lookup with 404, so the old code
 //! would have gone on to open the page.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant as Clock};
 
 use mxqr_client::ClientError;
 use mxqr_client::driver::{DriverError, ExistingSession, Ui, UiEvent, grant_scan};
 use mxqr_client::rendezvous::{Rendezvous, RendezvousSupport};
 use mxqr_proto::Generation;
-use mxqr_proto::machine::{Action, DeviceAuthorization, Event, Failure, NewDevice, TokenOutcome};
+use mxqr_proto::machine::{
+    Action, DeviceAuthorization, Event, Failure, Instant, NewDevice, TokenAnswer,
+};
 use mxqr_proto::messages::{CrossSigningSecrets, DeviceId, FailureReason, Secret, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode};
 use mxqr_server::{AppState, Config};
@@ -42,12 +46,16 @@ async fn rendezvous_server() -> Url {
 }
 
 /// The existing device's homeserver: OAuth metadata naming [`DEVICE_ENDPOINT`], and 404 for
-/// every device (the new device's ID is free).
-async fn fake_homeserver() -> Url {
+/// every device (the new device's ID is free, and it never appears). Counts the device
+/// look-ups.
+async fn fake_homeserver() -> (Url, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let counter = lookups.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
             tokio::spawn(async move {
                 let mut head = vec![0u8; 8192];
                 let n = stream.read(&mut head).await.unwrap_or(0);
@@ -63,6 +71,9 @@ async fn fake_homeserver() -> Url {
                     });
                     ("200 OK", metadata.to_string())
                 } else {
+                    if path.contains("/devices/") {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
                     (
                         "404 Not Found",
                         r#"{"errcode":"M_NOT_FOUND","error":"no such device"}"#.to_owned(),
@@ -77,7 +88,7 @@ async fn fake_homeserver() -> Url {
             });
         }
     });
-    url
+    (url, lookups)
 }
 
 /// The existing device's screen: records everything, and passes the check code it shows to
@@ -101,13 +112,15 @@ impl Ui for RecordingUi {
 }
 
 /// A new device that names `page` as its consent page: the state machine, driven by hand
-/// over the rendezvous. Returns how it ended.
+/// over the rendezvous, with the token endpoint answering `token` at once. Returns how it
+/// ended.
 async fn hostile_new_device(
     mut rendezvous: Rendezvous,
     mut machine: NewDevice,
     initial: Vec<Action>,
     mut check_code: mpsc::UnboundedReceiver<u8>,
     page: &str,
+    token: TokenAnswer,
 ) -> Option<Failure> {
     let mut queue: std::collections::VecDeque<Action> = initial.into();
     loop {
@@ -133,10 +146,11 @@ async fn hostile_new_device(
                         verification_uri: page.to_owned(),
                         verification_uri_complete: Some(page.to_owned()),
                         user_code: "ABCD-1234".into(),
+                        expires_in: Duration::from_secs(600),
+                        interval: None,
                     })]
                 }
-                // Consent was asked for: refuse, to end the honest case too.
-                Action::PollToken => vec![Event::Token(TokenOutcome::Denied)],
+                Action::PollToken => vec![Event::TokenPolled(token)],
                 Action::DeleteRendezvous => {
                     rendezvous.delete_session().await;
                     vec![]
@@ -146,7 +160,7 @@ async fn hostile_new_device(
                 _ => vec![],
             };
             for event in events {
-                queue.extend(machine.handle(event, &mut rand::rng()));
+                queue.extend(machine.handle(Instant::now(), event, &mut rand::rng()));
             }
         }
         let token = machine.sequence_token().expect("waiting").to_owned();
@@ -161,7 +175,7 @@ async fn hostile_new_device(
             Err(ClientError::Timeout) => continue,
             Err(_) => Event::TransportFailed,
         };
-        queue.extend(machine.handle(event, &mut rand::rng()));
+        queue.extend(machine.handle(Instant::now(), event, &mut rand::rng()));
     }
 }
 
@@ -183,6 +197,7 @@ async fn attempt(
     homeserver: &Url,
     generation: Generation,
     page: &str,
+    token: TokenAnswer,
 ) -> (Vec<UiEvent>, Result<(), DriverError>, Option<Failure>) {
     let http = reqwest::Client::new();
     let support = RendezvousSupport::discover(&http, rendezvous_base)
@@ -225,7 +240,15 @@ async fn attempt(
     };
     let page = page.to_owned();
     let new_device = tokio::spawn(async move {
-        hostile_new_device(rendezvous, machine, initial[1..].to_vec(), code_rx, &page).await
+        hostile_new_device(
+            rendezvous,
+            machine,
+            initial[1..].to_vec(),
+            code_rx,
+            &page,
+            token,
+        )
+        .await
     });
     let existing = tokio::time::timeout(
         Duration::from_secs(60),
@@ -253,7 +276,7 @@ fn opened(seen: &[UiEvent]) -> Vec<&str> {
 #[tokio::test]
 async fn a_consent_page_off_the_account_origin_never_reaches_the_ui() {
     let rendezvous_base = rendezvous_server().await;
-    let homeserver = fake_homeserver().await;
+    let (homeserver, _) = fake_homeserver().await;
     let hostile = [
         "https://account.example.org.evil.test/link?code=ABCD-1234",
         "https://evil.test/link",
@@ -269,7 +292,8 @@ async fn a_consent_page_off_the_account_origin_never_reaches_the_ui() {
             Generation::Msc4108v2024
         };
         let (seen, existing, new_ending) =
-            attempt(&rendezvous_base, &homeserver, generation, page).await;
+            // Consent was asked for: refuse, to end the honest case too.
+            attempt(&rendezvous_base, &homeserver, generation, page, TokenAnswer::Denied).await;
         assert_eq!(opened(&seen), Vec::<&str>::new(), "{page:?}");
         match existing {
             Err(DriverError::Failed {
@@ -296,11 +320,12 @@ async fn a_consent_page_off_the_account_origin_never_reaches_the_ui() {
 #[tokio::test]
 async fn a_consent_page_of_the_account_origin_is_opened() {
     let rendezvous_base = rendezvous_server().await;
-    let homeserver = fake_homeserver().await;
+    let (homeserver, _) = fake_homeserver().await;
     let page = "https://account.example.org/link?code=ABCD-1234";
     for generation in [Generation::Msc4388, Generation::Msc4108v2024] {
         let (seen, existing, new_ending) =
-            attempt(&rendezvous_base, &homeserver, generation, page).await;
+            // Consent was asked for: refuse, to end the honest case too.
+            attempt(&rendezvous_base, &homeserver, generation, page, TokenAnswer::Denied).await;
         assert_eq!(opened(&seen), vec![page], "{generation:?}");
         assert!(
             matches!(
@@ -314,4 +339,39 @@ async fn a_consent_page_of_the_account_origin_is_opened() {
         );
         assert_eq!(new_ending, Some(Failure::Declined));
     }
+}
+
+/// The new device says it signed in but never appears: the driver looks it up at the
+/// machine's pace (every 500 ms) and gives up when the machine's 10 s are over.
+#[tokio::test]
+async fn a_new_device_that_never_appears_is_given_up_on_at_the_machines_deadline() {
+    let rendezvous_base = rendezvous_server().await;
+    let (homeserver, lookups) = fake_homeserver().await;
+    let page = "https://account.example.org/link?code=ABCD-1234";
+    let started = Clock::now();
+    let (_, existing, new_ending) = attempt(
+        &rendezvous_base,
+        &homeserver,
+        Generation::Msc4388,
+        page,
+        TokenAnswer::Granted,
+    )
+    .await;
+    let took = started.elapsed();
+    match existing {
+        Err(DriverError::Failed {
+            failure: Failure::Local(FailureReason::DeviceNotFound),
+            told_peer: true,
+            ..
+        }) => {}
+        other => panic!("the existing device must give up, got {other:?}"),
+    }
+    assert_eq!(
+        new_ending,
+        Some(Failure::PeerFailed(FailureReason::DeviceNotFound))
+    );
+    assert!(took >= Duration::from_secs(10), "{took:?}");
+    // One look-up before consent, then one about every 500 ms for 10 s.
+    let lookups = lookups.load(Ordering::Relaxed);
+    assert!((12..=21).contains(&lookups), "{lookups} look-ups");
 }

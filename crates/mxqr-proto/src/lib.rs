@@ -11,12 +11,34 @@
 //!   check codes.
 //! - [`messages`]: the `m.login.*` messages carried inside the channel.
 //! - [`machine`]: the state machines of the new and the existing device.
+//! - [`token_poll`]: the pacing of the device authorization grant's token polls.
+//!
+//! # Who owns time
+//!
+//! The core does: every deadline of the protocol (when to poll the token endpoint, how long
+//! to wait for the new device to appear, how long one rendezvous read lasts) is decided
+//! here, from the `now` the caller passes in with each input; nothing here reads a clock.
+//! A driver asks a machine for its next deadline (`poll_timeout`), sleeps or reads until
+//! then, and hands it back (`handle_timeout(now)`), in the manner of quinn-proto's
+//! connections. So a second driver (a mobile app, a browser through WASM) carries out
+//! requests and reports their answers, without re-implementing any protocol timing.
 
 pub mod channel;
 pub mod keys;
 pub mod machine;
 pub mod messages;
 pub mod qr;
+pub mod token_poll;
+
+/// The instant type of every deadline here: `std::time::Instant`, except in browsers
+/// (wasm32-unknown-unknown), where `std` has no clock and `web_time::Instant` stands in.
+/// The core never reads a clock: the driver passes `now` in.
+pub mod time {
+    #[cfg(not(all(target_family = "wasm", target_os = "unknown")))]
+    pub use std::time::Instant;
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    pub use web_time::Instant;
+}
 
 pub use keys::PublicKey;
 

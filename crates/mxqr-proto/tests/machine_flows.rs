@@ -2,12 +2,14 @@
 //! every QR direction and generation to completion, then every way a sign-in can fail.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use mxqr_proto::Generation;
 use mxqr_proto::channel::{Binding, CheckCode, EstablishedChannel, ScannerChannel};
 use mxqr_proto::machine::{
     Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
-    ExistingDevice, Failure, NewDevice, TokenOutcome, Unexpected, UntrustedConsentPage,
+    ExistingDevice, Failure, Instant, NewDevice, RECEIVE_SLICE, Read, TokenAnswer, Unexpected,
+    UntrustedConsentPage,
 };
 use mxqr_proto::messages::{
     BackupSecrets, CrossSigningSecrets, DeviceId, FailureReason, HomeserverField, LoginMessage,
@@ -155,17 +157,31 @@ enum Device {
 }
 
 impl Device {
-    fn handle(&mut self, event: Event, rng: &mut StdRng) -> Vec<Action> {
+    fn handle(&mut self, now: Instant, event: Event, rng: &mut StdRng) -> Vec<Action> {
         match self {
-            Device::New(d) => d.handle(event, rng),
-            Device::Existing(d) => d.handle(event, rng),
+            Device::New(d) => d.handle(now, event, rng),
+            Device::Existing(d) => d.handle(now, event, rng),
         }
     }
 
-    fn sequence_token(&self) -> Option<&str> {
+    fn poll_timeout(&self) -> Option<Instant> {
         match self {
-            Device::New(d) => d.sequence_token(),
-            Device::Existing(d) => d.sequence_token(),
+            Device::New(d) => d.poll_timeout(),
+            Device::Existing(d) => d.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        match self {
+            Device::New(d) => d.handle_timeout(now),
+            Device::Existing(d) => d.handle_timeout(now),
+        }
+    }
+
+    fn read(&self, now: Instant) -> Option<Read<'_>> {
+        match self {
+            Device::New(d) => d.read(now),
+            Device::Existing(d) => d.read(now),
         }
     }
 
@@ -181,9 +197,15 @@ impl Device {
 #[derive(Clone)]
 struct Script {
     authorization_supported: bool,
-    token: TokenOutcome,
+    /// The grant's `expires_in` and `interval` as the server sends them.
+    expires_in: Duration,
+    interval: Option<Duration>,
+    /// The token endpoint's answers, poll after poll; the last one repeats.
+    token: Vec<TokenAnswer>,
     lookup: DeviceLookup,
-    device_appears: bool,
+    /// Existing device: the look-up that first finds the new device (1: the first one);
+    /// `None`: it never appears.
+    device_appears: Option<usize>,
     /// Added to the correct check code before typing it (mod 100).
     code_offset: u8,
     /// The user cancels right after this action was carried out.
@@ -196,9 +218,11 @@ impl Default for Script {
     fn default() -> Self {
         Self {
             authorization_supported: true,
-            token: TokenOutcome::Granted,
+            expires_in: Duration::from_secs(600),
+            interval: Some(Duration::from_secs(5)),
+            token: vec![TokenAnswer::Granted],
             lookup: DeviceLookup::NotFound,
-            device_appears: true,
+            device_appears: Some(1),
             code_offset: 0,
             cancel_after: None,
             consent_page: None,
@@ -218,6 +242,10 @@ struct Side {
     actions: VecDeque<Action>,
     inbox: VecDeque<Event>,
     log: Vec<Entry>,
+    /// When each entry of `log` happened.
+    times: Vec<Instant>,
+    /// The reads the machine asked for: when, and until when.
+    reads: Vec<(Instant, Instant)>,
     asked_for_code: bool,
     code_entered: bool,
 }
@@ -230,6 +258,8 @@ impl Side {
             actions: actions.into(),
             inbox: VecDeque::new(),
             log: Vec::new(),
+            times: Vec::new(),
+            reads: Vec::new(),
             asked_for_code: false,
             code_entered: false,
         }
@@ -252,6 +282,26 @@ impl Side {
             .position(|entry| matches!(entry, Entry::Out(a) if pred(a)))
     }
 
+    fn record(&mut self, entry: Entry, now: Instant) {
+        self.log.push(entry);
+        self.times.push(now);
+    }
+
+    /// When each action matching `pred` was asked for.
+    fn times_of(&self, pred: impl Fn(&Action) -> bool) -> Vec<Instant> {
+        self.log
+            .iter()
+            .zip(&self.times)
+            .filter(|(entry, _)| matches!(entry, Entry::Out(a) if pred(a)))
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    /// When the outcome was reached.
+    fn outcome_time(&self) -> Instant {
+        self.times_of(|a| matches!(a, Action::Done | Action::Failed { .. }))[0]
+    }
+
     fn sent_messages(&self) -> usize {
         self.log
             .iter()
@@ -262,6 +312,9 @@ impl Side {
 
 struct World {
     rng: StdRng,
+    /// The clock both drivers read; it moves only when nothing else can happen.
+    start: Instant,
+    now: Instant,
     rv: Rendezvous,
     sides: Vec<Side>,
     /// The check code S shows; G's user types it.
@@ -271,6 +324,8 @@ struct World {
     opened_uri: Option<String>,
     user_code_shown: Option<String>,
     imported: Option<SecretsMessage>,
+    /// Actions the fake drivers never answer, as a server that does not respond.
+    unanswered: Option<fn(&Action) -> bool>,
 }
 
 impl World {
@@ -308,10 +363,13 @@ impl World {
                 (Device::New(d), a, new)
             }
         };
+        let start = Instant::now();
         let mut g_side = Side::new(g, g_script, Vec::new());
-        g_side.log.push(Entry::Out(Action::ShowQrCode(qr.clone())));
+        g_side.record(Entry::Out(Action::ShowQrCode(qr.clone())), start);
         Self {
             rng,
+            start,
+            now: start,
             rv,
             sides: vec![g_side, Side::new(s, s_script, s_actions)],
             shown_code: None,
@@ -320,6 +378,7 @@ impl World {
             opened_uri: None,
             user_code_shown: None,
             imported: None,
+            unanswered: None,
         }
     }
 
@@ -346,16 +405,17 @@ impl World {
     }
 
     /// Runs until nothing more can happen. Priority: carry out actions, then deliver
-    /// events, then read the rendezvous, and only when all is quiet the user types the
-    /// check code (so G sees S's early payloads before confirmation).
+    /// events, then read the rendezvous; when all is quiet the user types the check code
+    /// (so G sees S's early payloads before confirmation), and only then does the clock
+    /// move on to the next deadline of a machine.
     fn run(&mut self) {
-        for _ in 0..1000 {
+        for _ in 0..10000 {
             if self.step() {
                 continue;
             }
             return;
         }
-        panic!("no quiescence after 1000 steps");
+        panic!("no quiescence after 10000 steps");
     }
 
     fn step(&mut self) -> bool {
@@ -368,8 +428,8 @@ impl World {
         for i in 0..self.sides.len() {
             if let Some(event) = self.sides[i].inbox.pop_front() {
                 let side = &mut self.sides[i];
-                side.log.push(Entry::In(event.clone()));
-                let actions = side.device.handle(event, &mut self.rng);
+                side.record(Entry::In(event.clone()), self.now);
+                let actions = side.device.handle(self.now, event, &mut self.rng);
                 side.actions.extend(actions);
                 return true;
             }
@@ -379,9 +439,16 @@ impl World {
             if side.device.is_finished() {
                 continue;
             }
-            let Some(token) = side.device.sequence_token() else {
+            let Some(read) = side.device.read(self.now) else {
                 continue;
             };
+            // A read lasts a slice at most, and ends by the machine's next deadline.
+            assert!(read.until <= self.now + RECEIVE_SLICE);
+            if let Some(deadline) = side.device.poll_timeout() {
+                assert!(read.until <= deadline);
+            }
+            let (token, until) = (read.sequence_token.to_owned(), read.until);
+            side.reads.push((self.now, until));
             match self.rv.read() {
                 None => {
                     side.inbox.push_back(Event::TransportFailed);
@@ -410,11 +477,37 @@ impl World {
                 return true;
             }
         }
-        false
+        self.advance_clock()
+    }
+
+    /// Moves the clock to the earliest deadline of an unfinished machine and lets every
+    /// machine whose deadline passed act on it.
+    fn advance_clock(&mut self) -> bool {
+        let Some(next) = self
+            .sides
+            .iter()
+            .filter(|side| !side.device.is_finished())
+            .filter_map(|side| side.device.poll_timeout())
+            .min()
+        else {
+            return false;
+        };
+        assert!(
+            next < self.start + Duration::from_secs(2 * 60 * 60),
+            "a deadline beyond every bound"
+        );
+        self.now = self.now.max(next);
+        for side in &mut self.sides {
+            if side.device.poll_timeout().is_some_and(|at| at <= self.now) {
+                let actions = side.device.handle_timeout(self.now);
+                side.actions.extend(actions);
+            }
+        }
+        true
     }
 
     fn carry_out(&mut self, i: usize, action: Action) {
-        self.sides[i].log.push(Entry::Out(action.clone()));
+        self.sides[i].record(Entry::Out(action.clone()), self.now);
         let script = self.sides[i].script.clone();
         let reply = match &action {
             Action::ShowQrCode(_) => None,
@@ -451,6 +544,8 @@ impl World {
                                 .into(),
                         ),
                         user_code: USER_CODE.into(),
+                        expires_in: script.expires_in,
+                        interval: script.interval,
                     })
                 } else {
                     Event::DeviceAuthorizationUnsupported
@@ -460,7 +555,11 @@ impl World {
                 self.user_code_shown = Some(user_code.clone());
                 None
             }
-            Action::PollToken => Some(Event::Token(script.token)),
+            Action::PollToken => {
+                let polls = self.sides[i].times_of(|a| *a == Action::PollToken).len();
+                let answer = script.token[(polls - 1).min(script.token.len() - 1)];
+                Some(Event::TokenPolled(answer))
+            }
             Action::ImportSecrets(secrets) => {
                 self.imported = Some(secrets.clone());
                 None
@@ -473,12 +572,15 @@ impl World {
                 self.opened_uri = Some(uri.clone());
                 None
             }
-            Action::WaitForDevice { device_id } => {
+            Action::LookForDevice { device_id } => {
                 assert_eq!(device_id.as_str(), DEVICE_ID);
-                Some(if script.device_appears {
+                let looks = self.sides[i]
+                    .times_of(|a| matches!(a, Action::LookForDevice { .. }))
+                    .len();
+                Some(if script.device_appears.is_some_and(|n| looks >= n) {
                     Event::DeviceAppeared
                 } else {
-                    Event::DeviceWaitTimedOut
+                    Event::DeviceNotSeen
                 })
             }
             Action::ExportSecrets => Some(Event::SecretsObtained(secrets())),
@@ -489,7 +591,9 @@ impl World {
             Action::Done | Action::Failed { .. } => None,
         };
         let side = &mut self.sides[i];
-        side.inbox.extend(reply);
+        if !self.unanswered.is_some_and(|pred| pred(&action)) {
+            side.inbox.extend(reply);
+        }
         if script.cancel_after.is_some_and(|pred| pred(&action)) {
             side.inbox.push_back(Event::Cancelled);
         }
@@ -626,7 +730,7 @@ fn new_device_polls_only_after_protocol_accepted() {
 fn authorization_expired() {
     for (generation, shows) in combos() {
         let new = Script {
-            token: TokenOutcome::Expired,
+            token: vec![TokenAnswer::Expired],
             ..Script::default()
         };
         let world = run(generation, shows, new, Script::default());
@@ -642,6 +746,127 @@ fn authorization_expired() {
         assert!(world.rv.deleted);
         assert!(world.imported.is_none());
     }
+}
+
+/// The gaps between the new device's token polls, and its outcome.
+fn token_polls(new: Script) -> (Vec<Duration>, World) {
+    let world = run(Generation::Msc4388, Shows::Existing, new, Script::default());
+    let times = world.new_side().times_of(|a| *a == Action::PollToken);
+    let gaps = times.windows(2).map(|w| w[1] - w[0]).collect();
+    (gaps, world)
+}
+
+fn secs(list: &[u64]) -> Vec<Duration> {
+    list.iter().map(|s| Duration::from_secs(*s)).collect()
+}
+
+#[test]
+fn token_polls_follow_the_interval_and_slow_down() {
+    let (gaps, world) = token_polls(Script {
+        token: vec![
+            TokenAnswer::Pending,
+            TokenAnswer::SlowDown,
+            TokenAnswer::Pending,
+            TokenAnswer::SlowDown,
+            TokenAnswer::Granted,
+        ],
+        ..Script::default()
+    });
+    // Every 5 s, then 10 s after the first `slow_down`, 15 s after the second.
+    assert_eq!(gaps, secs(&[5, 10, 10, 15]));
+    assert_eq!(world.new_side().outcome(), &Action::Done);
+    assert_eq!(world.existing_side().outcome(), &Action::Done);
+
+    // The first poll comes as `m.login.protocol_accepted` arrives, not an interval later.
+    let new = world.new_side();
+    // Between polls the new device reads the rendezvous until the next poll is due.
+    let waits: Vec<Duration> = new.reads.iter().map(|(at, until)| *until - *at).collect();
+    assert!(waits.contains(&Duration::from_secs(15)), "{waits:?}");
+    assert!(waits.contains(&RECEIVE_SLICE), "{waits:?}");
+    let accepted = new.times_of(|a| matches!(a, Action::ShowUserCode { .. }))[0];
+    assert_eq!(new.times_of(|a| *a == Action::PollToken)[0], accepted);
+}
+
+#[test]
+fn slow_down_never_stretches_the_interval_beyond_a_minute() {
+    let (gaps, _) = token_polls(Script {
+        interval: Some(Duration::from_secs(50)),
+        token: vec![
+            TokenAnswer::SlowDown,
+            TokenAnswer::SlowDown,
+            TokenAnswer::SlowDown,
+            TokenAnswer::Granted,
+        ],
+        ..Script::default()
+    });
+    assert_eq!(gaps, secs(&[55, 60, 60]));
+
+    // Nor does a server's own interval, however large; one of 0 is held to a second.
+    for (interval, gap) in [(u64::MAX, 60), (0, 1)] {
+        let (gaps, _) = token_polls(Script {
+            expires_in: Duration::from_secs(u64::MAX),
+            interval: Some(Duration::from_secs(interval)),
+            token: vec![TokenAnswer::Pending, TokenAnswer::Granted],
+            ..Script::default()
+        });
+        assert_eq!(gaps, secs(&[gap]));
+    }
+}
+
+#[test]
+fn token_polling_stops_when_the_grant_expires() {
+    for (generation, shows) in combos() {
+        let new = Script {
+            expires_in: Duration::from_secs(12),
+            token: vec![TokenAnswer::Pending],
+            ..Script::default()
+        };
+        let world = run(generation, shows, new, Script::default());
+        let side = world.new_side();
+        let polls = side.times_of(|a| *a == Action::PollToken);
+        let issued = side.times_of(|a| matches!(a, Action::ShowUserCode { .. }))[0];
+        // Polls at 0, 5 and 10 s; one at 15 s would come after the expiry at 12 s.
+        let at: Vec<Duration> = polls.iter().map(|t| *t - issued).collect();
+        assert_eq!(at, secs(&[0, 5, 10]));
+        let reason = FailureReason::AuthorizationExpired;
+        assert_eq!(
+            side.outcome(),
+            &failed(Failure::Local(reason.clone()), true)
+        );
+        assert!(side.outcome_time() - issued < Duration::from_secs(12));
+        assert_eq!(
+            world.existing_side().outcome(),
+            &failed(Failure::PeerFailed(reason), false)
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_token_endpoint_ends_the_sign_in() {
+    let new = Script {
+        interval: Some(Duration::from_secs(1)),
+        token: vec![TokenAnswer::Pending, TokenAnswer::Unavailable],
+        ..Script::default()
+    };
+    let world = run(Generation::Msc4388, Shows::New, new, Script::default());
+    let side = world.new_side();
+    // Retried for ten seconds after the first unanswered poll, never faster than the
+    // interval, then given up.
+    let polls = side.times_of(|a| *a == Action::PollToken);
+    let gaps: Vec<u128> = polls
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, [1000, 1000, 1000, 1000, 2000, 2000, 2000]);
+    let reason = FailureReason::UserCancelled;
+    assert_eq!(
+        side.outcome(),
+        &failed(Failure::Local(reason.clone()), true)
+    );
+    assert_eq!(
+        world.existing_side().outcome(),
+        &failed(Failure::PeerFailed(reason), false)
+    );
 }
 
 #[test]
@@ -731,7 +956,7 @@ fn a_consent_page_off_the_account_origin_is_refused_before_the_lookup() {
 fn device_not_found() {
     for (generation, shows) in combos() {
         let existing = Script {
-            device_appears: false,
+            device_appears: None,
             ..Script::default()
         };
         let world = run(generation, shows, Script::default(), existing);
@@ -747,6 +972,65 @@ fn device_not_found() {
         assert!(world.imported.is_none());
         assert!(world.rv.deleted);
     }
+}
+
+/// When the existing device looked for the new device, and when it gave up or went on,
+/// relative to `m.login.success`.
+fn device_wait(existing: Script) -> (Vec<Duration>, Duration, World) {
+    let world = run(Generation::Msc4388, Shows::New, Script::default(), existing);
+    let side = world.existing_side();
+    let looks = side.times_of(|a| matches!(a, Action::LookForDevice { .. }));
+    let success = looks[0];
+    let at = looks.iter().map(|t| *t - success).collect();
+    (at, side.outcome_time() - success, world)
+}
+
+#[test]
+fn existing_device_gives_up_waiting_for_the_new_device_at_the_deadline() {
+    let (looks, ended, world) = device_wait(Script {
+        device_appears: None,
+        ..Script::default()
+    });
+    // A look every 500 ms from `m.login.success` on, and not one at or past 10 s.
+    let expected: Vec<Duration> = (0..20).map(|n| Duration::from_millis(500 * n)).collect();
+    assert_eq!(looks, expected);
+    assert_eq!(ended, Duration::from_secs(10));
+    assert_eq!(
+        world.existing_side().outcome(),
+        &failed(Failure::Local(FailureReason::DeviceNotFound), true)
+    );
+}
+
+#[test]
+fn a_device_that_appears_within_the_wait_gets_the_secrets() {
+    let (looks, ended, world) = device_wait(Script {
+        device_appears: Some(20),
+        ..Script::default()
+    });
+    assert_eq!(looks.len(), 20);
+    assert_eq!(ended, Duration::from_millis(9500));
+    assert_eq!(world.existing_side().outcome(), &Action::Done);
+    assert_eq!(world.imported, Some(secrets()));
+}
+
+#[test]
+fn a_look_up_still_in_flight_at_the_deadline_does_not_hold_the_wait_open() {
+    let existing = Script {
+        device_appears: None,
+        ..Script::default()
+    };
+    let mut world = World::start(Generation::Msc4388, Shows::New, Script::default(), existing);
+    // The server never answers the look-up: the machine alone ends the wait.
+    world.unanswered = Some(|a| matches!(a, Action::LookForDevice { .. }));
+    world.run();
+    let side = world.existing_side();
+    let looks = side.times_of(|a| matches!(a, Action::LookForDevice { .. }));
+    assert_eq!(looks.len(), 1);
+    assert_eq!(side.outcome_time() - looks[0], Duration::from_secs(10));
+    assert_eq!(
+        side.outcome(),
+        &failed(Failure::Local(FailureReason::DeviceNotFound), true)
+    );
 }
 
 #[test]
@@ -795,7 +1079,7 @@ fn user_cancelled_on_new_device() {
 fn user_cancelled_on_existing_device() {
     for (generation, shows) in combos() {
         let existing = Script {
-            cancel_after: Some(|a| matches!(a, Action::WaitForDevice { .. })),
+            cancel_after: Some(|a| matches!(a, Action::LookForDevice { .. })),
             ..Script::default()
         };
         let world = run(generation, shows, Script::default(), existing);
@@ -839,7 +1123,7 @@ fn cancel_before_the_channel_is_up_deletes_the_rendezvous() {
 fn declined() {
     for (generation, shows) in combos() {
         let new = Script {
-            token: TokenOutcome::Denied,
+            token: vec![TokenAnswer::Denied],
             ..Script::default()
         };
         let world = run(generation, shows, new, Script::default());

@@ -1,10 +1,13 @@
 //! Starting the machines, the rendezvous bookkeeping, and robustness against any sequence
 //! of events.
 
+use std::time::Duration;
+
 use mxqr_proto::channel::{Binding, GeneratorChannel, ScannerChannel};
 use mxqr_proto::machine::{
     Action, ConsentOrigin, CreatedRendezvous, DeviceAuthorization, DeviceLookup, Event,
-    ExistingDevice, Failure, MAX_HELD_PAYLOADS, NewDevice, StartError, TokenOutcome,
+    ExistingDevice, Failure, Instant, MAX_HELD_PAYLOADS, NewDevice, RECEIVE_SLICE, StartError,
+    TokenAnswer,
 };
 use mxqr_proto::messages::{CrossSigningSecrets, DeviceId, FailureReason, Secret, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode, QrError, QrIntent, QrRendezvous};
@@ -15,6 +18,11 @@ use rand::rngs::StdRng;
 
 const HOMESERVER: &str = "https://matrix.example.org";
 const RENDEZVOUS_URL: &str = "https://matrix.example.org/_synapse/client/rendezvous/abc";
+
+/// Any instant will do where time plays no part.
+fn now() -> Instant {
+    Instant::now()
+}
 
 fn rng() -> StdRng {
     StdRng::seed_from_u64(1)
@@ -274,9 +282,10 @@ fn scanner_starts_by_sending_initiate_against_the_first_token() {
 fn events_during_a_put_wait_for_its_outcome() {
     let qr = code(Generation::Msc4388, QrIntent::Reciprocate);
     let (mut device, _) = NewDevice::scan(&qr, "t0".into(), device_id(), &mut rng()).unwrap();
-    assert_eq!(device.handle(Event::Cancelled, &mut rng()), vec![]);
+    assert_eq!(device.handle(now(), Event::Cancelled, &mut rng()), vec![]);
     assert!(!device.is_finished());
     let actions = device.handle(
+        now(),
         Event::PayloadSent {
             sequence_token: "t1".into(),
         },
@@ -297,6 +306,31 @@ fn events_during_a_put_wait_for_its_outcome() {
 }
 
 #[test]
+fn a_read_lasts_a_receive_slice_and_none_is_made_while_writing() {
+    let qr = code(Generation::Msc4388, QrIntent::Reciprocate);
+    let (mut device, _) = NewDevice::scan(&qr, "t0".into(), device_id(), &mut rng()).unwrap();
+    let start = now();
+    // INITIATE is being written: there is nothing to read for, and nothing is timed.
+    assert_eq!(device.read(start), None);
+    assert_eq!(device.poll_timeout(), None);
+    device.handle(
+        start,
+        Event::PayloadSent {
+            sequence_token: "t1".into(),
+        },
+        &mut rng(),
+    );
+    let later = start + Duration::from_secs(3);
+    let read = device.read(later).unwrap();
+    assert_eq!(read.sequence_token, "t1");
+    let until = read.until;
+    assert_eq!(until, later + RECEIVE_SLICE);
+    // The slice ending with nothing read changes nothing.
+    assert_eq!(device.handle_timeout(until), vec![]);
+    assert_eq!(device.read(until).unwrap().sequence_token, "t1");
+}
+
+#[test]
 fn seen_tokens_and_foreign_events_are_ignored() {
     let (mut device, _) =
         NewDevice::show_qr(created(Generation::Msc4388), device_id(), &mut rng()).unwrap();
@@ -312,13 +346,13 @@ fn seen_tokens_and_foreign_events_are_ignored() {
         },
         // Not asked for yet, or for the other kind of device.
         Event::CheckCodeEntered(42),
-        Event::Token(TokenOutcome::Granted),
+        Event::TokenPolled(TokenAnswer::Granted),
         Event::DeviceLookup(DeviceLookup::NotFound),
         Event::DeviceAppeared,
     ];
     for event in ignored {
         assert_eq!(
-            device.handle(event.clone(), &mut rng()),
+            device.handle(now(), event.clone(), &mut rng()),
             vec![],
             "{event:?}"
         );
@@ -336,6 +370,7 @@ fn garbage_instead_of_initiate_fails_silently() {
     )
     .unwrap();
     let actions = device.handle(
+        now(),
         Event::PayloadReceived {
             data: "not a payload!".into(),
             sequence_token: "t1".into(),
@@ -364,6 +399,7 @@ fn generator_holds_a_bounded_number_of_payloads_before_confirmation() {
     let (_, initiate) =
         ScannerChannel::initiate(generation, qr.public_key, &binding, &mut rng()).unwrap();
     let actions = device.handle(
+        now(),
         Event::PayloadReceived {
             data: initiate,
             sequence_token: "t1".into(),
@@ -375,6 +411,7 @@ fn generator_holds_a_bounded_number_of_payloads_before_confirmation() {
         [Action::Send { sequence_token, .. }, Action::AskCheckCode] if sequence_token == "t1"
     ));
     device.handle(
+        now(),
         Event::PayloadSent {
             sequence_token: "t2".into(),
         },
@@ -382,6 +419,7 @@ fn generator_holds_a_bounded_number_of_payloads_before_confirmation() {
     );
     for n in 0..MAX_HELD_PAYLOADS {
         let actions = device.handle(
+            now(),
             Event::PayloadReceived {
                 data: format!("held {n}"),
                 sequence_token: format!("h{n}"),
@@ -391,6 +429,7 @@ fn generator_holds_a_bounded_number_of_payloads_before_confirmation() {
         assert_eq!(actions, vec![], "payload {n} must be held unopened");
     }
     let actions = device.handle(
+        now(),
         Event::PayloadReceived {
             data: "one too many".into(),
             sequence_token: "h-last".into(),
@@ -422,14 +461,19 @@ fn any_event() -> impl Strategy<Value = Event> {
             verification_uri: "https://a/".into(),
             verification_uri_complete: None,
             user_code: "X".into(),
+            expires_in: Duration::from_secs(30),
+            interval: None,
         })),
         Just(Event::DeviceAuthorizationUnsupported),
-        Just(Event::Token(TokenOutcome::Granted)),
-        Just(Event::Token(TokenOutcome::Denied)),
+        Just(Event::TokenPolled(TokenAnswer::Granted)),
+        Just(Event::TokenPolled(TokenAnswer::Pending)),
+        Just(Event::TokenPolled(TokenAnswer::SlowDown)),
+        Just(Event::TokenPolled(TokenAnswer::Denied)),
+        Just(Event::TokenPolled(TokenAnswer::Unavailable)),
         Just(Event::DeviceLookup(DeviceLookup::NotFound)),
         Just(Event::DeviceLookup(DeviceLookup::Found)),
         Just(Event::DeviceAppeared),
-        Just(Event::DeviceWaitTimedOut),
+        Just(Event::DeviceNotSeen),
         Just(Event::SecretsObtained(SecretsMessage {
             cross_signing: CrossSigningSecrets {
                 master_key: Secret::new("m"),
@@ -440,6 +484,21 @@ fn any_event() -> impl Strategy<Value = Event> {
         })),
         Just(Event::Cancelled),
         Just(Event::TransportFailed),
+    ]
+}
+
+/// What the driver does next: report an event, or let time pass (milliseconds) and hand
+/// the machine its due deadlines.
+#[derive(Clone, Debug)]
+enum Input {
+    Event(Event),
+    Wait(u64),
+}
+
+fn any_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        3 => any_event().prop_map(Input::Event),
+        1 => (0u64..20_000).prop_map(Input::Wait),
     ]
 }
 
@@ -485,10 +544,24 @@ impl Machine {
         }
     }
 
-    fn handle(&mut self, event: Event, rng: &mut StdRng) -> Vec<Action> {
+    fn handle(&mut self, now: Instant, event: Event, rng: &mut StdRng) -> Vec<Action> {
         match self {
-            Machine::New(d) => d.handle(event, rng),
-            Machine::Existing(d) => d.handle(event, rng),
+            Machine::New(d) => d.handle(now, event, rng),
+            Machine::Existing(d) => d.handle(now, event, rng),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Machine::New(d) => d.poll_timeout(),
+            Machine::Existing(d) => d.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        match self {
+            Machine::New(d) => d.handle_timeout(now),
+            Machine::Existing(d) => d.handle_timeout(now),
         }
     }
 
@@ -512,7 +585,7 @@ proptest! {
             Just(Start::ExistingScans),
         ],
         msc4388 in any::<bool>(),
-        events in proptest::collection::vec(any_event(), 0..40),
+        inputs in proptest::collection::vec(any_input(), 0..40),
     ) {
         let generation = if msc4388 { Generation::Msc4388 } else { Generation::Msc4108v2024 };
         let (mut machine, first) = Machine::start(start, generation);
@@ -534,13 +607,26 @@ proptest! {
             Ok(())
         };
         check(&first, &mut finals, &mut writing)?;
-        for event in events {
-            if matches!(event, Event::PayloadSent { .. }) {
-                writing = false;
-            }
-            let actions = machine.handle(event, &mut rng);
+        let mut now = now();
+        for input in inputs {
+            let actions = match input {
+                Input::Event(event) => {
+                    if matches!(event, Event::PayloadSent { .. }) {
+                        writing = false;
+                    }
+                    machine.handle(now, event, &mut rng)
+                }
+                Input::Wait(millis) => {
+                    now += Duration::from_millis(millis);
+                    machine.handle_timeout(now)
+                }
+            };
             check(&actions, &mut finals, &mut writing)?;
             prop_assert_eq!(machine.is_finished(), finals == 1);
+            // Nothing is timed once finished, nor while a PUT is in flight.
+            if finals == 1 || writing {
+                prop_assert_eq!(machine.poll_timeout(), None);
+            }
         }
     }
 }

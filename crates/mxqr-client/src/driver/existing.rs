@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use mxqr_proto::Generation;
 use mxqr_proto::machine::{Action, ConsentOrigin, DeviceLookup, Event, ExistingDevice};
@@ -19,11 +18,6 @@ use crate::ClientError;
 use crate::endpoint::endpoint;
 use crate::oauth::AuthMetadata;
 use crate::rendezvous::{Rendezvous, RendezvousSupport};
-
-/// How often, and how long, the existing device looks for the new device after
-/// `m.login.success` (matrix-sdk: every 500 ms for 10 s).
-const DEVICE_POLL_EVERY: Duration = Duration::from_millis(500);
-const DEVICE_POLL_FOR: Duration = Duration::from_secs(10);
 
 /// A signed-in existing device: its homeserver, its access token and the secrets it holds.
 pub struct ExistingSession {
@@ -127,11 +121,13 @@ async fn device_status(
 
 impl<U: Ui> Handler for ExistingHandler<'_, U> {
     type Ui = U;
+    /// Whether a look-up found the new device.
+    type Answer = bool;
     fn ui(&mut self) -> &mut U {
         self.ui
     }
 
-    async fn handle(&mut self, action: Action) -> Handled {
+    async fn handle(&mut self, action: Action) -> Handled<bool> {
         match action {
             Action::LookUpDevice { device_id } => {
                 let status = self
@@ -155,25 +151,18 @@ impl<U: Ui> Handler for ExistingHandler<'_, U> {
                 self.ui.show(UiEvent::Step(Step::WaitingForNewDevice));
                 Handled::Now(vec![])
             }
-            Action::WaitForDevice { device_id } => {
+            Action::LookForDevice { device_id } => {
                 let http = self.http.clone();
                 let homeserver = self.session.homeserver.clone();
                 let auth = self.auth.clone();
-                let wait: Background = Box::pin(async move {
-                    let deadline = tokio::time::Instant::now() + DEVICE_POLL_FOR;
-                    loop {
-                        if let Ok(StatusCode::OK) =
-                            auth.device_status(&http, &homeserver, &device_id).await
-                        {
-                            return Event::DeviceAppeared;
-                        }
-                        if tokio::time::Instant::now() + DEVICE_POLL_EVERY > deadline {
-                            return Event::DeviceWaitTimedOut;
-                        }
-                        tokio::time::sleep(DEVICE_POLL_EVERY).await;
-                    }
+                // Any answer but 200, or none, is "not yet": the machine looks again or gives up.
+                let look: Background<bool> = Box::pin(async move {
+                    matches!(
+                        auth.device_status(&http, &homeserver, &device_id).await,
+                        Ok(StatusCode::OK)
+                    )
                 });
-                Handled::Later(wait)
+                Handled::Later(look)
             }
             Action::ExportSecrets => {
                 Handled::Now(vec![Event::SecretsObtained(self.session.secrets.clone())])
@@ -183,6 +172,14 @@ impl<U: Ui> Handler for ExistingHandler<'_, U> {
                 Handled::Now(vec![])
             }
         }
+    }
+
+    fn answered(&mut self, found: bool) -> Vec<Event> {
+        vec![if found {
+            Event::DeviceAppeared
+        } else {
+            Event::DeviceNotSeen
+        }]
     }
 
     fn take_cause(&mut self) -> Option<ClientError> {

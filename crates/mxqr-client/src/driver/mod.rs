@@ -2,9 +2,12 @@
 //!
 //! A driver carries out each [`Action`] a machine returns and feeds back the [`Event`] that
 //! came of it: rendezvous reads and writes, the OAuth calls of the new device, the device
-//! look-ups of the existing device, and what the person sees and types ([`Ui`]). Waits that
-//! may take long (token polling, the device appearing) run while the rendezvous is watched,
-//! so a failure sent by the other device is seen at once.
+//! look-ups of the existing device, and what the person sees and types ([`Ui`]). The
+//! protocol's timing is the machine's: the driver sleeps until the machine's next deadline
+//! ([`poll_timeout`](NewDevice::poll_timeout)) and hands it over
+//! ([`handle_timeout`](NewDevice::handle_timeout)), passing the clock in with every input.
+//! Requests that may take long (a token poll the server holds) run while the rendezvous is
+//! watched, so a failure sent by the other device is seen at once.
 
 mod existing;
 mod new;
@@ -12,10 +15,9 @@ mod new;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use mxqr_proto::channel::CheckCode;
-use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, NewDevice, StartError};
+use mxqr_proto::machine::{Action, Event, ExistingDevice, Failure, Instant, NewDevice, StartError};
 use mxqr_proto::qr::QrCode;
 
 pub use existing::{ExistingSession, GrantOutcome, TokenRefresh, grant_scan, grant_show_qr};
@@ -96,50 +98,72 @@ pub enum DriverError {
 
 /// The two machines, driven alike.
 pub(crate) trait Machine {
-    fn handle(&mut self, event: Event) -> Vec<Action>;
-    fn sequence_token(&self) -> Option<String>;
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action>;
+    /// The rendezvous read the machine asks for at `now`: its token, and until when.
+    fn read(&self, now: Instant) -> Option<(String, Instant)>;
 }
 
 impl Machine for NewDevice {
-    fn handle(&mut self, event: Event) -> Vec<Action> {
-        NewDevice::handle(self, event, &mut rand::rng())
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        NewDevice::handle(self, now, event, &mut rand::rng())
     }
-    fn sequence_token(&self) -> Option<String> {
-        NewDevice::sequence_token(self).map(str::to_owned)
+    fn poll_timeout(&self) -> Option<Instant> {
+        NewDevice::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        NewDevice::handle_timeout(self, now)
+    }
+    fn read(&self, now: Instant) -> Option<(String, Instant)> {
+        NewDevice::read(self, now).map(|read| (read.sequence_token.to_owned(), read.until))
     }
 }
 
 impl Machine for ExistingDevice {
-    fn handle(&mut self, event: Event) -> Vec<Action> {
-        ExistingDevice::handle(self, event, &mut rand::rng())
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        ExistingDevice::handle(self, now, event, &mut rand::rng())
     }
-    fn sequence_token(&self) -> Option<String> {
-        ExistingDevice::sequence_token(self).map(str::to_owned)
+    fn poll_timeout(&self) -> Option<Instant> {
+        ExistingDevice::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        ExistingDevice::handle_timeout(self, now)
+    }
+    fn read(&self, now: Instant) -> Option<(String, Instant)> {
+        ExistingDevice::read(self, now).map(|read| (read.sequence_token.to_owned(), read.until))
     }
 }
 
-/// A wait that runs while the rendezvous is watched, ending in an event.
-pub(crate) type Background = Pin<Box<dyn Future<Output = Event> + Send>>;
+/// The driver's clock, as the machines take it (tokio's, so paused test time applies).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A request that runs while the rendezvous is watched.
+pub(crate) type Background<A> = Pin<Box<dyn Future<Output = A> + Send>>;
 
 /// What a device-specific action handler decided.
-pub(crate) enum Handled {
+pub(crate) enum Handled<A> {
     /// Events to feed the machine now.
     Now(Vec<Event>),
-    /// A long wait to run alongside the rendezvous.
-    Later(Background),
+    /// A request to run alongside the rendezvous; its answer goes to
+    /// [`Handler::answered`].
+    Later(Background<A>),
 }
 
 /// Device-specific actions.
 pub(crate) trait Handler {
     type Ui: Ui;
+    /// What a request run in the background brings back.
+    type Answer: Send + 'static;
     fn ui(&mut self) -> &mut Self::Ui;
-    fn handle(&mut self, action: Action) -> impl Future<Output = Handled> + Send;
+    fn handle(&mut self, action: Action) -> impl Future<Output = Handled<Self::Answer>> + Send;
+    /// The events a background request's answer stands for.
+    fn answered(&mut self, answer: Self::Answer) -> Vec<Event>;
     /// The request error behind the last failed step, reported with the failure.
     fn take_cause(&mut self) -> Option<ClientError>;
 }
-
-/// Longest single wait for the other device's next payload.
-const RECEIVE_SLICE: Duration = Duration::from_secs(30);
 
 /// Runs `machine` to its end. Returns `Ok(())` on [`Action::Done`].
 pub(crate) async fn run<M, H>(
@@ -153,7 +177,7 @@ where
     H: Handler,
 {
     let mut queue: VecDeque<Action> = initial.into();
-    let mut background: Option<Background> = None;
+    let mut background: Option<Background<H::Answer>> = None;
     let mut transport_error: Option<ClientError> = None;
     loop {
         while let Some(action) = queue.pop_front() {
@@ -207,42 +231,66 @@ where
                 },
             };
             for event in events {
-                queue.extend(machine.handle(event));
+                queue.extend(machine.handle(now(), event));
             }
         }
 
-        // Nothing to do but wait: for the other device, or for a background wait.
-        let token = machine.sequence_token();
+        // Nothing to do but wait: for the other device (reading as long as the machine says,
+        // which is never past its next deadline), or for a background request.
+        let started = now();
+        let read = machine.read(started);
+        let deadline = machine.poll_timeout();
         let event = tokio::select! {
             received = async {
-                match &token {
-                    Some(t) => rendezvous.receive_after(t, RECEIVE_SLICE).await,
+                match &read {
+                    Some((token, until)) => {
+                        let wait = until.saturating_duration_since(started);
+                        rendezvous.receive_after(token, wait).await
+                    }
                     None => std::future::pending().await,
                 }
             } => match received {
                 Ok((data, sequence_token)) => Event::PayloadReceived { data, sequence_token },
-                // Nothing yet: look again (the session's own expiry ends this).
-                Err(ClientError::Timeout) => continue,
+                // The read's time is up: a receive slice ended, or a deadline came.
+                Err(ClientError::Timeout) => {
+                    queue.extend(machine.handle_timeout(now()));
+                    continue;
+                }
                 Err(e) => {
                     transport_error = Some(e);
                     Event::TransportFailed
                 }
             },
-            event = async {
+            // With nothing to read, the machine's deadline is waited for on its own.
+            () = async {
+                match (&read, deadline) {
+                    (None, Some(at)) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await
+                    }
+                    _ => std::future::pending().await,
+                }
+            } => {
+                queue.extend(machine.handle_timeout(now()));
+                continue;
+            }
+            answer = async {
                 match background.as_mut() {
-                    Some(wait) => wait.await,
+                    Some(request) => request.await,
                     None => std::future::pending().await,
                 }
             } => {
                 background = None;
-                event
+                for event in handler.answered(answer) {
+                    queue.extend(machine.handle(now(), event));
+                }
+                continue;
             }
             () = handler.ui().cancelled() => {
-                // A pending wait (token polling, the device appearing) is abandoned.
+                // A request in flight (a token poll, a device check) is abandoned.
                 background = None;
                 Event::Cancelled
             }
         };
-        queue.extend(machine.handle(event));
+        queue.extend(machine.handle(now(), event));
     }
 }

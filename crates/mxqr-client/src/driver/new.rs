@@ -2,21 +2,21 @@
 //! consents, then receives the cross-signing and backup secrets and sets up encryption.
 
 use std::future::Future;
+use std::time::Duration;
 
 use mxqr_keys::{
     Account, BackupRefusal, CrossSigningRefusal, check_received_backup,
     check_received_cross_signing,
 };
 use mxqr_proto::Generation;
-use mxqr_proto::machine::{Action, DeviceAuthorization, Event, NewDevice, TokenOutcome};
+use mxqr_proto::machine::{Action, DeviceAuthorization, Event, NewDevice, TokenAnswer};
 use mxqr_proto::messages::{DeviceId, SecretsMessage};
 use mxqr_proto::qr::{Msc4388Prefix, QrCode};
-use tokio::time::Instant;
 use url::Url;
 
 use super::{Background, DriverError, Handled, Handler, Step, Ui, UiEvent, run};
 use crate::discovery::homeserver_base_url;
-use crate::oauth::{self, AuthMetadata, ClientMetadata, DeviceGrantOutcome, ScopeSpelling, Tokens};
+use crate::oauth::{self, AuthMetadata, ClientMetadata, PollOutcome, ScopeSpelling, Tokens};
 use crate::rendezvous::{Rendezvous, RendezvousSupport};
 use crate::{ClientError, e2ee};
 
@@ -221,30 +221,15 @@ struct NewHandler<'a, E: E2eeSetup, U: Ui> {
     ui: &'a mut U,
     /// Known from the QR code or the command line; otherwise from `m.login.protocols`.
     homeserver: Option<Url>,
-    grant: Option<(AuthMetadata, String, oauth::DeviceAuthorization, Instant)>,
+    grant: Option<(AuthMetadata, String, oauth::DeviceAuthorization)>,
     tokens: Option<Tokens>,
-    /// The token polling's result, delivered when its background wait ends.
-    pending_tokens: Option<tokio::sync::oneshot::Receiver<Result<DeviceGrantOutcome, ClientError>>>,
+    /// Whether the person was told the sign-in now waits for consent.
+    waiting_shown: bool,
     report: Option<Result<E2eeReport, ClientError>>,
     cause: Option<ClientError>,
 }
 
 impl<E: E2eeSetup, U: Ui> NewHandler<'_, E, U> {
-    fn collect_tokens(&mut self) {
-        if let Some(mut rx) = self.pending_tokens.take() {
-            match rx.try_recv() {
-                Ok(Ok(DeviceGrantOutcome::Granted(tokens))) => self.tokens = Some(tokens),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => self.cause = Some(e),
-                // Still polling: keep waiting for it.
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                    self.pending_tokens = Some(rx)
-                }
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {}
-            }
-        }
-    }
-
     async fn start_authorization(
         &mut self,
         homeserver: &str,
@@ -266,20 +251,23 @@ impl<E: E2eeSetup, U: Ui> NewHandler<'_, E, U> {
             verification_uri: grant.verification_uri.to_string(),
             verification_uri_complete: grant.verification_uri_complete.as_ref().map(Url::to_string),
             user_code: grant.user_code.clone(),
+            expires_in: Duration::from_secs(grant.expires_in),
+            interval: Some(Duration::from_secs(grant.interval)),
         });
         self.homeserver = Some(base);
-        self.grant = Some((metadata, client_id, grant, Instant::now()));
+        self.grant = Some((metadata, client_id, grant));
         Ok(event)
     }
 }
 
 impl<E: E2eeSetup, U: Ui> Handler for NewHandler<'_, E, U> {
     type Ui = U;
+    type Answer = Result<PollOutcome, ClientError>;
     fn ui(&mut self) -> &mut U {
         self.ui
     }
 
-    async fn handle(&mut self, action: Action) -> Handled {
+    async fn handle(&mut self, action: Action) -> Handled<Self::Answer> {
         match action {
             Action::StartDeviceAuthorization {
                 homeserver,
@@ -302,33 +290,22 @@ impl<E: E2eeSetup, U: Ui> Handler for NewHandler<'_, E, U> {
                 Handled::Now(vec![])
             }
             Action::PollToken => {
-                let Some((metadata, client_id, grant, started)) = self.grant.clone() else {
+                let Some((metadata, client_id, grant)) = self.grant.clone() else {
                     self.cause = Some(ClientError::Protocol(
                         "token polling before authorization".into(),
                     ));
                     return Handled::Now(vec![Event::Cancelled]);
                 };
-                self.ui.show(UiEvent::Step(Step::WaitingForConsent));
+                if !std::mem::replace(&mut self.waiting_shown, true) {
+                    self.ui.show(UiEvent::Step(Step::WaitingForConsent));
+                }
                 let http = self.http.clone();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let wait: Background = Box::pin(async move {
-                    let outcome =
-                        oauth::wait_for_device_token(&http, &metadata, &client_id, &grant, started)
-                            .await;
-                    let event = match &outcome {
-                        Ok(DeviceGrantOutcome::Granted(_)) => Event::Token(TokenOutcome::Granted),
-                        Ok(DeviceGrantOutcome::Denied) => Event::Token(TokenOutcome::Denied),
-                        Ok(DeviceGrantOutcome::Expired) => Event::Token(TokenOutcome::Expired),
-                        Err(_) => Event::Cancelled,
-                    };
-                    let _ = tx.send(outcome);
-                    event
+                let poll: Background<Self::Answer> = Box::pin(async move {
+                    oauth::poll_device_token(&http, &metadata, &client_id, &grant.device_code).await
                 });
-                self.pending_tokens = Some(rx);
-                Handled::Later(wait)
+                Handled::Later(poll)
             }
             Action::ImportSecrets(secrets) => {
-                self.collect_tokens();
                 self.ui.show(UiEvent::Step(Step::SettingUpEncryption));
                 let report = match (&self.homeserver, &self.tokens) {
                     (Some(hs), Some(tokens)) => {
@@ -350,8 +327,30 @@ impl<E: E2eeSetup, U: Ui> Handler for NewHandler<'_, E, U> {
         }
     }
 
+    fn answered(&mut self, answer: Self::Answer) -> Vec<Event> {
+        let answer = match answer {
+            Ok(PollOutcome::Granted(tokens)) => {
+                self.tokens = Some(tokens);
+                TokenAnswer::Granted
+            }
+            Ok(polled) => polled.answer(),
+            // The machine decides whether and when to try again.
+            Err(e) if crate::rendezvous::is_transient(&e) => {
+                tracing::debug!("token poll failed ({e})");
+                self.cause = Some(e);
+                return vec![Event::TokenPolled(TokenAnswer::Unavailable)];
+            }
+            Err(e) => {
+                self.cause = Some(e);
+                return vec![Event::Cancelled];
+            }
+        };
+        // An earlier unanswered poll is no longer the story.
+        self.cause = None;
+        vec![Event::TokenPolled(answer)]
+    }
+
     fn take_cause(&mut self) -> Option<ClientError> {
-        self.collect_tokens();
         self.cause.take()
     }
 }
@@ -439,18 +438,17 @@ async fn drive<E: E2eeSetup, U: Ui>(
         homeserver,
         grant: None,
         tokens: None,
-        pending_tokens: None,
+        waiting_shown: false,
         report: None,
         cause: None,
     };
     run(&mut machine, initial, &mut rendezvous, &mut handler).await?;
-    handler.collect_tokens();
     let report = handler.report.take().ok_or_else(|| {
         DriverError::Client(ClientError::Protocol(
             "sign-in ended without secrets".into(),
         ))
     })?;
-    let (metadata, client_id, _, _) = handler.grant.take().ok_or_else(|| {
+    let (metadata, client_id, _) = handler.grant.take().ok_or_else(|| {
         DriverError::Client(ClientError::Protocol(
             "sign-in ended without authorization".into(),
         ))

@@ -6,12 +6,13 @@ use std::collections::VecDeque;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use super::{Action, Event, Failure, MAX_HELD_PAYLOADS, Unexpected};
+use super::{Action, Event, Failure, MAX_HELD_PAYLOADS, RECEIVE_SLICE, Read, Unexpected};
 use crate::Generation;
 use crate::channel::{
     Binding, ChannelError, EstablishedChannel, GeneratorChannel, ScannerChannel, UnconfirmedChannel,
 };
 use crate::messages::{FailureMessage, FailureReason, LoginMessage};
+use crate::time::Instant;
 
 /// Tokens remembered to recognise reads already handled. A conversation has about ten
 /// writes; the bound only limits what a misbehaving server can make us store.
@@ -66,23 +67,43 @@ impl<S> Next<S> {
     }
 }
 
-/// The device-specific part of a machine: its steps once the channel is trusted.
+/// The device-specific part of a machine: its steps once the channel is trusted. Every
+/// input comes with `now`, the driver's clock when it was handled; deadlines live in the
+/// steps.
 pub(super) trait Conduct {
     type Step;
 
     /// The channel just became trusted (S: G's OK opened; G: the check code matched).
-    fn secured(&mut self, out: &mut Vec<Action>) -> Next<Self::Step>;
+    fn secured(&mut self, now: Instant, out: &mut Vec<Action>) -> Next<Self::Step>;
 
     /// A message from the peer other than `m.login.failure` (handled for both devices).
     fn message(
         &mut self,
         step: Self::Step,
         message: LoginMessage,
+        now: Instant,
         out: &mut Vec<Action>,
     ) -> Next<Self::Step>;
 
     /// A device-specific event from the driver; return `Next::stay(step)` to ignore it.
-    fn event(&mut self, step: Self::Step, event: Event, out: &mut Vec<Action>) -> Next<Self::Step>;
+    fn event(
+        &mut self,
+        step: Self::Step,
+        event: Event,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Next<Self::Step>;
+
+    /// The next deadline of `step`, if it has one.
+    fn poll_timeout(step: &Self::Step) -> Option<Instant>;
+
+    /// Time passed: act on the deadlines of `step` that are due at `now` (none may be).
+    fn timeout(
+        &mut self,
+        step: Self::Step,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Next<Self::Step>;
 }
 
 /// Where this side is in the handshake, then in the conversation.
@@ -203,12 +224,55 @@ impl<D: Conduct> Conversation<D> {
 
     pub(super) fn handle<R: CryptoRng + ?Sized>(
         &mut self,
+        now: Instant,
         event: Event,
         rng: &mut R,
     ) -> Vec<Action> {
         self.queue.push_back(Input::Event(event));
         while let Some(input) = self.next_input() {
-            self.process(input, rng);
+            self.process(input, now, rng);
+        }
+        if self.is_finished() {
+            self.queue.clear();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The read to make at `now`: against the current token, until the end of a receive
+    /// slice or the next deadline, whichever comes first.
+    pub(super) fn read(&self, now: Instant) -> Option<Read<'_>> {
+        let sequence_token = self.sequence_token()?;
+        let slice_end = now.checked_add(RECEIVE_SLICE).unwrap_or(now);
+        let until = self
+            .poll_timeout()
+            .map_or(slice_end, |deadline| deadline.min(slice_end));
+        Some(Read {
+            sequence_token,
+            until,
+        })
+    }
+
+    /// The next deadline; `None` while a PUT is in flight (its outcome comes first) or once
+    /// finished.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        match (&self.phase, &self.token) {
+            (_, Token::Writing { .. }) => None,
+            (Phase::Secure { step, .. }, Token::Known(_)) => D::poll_timeout(step),
+            _ => None,
+        }
+    }
+
+    /// Acts on the deadlines due at `now`. Nothing happens while a PUT is in flight: the
+    /// deadlines stay due and are looked at again once its outcome was handled.
+    pub(super) fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        if matches!(self.token, Token::Known(_)) {
+            match std::mem::replace(&mut self.phase, Phase::Finished) {
+                Phase::Secure { channel, step } => {
+                    let next = self.device.timeout(step, now, &mut self.out);
+                    self.apply(channel, next);
+                }
+                other => self.phase = other,
+            }
         }
         if self.is_finished() {
             self.queue.clear();
@@ -271,9 +335,9 @@ impl<D: Conduct> Conversation<D> {
         self.token = Token::Known(token);
     }
 
-    fn process<R: CryptoRng + ?Sized>(&mut self, input: Input, rng: &mut R) {
+    fn process<R: CryptoRng + ?Sized>(&mut self, input: Input, now: Instant, rng: &mut R) {
         match input {
-            Input::Held(Held { data, binding }) => self.receive(data, binding, rng),
+            Input::Held(Held { data, binding }) => self.receive(data, binding, now, rng),
             Input::Event(Event::PayloadSent { sequence_token }) => {
                 if matches!(self.token, Token::Writing { .. }) {
                     self.remember(sequence_token);
@@ -292,7 +356,7 @@ impl<D: Conduct> Conversation<D> {
                 }
                 let binding = self.current_binding();
                 self.remember(sequence_token);
-                self.receive(data, binding, rng);
+                self.receive(data, binding, now, rng);
             }
             Input::Event(Event::TransportFailed) => {
                 let failure = match std::mem::replace(&mut self.phase, Phase::Finished) {
@@ -301,7 +365,7 @@ impl<D: Conduct> Conversation<D> {
                 };
                 self.end_silently(Ending::Failed(failure));
             }
-            Input::Event(Event::CheckCodeEntered(code)) => self.check_code_entered(code),
+            Input::Event(Event::CheckCodeEntered(code)) => self.check_code_entered(code, now),
             Input::Event(Event::Cancelled) => {
                 let cancelled = Next::fail(FailureReason::UserCancelled);
                 match std::mem::replace(&mut self.phase, Phase::Finished) {
@@ -316,7 +380,7 @@ impl<D: Conduct> Conversation<D> {
             }
             Input::Event(event) => match std::mem::replace(&mut self.phase, Phase::Finished) {
                 Phase::Secure { channel, step } => {
-                    let next = self.device.event(step, event, &mut self.out);
+                    let next = self.device.event(step, event, now, &mut self.out);
                     self.apply(channel, next);
                 }
                 other => self.phase = other,
@@ -324,7 +388,7 @@ impl<D: Conduct> Conversation<D> {
         }
     }
 
-    fn check_code_entered(&mut self, code: u8) {
+    fn check_code_entered(&mut self, code: u8, now: Instant) {
         match std::mem::replace(&mut self.phase, Phase::Finished) {
             Phase::AwaitingCheckCode { channel, held } => match channel.confirm(code) {
                 Ok(channel) => {
@@ -332,7 +396,7 @@ impl<D: Conduct> Conversation<D> {
                     for held in held.into_iter().rev() {
                         self.queue.push_front(Input::Held(held));
                     }
-                    let next = self.device.secured(&mut self.out);
+                    let next = self.device.secured(now, &mut self.out);
                     self.apply(channel, next);
                 }
                 Err(ChannelError::CheckCodeMismatch) => {
@@ -345,7 +409,13 @@ impl<D: Conduct> Conversation<D> {
     }
 
     /// A payload from the peer, with the binding it was sealed under.
-    fn receive<R: CryptoRng + ?Sized>(&mut self, data: String, binding: Binding, rng: &mut R) {
+    fn receive<R: CryptoRng + ?Sized>(
+        &mut self,
+        data: String,
+        binding: Binding,
+        now: Instant,
+        rng: &mut R,
+    ) {
         match std::mem::replace(&mut self.phase, Phase::Finished) {
             Phase::AwaitingInitiate(channel) => match channel.receive_initiate(&data, &binding) {
                 Ok(mut channel) => {
@@ -370,7 +440,7 @@ impl<D: Conduct> Conversation<D> {
             Phase::AwaitingOk(channel) => match channel.receive_ok(&data, &binding) {
                 Ok(channel) => {
                     self.out.push(Action::ShowCheckCode(channel.check_code()));
-                    let next = self.device.secured(&mut self.out);
+                    let next = self.device.secured(now, &mut self.out);
                     self.apply(channel, next);
                 }
                 Err(error) => self.end_silently(Ending::Failed(Failure::Channel(error))),
@@ -383,7 +453,7 @@ impl<D: Conduct> Conversation<D> {
                             Ok(LoginMessage::Failure(failure)) => {
                                 Next::End(Ending::Failed(Failure::PeerFailed(failure.reason)))
                             }
-                            Ok(message) => self.device.message(step, message, &mut self.out),
+                            Ok(message) => self.device.message(step, message, now, &mut self.out),
                             Err(error) => Next::unexpected(Unexpected::Undecodable(error)),
                         }
                     }

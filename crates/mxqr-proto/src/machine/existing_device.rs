@@ -4,8 +4,9 @@ use rand_core::CryptoRng;
 
 use super::conversation::{Conduct, Conversation, Ending, Next};
 use super::{
-    Action, ConsentOrigin, CreatedRendezvous, DeviceLookup, Event, Failure, StartError, Unexpected,
-    UntrustedConsentPage, parse_url, place_of_created, place_of_scanned,
+    Action, ConsentOrigin, CreatedRendezvous, DEVICE_CHECK_EVERY, DEVICE_WAIT, DeviceLookup, Event,
+    Failure, Read, StartError, Unexpected, UntrustedConsentPage, parse_url, place_of_created,
+    place_of_scanned,
 };
 use crate::channel::GeneratorChannel;
 use crate::messages::{
@@ -13,6 +14,7 @@ use crate::messages::{
     LoginMessage, LoginProtocol, Protocol, ProtocolsMessage,
 };
 use crate::qr::{QrCode, QrIntent, QrRendezvous};
+use crate::time::Instant;
 use crate::{DeviceKind, Generation};
 
 /// The existing device's side of a QR sign-in.
@@ -20,7 +22,8 @@ use crate::{DeviceKind, Generation};
 /// Order (docs/protocol.md §5): as S, send `m.login.protocols` (as G the homeserver is in the QR
 /// code, and nothing is done before the check code matched) → receive `m.login.protocol`
 /// → the device ID must be unknown (404) → open the consent page and send
-/// `m.login.protocol_accepted` → on `m.login.success` wait for the device to appear →
+/// `m.login.protocol_accepted` → on `m.login.success` wait for the device to appear (the
+/// machine times the look-ups and gives up after [`DEVICE_WAIT`]) →
 /// send `m.login.secrets`.
 pub struct ExistingDevice {
     conversation: Conversation<ExistingConduct>,
@@ -100,10 +103,34 @@ impl ExistingDevice {
         Ok((Self { conversation }, actions))
     }
 
-    /// Feeds one event; returns what to do, in order. `rng` is used only by G, to seal
-    /// its OK.
-    pub fn handle<R: CryptoRng + ?Sized>(&mut self, event: Event, rng: &mut R) -> Vec<Action> {
-        self.conversation.handle(event, rng)
+    /// Feeds one event that happened at `now`; returns what to do, in order. `rng` is used
+    /// only by G, to seal its OK.
+    pub fn handle<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Instant,
+        event: Event,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        self.conversation.handle(now, event, rng)
+    }
+
+    /// The rendezvous read to make at `now`; `None` while a PUT is in flight or once
+    /// finished. A payload read is reported as [`Event::PayloadReceived`]; when `until`
+    /// passes first, call [`handle_timeout`](Self::handle_timeout) and ask again.
+    pub fn read(&self, now: Instant) -> Option<Read<'_>> {
+        self.conversation.read(now)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called; `None` while
+    /// nothing is timed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conversation.poll_timeout()
+    }
+
+    /// Time passed: acts on every deadline due at `now`. Calling it early, late or twice
+    /// is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        self.conversation.handle_timeout(now)
     }
 
     /// The token to read the rendezvous against; `None` while a PUT is in flight or once
@@ -142,8 +169,14 @@ enum ExistingStep {
     },
     /// `m.login.protocol_accepted` sent; waiting for `m.login.success`.
     AwaitingSuccess { device_id: DeviceId },
-    /// The driver waits for the device to show up.
-    WaitingForDevice,
+    /// Looking for the device in the account's device list.
+    WaitingForDevice {
+        device_id: DeviceId,
+        /// When to give up: [`DEVICE_WAIT`] after `m.login.success`.
+        deadline: Instant,
+        /// When to look next; `None` while a look-up is in flight.
+        next_check: Option<Instant>,
+    },
     /// The driver reads the secrets.
     ExportingSecrets,
 }
@@ -151,7 +184,7 @@ enum ExistingStep {
 impl Conduct for ExistingConduct {
     type Step = ExistingStep;
 
-    fn secured(&mut self, _out: &mut Vec<Action>) -> Next<ExistingStep> {
+    fn secured(&mut self, _now: Instant, _out: &mut Vec<Action>) -> Next<ExistingStep> {
         match self.announce.take() {
             Some(homeserver) => {
                 let protocols = ProtocolsMessage {
@@ -168,6 +201,7 @@ impl Conduct for ExistingConduct {
         &mut self,
         step: ExistingStep,
         message: LoginMessage,
+        now: Instant,
         out: &mut Vec<Action>,
     ) -> Next<ExistingStep> {
         match (step, message) {
@@ -190,8 +224,14 @@ impl Conduct for ExistingConduct {
                 }
             }
             (ExistingStep::AwaitingSuccess { device_id }, LoginMessage::Success) => {
-                out.push(Action::WaitForDevice { device_id });
-                Next::stay(ExistingStep::WaitingForDevice)
+                out.push(Action::LookForDevice {
+                    device_id: device_id.clone(),
+                });
+                Next::stay(ExistingStep::WaitingForDevice {
+                    device_id,
+                    deadline: now.checked_add(DEVICE_WAIT).unwrap_or(now),
+                    next_check: None,
+                })
             }
             (ExistingStep::AwaitingSuccess { .. }, LoginMessage::Declined) => {
                 Next::End(Ending::Failed(Failure::PeerDeclined))
@@ -204,6 +244,7 @@ impl Conduct for ExistingConduct {
         &mut self,
         step: ExistingStep,
         event: Event,
+        now: Instant,
         out: &mut Vec<Action>,
     ) -> Next<ExistingStep> {
         match (step, event) {
@@ -219,18 +260,73 @@ impl Conduct for ExistingConduct {
                     DeviceLookup::Found => Next::fail(FailureReason::DeviceAlreadyExists),
                 }
             }
-            (ExistingStep::WaitingForDevice, Event::DeviceAppeared) => {
+            (ExistingStep::WaitingForDevice { .. }, Event::DeviceAppeared) => {
                 out.push(Action::ExportSecrets);
                 Next::stay(ExistingStep::ExportingSecrets)
             }
-            (ExistingStep::WaitingForDevice, Event::DeviceWaitTimedOut) => {
-                Next::fail(FailureReason::DeviceNotFound)
+            (
+                ExistingStep::WaitingForDevice {
+                    device_id,
+                    deadline,
+                    next_check: None,
+                },
+                Event::DeviceNotSeen,
+            ) => {
+                if now >= deadline {
+                    return Next::fail(FailureReason::DeviceNotFound);
+                }
+                Next::stay(ExistingStep::WaitingForDevice {
+                    device_id,
+                    deadline,
+                    next_check: Some(now.checked_add(DEVICE_CHECK_EVERY).unwrap_or(deadline)),
+                })
             }
             (ExistingStep::ExportingSecrets, Event::SecretsObtained(secrets)) => Next::Tell {
                 message: LoginMessage::Secrets(secrets),
                 ending: Ending::Done,
             },
             (step, _) => Next::stay(step),
+        }
+    }
+
+    fn poll_timeout(step: &ExistingStep) -> Option<Instant> {
+        match step {
+            ExistingStep::WaitingForDevice {
+                deadline,
+                next_check,
+                ..
+            } => Some(next_check.map_or(*deadline, |at| at.min(*deadline))),
+            _ => None,
+        }
+    }
+
+    /// The wait for the device ends at its deadline even with a look-up in flight: a server
+    /// that does not answer cannot hold the sign-in open.
+    fn timeout(
+        &mut self,
+        step: ExistingStep,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Next<ExistingStep> {
+        match step {
+            ExistingStep::WaitingForDevice { deadline, .. } if now >= deadline => {
+                Next::fail(FailureReason::DeviceNotFound)
+            }
+            ExistingStep::WaitingForDevice {
+                device_id,
+                deadline,
+                next_check: Some(at),
+            } if at <= now => {
+                out.push(Action::LookForDevice {
+                    device_id: device_id.clone(),
+                });
+                Next::stay(ExistingStep::WaitingForDevice {
+                    device_id,
+                    deadline,
+                    next_check: None,
+                })
+            }
+            step => Next::stay(step),
         }
     }
 }

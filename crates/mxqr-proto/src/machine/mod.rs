@@ -3,15 +3,29 @@
 //! [`NewDevice`] and [`ExistingDevice`] each start either as G (they created a rendezvous
 //! and show the QR code) or as S (they scanned one), in either generation. The driver feeds
 //! [`Event`]s to `handle` and carries out the [`Action`]s it returns, in order. Nothing
-//! here touches the network or a clock: timeouts (the ~10 s device wait) and polling
-//! intervals are the driver's, reported back as events.
+//! here touches the network or a clock.
+//!
+//! # Time
+//!
+//! The machines own the protocol's timing, in the manner of a sans-IO transport: the pace
+//! of the token polls (RFC 8628 `interval`, `slow_down`, `expires_in`, see
+//! [`crate::token_poll`]), the existing device's wait for the new device ([`DEVICE_WAIT`],
+//! looking every [`DEVICE_CHECK_EVERY`]) and how long one rendezvous read lasts
+//! ([`RECEIVE_SLICE`]). Every input carries `now`, the driver's clock; `poll_timeout` says
+//! when the machine next needs to act, and `handle_timeout(now)` lets it. A driver keeps
+//! no timer of its own: it sleeps until `poll_timeout` (or reads until [`Read::until`]),
+//! then calls `handle_timeout`. Tests move `now` by hand.
 //!
 //! # Driver contract
 //!
-//! - Poll the rendezvous while the machine is not finished and [`sequence_token`] is
-//!   `Some`, and report every read whose token differs from it as
-//!   [`Event::PayloadReceived`] (use the token as `If-None-Match` in the 2024 generation).
-//!   Re-reporting an already seen token, or a stale read, is harmless: it is ignored.
+//! - While the machine is not finished, make the read `read(now)` asks for: against its
+//!   `sequence_token` (`If-None-Match` in the 2024 generation), until [`Read::until`]. Report
+//!   every read whose token differs from it as [`Event::PayloadReceived`]; when `until`
+//!   passes first, call `handle_timeout`. Re-reporting an already seen token, or a stale
+//!   read, is harmless: it is ignored.
+//! - Carry out [`Action::PollToken`] and [`Action::LookForDevice`] once each, when asked
+//!   (they may run while the rendezvous is read), and report the answer. The machine asks
+//!   again when it is time.
 //! - [`Action::Send`] is a PUT of `payload` replacing `sequence_token` (`If-Match` in 2024,
 //!   the JSON `sequence_token` in MSC4388); report [`Event::PayloadSent`] with the new token,
 //!   or [`Event::TransportFailed`]. Events that arrive meanwhile are queued by the machine
@@ -40,6 +54,11 @@
 //!   messages still reach only the real peer, and telling it beats leaving it waiting.
 //! - **The new device's user code** is shown once `m.login.protocol_accepted` arrives,
 //!   together with the start of token polling, as matrix-sdk does.
+//! - **A token endpoint that stays unreachable** (no answer or 503 for
+//!   [`UNAVAILABLE_FOR`](crate::token_poll::UNAVAILABLE_FOR)) ends the new device's part as
+//!   a cancellation does, with `user_cancelled`: no reason names a server failure.
+//! - **The wait for the new device** ends at its deadline even with a look-up unanswered:
+//!   a homeserver that does not answer cannot hold the sign-in open.
 //! - **The consent page** the new device names is opened only if it is on the origin of
 //!   the existing device's own homeserver's `device_authorization_endpoint`
 //!   ([`ConsentOrigin`]); otherwise the existing device stops at once, before the device
@@ -47,8 +66,6 @@
 //!   takes part in, which fits that reason better than blaming order or encoding.
 //! - **`m.login.declined`** is accepted only where the table of section 5 allows it: from
 //!   the new device, after `m.login.protocol_accepted`.
-//!
-//! [`sequence_token`]: NewDevice::sequence_token
 
 mod consent;
 mod conversation;
@@ -58,6 +75,11 @@ mod new_device;
 pub use consent::{ConsentOrigin, ConsentOriginError, UntrustedConsentPage};
 pub use existing_device::ExistingDevice;
 pub use new_device::NewDevice;
+
+pub use crate::time::Instant;
+pub use crate::token_poll::{TokenAnswer, TokenOutcome};
+
+use std::time::Duration;
 
 use crate::Generation;
 use crate::channel::{ChannelError, CheckCode};
@@ -69,6 +91,29 @@ use conversation::Place;
 /// most two before it hears back; the cap only bounds what a hostile writer can make G
 /// store.
 pub const MAX_HELD_PAYLOADS: usize = 8;
+
+/// How long the existing device waits for the new device to appear in the account's device
+/// list after `m.login.success`, and how often it looks (as matrix-sdk: 10 s, every 500 ms).
+/// The new device signed in just before saying so, so a device that is still missing after
+/// that is not coming.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(10);
+pub const DEVICE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Longest a single read of the rendezvous waits before the driver comes back to the
+/// machine (see [`NewDevice::read`]). Nothing is lost when it ends: the driver just reads
+/// again. It bounds each long-poll request and lets a driver that cannot wait on two things
+/// at once still come back regularly.
+pub const RECEIVE_SLICE: Duration = Duration::from_secs(30);
+
+/// A read of the rendezvous the machine asks for: against `sequence_token` (`If-None-Match`
+/// in the 2024 generation), waiting at most until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read<'a> {
+    pub sequence_token: &'a str,
+    /// [`RECEIVE_SLICE`] from now, or the machine's next deadline if that comes first: when
+    /// it passes with nothing read, call `handle_timeout` and read again.
+    pub until: Instant,
+}
 
 /// The rendezvous G created, as the server described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +136,12 @@ pub struct DeviceAuthorization {
     pub verification_uri: String,
     pub verification_uri_complete: Option<String>,
     pub user_code: String,
+    /// The server's `expires_in`, as sent: the machine holds it to
+    /// [`MAX_GRANT_LIFETIME`](crate::token_poll::MAX_GRANT_LIFETIME).
+    pub expires_in: Duration,
+    /// The server's `interval`, as sent (`None`: it sent none): the machine applies the
+    /// default and the bounds of [`crate::token_poll`].
+    pub interval: Option<Duration>,
 }
 
 /// Result of the existing device's `GET /_matrix/client/v3/devices/<id>`.
@@ -100,16 +151,6 @@ pub enum DeviceLookup {
     NotFound,
     /// Any other answer: matrix-sdk treats every non-404 as "already exists", so do we.
     Found,
-}
-
-/// Final answer of the new device's token endpoint polling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenOutcome {
-    Granted,
-    /// `access_denied`: the user refused on the consent page.
-    Denied,
-    /// `expired_token`: nobody approved in time.
-    Expired,
 }
 
 /// Something that happened, reported by the driver.
@@ -128,14 +169,15 @@ pub enum Event {
     DeviceAuthorizationStarted(DeviceAuthorization),
     /// New device: its homeserver does not offer the device authorization grant.
     DeviceAuthorizationUnsupported,
-    /// New device: the token endpoint polling ended.
-    Token(TokenOutcome),
+    /// New device: the answer to the last [`Action::PollToken`].
+    TokenPolled(TokenAnswer),
     /// Existing device: outcome of the device lookup.
     DeviceLookup(DeviceLookup),
-    /// Existing device: the new device showed up in the device list.
+    /// Existing device: the last [`Action::LookForDevice`] found the new device (200).
     DeviceAppeared,
-    /// Existing device: the new device did not show up in time (~10 s).
-    DeviceWaitTimedOut,
+    /// Existing device: the last [`Action::LookForDevice`] did not find it (any other
+    /// answer, or none). The machine decides when to look again and when to give up.
+    DeviceNotSeen,
     /// Existing device: the secrets to send, read from the local crypto store.
     SecretsObtained(SecretsMessage),
     /// The user cancelled on this device.
@@ -173,7 +215,9 @@ pub enum Action {
         user_code: String,
         verification_uri: String,
     },
-    /// New device: poll the token endpoint (first poll now, then every `interval`).
+    /// New device: poll the token endpoint once, now, and report the answer as
+    /// [`Event::TokenPolled`]. The machine paces the polls (RFC 8628 `interval` and
+    /// `slow_down`) and stops them when the grant expires.
     PollToken,
     /// New device: store these secrets, sign the device keys with the self-signing key,
     /// upload keys and signature, enable the backup if present.
@@ -183,8 +227,10 @@ pub enum Action {
     /// Existing device: open this consent page in a browser. It is an https URL (http only
     /// on loopback) on the origin given to the machine as its [`ConsentOrigin`].
     OpenVerificationUri { uri: String },
-    /// Existing device: poll the device list until `device_id` appears, or ~10 s passed.
-    WaitForDevice { device_id: DeviceId },
+    /// Existing device: `GET /_matrix/client/v3/devices/<device_id>` once, now, and report
+    /// [`Event::DeviceAppeared`] or [`Event::DeviceNotSeen`]. The machine repeats it every
+    /// [`DEVICE_CHECK_EVERY`] until the device appears or [`DEVICE_WAIT`] passed.
+    LookForDevice { device_id: DeviceId },
     /// Existing device: read the cross-signing keys (and backup key) from the local store.
     ExportSecrets,
     /// DELETE the rendezvous; failures of this request can be ignored.
