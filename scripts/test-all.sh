@@ -22,6 +22,9 @@ bash scripts/install-test-deps.sh
 step "building the workspace and its tests (once: the test profile is what cargo test uses)"
 cargo test --workspace --locked --no-run
 
+step "lints: clippy on every crate and target, warnings are errors ([workspace.lints])"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 step "starting a throw-away PostgreSQL for the pg_* tests"
 PG_DIR=$(mktemp -d /tmp/mxqr-pg.XXXXXX)
 trap 'bash scripts/pg-test-server.sh stop "$PG_DIR"' EXIT
