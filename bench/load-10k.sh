@@ -8,7 +8,9 @@
 #
 #   bench/load-10k.sh        env: LOAD_FLOWS (default 10000), LOAD_CONCURRENCY (default 10000),
 #                            LOAD_PARTS (default "single pg"), LOAD_PG_THINK_MS (default 0),
-#                            LOAD_RETRIES (default 5), LOAD_PROFILE (release | dev)
+#                            LOAD_RETRIES (default 5), LOAD_PROFILE (release | dev),
+#                            MXQR_BIN and MXQR_BENCH_BIN (prebuilt binaries, e.g. of another
+#                            commit to compare with; nothing is built then)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,11 +119,15 @@ run_bench() {
 # no time on a release build); figures worth quoting come from the default, release.
 PROFILE="${LOAD_PROFILE:-release}"
 target_dir="${CARGO_TARGET_DIR:-target}"
-log "building mxqr and mxqr-bench ($PROFILE)"
-if [[ $PROFILE == release ]]; then
+if [[ -n ${MXQR_BIN:-} && -n ${MXQR_BENCH_BIN:-} ]]; then
+  log "using the prebuilt $MXQR_BIN and $MXQR_BENCH_BIN"
+  bench_bin=$MXQR_BENCH_BIN mxqr_bin=$MXQR_BIN
+elif [[ $PROFILE == release ]]; then
+  log "building mxqr and mxqr-bench ($PROFILE)"
   cargo build --release --locked -p mxqr -p mxqr-bench >&2
   bench_bin=$target_dir/release/mxqr-bench mxqr_bin=$target_dir/release/mxqr
 else
+  log "building mxqr and mxqr-bench ($PROFILE)"
   # The same command as test-all.sh's build, so nothing is rebuilt there: the binaries the
   # integration tests run are these.
   cargo test --workspace --locked --no-run >&2

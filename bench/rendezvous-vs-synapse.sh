@@ -4,7 +4,8 @@
 # flows/s, p99 latency and their ratios, and each server's peak RSS. Installs Synapse into a
 # temporary venv (with the settings of scripts/synapse-test-server.sh) and removes everything it started.
 #
-#   bench/rendezvous-vs-synapse.sh            env: BENCH_SECONDS (per run, default 15)
+#   bench/rendezvous-vs-synapse.sh            env: BENCH_SECONDS (per run, default 15),
+#       MXQR_BIN and MXQR_BENCH_BIN (prebuilt binaries, e.g. of another commit; nothing is built then)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,10 +45,14 @@ wait_http() {
   return 1
 }
 
-log "building mxqr and mxqr-bench (release)"
-cargo build --release --locked -p mxqr -p mxqr-bench >&2
-bench_bin=target/release/mxqr-bench
-mxqr_bin=target/release/mxqr
+if [[ -n ${MXQR_BIN:-} && -n ${MXQR_BENCH_BIN:-} ]]; then
+  bench_bin=$MXQR_BENCH_BIN mxqr_bin=$MXQR_BIN
+else
+  log "building mxqr and mxqr-bench (release)"
+  cargo build --release --locked -p mxqr -p mxqr-bench >&2
+  bench_bin=${CARGO_TARGET_DIR:-target}/release/mxqr-bench
+  mxqr_bin=${CARGO_TARGET_DIR:-target}/release/mxqr
+fi
 
 log "installing matrix-synapse==$SYNAPSE_VERSION into a temporary venv"
 python3 -m venv "$work/venv"
