@@ -6,7 +6,7 @@
 //! request, a stray visitor, a forged callback with another state) gets a 4xx and the wait
 //! goes on, so a local attacker cannot end the sign-in by racing the browser. Each connection
 //! is served on its own task, so one that sends nothing cannot hold up the browser's; at
-//! most [`MAX_CONNECTIONS`] are served at once, each within [`READ_TIMEOUT`].
+//! most `MAX_CONNECTIONS` (16) are served at once, each within `READ_TIMEOUT` (10 s).
 
 use std::sync::Arc;
 use std::time::Duration;
