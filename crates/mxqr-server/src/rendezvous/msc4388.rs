@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{Extension, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, put};
@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::state::RendezvousState;
 use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
-use crate::app::{AppState, ClientIp};
-use crate::auth::bearer_token;
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
-use crate::response::{PathParams, RawBody, json};
-use crate::store::{SequenceToken, SessionMeta, Transport, Write};
+use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
+use crate::response::{PathParams, RawBody, bearer_token, json};
 
 /// Stable prefix (Matrix spec).
 pub const STABLE_PREFIX: &str = "/_matrix/client/v1/rendezvous";
@@ -26,7 +26,11 @@ pub const STABLE_PREFIX: &str = "/_matrix/client/v1/rendezvous";
 pub const UNSTABLE_PREFIX: &str = "/_matrix/client/unstable/io.element.msc4388/rendezvous";
 
 /// Routes under both prefixes; they share sessions and differ only in the conflict errcode.
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    RendezvousState: FromRef<S>,
+{
     let under = |prefix: &str, style: ConflictStyle| {
         Router::new()
             .route(prefix, get(discover).post(create))
@@ -79,14 +83,17 @@ fn millis(meta: &SessionMeta) -> u64 {
 }
 
 /// `GET <prefix>`: may this requester create a session?
-async fn discover(State(state): State<AppState>, headers: HeaderMap) -> Json<serde_json::Value> {
+async fn discover(
+    State(state): State<RendezvousState>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
     let allowed = state.authorizer().may_create(bearer_token(&headers)).await;
     Json(json!({ "create_available": allowed }))
 }
 
 /// `POST <prefix>` `{"data"}` → `{"id","sequence_token","expires_in_ms"}`.
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     headers: HeaderMap,
@@ -117,7 +124,7 @@ async fn create(
 
 /// `GET <prefix>/{id}`, optionally long-polling until the token differs from `since`.
 async fn read(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
@@ -132,7 +139,7 @@ async fn read(
         (Some(since), Some(timeout)) => match since.parse::<SequenceToken>() {
             // Past a long-poll cap, answer at once as a plain GET would.
             Ok(since) if let Some(_slot) = state.start_long_poll(client, id) => {
-                let until = deadline(timeout, state.config().rendezvous.long_poll_max_ms);
+                let until = deadline(timeout, state.config().long_poll_max_ms);
                 state
                     .until_shutdown(
                         store.wait_for_change(Transport::Msc4388, id, since, until),
@@ -158,7 +165,7 @@ async fn read(
 
 /// `PUT <prefix>/{id}` `{"sequence_token","data"}` → `{"sequence_token"}`.
 async fn write(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
@@ -170,7 +177,7 @@ async fn write(
 /// `PUT <prefix>/{id}/{txnId}`: as `PUT <prefix>/{id}`, and a repeat with the same
 /// transaction ID and body gets the first answer again.
 async fn write_txn(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     PathParams((id, txn_id)): PathParams<(String, String)>,
@@ -183,7 +190,7 @@ async fn write_txn(
 }
 
 async fn do_write(
-    state: AppState,
+    state: RendezvousState,
     style: ConflictStyle,
     client: ClientIp,
     id: &str,
@@ -222,7 +229,7 @@ async fn do_write(
 
 /// `DELETE <prefix>/{id}` → `{}`.
 async fn remove(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {

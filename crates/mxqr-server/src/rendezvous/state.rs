@@ -1,0 +1,143 @@
+//! What the rendezvous handlers get of the application state: the session store, the
+//! creation policy, their rate limits and long-poll budget, and the shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::create_policy::CreateAuthorizer;
+use super::longpoll::{LongPollSlot, LongPolls};
+use super::store::{RendezvousStore, SessionId};
+use crate::client_ip::ClientIp;
+use crate::config::RendezvousConfig;
+use crate::error::ApiError;
+use crate::ratelimit::{RateLimiter, client_key};
+
+/// The rendezvous part of the application state (cheap to clone).
+#[derive(Clone)]
+pub struct RendezvousState(Arc<Inner>);
+
+struct Inner {
+    config: RendezvousConfig,
+    public_url: String,
+    store: Arc<dyn RendezvousStore>,
+    authorizer: Box<dyn CreateAuthorizer>,
+    create_limiter: Option<Arc<RateLimiter>>,
+    write_limiter: Option<Arc<RateLimiter>>,
+    long_polls: Arc<LongPolls>,
+    /// Flips to `true` when the server starts shutting down, ending long-polls early.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The parts a [`RendezvousState`] is made of.
+pub struct Parts {
+    /// `[rendezvous]`.
+    pub config: RendezvousConfig,
+    /// Base URL clients see, ending in `/` (MSC4108 session URLs start with it).
+    pub public_url: String,
+    /// The session store.
+    pub store: Arc<dyn RendezvousStore>,
+    /// The MSC4388 creation policy.
+    pub authorizer: Box<dyn CreateAuthorizer>,
+    /// Session creations per address, when rate limits are on.
+    pub create_limiter: Option<Arc<RateLimiter>>,
+    /// Writes per address, shared with the client-server API.
+    pub write_limiter: Option<Arc<RateLimiter>>,
+    /// Concurrent long-polls.
+    pub long_polls: Arc<LongPolls>,
+    /// The server's shutdown signal.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl RendezvousState {
+    /// Assembles the state.
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            config,
+            public_url,
+            store,
+            authorizer,
+            create_limiter,
+            write_limiter,
+            long_polls,
+            shutdown,
+        } = parts;
+        Self(Arc::new(Inner {
+            config,
+            public_url,
+            store,
+            authorizer,
+            create_limiter,
+            write_limiter,
+            long_polls,
+            shutdown,
+        }))
+    }
+
+    /// `[rendezvous]`.
+    pub fn config(&self) -> &RendezvousConfig {
+        &self.0.config
+    }
+
+    /// Base URL clients see, ending in `/`.
+    pub fn public_url(&self) -> &str {
+        &self.0.public_url
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &dyn RendezvousStore {
+        &*self.0.store
+    }
+
+    /// The MSC4388 creation policy.
+    pub fn authorizer(&self) -> &dyn CreateAuthorizer {
+        &*self.0.authorizer
+    }
+
+    /// Runs a long-poll `wait`, but answers with `now` instead once shutdown begins, so a
+    /// graceful stop is not held up for the length of a poll.
+    pub async fn until_shutdown<T>(
+        &self,
+        wait: impl Future<Output = T>,
+        now: impl Future<Output = T>,
+    ) -> T {
+        let mut stopping = self.0.shutdown.clone();
+        // The watch guards are not `Send`: let none of them live across an await.
+        let already = *stopping.borrow_and_update();
+        if already {
+            return now.await;
+        }
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+        };
+        tokio::select! {
+            value = wait => value,
+            () = stopped => now.await,
+        }
+    }
+
+    /// A long-poll slot for `client` on `session`, or `None` past a cap: the caller then
+    /// answers at once, as a plain GET.
+    pub fn start_long_poll(&self, client: ClientIp, session: SessionId) -> Option<LongPollSlot> {
+        self.0.long_polls.try_start(client.0, session)
+    }
+
+    /// Charges one session creation to `client`.
+    pub fn check_create_rate(&self, client: ClientIp) -> Result<(), ApiError> {
+        charge(self.0.create_limiter.as_deref(), client)
+    }
+
+    /// Charges one write to `client`.
+    pub fn check_write_rate(&self, client: ClientIp) -> Result<(), ApiError> {
+        charge(self.0.write_limiter.as_deref(), client)
+    }
+}
+
+/// Charges one request of `client` to `limiter`, if rate limits are on.
+pub fn charge(limiter: Option<&RateLimiter>, client: ClientIp) -> Result<(), ApiError> {
+    match limiter {
+        Some(limiter) => limiter
+            .check(client_key(client.0))
+            .map_err(|retry_after| ApiError::LimitExceeded { retry_after }),
+        None => Ok(()),
+    }
+}
