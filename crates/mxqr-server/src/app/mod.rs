@@ -166,8 +166,10 @@ async fn health() -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let core = state.core();
-    let text = core.metrics.render(&core.store.stats());
+    let text = state
+        .core()
+        .metrics
+        .render(&state.rendezvous().store().stats());
     (
         [(
             header::CONTENT_TYPE,
@@ -202,9 +204,8 @@ pub async fn serve(
     let limits = ConnectionLimits::for_process(config);
     // Long-polls must leave connections for everything else.
     state
-        .core()
-        .long_polls
-        .lower_total((limits.total / 2).max(1));
+        .rendezvous()
+        .lower_long_poll_total((limits.total / 2).max(1));
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
     tracing::info!(
         max_connections = limits.total,

@@ -36,10 +36,6 @@ pub struct AppState {
 
 /// What the application itself uses: maintenance, metrics, attribution, shutdown.
 pub(super) struct Core {
-    pub(super) store: Arc<dyn RendezvousStore>,
-    create_limiter: Option<Arc<RateLimiter>>,
-    write_limiter: Option<Arc<RateLimiter>>,
-    pub(super) long_polls: Arc<LongPolls>,
     pub(super) client_ip_header: Option<HeaderName>,
     pub(super) metrics: Metrics,
     /// Flips to `true` when the server starts shutting down, ending long-polls early.
@@ -129,27 +125,24 @@ impl AppState {
             rl.enabled
                 .then(|| Arc::new(RateLimiter::new(per_second, burst)))
         };
-        let create_limiter = limiter(rl.create_per_second, rl.create_burst);
-        let write_limiter = limiter(rl.write_per_second, rl.write_burst);
         let client_ip_header = rl
             .client_ip_header
             .as_deref()
             .and_then(|h| HeaderName::try_from(h).ok());
         let r = &config.rendezvous;
-        let long_polls = Arc::new(LongPolls::new(
-            r.long_polls_per_address,
-            r.long_polls_per_session,
-            r.max_long_polls,
-        ));
         let shutdown = tokio::sync::watch::Sender::new(false);
         let rendezvous = RendezvousState::new(Parts {
             config: config.rendezvous.clone(),
             public_url: config.effective_public_url(),
-            store: store.clone(),
+            store,
             authorizer,
-            create_limiter: create_limiter.clone(),
-            write_limiter: write_limiter.clone(),
-            long_polls: long_polls.clone(),
+            create_limiter: limiter(rl.create_per_second, rl.create_burst),
+            write_limiter: limiter(rl.write_per_second, rl.write_burst),
+            long_polls: Arc::new(LongPolls::new(
+                r.long_polls_per_address,
+                r.long_polls_per_session,
+                r.max_long_polls,
+            )),
             shutdown: shutdown.subscribe(),
         });
         Self {
@@ -158,10 +151,6 @@ impl AppState {
             oauth: None,
             synapse: None,
             core: Arc::new(Core {
-                store,
-                create_limiter,
-                write_limiter,
-                long_polls,
                 client_ip_header,
                 metrics: Metrics::default(),
                 shutdown,
@@ -187,19 +176,13 @@ impl AppState {
         &self.config
     }
 
-    /// The rendezvous part.
-    pub fn rendezvous(&self) -> &RendezvousState {
-        &self.rendezvous
-    }
-
     /// Accounts and the OAuth server, when attached.
     pub fn oauth(&self) -> Option<&OAuthState> {
         self.oauth.as_ref()
     }
 
-    /// The link to Synapse, in synapse mode.
-    pub fn synapse(&self) -> Option<&Arc<SynapseLink>> {
-        self.synapse.as_ref()
+    pub(super) fn rendezvous(&self) -> &RendezvousState {
+        &self.rendezvous
     }
 
     pub(super) fn core(&self) -> &Core {
@@ -210,7 +193,7 @@ impl AppState {
     pub(super) fn matrix(&self) -> MatrixState {
         MatrixState {
             oauth: self.oauth.clone(),
-            write_limiter: self.core.write_limiter.clone(),
+            write_limiter: self.rendezvous.write_limiter(),
             public_url: self.rendezvous.public_url().to_owned(),
         }
     }
@@ -232,17 +215,12 @@ impl AppState {
             if let Some(oauth) = &self.oauth {
                 oauth.purge_expired().await;
             }
-            match self.core.store.purge_expired().await {
+            match self.rendezvous.store().purge_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired rendezvous sessions purged"),
                 Err(err) => tracing::warn!(%err, "purging expired sessions failed"),
             }
-            for limiter in [&self.core.create_limiter, &self.core.write_limiter]
-                .into_iter()
-                .flatten()
-            {
-                limiter.prune();
-            }
+            self.rendezvous.prune_limiters();
         }
     }
 }

@@ -14,19 +14,7 @@ use crate::ratelimit::{RateLimiter, client_key};
 
 /// The rendezvous part of the application state (cheap to clone).
 #[derive(Clone)]
-pub struct RendezvousState(Arc<Inner>);
-
-struct Inner {
-    config: RendezvousConfig,
-    public_url: String,
-    store: Arc<dyn RendezvousStore>,
-    authorizer: Box<dyn CreateAuthorizer>,
-    create_limiter: Option<Arc<RateLimiter>>,
-    write_limiter: Option<Arc<RateLimiter>>,
-    long_polls: Arc<LongPolls>,
-    /// Flips to `true` when the server starts shutting down, ending long-polls early.
-    shutdown: tokio::sync::watch::Receiver<bool>,
-}
+pub struct RendezvousState(Arc<Parts>);
 
 /// The parts a [`RendezvousState`] is made of.
 pub struct Parts {
@@ -44,33 +32,14 @@ pub struct Parts {
     pub write_limiter: Option<Arc<RateLimiter>>,
     /// Concurrent long-polls.
     pub long_polls: Arc<LongPolls>,
-    /// The server's shutdown signal.
+    /// Flips to `true` when the server starts shutting down, ending long-polls early.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RendezvousState {
     /// Assembles the state.
     pub fn new(parts: Parts) -> Self {
-        let Parts {
-            config,
-            public_url,
-            store,
-            authorizer,
-            create_limiter,
-            write_limiter,
-            long_polls,
-            shutdown,
-        } = parts;
-        Self(Arc::new(Inner {
-            config,
-            public_url,
-            store,
-            authorizer,
-            create_limiter,
-            write_limiter,
-            long_polls,
-            shutdown,
-        }))
+        Self(Arc::new(parts))
     }
 
     /// `[rendezvous]`.
@@ -119,6 +88,26 @@ impl RendezvousState {
     /// answers at once, as a plain GET.
     pub fn start_long_poll(&self, client: ClientIp, session: SessionId) -> Option<LongPollSlot> {
         self.0.long_polls.try_start(client.0, session)
+    }
+
+    /// The write budget, which the client-server API charges too.
+    pub fn write_limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.0.write_limiter.clone()
+    }
+
+    /// Drops idle rate-limit buckets.
+    pub fn prune_limiters(&self) {
+        for limiter in [&self.0.create_limiter, &self.0.write_limiter]
+            .into_iter()
+            .flatten()
+        {
+            limiter.prune();
+        }
+    }
+
+    /// Lowers the long-poll cap (to leave connections for everything else).
+    pub fn lower_long_poll_total(&self, total: usize) {
+        self.0.long_polls.lower_total(total);
     }
 
     /// Charges one session creation to `client`.

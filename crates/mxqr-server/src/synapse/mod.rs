@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::db::{DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
+use crate::oauth::OAuthState;
 use crate::oauth::limits::FailureLimiter;
-use crate::oauth::{OAuthState, tokens};
 
 mod hooks;
 mod introspect;
@@ -423,11 +423,4 @@ pub fn device_job(kind: OutboxKind, localpart: &str, device_id: &str) -> OutboxJ
         device_id: Some(device_id.to_owned()),
         display_name: None,
     }
-}
-
-/// Hash of a token for [`crate::db::OutboxDb::token_owner`], when it is one of ours.
-pub fn owner_hash(token: &str) -> Option<String> {
-    (tokens::well_formed(tokens::Kind::Access, token)
-        || tokens::well_formed(tokens::Kind::Refresh, token))
-    .then(|| tokens::hash(token))
 }
