@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use super::state::RendezvousState;
-use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
+use super::{MAX_PAYLOAD, PollQuery, parse_id, refuse_navigation};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
 use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
@@ -149,27 +149,11 @@ async fn read(
     // `*` matches whatever the session holds (RFC 9110 §13.1.2): never worth waiting on.
     let any = if_none_match.is_some_and(|v| v.as_bytes().trim_ascii() == b"*");
     let known = if_none_match.and_then(parse_etag);
-    let store = state.store();
-    // Past a long-poll cap, answer at once as a plain GET would.
-    let slot = match (known, requested_wait(&query, &headers)) {
-        (Some(since), Some(wait)) => state
-            .start_long_poll(client, id)
-            .map(|slot| (slot, since, wait)),
-        _ => None,
-    };
-    let snapshot = match slot {
-        Some((_slot, since, wait)) => {
-            let until = deadline(wait, state.config().long_poll_max_ms);
-            state
-                .until_shutdown(
-                    store.wait_for_change(Transport::Msc4108, id, since, until),
-                    store.get(Transport::Msc4108, id),
-                )
-                .await
-        }
-        None => store.get(Transport::Msc4108, id).await,
-    }
-    .map_err(|e| ApiError::from_store(e, STYLE))?;
+    let poll = known.zip(requested_wait(&query, &headers));
+    let snapshot = state
+        .read(client, Transport::Msc4108, id, poll)
+        .await
+        .map_err(|e| ApiError::from_store(e, STYLE))?;
     let mut response = if any || known == Some(snapshot.meta.token) {
         let mut not_modified = Response::new(Body::empty());
         *not_modified.status_mut() = StatusCode::NOT_MODIFIED;

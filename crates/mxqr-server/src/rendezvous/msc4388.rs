@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::state::RendezvousState;
-use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
+use super::{MAX_PAYLOAD, PollQuery, parse_id, refuse_navigation};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
 use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
@@ -134,25 +134,14 @@ async fn read(
     refuse_navigation(&headers)?;
     let poll = PollQuery::parse(query.as_deref())?;
     let id = parse_id(&id)?;
-    let store = state.store();
-    let snapshot = match (poll.since, poll.timeout) {
-        (Some(since), Some(timeout)) => match since.parse::<SequenceToken>() {
-            // Past a long-poll cap, answer at once as a plain GET would.
-            Ok(since) if let Some(_slot) = state.start_long_poll(client, id) => {
-                let until = deadline(timeout, state.config().long_poll_max_ms);
-                state
-                    .until_shutdown(
-                        store.wait_for_change(Transport::Msc4388, id, since, until),
-                        store.get(Transport::Msc4388, id),
-                    )
-                    .await
-            }
-            // A token we never issued differs from the current one: answer at once.
-            _ => store.get(Transport::Msc4388, id).await,
-        },
-        _ => store.get(Transport::Msc4388, id).await,
-    }
-    .map_err(|e| ApiError::from_store(e, style))?;
+    // A token we never issued differs from the current one: answer at once.
+    let since = poll
+        .since
+        .and_then(|since| since.parse::<SequenceToken>().ok());
+    let snapshot = state
+        .read(client, Transport::Msc4388, id, since.zip(poll.timeout))
+        .await
+        .map_err(|e| ApiError::from_store(e, style))?;
     Ok(json(
         StatusCode::OK,
         &json!({

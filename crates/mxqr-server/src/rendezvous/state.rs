@@ -1,12 +1,12 @@
 //! What the rendezvous handlers get of the application state: the session store, the
 //! creation policy, their rate limits and long-poll budget, and the shutdown signal.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::create_policy::CreateAuthorizer;
-use super::longpoll::{LongPollSlot, LongPolls};
-use super::store::{RendezvousStore, SessionId};
+use super::longpoll::LongPolls;
+use super::store::{RendezvousStore, SequenceToken, SessionId, Snapshot, StoreError, Transport};
 use crate::client_ip::ClientIp;
 use crate::config::RendezvousConfig;
 use crate::error::ApiError;
@@ -62,32 +62,36 @@ impl RendezvousState {
         &*self.0.authorizer
     }
 
-    /// Runs a long-poll `wait`, but answers with `now` instead once shutdown begins, so a
-    /// graceful stop is not held up for the length of a poll.
-    pub async fn until_shutdown<T>(
+    /// The session's payload: at once, or with `poll = Some((since, wait))` once its token
+    /// differs from `since`, waiting at most `wait` (within `long_poll_max_ms`). Past a
+    /// long-poll cap it answers at once, as a plain GET would, and once shutdown begins too,
+    /// so a graceful stop is not held up for the length of a poll.
+    pub async fn read(
         &self,
-        wait: impl Future<Output = T>,
-        now: impl Future<Output = T>,
-    ) -> T {
+        client: ClientIp,
+        transport: Transport,
+        id: SessionId,
+        poll: Option<(SequenceToken, Duration)>,
+    ) -> Result<Snapshot, StoreError> {
+        let store = self.store();
+        let slot = poll.and_then(|poll| Some((self.0.long_polls.try_start(client.0, id)?, poll)));
+        let Some((_slot, (since, wait))) = slot else {
+            return store.get(transport, id).await;
+        };
+        let until = super::deadline(wait, self.0.config.long_poll_max_ms);
         let mut stopping = self.0.shutdown.clone();
         // The watch guards are not `Send`: let none of them live across an await.
         let already = *stopping.borrow_and_update();
         if already {
-            return now.await;
+            return store.get(transport, id).await;
         }
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
         };
         tokio::select! {
-            value = wait => value,
-            () = stopped => now.await,
+            value = store.wait_for_change(transport, id, since, until) => value,
+            () = stopped => store.get(transport, id).await,
         }
-    }
-
-    /// A long-poll slot for `client` on `session`, or `None` past a cap: the caller then
-    /// answers at once, as a plain GET.
-    pub fn start_long_poll(&self, client: ClientIp, session: SessionId) -> Option<LongPollSlot> {
-        self.0.long_polls.try_start(client.0, session)
     }
 
     /// The write budget, which the client-server API charges too.
