@@ -1,6 +1,6 @@
 //! The device authorization grant (RFC 8628) in one place: the new device asks for a code
-//! ([`endpoint`]), a person signed in on another device enters it on `/link` and approves
-//! ([`pages`]); the token endpoint then redeems the grant, holding a pending poll open until
+//! (`endpoint.rs`), a person signed in on another device enters it on `/link` and approves
+//! (`pages.rs`); the token endpoint then redeems the grant, holding a pending poll open until
 //! the decision wakes it ([`crate::oauth::OAuthState::device_grant_decided`]).
 
 mod endpoint;

@@ -1,8 +1,9 @@
-//! Accounts and the Matrix OAuth 2.0 authorization server (Matrix spec "OAuth 2.0 API"):
-//! server metadata, dynamic client registration, the authorization-code (PKCE) and device
-//! authorization grants, refresh with rotation, revocation, and the bearer-token lookup the
-//! client-server API uses. The HTML side (login, consent, `/link`, account pages) lives in
-//! [`crate::web`].
+//! The Matrix OAuth 2.0 authorization server (Matrix spec "OAuth 2.0 API"): its state
+//! ([`OAuthState`]: accounts store, clock, lifetimes, guessing budgets), server metadata,
+//! dynamic client registration, the token endpoint, revocation, and the bearer-token lookup
+//! the client-server API uses. Each grant's browser side lives with the grant
+//! ([`crate::auth_code`], [`crate::device_grant`]); what the homeserver must hear about
+//! sessions goes out through [`HomeserverHooks`], so this module knows nothing of Synapse.
 
 pub mod client;
 pub(crate) mod endpoints;

@@ -8,7 +8,8 @@
 //! them instead of losing them. Calls whose effect the user waits for (a new device's first
 //! token, a sign-out, a cross-signing reset approval) are also awaited briefly, so that
 //! Synapse already knows when the response arrives: Synapse caches introspection results for
-//! two minutes and ends a token early only when its device is gone.
+//! two minutes and ends a token early only when its device is gone. The OAuth server reaches
+//! this module only through its hooks ([`SynapseHooks`]), never the other way round.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
