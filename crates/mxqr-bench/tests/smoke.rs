@@ -79,7 +79,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     use mxqr_server::config::HomeserverMode;
     use mxqr_server::db::Grant;
     use mxqr_server::oauth::OAuthState;
-    use mxqr_server::synapse::SynapseLink;
+    use mxqr_server::synapse::{SynapseHooks, SynapseLink};
 
     const SECRET: &str = "bench-shared-secret-0123456789abcdef";
     let dir = std::env::temp_dir().join(format!(
@@ -105,10 +105,10 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     config.homeserver.secret = Some(SECRET.into());
     config.validate().unwrap();
     let db = mxqr_server::db::open(&config).await.unwrap();
-    let oauth = OAuthState::new(&config, db);
-    let link = SynapseLink::new("http://127.0.0.1:9", SECRET.into());
+    let link = std::sync::Arc::new(SynapseLink::new("http://127.0.0.1:9", SECRET.into()));
     link.set_provisioned("alice", "BENCHDEVICE", true);
-    oauth.attach_synapse(link);
+    let hooks = std::sync::Arc::new(SynapseHooks::new(link.clone(), db.clone()));
+    let oauth = OAuthState::with_hooks(&config, db, hooks);
     oauth
         .db()
         .create_user("alice", None, oauth.now_ms())
@@ -130,7 +130,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     std::fs::write(dir.join("token"), &minted.access_token).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(mxqr_server::serve(
-        AppState::new(config).with_oauth(oauth),
+        AppState::new(config).with_oauth(oauth).with_synapse(link),
         listener,
         async move {
             let _ = stopped.await;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::rendezvous::store::StoreError;
 use crate::response::json;
-use crate::store::StoreError;
 
 /// `Retry-After` (seconds) on a 503: long enough for a pool to reconnect, short for a sign-in.
 const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;

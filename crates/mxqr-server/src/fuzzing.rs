@@ -35,7 +35,7 @@ pub fn client_metadata(body: &[u8]) -> bool {
     match crate::oauth::client::validate(&value) {
         Ok(metadata) => {
             assert!(
-                !crate::matrix::has_nul(&Value::Object(metadata.json)),
+                !crate::response::has_nul(&Value::Object(metadata.json)),
                 "accepted metadata holds NUL"
             );
             true

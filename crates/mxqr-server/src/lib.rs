@@ -1,31 +1,38 @@
-//! mxqr's HTTP server: the Matrix QR sign-in rendezvous (MSC4388 and MSC4108 2024), the
-//! `/versions` advertisement, health and Prometheus metrics.
+//! mxqr's HTTP server: the Matrix QR sign-in rendezvous (MSC4388 and MSC4108 2024), accounts
+//! and the Matrix OAuth 2.0 server with its pages, the client-server subset a QR sign-in
+//! touches, and synapse mode (mxqr as a Synapse's authentication service).
 //!
-//! Layout: [`config`] (file, `MXQR_*` environment, flags), [`store`] (the
-//! [`store::RendezvousStore`] trait and its in-memory back end), `rendezvous` (the two wire
-//! APIs), [`matrix`] (other client-server endpoints), [`error`] (the single mapping from
-//! failures to Matrix error responses) and [`app`] (router, middleware, serving loop).
+//! The crate is arranged by feature (the README has the tour). [`app`] builds the state once
+//! and routes each request to one feature, handing its handler only that feature's state:
+//! [`rendezvous`] (the two wire APIs and their [`rendezvous::store`]), [`oauth`] (metadata,
+//! registration, tokens, revocation), [`device_grant`], [`auth_code`], [`account_pages`],
+//! [`matrix`] (client-server endpoints) and [`synapse`]. [`web`] holds what the pages share,
+//! [`config`] the configuration, one file per table, and [`db`] the accounts store. A request
+//! flows listener → router → feature handler → model/store → hooks: the OAuth server tells the
+//! homeserver about sessions through [`oauth::HomeserverHooks`], which synapse mode implements.
 
+pub mod account_pages;
 pub mod app;
-pub mod auth;
+pub mod auth_code;
+pub mod client_ip;
 pub mod config;
 pub mod db;
+pub mod device_grant;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod listener;
 pub mod matrix;
-pub mod metrics;
 pub mod oauth;
 mod pg_gate;
 mod ratelimit;
 pub mod rendezvous;
 mod response;
 mod run;
-pub mod store;
 pub mod synapse;
 pub mod web;
 
-pub use app::{AppState, router, serve};
+pub use app::{AppState, app_state, router, serve};
 pub use config::{Config, ConfigError, Overrides};
+/// The rendezvous store under its old path, for the accounts store and the tests.
+pub use rendezvous::store;
 pub use run::{ServeError, log_from_env, run};

@@ -83,7 +83,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 
     // Every connection costs a descriptor: use all the hard limit allows (the connection
     // budget is derived from the result).
-    match crate::listener::raise_nofile_limit() {
+    match crate::app::listener::raise_nofile_limit() {
         Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
@@ -117,7 +117,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         tracing::info!(%bound, public_url = %config.effective_public_url(), "mxqr serve started");
         // Open the database (and run its migrations) before announcing readiness, so that
         // whoever waits for the line can use the server, and admin commands at once.
-        let state = crate::oauth::app_state_named(config, configured_name).await?;
+        let state = crate::AppState::open(config, configured_name).await?;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {bound}")?;
         stdout.flush()?;

@@ -1,4 +1,4 @@
-//! The server `mxqr serve` builds (`oauth::app_state`): with `create_policy = "authenticated"`
+//! The server `mxqr serve` builds (`app_state`): with `create_policy = "authenticated"`
 //! rendezvous creation accepts only live access tokens from the accounts database.
 
 use mxqr_server::Config;
@@ -28,7 +28,7 @@ async fn rendezvous_creation_checks_tokens_against_the_database() {
     };
     config.rate_limit.enabled = false;
     config.rendezvous.create_policy = CreatePolicy::Authenticated;
-    let state = mxqr_server::oauth::app_state(config).await.unwrap();
+    let state = mxqr_server::app_state(config).await.unwrap();
     let oauth = state.oauth().expect("OAuth attached").clone();
     oauth
         .db()
@@ -116,7 +116,7 @@ async fn server_name_is_pinned_at_first_start() {
         config.rate_limit.enabled = false;
         config
     };
-    let first = mxqr_server::oauth::app_state(config(Some("https://one.example/"), None))
+    let first = mxqr_server::app_state(config(Some("https://one.example/"), None))
         .await
         .unwrap();
     assert_eq!(first.oauth().unwrap().server_name(), "one.example");
@@ -125,7 +125,7 @@ async fn server_name_is_pinned_at_first_start() {
         (Some("https://two.example/"), None),
         (Some("https://one.example/"), Some("two.example")),
     ] {
-        match mxqr_server::oauth::app_state(config(public_url, server_name)).await {
+        match mxqr_server::app_state(config(public_url, server_name)).await {
             Err(mxqr_server::db::DbError::ServerNameMismatch { configured, pinned }) => {
                 assert_eq!(
                     (configured.as_str(), pinned.as_str()),
@@ -137,10 +137,9 @@ async fn server_name_is_pinned_at_first_start() {
         }
     }
     // Another public URL with the pinned name, and an admin view without either: fine.
-    let moved =
-        mxqr_server::oauth::app_state(config(Some("https://new.example/"), Some("one.example")))
-            .await
-            .unwrap();
+    let moved = mxqr_server::app_state(config(Some("https://new.example/"), Some("one.example")))
+        .await
+        .unwrap();
     drop(moved);
     let admin = mxqr_server::oauth::OAuthState::open(&config(None, None))
         .await

@@ -352,7 +352,7 @@ async fn database_url_puts_accounts_and_rendezvous_in_postgres() {
     config.public_url = Some(format!("http://{addr}/"));
     config.server_name = Some("example.test".into());
     config.database.url = Some(url.clone());
-    let state = mxqr_server::oauth::app_state(config).await.unwrap();
+    let state = mxqr_server::app_state(config).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(mxqr_server::serve(state, listener, async {
         let _ = rx.await;
@@ -561,7 +561,7 @@ async fn server_name_is_pinned_in_postgres() {
         config.database.url = Some(url.clone());
         config
     };
-    let first = mxqr_server::oauth::app_state(config(Some("https://one.example/"), None))
+    let first = mxqr_server::app_state(config(Some("https://one.example/"), None))
         .await
         .unwrap();
     assert_eq!(first.oauth().unwrap().server_name(), "one.example");
@@ -569,7 +569,7 @@ async fn server_name_is_pinned_in_postgres() {
         (Some("https://two.example/"), None),
         (Some("https://one.example/"), Some("two.example")),
     ] {
-        match mxqr_server::oauth::app_state(config(public_url, server_name)).await {
+        match mxqr_server::app_state(config(public_url, server_name)).await {
             Err(DbError::ServerNameMismatch { configured, pinned }) => {
                 assert_eq!(
                     (configured.as_str(), pinned.as_str()),

@@ -18,7 +18,7 @@ use axum::routing::post;
 use mxqr_server::config::HomeserverMode;
 use mxqr_server::db::{Grant, OutboxJob, OutboxKind};
 use mxqr_server::oauth::{OAuthState, password};
-use mxqr_server::synapse::SynapseLink;
+use mxqr_server::synapse::{SynapseHooks, SynapseLink};
 use mxqr_server::{AppState, Config};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -56,6 +56,7 @@ fn free_port() -> u16 {
 struct Server {
     base: String,
     oauth: OAuthState,
+    link: Arc<SynapseLink>,
     http: reqwest::Client,
     dir: std::path::PathBuf,
 }
@@ -93,12 +94,15 @@ async fn start(synapse_port: u16) -> Server {
         config.database.url = Some(pg_support::fresh_database().await.0);
     }
     let db = mxqr_server::db::open(&config).await.unwrap();
-    let oauth = OAuthState::new(&config, db);
-    oauth.attach_synapse(SynapseLink::new(
+    let link = Arc::new(SynapseLink::new(
         config.homeserver.synapse_url.as_deref().unwrap(),
         config.homeserver.load_secret().unwrap(),
     ));
-    let state = AppState::new(config).with_oauth(oauth.clone());
+    let hooks = Arc::new(SynapseHooks::new(link.clone(), db.clone()));
+    let oauth = OAuthState::with_hooks(&config, db, hooks);
+    let state = AppState::new(config)
+        .with_oauth(oauth.clone())
+        .with_synapse(link.clone());
     tokio::spawn(mxqr_server::serve(
         state,
         listener,
@@ -107,6 +111,7 @@ async fn start(synapse_port: u16) -> Server {
     Server {
         base: format!("http://{addr}/"),
         oauth,
+        link,
         http: reqwest::Client::new(),
         dir,
     }
@@ -398,7 +403,7 @@ async fn display_names_and_device_list_reconciliation_reach_synapse() {
     let calls = fake_synapse(synapse_port).await;
     let server = start(synapse_port).await;
     let db = server.oauth.db().clone();
-    let link = server.oauth.synapse().unwrap().clone();
+    let link = server.link.clone();
     let hash = password::hash("a long passphrase").unwrap();
     for user in ["alice", "bob"] {
         db.create_user(user, Some(&hash), server.oauth.now_ms())
@@ -509,7 +514,7 @@ async fn a_sign_in_is_provisioned_during_a_long_reconciliation() {
     }
     // A pass over all users takes USERS x SLOW_SYNC (9 s), longer than a request waits
     // for its provisioning (DELIVERY_WAIT, 5 s).
-    let link = server.oauth.synapse().unwrap().clone();
+    let link = server.link.clone();
     assert_eq!(link.reconcile_all(&db).await.unwrap(), USERS);
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls.lock().unwrap().is_empty() {

@@ -5,17 +5,17 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::auth::Authed;
+use super::MatrixState;
+use super::bearer::Authed;
 use super::parse_body;
-use crate::app::AppState;
 use crate::db::{AccountDataQuota, AccountDataWrite};
 use crate::error::ApiError;
 use crate::response::{PathParams, RawBody, json};
 
 /// `GET /.well-known/matrix/client`: where the client-server API lives. CORS comes from the
 /// global layer, as the spec asks for this document.
-pub async fn well_known(State(state): State<AppState>) -> Response {
-    let base_url = state.public_url().trim_end_matches('/');
+pub async fn well_known(State(state): State<MatrixState>) -> Response {
+    let base_url = state.public_url.trim_end_matches('/');
     json(
         StatusCode::OK,
         &json!({ "m.homeserver": { "base_url": base_url } }),

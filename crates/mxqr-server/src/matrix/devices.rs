@@ -15,7 +15,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::auth::Authed;
+use super::bearer::Authed;
 use super::parse_body;
 use crate::db::Device;
 use crate::error::ApiError;

@@ -19,7 +19,7 @@ use mxqr_keys::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::auth::Authed;
+use super::bearer::Authed;
 use super::devices::oauth_uia;
 use super::{parse_body, parse_user_id};
 use crate::db::{SharedDb, StoredDeviceKeys, UploadedKey};

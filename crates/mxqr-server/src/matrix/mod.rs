@@ -1,27 +1,32 @@
 //! Matrix client-server endpoints that are not the rendezvous itself: `/versions`, the
 //! `.well-known` discovery document, and (with accounts attached) what a QR sign-in touches:
 //! `whoami`, logout, devices, end-to-end-encryption keys, key-backup versions and account
-//! data, all behind [`auth::Authed`].
+//! data, all behind [`bearer::Authed`].
 
 mod account;
-pub mod auth;
 pub(crate) mod backup;
+pub mod bearer;
 mod devices;
 pub(crate) mod keys;
+pub mod routes;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::Method;
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::app::{AppState, ClientIp};
+use std::sync::Arc;
+
+use crate::client_ip::ClientIp;
 use crate::db::DbError;
 use crate::error::ApiError;
+use crate::oauth::OAuthState;
+use crate::ratelimit::RateLimiter;
+use crate::rendezvous::{RendezvousState, charge};
+use crate::response::has_nul;
 
 /// Spec versions advertised: v1.1 (key and `whoami` paths clients need) through v1.18.
 const VERSIONS: [&str; 18] = [
@@ -30,8 +35,8 @@ const VERSIONS: [&str; 18] = [
 ];
 
 /// `GET /_matrix/client/versions`: clients look here for the rendezvous APIs before using them.
-pub async fn versions(State(state): State<AppState>) -> Json<Value> {
-    let rendezvous = &state.config().rendezvous;
+pub async fn versions(State(state): State<RendezvousState>) -> Json<Value> {
+    let rendezvous = state.config();
     let mut unstable = Map::new();
     unstable.insert(
         "org.matrix.msc4108".into(),
@@ -52,64 +57,32 @@ pub async fn versions(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "versions": VERSIONS, "unstable_features": unstable }))
 }
 
-/// Routes of this module. Everything but discovery needs accounts (the OAuth store), so it
-/// is mounted only when they are attached; otherwise those paths stay `M_UNRECOGNIZED`.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let router = Router::new().route("/.well-known/matrix/client", get(account::well_known));
-    if state.oauth().is_none() {
-        return router;
-    }
-    const V3: &str = "/_matrix/client/v3";
-    router
-        .route(&format!("{V3}/account/whoami"), get(account::whoami))
-        .route(&format!("{V3}/logout"), post(account::logout))
-        .route(&format!("{V3}/logout/all"), post(account::logout_all))
-        .route(
-            &format!("{V3}/user/{{user_id}}/account_data/{{data_type}}"),
-            get(account::get_account_data).put(account::put_account_data),
-        )
-        .route(&format!("{V3}/devices"), get(devices::list))
-        .route(
-            &format!("{V3}/devices/{{device_id}}"),
-            get(devices::get_one)
-                .put(devices::update)
-                .delete(devices::delete),
-        )
-        .route(&format!("{V3}/keys/upload"), post(keys::upload))
-        .route(&format!("{V3}/keys/query"), post(keys::query))
-        .route(&format!("{V3}/keys/claim"), post(keys::claim))
-        .route(
-            &format!("{V3}/keys/device_signing/upload"),
-            post(keys::device_signing_upload),
-        )
-        .route(
-            &format!("{V3}/keys/signatures/upload"),
-            post(keys::signatures_upload),
-        )
-        .route(
-            &format!("{V3}/room_keys/version"),
-            get(backup::latest).post(backup::create),
-        )
-        .route(
-            &format!("{V3}/room_keys/version/{{version}}"),
-            get(backup::get_version)
-                .put(backup::update)
-                .delete(backup::delete_version),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), charge_writes))
+/// What the client-server handlers get of the application state.
+#[derive(Clone)]
+pub struct MatrixState {
+    /// Accounts and tokens; `None` without accounts (only discovery is served then).
+    pub oauth: Option<OAuthState>,
+    /// The rendezvous write budget, which state-changing requests here are charged to too.
+    pub write_limiter: Option<Arc<RateLimiter>>,
+    /// Base URL clients see, ending in `/`.
+    pub public_url: String,
 }
 
 /// Charges every state-changing request to the client's write budget (the rendezvous
 /// `[rate_limit] write_*` bucket): it bounds, among others, draining other devices'
 /// one-time keys through `/keys/claim`. Reads are free.
-async fn charge_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn charge_writes(
+    State(state): State<MatrixState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     ) {
         let client = request.extensions().get::<ClientIp>().copied();
         if let Some(client) = client
-            && let Err(err) = state.check_write_rate(client)
+            && let Err(err) = charge(state.write_limiter.as_deref(), client)
         {
             return err.into_response();
         }
@@ -137,17 +110,6 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::BadJson("NUL characters are not allowed".into()));
     }
     serde_json::from_value(value).map_err(|e| ApiError::BadJson(e.to_string()))
-}
-
-/// Whether any string or key in `value` contains U+0000 (nesting is bounded by serde_json's
-/// recursion limit).
-pub(crate) fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
 }
 
 /// A Matrix user ID split into localpart and server name.

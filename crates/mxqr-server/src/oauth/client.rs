@@ -300,7 +300,7 @@ fn string_list(body: &Map<String, Value>, key: &str) -> Result<Option<Vec<String
 /// Checks a registration request body and returns the canonical metadata.
 pub fn validate(body: &Value) -> Result<ClientMetadata, MetadataError> {
     // PostgreSQL text cannot hold NUL: refused for every back end alike.
-    if crate::matrix::has_nul(body) {
+    if crate::response::has_nul(body) {
         return Err(meta_err("client metadata must not contain NUL characters"));
     }
     let Value::Object(body) = body else {

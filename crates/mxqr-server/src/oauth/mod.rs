@@ -1,37 +1,34 @@
-//! Accounts and the Matrix OAuth 2.0 authorization server (Matrix spec "OAuth 2.0 API"):
-//! server metadata, dynamic client registration, the authorization-code (PKCE) and device
-//! authorization grants, refresh with rotation, revocation, and the bearer-token lookup the
-//! client-server API uses. The HTML side (login, consent, `/link`, account pages) lives in
-//! [`crate::web`].
+//! The Matrix OAuth 2.0 authorization server (Matrix spec "OAuth 2.0 API"): its state
+//! ([`OAuthState`]: accounts store, clock, lifetimes, guessing budgets), server metadata,
+//! dynamic client registration, the token endpoint, revocation, and the bearer-token lookup
+//! the client-server API uses. Each grant's browser side lives with the grant
+//! ([`crate::auth_code`], [`crate::device_grant`]); what the homeserver must hear about
+//! sessions goes out through [`HomeserverHooks`], so this module knows nothing of Synapse.
 
 pub mod client;
-mod config;
 pub(crate) mod endpoints;
 mod error;
+pub mod hooks;
 pub(crate) mod limits;
+pub mod metadata;
 pub mod password;
+mod registration;
+pub mod routes;
 pub mod scope;
 pub mod tokens;
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::routing::{get, post};
-
-pub use config::{DatabaseConfig, OAuthConfig};
 pub use error::OAuthError;
+pub use hooks::{HomeserverHooks, Standalone};
 
-use crate::app::ClientIp;
-use crate::auth::CreateAuthorizer;
-use crate::config::Config;
+use crate::config::{Config, OAuthConfig};
 use crate::db::{DbResult, NewTokens, SharedDb, TokenInfo};
-use crate::store::BoxFuture;
+use crate::rendezvous::create_policy::CreateAuthorizer;
+use crate::rendezvous::store::BoxFuture;
 use limits::{FailureLimiter, InFlight, InFlightSlot};
 
 /// Source of the current time, injectable so tests can expire codes without sleeping.
@@ -135,7 +132,7 @@ fn device_display_name(client_name: &str) -> String {
     client_name.trim().chars().take(MAX_CHARS).collect()
 }
 
-fn ms(d: Duration) -> i64 {
+pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -153,8 +150,8 @@ struct Inner {
     /// Client registrations and device authorizations per address (both unauthenticated
     /// and stored); `None` when rate limits are off.
     creation_limiter: Option<crate::ratelimit::RateLimiter>,
-    /// Synapse mode: the Synapse this server authenticates for.
-    synapse: std::sync::OnceLock<Arc<crate::synapse::SynapseLink>>,
+    /// What the homeserver must hear about sessions (nothing, standalone).
+    hooks: Arc<dyn HomeserverHooks>,
     /// Bumped whenever this instance decides a device grant, to wake held token polls.
     device_decisions: tokio::sync::watch::Sender<u64>,
 }
@@ -214,16 +211,18 @@ impl OAuthState {
     /// with the system clock, as `mxqr admin` does: with the server name pinned in the
     /// database unless the configuration names one (which must then match).
     pub async fn open(config: &Config) -> DbResult<Self> {
-        Self::open_settled(config, config.configured_server_name(), false).await
+        let (config, db) = Self::open_db(config, config.configured_server_name(), false).await?;
+        Ok(Self::new(&config, db))
     }
 
-    /// [`Self::open`] with the server name settled against the database's pinned one
-    /// ([`crate::db::settle_server_name`]): `configured` is the operator's choice, if any.
-    async fn open_settled(
+    /// Opens the database of `config` and settles the server name against the one pinned in
+    /// it ([`crate::db::settle_server_name`]): `configured` is the operator's choice, if any.
+    /// Returns the configuration with that name.
+    pub async fn open_db(
         config: &Config,
         configured: Option<String>,
         pin_derived: bool,
-    ) -> DbResult<Self> {
+    ) -> DbResult<(Config, SharedDb)> {
         let db = crate::db::open(config).await?;
         let name = crate::db::settle_server_name(
             &*db,
@@ -236,25 +235,36 @@ impl OAuthState {
             server_name: Some(name),
             ..config.clone()
         };
-        Ok(Self::new(&settled, db))
+        Ok((settled, db))
     }
 
-    /// State over `db` with the configured lifetimes and the system clock.
+    /// State over `db` with the configured lifetimes and the system clock, standalone.
     pub fn new(config: &Config, db: SharedDb) -> Self {
-        Self::with_clock(
-            config,
-            db,
-            Arc::new(SystemClock),
-            Lifetimes::from_config(&config.oauth),
-        )
+        Self::with_hooks(config, db, Arc::new(Standalone))
     }
 
-    /// State with an explicit clock and lifetimes (tests).
+    /// State over `db` telling the homeserver about sessions through `hooks`.
+    pub fn with_hooks(config: &Config, db: SharedDb, hooks: Arc<dyn HomeserverHooks>) -> Self {
+        let life = Lifetimes::from_config(&config.oauth);
+        Self::build(config, db, Arc::new(SystemClock), life, hooks)
+    }
+
+    /// Standalone state with an explicit clock and lifetimes (tests).
     pub fn with_clock(
         config: &Config,
         db: SharedDb,
         clock: Arc<dyn Clock>,
         life: Lifetimes,
+    ) -> Self {
+        Self::build(config, db, clock, life, Arc::new(Standalone))
+    }
+
+    fn build(
+        config: &Config,
+        db: SharedDb,
+        clock: Arc<dyn Clock>,
+        life: Lifetimes,
+        hooks: Arc<dyn HomeserverHooks>,
     ) -> Self {
         let public_url = config.effective_public_url();
         let window = Duration::from_secs(config.oauth.failed_attempts_window_secs);
@@ -282,7 +292,7 @@ impl OAuthState {
                     config.rate_limit.oauth_create_burst,
                 )
             }),
-            synapse: std::sync::OnceLock::new(),
+            hooks,
             device_decisions: tokio::sync::watch::Sender::new(0),
         }))
     }
@@ -329,25 +339,16 @@ impl OAuthState {
         }
     }
 
-    /// Synapse mode: makes this server the authentication service of the Synapse `link`
-    /// leads to (introspection, provisioning).
-    pub fn attach_synapse(&self, link: crate::synapse::SynapseLink) {
-        let _ = self.0.synapse.set(Arc::new(link));
+    /// What the homeserver must hear about sessions.
+    pub fn hooks(&self) -> &dyn HomeserverHooks {
+        &*self.0.hooks
     }
 
-    /// The Synapse this server authenticates for, in synapse mode.
-    pub fn synapse(&self) -> Option<&Arc<crate::synapse::SynapseLink>> {
-        self.0.synapse.get()
-    }
-
-    /// Synapse mode: provisions the user and the new device of a session before its first
-    /// tokens go out, since Synapse refuses tokens of devices it does not know.
-    ///
-    /// The device is named after the client that signed it in (`client_name`), as people
-    /// see it in their device list; later re-provisionings send no name, so a name the user
-    /// gave the device in Synapse stays.
+    /// Tells the homeserver about the device of a session before its first tokens go out,
+    /// named after the client that signed it in (`client_name`), as people see it in their
+    /// device list.
     pub(crate) async fn synapse_session_started(&self, grant: &crate::db::Grant) -> DbResult<()> {
-        if self.synapse().is_none() {
+        if !self.0.hooks.active() {
             return Ok(());
         }
         let name = match &grant.client_id {
@@ -356,86 +357,33 @@ impl OAuthState {
                 .map(|c| device_display_name(&c.display_name())),
             None => None,
         };
-        self.synapse_provision_named(&grant.localpart, &grant.device_id, name)
+        self.0
+            .hooks
+            .session_started(&grant.localpart, &grant.device_id, name, self.now_ms())
             .await
     }
 
-    /// Synapse mode: provisions the user and the device in Synapse (idempotent), waiting
-    /// briefly for it.
-    pub(crate) async fn synapse_provision(&self, localpart: &str, device_id: &str) -> DbResult<()> {
-        self.synapse_provision_named(localpart, device_id, None)
-            .await
-    }
-
-    async fn synapse_provision_named(
-        &self,
-        localpart: &str,
-        device_id: &str,
-        display_name: Option<String>,
-    ) -> DbResult<()> {
-        use crate::db::OutboxKind;
-        let Some(link) = self.synapse() else {
-            return Ok(());
-        };
-        let mut upsert = crate::synapse::device_job(OutboxKind::UpsertDevice, localpart, device_id);
-        upsert.display_name = display_name;
-        let jobs = [
-            crate::synapse::user_job(OutboxKind::ProvisionUser, localpart),
-            upsert,
-        ];
-        // Marked at once: the outbox delivers what is queued, so later introspections need
-        // not queue it again while Synapse is slow.
-        link.set_provisioned(localpart, device_id, true);
-        if let Err(err) = link
-            .enqueue_and_wait(&self.0.db, &jobs, self.now_ms())
-            .await
-        {
-            link.set_provisioned(localpart, device_id, false);
-            return Err(err);
-        }
-        Ok(())
-    }
-
-    /// Synapse mode: a device's session ended, so Synapse must drop the device (which also
-    /// ends the token there at once, whatever it cached).
+    /// Tells the homeserver that a device's session ended.
     pub(crate) async fn synapse_device_ended(
         &self,
         localpart: &str,
         device_id: &str,
     ) -> DbResult<()> {
-        let Some(link) = self.synapse() else {
-            return Ok(());
-        };
-        link.set_provisioned(localpart, device_id, false);
-        let job =
-            crate::synapse::device_job(crate::db::OutboxKind::DeleteDevice, localpart, device_id);
-        link.enqueue_and_wait(&self.0.db, &[job], self.now_ms())
+        self.0
+            .hooks
+            .device_ended(localpart, device_id, self.now_ms())
             .await
-            .map(|_| ())
     }
 
-    /// Synapse mode: the session of the token with this hash ended.
+    /// Tells the homeserver that the session of the token with this hash ended.
     pub(crate) async fn synapse_token_ended(&self, token_hash: &str) -> DbResult<()> {
-        if self.synapse().is_none() {
+        if !self.0.hooks.active() {
             return Ok(());
         }
         match self.0.db.token_owner(token_hash).await? {
             Some((localpart, device_id)) => self.synapse_device_ended(&localpart, &device_id).await,
             None => Ok(()),
         }
-    }
-
-    /// Synapse mode: passes the account page's cross-signing reset approval on to Synapse,
-    /// which checks it itself.
-    pub(crate) async fn synapse_allow_cross_signing_reset(&self, localpart: &str) -> DbResult<()> {
-        let Some(link) = self.synapse() else {
-            return Ok(());
-        };
-        let job =
-            crate::synapse::user_job(crate::db::OutboxKind::AllowCrossSigningReset, localpart);
-        link.enqueue_and_wait(&self.0.db, &[job], self.now_ms())
-            .await
-            .map(|_| ())
     }
 
     /// The store.
@@ -685,51 +633,6 @@ impl OAuthState {
     }
 }
 
-/// The application state `mxqr serve` runs: the rendezvous with the configured store and,
-/// when `[oauth] enabled`, accounts and the OAuth server over the configured database. With
-/// `create_policy = "authenticated"` rendezvous creation then checks tokens against it.
-pub async fn app_state(config: Config) -> DbResult<crate::AppState> {
-    let configured = config.configured_server_name();
-    app_state_named(config, configured).await
-}
-
-/// [`app_state`] for `mxqr serve`, which fills `public_url` in from the bound address when it
-/// is unset: `configured_name` is [`Config::configured_server_name`] from before that.
-pub async fn app_state_named(
-    config: Config,
-    configured_name: Option<String>,
-) -> DbResult<crate::AppState> {
-    let store =
-        crate::store::open_configured(&config)
-            .await
-            .map_err(|e| crate::db::DbError::Open {
-                path: "rendezvous store (rendezvous.postgres_url, else database.url)".into(),
-                source: crate::db::OpenFailure::Other(e.into()),
-            })?;
-    if !config.oauth.enabled {
-        return Ok(crate::AppState::with_store(config, store));
-    }
-    let oauth = OAuthState::open_settled(&config, configured_name, true).await?;
-    if config.homeserver.mode == crate::config::HomeserverMode::Synapse {
-        let secret = config
-            .homeserver
-            .load_secret()
-            .map_err(|e| crate::db::DbError::Open {
-                path: "homeserver shared secret".into(),
-                source: crate::db::OpenFailure::Other(e.into()),
-            })?;
-        let url = config.homeserver.synapse_url.as_deref().unwrap_or_default();
-        oauth.attach_synapse(crate::synapse::SynapseLink::new(url, secret));
-    }
-    let authorizer = match config.rendezvous.create_policy {
-        crate::config::CreatePolicy::Authenticated => oauth.create_authorizer(),
-        crate::config::CreatePolicy::Open => {
-            crate::auth::for_policy(config.rendezvous.create_policy)
-        }
-    };
-    Ok(crate::AppState::with_parts(config, store, authorizer).with_oauth(oauth))
-}
-
 /// Validates bearer tokens against the store for rendezvous creation.
 struct TokenAuthorizer(OAuthState);
 
@@ -752,38 +655,4 @@ impl CreateAuthorizer for TokenAuthorizer {
             }
         })
     }
-}
-
-/// The client address the outer middleware attributed the request to.
-pub(crate) struct RequestIp(pub IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestIp {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ClientIp>()
-                .map_or(IpAddr::from([0u8, 0, 0, 0]), |c| c.0),
-        ))
-    }
-}
-
-/// Routes of the OAuth API and its pages, ready to merge into the application router.
-pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
-    let metadata = get(endpoints::metadata);
-    Router::new()
-        .route("/_matrix/client/v1/auth_metadata", metadata.clone())
-        .route(
-            "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata",
-            metadata.clone(),
-        )
-        .route("/.well-known/oauth-authorization-server", metadata)
-        .route("/oauth2/registration", post(endpoints::register))
-        .route("/oauth2/device", post(endpoints::device_authorization))
-        .route("/oauth2/token", post(endpoints::token))
-        .route("/oauth2/revoke", post(endpoints::revoke))
-        .merge(crate::web::routes())
-        .with_state(state)
 }

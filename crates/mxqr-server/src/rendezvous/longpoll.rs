@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ratelimit::client_key;
-use crate::store::SessionId;
+use crate::rendezvous::store::SessionId;
 
 #[derive(Default)]
 struct Counts {

@@ -1,19 +1,20 @@
 //! The two rendezvous APIs and what they share.
 
+pub mod create_policy;
 pub mod longpoll;
 pub mod msc4108;
 pub mod msc4388;
+mod state;
+pub mod store;
 
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 
 use crate::error::ApiError;
-use crate::store::SessionId;
-
-/// Largest MSC4388 `data` and MSC4108 body, in UTF-8 bytes (never characters: the memory a
-/// session may hold is what the budget counts).
-pub const MAX_PAYLOAD: usize = 4096;
+pub use state::{Parts, RendezvousState, charge};
+pub use store::MAX_PAYLOAD;
+use store::SessionId;
 
 /// Refuses a top-level browser navigation: the rendezvous must not host pages.
 pub fn refuse_navigation(headers: &HeaderMap) -> Result<(), ApiError> {

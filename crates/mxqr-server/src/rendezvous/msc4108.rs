@@ -11,17 +11,18 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{Extension, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
-use crate::app::{AppState, ClientIp};
+use super::state::RendezvousState;
+use super::{MAX_PAYLOAD, PollQuery, parse_id, refuse_navigation};
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
+use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
 use crate::response::{PathParams, RawBody, json};
-use crate::store::{SequenceToken, SessionMeta, Transport, Write};
 
 /// Where sessions are created.
 pub const CREATE_PATH: &str = "/_matrix/client/unstable/org.matrix.msc4108/rendezvous";
@@ -29,7 +30,11 @@ pub const CREATE_PATH: &str = "/_matrix/client/unstable/org.matrix.msc4108/rende
 const STYLE: ConflictStyle = ConflictStyle::Msc4108;
 
 /// Create route plus session routes under `sessions_path` (validated by the config).
-pub fn routes(sessions_path: &str) -> Router<AppState> {
+pub fn routes<S>(sessions_path: &str) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    RendezvousState: FromRef<S>,
+{
     let sessions = format!("/{}/{{id}}", sessions_path.trim_matches('/'));
     Router::new()
         .route(CREATE_PATH, post(create))
@@ -107,7 +112,7 @@ fn requested_wait(query: &PollQuery, headers: &HeaderMap) -> Option<Duration> {
 
 /// `POST` with the initial payload → `201 {"url"}`.
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(client): Extension<ClientIp>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -121,11 +126,7 @@ async fn create(
     let url = format!(
         "{}{}/{id}",
         state.public_url(),
-        state
-            .config()
-            .rendezvous
-            .msc4108_sessions_path
-            .trim_matches('/')
+        state.config().msc4108_sessions_path.trim_matches('/')
     );
     let mut response = json(StatusCode::CREATED, &json!({ "url": url }));
     version_headers(&mut response, &meta);
@@ -135,7 +136,7 @@ async fn create(
 /// `GET <url>`: 200 with the payload, or 304 when `If-None-Match` is current (after waiting
 /// for a change when asked to).
 async fn read(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
     RawQuery(query): RawQuery,
@@ -148,27 +149,11 @@ async fn read(
     // `*` matches whatever the session holds (RFC 9110 §13.1.2): never worth waiting on.
     let any = if_none_match.is_some_and(|v| v.as_bytes().trim_ascii() == b"*");
     let known = if_none_match.and_then(parse_etag);
-    let store = state.store();
-    // Past a long-poll cap, answer at once as a plain GET would.
-    let slot = match (known, requested_wait(&query, &headers)) {
-        (Some(since), Some(wait)) => state
-            .start_long_poll(client, id)
-            .map(|slot| (slot, since, wait)),
-        _ => None,
-    };
-    let snapshot = match slot {
-        Some((_slot, since, wait)) => {
-            let until = deadline(wait, state.config().rendezvous.long_poll_max_ms);
-            state
-                .until_shutdown(
-                    store.wait_for_change(Transport::Msc4108, id, since, until),
-                    store.get(Transport::Msc4108, id),
-                )
-                .await
-        }
-        None => store.get(Transport::Msc4108, id).await,
-    }
-    .map_err(|e| ApiError::from_store(e, STYLE))?;
+    let poll = known.zip(requested_wait(&query, &headers));
+    let snapshot = state
+        .read(client, Transport::Msc4108, id, poll)
+        .await
+        .map_err(|e| ApiError::from_store(e, STYLE))?;
     let mut response = if any || known == Some(snapshot.meta.token) {
         let mut not_modified = Response::new(Body::empty());
         *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
@@ -186,7 +171,7 @@ async fn read(
 
 /// `PUT <url>` with `If-Match` → 202 and the new ETag; 412 when the ETag is stale.
 async fn write(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
     headers: HeaderMap,
@@ -220,7 +205,7 @@ async fn write(
 
 /// `DELETE <url>` → 204.
 async fn remove(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;

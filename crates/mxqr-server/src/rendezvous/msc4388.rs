@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{Extension, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, put};
@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{MAX_PAYLOAD, PollQuery, deadline, parse_id, refuse_navigation};
-use crate::app::{AppState, ClientIp};
-use crate::auth::bearer_token;
+use super::state::RendezvousState;
+use super::{MAX_PAYLOAD, PollQuery, parse_id, refuse_navigation};
+use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
-use crate::response::{PathParams, RawBody, json};
-use crate::store::{SequenceToken, SessionMeta, Transport, Write};
+use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
+use crate::response::{PathParams, RawBody, bearer_token, json};
 
 /// Stable prefix (Matrix spec).
 pub const STABLE_PREFIX: &str = "/_matrix/client/v1/rendezvous";
@@ -26,7 +26,11 @@ pub const STABLE_PREFIX: &str = "/_matrix/client/v1/rendezvous";
 pub const UNSTABLE_PREFIX: &str = "/_matrix/client/unstable/io.element.msc4388/rendezvous";
 
 /// Routes under both prefixes; they share sessions and differ only in the conflict errcode.
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    RendezvousState: FromRef<S>,
+{
     let under = |prefix: &str, style: ConflictStyle| {
         Router::new()
             .route(prefix, get(discover).post(create))
@@ -79,14 +83,17 @@ fn millis(meta: &SessionMeta) -> u64 {
 }
 
 /// `GET <prefix>`: may this requester create a session?
-async fn discover(State(state): State<AppState>, headers: HeaderMap) -> Json<serde_json::Value> {
+async fn discover(
+    State(state): State<RendezvousState>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
     let allowed = state.authorizer().may_create(bearer_token(&headers)).await;
     Json(json!({ "create_available": allowed }))
 }
 
 /// `POST <prefix>` `{"data"}` → `{"id","sequence_token","expires_in_ms"}`.
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     headers: HeaderMap,
@@ -117,7 +124,7 @@ async fn create(
 
 /// `GET <prefix>/{id}`, optionally long-polling until the token differs from `since`.
 async fn read(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
@@ -127,25 +134,14 @@ async fn read(
     refuse_navigation(&headers)?;
     let poll = PollQuery::parse(query.as_deref())?;
     let id = parse_id(&id)?;
-    let store = state.store();
-    let snapshot = match (poll.since, poll.timeout) {
-        (Some(since), Some(timeout)) => match since.parse::<SequenceToken>() {
-            // Past a long-poll cap, answer at once as a plain GET would.
-            Ok(since) if let Some(_slot) = state.start_long_poll(client, id) => {
-                let until = deadline(timeout, state.config().rendezvous.long_poll_max_ms);
-                state
-                    .until_shutdown(
-                        store.wait_for_change(Transport::Msc4388, id, since, until),
-                        store.get(Transport::Msc4388, id),
-                    )
-                    .await
-            }
-            // A token we never issued differs from the current one: answer at once.
-            _ => store.get(Transport::Msc4388, id).await,
-        },
-        _ => store.get(Transport::Msc4388, id).await,
-    }
-    .map_err(|e| ApiError::from_store(e, style))?;
+    // A token we never issued differs from the current one: answer at once.
+    let since = poll
+        .since
+        .and_then(|since| since.parse::<SequenceToken>().ok());
+    let snapshot = state
+        .read(client, Transport::Msc4388, id, since.zip(poll.timeout))
+        .await
+        .map_err(|e| ApiError::from_store(e, style))?;
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -158,7 +154,7 @@ async fn read(
 
 /// `PUT <prefix>/{id}` `{"sequence_token","data"}` → `{"sequence_token"}`.
 async fn write(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     PathParams(id): PathParams<String>,
@@ -170,7 +166,7 @@ async fn write(
 /// `PUT <prefix>/{id}/{txnId}`: as `PUT <prefix>/{id}`, and a repeat with the same
 /// transaction ID and body gets the first answer again.
 async fn write_txn(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
     PathParams((id, txn_id)): PathParams<(String, String)>,
@@ -183,7 +179,7 @@ async fn write_txn(
 }
 
 async fn do_write(
-    state: AppState,
+    state: RendezvousState,
     style: ConflictStyle,
     client: ClientIp,
     id: &str,
@@ -222,7 +218,7 @@ async fn do_write(
 
 /// `DELETE <prefix>/{id}` → `{}`.
 async fn remove(
-    State(state): State<AppState>,
+    State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {

@@ -3,9 +3,10 @@
 use super::{
     PageBody, PageError, PageResult, Visit, safe_next, see_other, session_cookie, set_cookie,
 };
+use crate::client_ip::ClientIp;
 use crate::db::DbError;
 use crate::oauth::endpoints::Params;
-use crate::oauth::{OAuthState, RequestIp, password, tokens};
+use crate::oauth::{OAuthState, password, tokens};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -91,7 +92,7 @@ fn too_many_attempts(
 /// of the process's Argon2 threads.
 pub(crate) async fn login_submit(
     State(state): State<OAuthState>,
-    RequestIp(ip): RequestIp,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {
@@ -159,7 +160,7 @@ pub(crate) async fn register_page(
 /// `POST /register`: creates the account and signs it in.
 pub(crate) async fn register_submit(
     State(state): State<OAuthState>,
-    RequestIp(ip): RequestIp,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {

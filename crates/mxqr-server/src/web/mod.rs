@@ -1,5 +1,7 @@
-//! Server-rendered pages: sign-in, registration, OAuth consent, `/link` for device codes and
-//! the account pages (`account_management_uri`).
+//! What every server-rendered page shares: templates, page errors, the browser session and
+//! its CSRF tokens, and the sign-in and registration pages themselves. The pages of each flow
+//! live with the flow: consent in [`crate::auth_code`], `/link` in [`crate::device_grant`],
+//! the account pages in [`crate::account_pages`].
 //!
 //! Every form carries a CSRF token: an HMAC of a nonce cookie keyed with the browser session
 //! (see [`form_token`]), so a token is worth nothing in another browser or session, even one
@@ -9,9 +11,6 @@
 //! cannot be planted either. Pages load nothing external and forbid framing through the
 //! Content-Security-Policy.
 
-mod account;
-mod authorize;
-mod link;
 mod login;
 
 use std::sync::LazyLock;
@@ -205,7 +204,7 @@ fn html(status: StatusCode, body: String) -> Response {
 /// Lets the forms of `response` end in a redirect to `redirect_uri`: browsers apply
 /// `form-action` to every redirect after a form post, so the consent page's answer could not
 /// reach the client's redirect URI otherwise.
-fn allow_form_redirect(response: &mut Response, redirect_uri: &str) {
+pub(crate) fn allow_form_redirect(response: &mut Response, redirect_uri: &str) {
     let Ok(url) = url::Url::parse(redirect_uri) else {
         return;
     };
@@ -226,7 +225,7 @@ fn allow_form_redirect(response: &mut Response, redirect_uri: &str) {
 }
 
 /// A `303 See Other` to `location`.
-fn see_other(location: &str) -> Response {
+pub(crate) fn see_other(location: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     if let Ok(value) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -268,15 +267,15 @@ fn set_cookie(
 /// What a page needs from the request: the CSRF nonce (created if missing), the form token
 /// bound to it and the session, and the signed-in user.
 pub(crate) struct Visit {
-    nonce: String,
-    new_nonce: bool,
+    pub(crate) nonce: String,
+    pub(crate) new_nonce: bool,
     /// The form token ([`form_token`]) forms of this visit carry.
-    csrf: String,
-    localpart: Option<String>,
+    pub(crate) csrf: String,
+    pub(crate) localpart: Option<String>,
 }
 
 impl Visit {
-    async fn of(state: &OAuthState, headers: &HeaderMap) -> Result<Self, PageError> {
+    pub(crate) async fn of(state: &OAuthState, headers: &HeaderMap) -> Result<Self, PageError> {
         let existing = cookie(headers, csrf_cookie(state))
             .filter(|v| v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric()));
         let (nonce, new_nonce) = match existing {
@@ -304,7 +303,7 @@ impl Visit {
 
     /// Checks the form's `csrf` field against the token of this nonce and session, in
     /// constant time.
-    fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
+    pub(crate) fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
         match submitted {
             Some(s) if !self.new_nonce && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => {
                 Ok(())
@@ -314,7 +313,7 @@ impl Visit {
     }
 
     /// Renders `template` with the common context (CSRF token, user, server name).
-    fn render(
+    pub(crate) fn render(
         &self,
         state: &OAuthState,
         status: StatusCode,
@@ -336,7 +335,7 @@ impl Visit {
     }
 
     /// Adds the CSRF nonce cookie when this visit created the nonce.
-    fn finish(&self, state: &OAuthState, response: &mut Response) {
+    pub(crate) fn finish(&self, state: &OAuthState, response: &mut Response) {
         if self.new_nonce {
             response.headers_mut().append(
                 header::SET_COOKIE,
@@ -346,7 +345,7 @@ impl Visit {
     }
 
     /// A redirect to the sign-in page, returning to `next` afterwards.
-    fn login_redirect(&self, state: &OAuthState, next: &str) -> Response {
+    pub(crate) fn login_redirect(&self, state: &OAuthState, next: &str) -> Response {
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("next", next)
             .finish();
@@ -357,7 +356,9 @@ impl Visit {
 }
 
 /// Query-string parameters (same rules as form bodies: no repeated parameters).
-fn query_params(raw: Option<String>) -> Result<crate::oauth::endpoints::Params, PageError> {
+pub(crate) fn query_params(
+    raw: Option<String>,
+) -> Result<crate::oauth::endpoints::Params, PageError> {
     crate::oauth::endpoints::Params::parse(raw.unwrap_or_default().as_bytes())
         .map_err(PageError::BadRequest)
 }
@@ -387,7 +388,7 @@ fn query_byte(b: u8) -> bool {
 }
 
 /// A time for people: `Mon, 23 Nov 2026 08:00:00 GMT`.
-fn show_time(ms: i64) -> String {
+pub(crate) fn show_time(ms: i64) -> String {
     let ms = u64::try_from(ms).unwrap_or(0);
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
 }
@@ -424,8 +425,32 @@ pub fn is_page(path: &str) -> bool {
     )
 }
 
-/// Routes of the pages (keep [`is_page`] in step).
-pub(crate) fn routes() -> Router<OAuthState> {
+/// The user's device of this ID, as the consent pages describe it, when it exists: the scope
+/// then signs the application in as that device (with its keys and messages), which the
+/// person must be told before approving.
+pub(crate) async fn existing_device(
+    state: &OAuthState,
+    localpart: Option<&str>,
+    device_id: &str,
+) -> Result<Option<minijinja::Value>, PageError> {
+    let Some(localpart) = localpart else {
+        return Ok(None);
+    };
+    Ok(state
+        .db()
+        .device(localpart, device_id)
+        .await?
+        .map(|device| {
+            minijinja::context! {
+                display_name => device.display_name,
+                added => show_time(device.created_at),
+                signed_in => device.session_created_at.is_some(),
+            }
+        }))
+}
+
+/// Routes of the sign-in pages; the flows add their own pages (keep [`is_page`] in step).
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
     Router::new()
         .route("/login", get(login::login_page).post(login::login_submit))
         .route(
@@ -433,14 +458,7 @@ pub(crate) fn routes() -> Router<OAuthState> {
             get(login::register_page).post(login::register_submit),
         )
         .route("/logout", post(login::logout))
-        .route(
-            "/oauth2/authorize",
-            get(authorize::authorize_page).post(authorize::authorize_submit),
-        )
-        .route("/link", get(link::link_page).post(link::link_submit))
-        .route("/account", get(account::account_page))
-        .route("/account/device/delete", post(account::delete_device))
-        .route("/account/cross-signing-reset", post(account::allow_reset))
+        .with_state(state)
 }
 
 #[cfg(test)]

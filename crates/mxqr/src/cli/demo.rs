@@ -299,7 +299,7 @@ impl DemoServer {
         }
         // The demo makes many requests from one address in a burst.
         config.rate_limit.enabled = false;
-        let state = mxqr_server::oauth::app_state(config)
+        let state = mxqr_server::app_state(config)
             .await
             .map_err(CliError::failed)?;
         let oauth = state

@@ -9,10 +9,11 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 
-use super::{PageBody, PageError, PageResult, Visit, show_time};
+use crate::client_ip::ClientIp;
 use crate::db::UserCodeLookup;
 use crate::oauth::endpoints::{Params, load_client};
-use crate::oauth::{OAuthState, RequestIp, tokens};
+use crate::oauth::{OAuthState, tokens};
+use crate::web::{PageBody, PageError, PageResult, Visit, show_time};
 
 fn entry_form(
     state: &OAuthState,
@@ -84,8 +85,7 @@ async fn show_grant(
     };
     let client = load_client(state, &grant.client_id).await?;
     let existing =
-        super::authorize::existing_device(state, visit.localpart.as_deref(), &grant.device_id)
-            .await?;
+        crate::web::existing_device(state, visit.localpart.as_deref(), &grant.device_id).await?;
     let (client_name, client_uri) = match &client {
         Some(c) => (c.display_name(), c.client_uri.clone()),
         None => ("Unknown application".to_owned(), String::new()),
@@ -113,12 +113,12 @@ async fn show_grant(
 /// `GET /link[?code=…]`.
 pub(crate) async fn link_page(
     State(state): State<OAuthState>,
-    RequestIp(ip): RequestIp,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
     let raw_query = query.clone().unwrap_or_default();
-    let params = super::query_params(query)?;
+    let params = crate::web::query_params(query)?;
     let visit = Visit::of(&state, &headers).await?;
     if visit.localpart.is_none() {
         let next = if raw_query.is_empty() {
@@ -137,7 +137,7 @@ pub(crate) async fn link_page(
 /// `POST /link`: a typed code (shows the consent page) or a decision on one.
 pub(crate) async fn link_submit(
     State(state): State<OAuthState>,
-    RequestIp(ip): RequestIp,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {

@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use super::{PageBody, PageError, PageResult, Visit, see_other, show_time};
 use crate::db::NewAuthCode;
 use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
 use crate::oauth::scope::{self, MatrixScope};
 use crate::oauth::{OAuthState, tokens};
+use crate::web::{PageBody, PageError, PageResult, Visit, see_other};
 
 /// Parameters carried from the consent page back to the POST.
 const CARRIED: [&str; 9] = [
@@ -191,7 +191,7 @@ pub(crate) async fn authorize_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, Rejection> {
-    let params = super::query_params(query)?;
+    let params = crate::web::query_params(query)?;
     let request = validate(&state, &params).await?;
     let visit = Visit::of(&state, &headers).await?;
     if let Some(answer) = request
@@ -241,37 +241,14 @@ fn silent_answer(request: &AuthRequest, prompt: &str, signed_in: bool) -> Option
     })
 }
 
-/// The user's device of this ID, as the consent pages describe it, when it exists: the scope
-/// then signs the application in as that device (with its keys and messages), which the
-/// person must be told before approving.
-pub(crate) async fn existing_device(
-    state: &OAuthState,
-    localpart: Option<&str>,
-    device_id: &str,
-) -> Result<Option<minijinja::Value>, PageError> {
-    let Some(localpart) = localpart else {
-        return Ok(None);
-    };
-    Ok(state
-        .db()
-        .device(localpart, device_id)
-        .await?
-        .map(|device| {
-            minijinja::context! {
-                display_name => device.display_name,
-                added => show_time(device.created_at),
-                signed_in => device.session_created_at.is_some(),
-            }
-        }))
-}
-
 async fn consent(
     state: &OAuthState,
     visit: &Visit,
     request: &AuthRequest,
     localpart: &str,
 ) -> PageResult {
-    let existing = existing_device(state, Some(localpart), &request.scope.device_id).await?;
+    let existing =
+        crate::web::existing_device(state, Some(localpart), &request.scope.device_id).await?;
     let mut response = visit.render(
         state,
         StatusCode::OK,
@@ -287,7 +264,7 @@ async fn consent(
             user_id => state.user_id(localpart),
         },
     )?;
-    super::allow_form_redirect(&mut response, &request.redirect_uri);
+    crate::web::allow_form_redirect(&mut response, &request.redirect_uri);
     Ok(response)
 }
 

@@ -9,13 +9,23 @@
 //! inside a known table is an error, so typos do not pass silently. `MXQR_DATABASE_URL` is
 //! accepted for `[database] url` (`MXQR_DATABASE__URL`), after the common `DATABASE_URL`.
 
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+mod database;
+mod homeserver;
+mod http;
+mod oauth;
+mod rate_limit;
+mod rendezvous;
 
-use crate::store::SessionLimits;
+pub use database::DatabaseConfig;
+pub use homeserver::{HomeserverConfig, HomeserverMode, MIN_SECRET_BYTES};
+pub use http::HttpConfig;
+pub use oauth::OAuthConfig;
+pub use rate_limit::RateLimitConfig;
+pub use rendezvous::{CreatePolicy, LONG_POLL_CAP_MS, RendezvousConfig};
 
 /// Top-level keys; an `MXQR_*` variable must start with one of them to be read.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -37,21 +47,6 @@ pub const CONFIG_ENV: &str = "MXQR_CONFIG";
 
 /// Short form of `MXQR_DATABASE__URL`.
 pub const DATABASE_URL_ENV: &str = "MXQR_DATABASE_URL";
-
-/// Session life bounds. MSC4388 asks for 120–300 s (the default is 180); shorter lives are
-/// allowed for tests of expiry, longer ones for slow consent flows (MFA, a second device).
-const TTL_RANGE_SECS: std::ops::RangeInclusive<u64> = 10..=3600;
-
-/// Longest a long-poll may hold a request: beyond this, proxies start cutting connections.
-pub const LONG_POLL_CAP_MS: u64 = 30_000;
-
-/// Smallest body limit that still admits any 4096-byte payload in an MSC4388 JSON body, even
-/// one whose every byte JSON escapes as `\u00XX` (6 bytes), plus the envelope.
-const MIN_BODY_BYTES: usize = crate::rendezvous::MAX_PAYLOAD * 6 + 1024;
-
-/// Bounds of `http.header_read_timeout_secs`: below a second slow mobile links fail, above
-/// five minutes an idle socket costs a descriptor for too long.
-const HEADER_TIMEOUT_RANGE_SECS: std::ops::RangeInclusive<u64> = 1..=300;
 
 /// Everything `mxqr serve` can be told.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -76,195 +71,14 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Persistent store for accounts and OAuth.
-    pub database: crate::oauth::DatabaseConfig,
+    pub database: DatabaseConfig,
     /// Accounts and the OAuth 2.0 authorization server.
-    pub oauth: crate::oauth::OAuthConfig,
+    pub oauth: OAuthConfig,
     /// Which homeserver the accounts belong to: mxqr itself, or a Synapse that delegates
     /// authentication to mxqr.
     pub homeserver: HomeserverConfig,
     /// Connection handling: timeouts, connection caps and the metrics listener.
     pub http: HttpConfig,
-}
-
-/// `[http]` table: how connections are accepted and kept, so that one client holding many
-/// sockets cannot exhaust the server's file descriptors.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Seconds a connection may take to send a complete request head, counted from when it
-    /// is accepted or finished its previous response: also the idle keep-alive timeout.
-    pub header_read_timeout_secs: u64,
-    /// Open connections at most; default: the open-file limit minus a reserve for the
-    /// database pools, files and listeners. Past it, new connections wait in the backlog.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// Open connections per client address (IPv6 grouped by /64); further ones are closed at
-    /// once. Default 256, or no per-address cap when `rate_limit.client_ip_header` is set (all
-    /// connections then come from the proxy). 0: no per-address cap.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_address: Option<usize>,
-    /// Serve `/metrics` (only) on this extra address too, e.g. `127.0.0.1:9090`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Serve `/metrics` on the main listener; turn off when `metrics_listen` is used.
-    pub public_metrics: bool,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            header_read_timeout_secs: 10,
-            max_connections: None,
-            max_connections_per_address: None,
-            metrics_listen: None,
-            public_metrics: true,
-        }
-    }
-}
-
-/// Who serves the client-server API for mxqr's accounts.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HomeserverMode {
-    /// mxqr serves the client-server subset itself.
-    #[default]
-    Standalone,
-    /// Synapse serves the client-server API and asks mxqr about tokens
-    /// (`matrix_authentication_service`); mxqr provisions users and devices in it.
-    Synapse,
-}
-
-/// `[homeserver]` table.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HomeserverConfig {
-    /// `standalone` or `synapse`.
-    pub mode: HomeserverMode,
-    /// Base URL mxqr reaches Synapse's `/_synapse/mas/*` API at (synapse mode).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub synapse_url: Option<String>,
-    /// The secret shared with Synapse (its `matrix_authentication_service.secret`), inline.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-    /// File holding the shared secret (surrounding whitespace ignored, as Synapse does).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret_path: Option<PathBuf>,
-}
-
-/// Shortest shared secret accepted: 256 bits when random, and anyone who reaches
-/// introspection may try to guess it.
-pub const MIN_SECRET_BYTES: usize = 32;
-
-fn check_secret_length(secret: &str) -> Result<(), ConfigError> {
-    if secret.len() < MIN_SECRET_BYTES {
-        return Err(ConfigError::Invalid(format!(
-            "homeserver: the shared secret has {} bytes, at least {MIN_SECRET_BYTES} are needed \
-             (e.g. `openssl rand -hex 32`)",
-            secret.len()
-        )));
-    }
-    Ok(())
-}
-
-impl HomeserverConfig {
-    /// The shared secret, read from `secret_path` if that is where it is.
-    pub fn load_secret(&self) -> Result<String, ConfigError> {
-        let secret = match (&self.secret, &self.secret_path) {
-            (Some(inline), None) => inline.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "homeserver: exactly one of secret and secret_path must be set".into(),
-                ));
-            }
-        };
-        check_secret_length(&secret)?;
-        Ok(secret)
-    }
-}
-
-/// Who may create an MSC4388 session.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CreatePolicy {
-    /// Anyone.
-    Open,
-    /// Only requests with an access token.
-    Authenticated,
-}
-
-/// `[rendezvous]` table.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RendezvousConfig {
-    /// Serve MSC4388 (stable and unstable prefixes).
-    pub msc4388_enabled: bool,
-    /// Serve the MSC4108 (2024) ETag rendezvous.
-    pub msc4108_enabled: bool,
-    /// MSC4388 creation policy: `open` or `authenticated`.
-    pub create_policy: CreatePolicy,
-    /// Session life in seconds, 10–3600 (MSC4388 recommends 120–300).
-    pub ttl_secs: u64,
-    /// Restart the life (`ttl_secs`) on every successful write.
-    pub renew_on_write: bool,
-    /// Upper bound on a session's life from creation, renewals included.
-    pub max_lifetime_secs: u64,
-    /// Live sessions at most. A create beyond it (or beyond `max_total_bytes`) evicts the
-    /// session closest to expiry among those not written in the last minute; when there is
-    /// none, it is refused with 503 and `Retry-After`.
-    pub max_sessions: usize,
-    /// Payload bytes of all live sessions together, at most (each payload is ≤ 4096 bytes).
-    pub max_total_bytes: usize,
-    /// Concurrent long-polls per client address; past it a GET answers at once.
-    pub long_polls_per_address: usize,
-    /// Concurrent long-polls per session; past it a GET answers at once.
-    pub long_polls_per_session: usize,
-    /// Concurrent long-polls in total (further lowered to half the connection budget).
-    pub max_long_polls: usize,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-    /// Longest a long-poll GET may wait, in milliseconds (at most 30000); 0 turns long-poll
-    /// off: it is no longer advertised and every GET answers at once.
-    pub long_poll_max_ms: u64,
-    /// Path (under `public_url`) of MSC4108 session URLs.
-    pub msc4108_sessions_path: String,
-    /// Keep sessions in this PostgreSQL database (`postgres://…`) instead of memory, so that
-    /// several instances behind one load balancer serve the same sessions.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub postgres_url: Option<String>,
-    /// Pooled connections to `postgres_url` (one more is kept for `LISTEN`).
-    pub postgres_max_connections: u32,
-}
-
-/// `[rate_limit]` table: token buckets per client address (IPv6 grouped by /64).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Apply the limits below.
-    pub enabled: bool,
-    /// Sustained session creations per second per address.
-    pub create_per_second: f64,
-    /// Creations allowed in a burst.
-    pub create_burst: u32,
-    /// Sustained writes (PUT) per second per address.
-    pub write_per_second: f64,
-    /// Writes allowed in a burst.
-    pub write_burst: u32,
-    /// Sustained OAuth creations (client registrations and device authorizations, which
-    /// need no account) per second per address. Real clients register once per sign-in.
-    pub oauth_create_per_second: f64,
-    /// OAuth creations allowed in a burst.
-    pub oauth_create_burst: u32,
-    /// Header carrying the client address set by a trusted reverse proxy (its last entry is
-    /// used, e.g. `x-forwarded-for`); unset: the TCP peer address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_ip_header: Option<String>,
 }
 
 impl Default for Config {
@@ -277,50 +91,10 @@ impl Default for Config {
             rendezvous: RendezvousConfig::default(),
             rate_limit: RateLimitConfig::default(),
             server_name: None,
-            database: crate::oauth::DatabaseConfig::default(),
-            oauth: crate::oauth::OAuthConfig::default(),
+            database: DatabaseConfig::default(),
+            oauth: OAuthConfig::default(),
             homeserver: HomeserverConfig::default(),
             http: HttpConfig::default(),
-        }
-    }
-}
-
-impl Default for RendezvousConfig {
-    fn default() -> Self {
-        Self {
-            msc4388_enabled: true,
-            msc4108_enabled: true,
-            create_policy: CreatePolicy::Open,
-            ttl_secs: 180,
-            renew_on_write: true,
-            max_lifetime_secs: 600,
-            // A host with 1 GiB survives both caps reached at once (README: figures).
-            max_sessions: 100_000,
-            max_total_bytes: 128 << 20,
-            long_polls_per_address: 8,
-            long_polls_per_session: 4,
-            max_long_polls: 4096,
-            max_body_bytes: 64 * 1024,
-            long_poll_max_ms: LONG_POLL_CAP_MS,
-            msc4108_sessions_path: "_matrix/client/unstable/org.matrix.msc4108/rendezvous"
-                .to_owned(),
-            postgres_url: None,
-            postgres_max_connections: 16,
-        }
-    }
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            create_per_second: 1.0,
-            create_burst: 20,
-            write_per_second: 10.0,
-            write_burst: 100,
-            oauth_create_per_second: 0.1,
-            oauth_create_burst: 20,
-            client_ip_header: None,
         }
     }
 }
@@ -427,98 +201,13 @@ impl Config {
 
     /// Checks ranges and formats that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let r = &self.rendezvous;
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        if !TTL_RANGE_SECS.contains(&r.ttl_secs) {
-            return invalid(format!(
-                "rendezvous.ttl_secs must be within 10..=3600, got {}",
-                r.ttl_secs
-            ));
-        }
-        if r.max_lifetime_secs < r.ttl_secs {
-            return invalid("rendezvous.max_lifetime_secs must be at least ttl_secs".into());
-        }
-        if r.max_sessions == 0 {
-            return invalid("rendezvous.max_sessions must be at least 1".into());
-        }
-        if r.max_total_bytes < crate::rendezvous::MAX_PAYLOAD {
-            return invalid(format!(
-                "rendezvous.max_total_bytes must be at least {} (one payload)",
-                crate::rendezvous::MAX_PAYLOAD
-            ));
-        }
-        if r.long_polls_per_address == 0 || r.long_polls_per_session == 0 || r.max_long_polls == 0 {
-            return invalid(
-                "rendezvous.long_polls_per_*, max_long_polls must be at least 1 (set long_poll_max_ms = 0 to turn long-poll off)"
-                    .into(),
-            );
-        }
-        if r.max_body_bytes < MIN_BODY_BYTES {
-            return invalid(format!(
-                "rendezvous.max_body_bytes must be at least {MIN_BODY_BYTES} (a 4096-byte payload)"
-            ));
-        }
-        let http = &self.http;
-        if !HEADER_TIMEOUT_RANGE_SECS.contains(&http.header_read_timeout_secs) {
-            return invalid(format!(
-                "http.header_read_timeout_secs must be within 1..=300, got {}",
-                http.header_read_timeout_secs
-            ));
-        }
-        if http.max_connections == Some(0) {
-            return invalid("http.max_connections must be at least 1".into());
-        }
-        if let Some(metrics) = http.metrics_listen
-            && metrics == self.listen
-            && metrics.port() != 0
-        {
-            return invalid("http.metrics_listen must differ from listen".into());
-        }
-        if r.long_poll_max_ms > LONG_POLL_CAP_MS {
-            return invalid(format!(
-                "rendezvous.long_poll_max_ms must be at most {LONG_POLL_CAP_MS}"
-            ));
-        }
-        let path = r.msc4108_sessions_path.trim_matches('/');
-        let path_ok = !path.is_empty()
-            && path.split('/').all(|seg| {
-                !seg.is_empty()
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
-            });
-        if !path_ok {
-            return invalid(format!(
-                "rendezvous.msc4108_sessions_path {:?} must be /-separated segments of [A-Za-z0-9._~-]",
-                r.msc4108_sessions_path
-            ));
-        }
-        // Those paths carry MSC4388 sessions already: the routes would collide.
-        let msc4388_prefixes = [
-            "_matrix/client/v1/rendezvous",
-            "_matrix/client/unstable/io.element.msc4388/rendezvous",
-        ];
-        if msc4388_prefixes.contains(&path) {
-            return invalid(format!(
-                "rendezvous.msc4108_sessions_path {path:?} is an MSC4388 prefix"
-            ));
-        }
-        if let Some(url) = &r.postgres_url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
-            return invalid("rendezvous.postgres_url must start with postgres://".into());
-        }
-        if r.postgres_max_connections == 0 {
-            return invalid("rendezvous.postgres_max_connections must be at least 1".into());
-        }
-        if let Some(url) = &self.database.url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
-            return invalid("database.url must start with postgres://".into());
-        }
-        if self.database.max_connections == 0 {
-            return invalid("database.max_connections must be at least 1".into());
-        }
+        self.rendezvous.validate().map_err(ConfigError::Invalid)?;
+        self.http
+            .validate(self.listen)
+            .map_err(ConfigError::Invalid)?;
+        self.database.validate().map_err(ConfigError::Invalid)?;
+        self.rate_limit.validate().map_err(ConfigError::Invalid)?;
         if let Some(url) = &self.public_url {
             match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -529,53 +218,13 @@ impl Config {
                 }
             }
         }
-        let rl = &self.rate_limit;
-        if rl.enabled {
-            let rate_ok = |v: f64| v.is_finite() && v > 0.0;
-            if !rate_ok(rl.create_per_second)
-                || !rate_ok(rl.write_per_second)
-                || !rate_ok(rl.oauth_create_per_second)
-            {
-                return invalid("rate_limit.*_per_second must be positive".into());
-            }
-            if rl.create_burst == 0 || rl.write_burst == 0 || rl.oauth_create_burst == 0 {
-                return invalid("rate_limit.*_burst must be at least 1".into());
-            }
-        }
-        if let Some(header) = &rl.client_ip_header
-            && axum::http::HeaderName::try_from(header.as_str()).is_err()
-        {
-            return invalid(format!(
-                "rate_limit.client_ip_header {header:?} is not a header name"
-            ));
-        }
         self.oauth.validate().map_err(ConfigError::Invalid)?;
         if self.effective_server_name().is_empty() {
             return invalid("server_name must not be empty".into());
         }
-        let hs = &self.homeserver;
-        if hs.mode == HomeserverMode::Synapse {
-            match hs.synapse_url.as_deref().map(url::Url::parse) {
-                Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => {
-                    return invalid(
-                        "homeserver.synapse_url must be an absolute http(s) URL in synapse mode"
-                            .into(),
-                    );
-                }
-            }
-            if hs.secret.is_some() == hs.secret_path.is_some() {
-                return invalid(
-                    "homeserver: exactly one of secret and secret_path must be set in synapse mode"
-                        .into(),
-                );
-            }
-            if let Some(secret) = &hs.secret {
-                check_secret_length(secret.trim())?;
-            }
-            if !self.oauth.enabled {
-                return invalid("homeserver.mode = \"synapse\" needs oauth.enabled".into());
-            }
+        self.homeserver.validate().map_err(ConfigError::Invalid)?;
+        if self.homeserver.mode == HomeserverMode::Synapse && !self.oauth.enabled {
+            return invalid("homeserver.mode = \"synapse\" needs oauth.enabled".into());
         }
         Ok(())
     }
@@ -633,6 +282,11 @@ impl Config {
             .or(self.database.url.as_deref())
     }
 
+    /// Session limits for the store.
+    pub fn session_limits(&self) -> crate::rendezvous::store::limits::SessionLimits {
+        self.rendezvous.session_limits()
+    }
+
     /// The configuration as TOML, with `public_url` resolved (for `--print-config`).
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
@@ -647,19 +301,6 @@ impl Config {
         }
         // Every field is a plain string, number, bool or table: serialising cannot fail.
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
-    }
-
-    /// Session limits for the store.
-    pub fn session_limits(&self) -> SessionLimits {
-        let r = &self.rendezvous;
-        SessionLimits {
-            ttl: Duration::from_secs(r.ttl_secs),
-            renew_on_write: r.renew_on_write,
-            max_lifetime: Duration::from_secs(r.max_lifetime_secs),
-            max_sessions: r.max_sessions,
-            max_total_bytes: r.max_total_bytes,
-            protect_written_within: crate::store::PROTECT_WRITTEN_WITHIN,
-        }
     }
 }
 

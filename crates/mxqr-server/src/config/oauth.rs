@@ -1,33 +1,6 @@
-//! `[oauth]` and `[database]` configuration tables.
-
-use std::path::PathBuf;
+//! `[oauth]`: accounts, the authorization server and its pages.
 
 use serde::{Deserialize, Serialize};
-
-/// `[database]` table.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// SQLite file; default `<data_dir>/mxqr.sqlite3`. Unused when `url` is set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sqlite_path: Option<PathBuf>,
-    /// PostgreSQL (`postgres://…`) instead of SQLite, so several instances share accounts and
-    /// tokens; also the rendezvous store unless `rendezvous.postgres_url` names another.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// Pooled connections to `url`.
-    pub max_connections: u32,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            sqlite_path: None,
-            url: None,
-            max_connections: 16,
-        }
-    }
-}
 
 /// `[oauth]` table: accounts, the authorization server and its pages.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,9 +1,7 @@
 //! Who may create an MSC4388 session, behind a trait so token validation can be plugged in.
 
-use axum::http::{HeaderMap, header};
-
 use crate::config::CreatePolicy;
-use crate::store::BoxFuture;
+use crate::rendezvous::store::BoxFuture;
 
 /// Decides whether a request may create a rendezvous session.
 pub trait CreateAuthorizer: Send + Sync + 'static {
@@ -35,41 +33,5 @@ pub fn for_policy(policy: CreatePolicy) -> Box<dyn CreateAuthorizer> {
     match policy {
         CreatePolicy::Open => Box::new(OpenCreation),
         CreatePolicy::Authenticated => Box::new(RequireAccessToken),
-    }
-}
-
-/// The `Authorization: Bearer <token>` value, if present and well-formed.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    #[test]
-    fn bearer_token_parsing() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(bearer_token(&headers), None);
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
-        assert_eq!(bearer_token(&headers), Some("abc"));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  xyz "),
-        );
-        assert_eq!(bearer_token(&headers), Some("xyz"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer_token(&headers), None);
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer_token(&headers), None);
     }
 }

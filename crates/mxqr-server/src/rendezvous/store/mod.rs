@@ -6,6 +6,7 @@
 //! sequence token, the retried-write rule, transaction-ID idempotency and waiting for a change.
 
 mod ids;
+pub mod limits;
 mod memory;
 mod postgres;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use ids::{InvalidId, SequenceToken, SessionId};
+pub use limits::{MAX_PAYLOAD, PROTECT_WRITTEN_WITHIN, SessionLimits};
 pub use memory::MemoryStore;
 pub use postgres::{PgStoreError, PostgresStore, open_configured};
 
@@ -48,28 +50,6 @@ impl Transport {
             Transport::Msc4108 => 1,
         }
     }
-}
-
-/// Sessions written this recently are never evicted to make room: a flood of creations must
-/// not end sign-ins in progress. At the cap with only such sessions, creation is refused.
-pub const PROTECT_WRITTEN_WITHIN: Duration = Duration::from_secs(60);
-
-/// Lifetime and capacity rules a store enforces.
-#[derive(Clone, Debug)]
-pub struct SessionLimits {
-    /// Life of a session from creation (and from each write when `renew_on_write`).
-    pub ttl: Duration,
-    /// Extend the life to `ttl` after each successful write.
-    pub renew_on_write: bool,
-    /// Hard cap on a session's life from creation, whatever the renewals.
-    pub max_lifetime: Duration,
-    /// Live sessions at most; creating one more evicts the session closest to expiry among
-    /// those not written within `protect_written_within`, or fails with [`StoreError::Full`].
-    pub max_sessions: usize,
-    /// Payload bytes of all live sessions together, at most (same eviction rule).
-    pub max_total_bytes: usize,
-    /// Sessions written this recently are never evicted ([`PROTECT_WRITTEN_WITHIN`]).
-    pub protect_written_within: Duration,
 }
 
 /// Version metadata of a session, as the HTTP layer reports it.

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::store::{StoreStats, Transport};
+use crate::rendezvous::store::{StoreStats, Transport};
 
 /// Upper bounds (seconds) of the latency histogram buckets; long-polls land in the top ones.
 const BUCKETS: [f64; 14] = [

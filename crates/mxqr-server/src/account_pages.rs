@@ -1,15 +1,17 @@
 //! Account pages behind `account_management_uri`: `?action=` selects the view, with the
 //! spec's stable action names and the MSC4191 ones older clients send.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::routing::{get, post};
 use serde::Serialize;
 
-use super::{PageBody, PageError, PageResult, Visit, see_other, show_time};
 use crate::oauth::OAuthState;
 use crate::oauth::endpoints::{Params, load_client};
+use crate::web::{PageBody, PageError, PageResult, Visit, see_other, show_time};
 
 #[derive(Serialize)]
 struct DeviceRow {
@@ -35,7 +37,7 @@ pub(crate) async fn account_page(
     headers: HeaderMap,
 ) -> PageResult {
     let raw = query.clone().unwrap_or_default();
-    let params = super::query_params(query)?;
+    let params = crate::web::query_params(query)?;
     let visit = Visit::of(&state, &headers).await?;
     let Some(localpart) = visit.localpart.clone() else {
         let next = if raw.is_empty() {
@@ -170,11 +172,23 @@ pub(crate) async fn allow_reset(
         .db()
         .approve_cross_signing_reset(&localpart, now, until)
         .await?;
-    state.synapse_allow_cross_signing_reset(&localpart).await?;
+    state
+        .hooks()
+        .cross_signing_reset_allowed(&localpart, state.now_ms())
+        .await?;
     visit.render(
         &state,
         StatusCode::OK,
         "reset.html",
         minijinja::context! { title => "Reset cross-signing keys", allowed_until => show_time(until) },
     )
+}
+
+/// The account pages (`account_management_uri`).
+pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+    Router::new()
+        .route("/account", get(account_page))
+        .route("/account/device/delete", post(delete_device))
+        .route("/account/cross-signing-reset", post(allow_reset))
+        .with_state(state)
 }

@@ -7,13 +7,13 @@
 //! account, and `M_FORBIDDEN` when the token's scope does not cover the client API.
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
 
-use crate::app::AppState;
+use super::MatrixState;
 use crate::db::{TokenInfo, TokenStatus};
 use crate::error::ApiError;
 use crate::oauth::{OAuthState, scope, tokens};
+use crate::response::bearer_token;
 
 /// An authenticated request: who is calling, from which device.
 pub struct Authed {
@@ -39,24 +39,16 @@ impl Authed {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-impl FromRequestParts<AppState> for Authed {
+impl FromRequestParts<MatrixState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        state: &MatrixState,
     ) -> Result<Self, Self::Rejection> {
         // The routes needing this are mounted only with accounts attached; be safe anyway.
-        let oauth = state.oauth().ok_or(ApiError::UnknownEndpoint)?.clone();
-        let token = bearer(parts).ok_or(ApiError::MissingToken)?;
+        let oauth = state.oauth.clone().ok_or(ApiError::UnknownEndpoint)?;
+        let token = bearer_token(&parts.headers).ok_or(ApiError::MissingToken)?;
         // A malformed token cannot be ours: refuse without a database lookup.
         if !tokens::well_formed(tokens::Kind::Access, token) {
             return Err(ApiError::UnknownToken { soft_logout: false });
