@@ -1,16 +1,14 @@
 //! The store side of the client-server endpoints a QR sign-in touches: bearer-token status,
 //! device edits, end-to-end-encryption keys, key-backup versions and account data.
 //!
-//! A supertrait of [`super::Db`], so `Arc<dyn Db>` reaches it, while the OAuth half of the
-//! trait stays untouched; implemented once for both back ends, like `repo.rs`. The store
+//! Methods of [`SqlDb`], written once for both back ends, like `repo.rs`. The store
 //! knows nothing about signatures: handlers verify, then store JSON text. Updates that merge
-//! signatures into a stored object are compare-and-swap ([`ClientDb::swap_device_keys`]), so
+//! signatures into a stored object are compare-and-swap ([`SqlDb::swap_device_keys`]), so
 //! two concurrent merges cannot lose each other's signature and the back end needs no JSON
 //! support.
 
 use super::sql::{Tx, exec, fetch, scalar};
 use super::{DbError, DbResult, SqlDb, TokenInfo};
-use crate::store::BoxFuture;
 
 /// What a presented access token (by hash) stands for, with the reason when it is unusable:
 /// the client-server API answers an expired token differently from a revoked one.
@@ -63,165 +61,6 @@ pub struct BackupVersion {
     pub etag: i64,
 }
 
-/// Store operations of the client-server key and device endpoints.
-pub trait ClientDb: Send + Sync + 'static {
-    /// Looks up an access token by hash, telling why it is unusable if it is.
-    fn token_status<'a>(
-        &'a self,
-        access_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<TokenStatus>>;
-    /// Sets (or clears) a device's display name; `false` if there is no such device.
-    fn set_device_display_name<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        display_name: Option<&'a str>,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Revokes every live OAuth session of a user (`/logout/all`); returns how many.
-    fn revoke_user_sessions<'a>(
-        &'a self,
-        localpart: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<u64>>;
-
-    /// Uploaded keys of the user's existing devices: all of them when `device_ids` is empty.
-    /// Keys of deleted devices are never returned.
-    fn device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_ids: &'a [String],
-    ) -> BoxFuture<'a, DbResult<Vec<StoredDeviceKeys>>>;
-    /// Compare-and-swap of a device's keys: stores `new` if the stored JSON is `old` (`None`:
-    /// nothing stored yet). `false` if another write came first.
-    fn swap_device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        old: Option<&'a str>,
-        new: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
-    /// used ID is [`DbError::Conflict`] (and nothing is stored).
-    fn add_one_time_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        keys: &'a [UploadedKey],
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Unclaimed one-time keys per algorithm.
-    fn one_time_key_counts<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, i64)>>>;
-    /// Replaces the fallback key of the key's algorithm (an identical re-upload keeps its
-    /// used flag).
-    fn set_fallback_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        key: &'a UploadedKey,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Claims a key of `algorithm` of an existing device: a one-time key (removed), else the
-    /// fallback key (marked used, kept).
-    fn claim_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        algorithm: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<UploadedKey>>>;
-
-    /// The user's cross-signing keys as `(usage, JSON text)`.
-    fn cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String)>>>;
-    /// Stores cross-signing keys `(usage, JSON text)`, replacing those of the same usage; with
-    /// `consume_reset` the user's reset approval is used up in the same transaction.
-    fn put_cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        keys: &'a [(String, String)],
-        consume_reset: bool,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Compare-and-swap of one cross-signing key's JSON (merging signatures).
-    fn swap_cross_signing_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        usage: &'a str,
-        old: &'a str,
-        new: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Records `signer`'s user-signing signature of another user's master key.
-    fn add_user_signature<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-        target_key_id: &'a str,
-        signer_key_id: &'a str,
-        signature: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
-    /// signature)`.
-    fn user_signatures<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String, String)>>>;
-
-    /// Creates the next backup version; returns its number.
-    fn create_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        algorithm: &'a str,
-        auth_data: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<i64>>;
-    /// A live backup version, or the latest when `version` is `None`.
-    fn backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: Option<i64>,
-    ) -> BoxFuture<'a, DbResult<Option<BackupVersion>>>;
-    /// Replaces a live version's `auth_data`; `false` if there is no such version.
-    fn update_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: i64,
-        auth_data: &'a str,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Deletes a live version (its number is never reused); `false` if there is none.
-    fn delete_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: i64,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-
-    /// Global account data of one type, as JSON text.
-    fn account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<String>>>;
-    /// Stores global account data of one type, unless the user's account data would then
-    /// exceed `quota` (checked and written in one transaction).
-    fn put_account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-        content: &'a str,
-        now: i64,
-        quota: AccountDataQuota,
-    ) -> BoxFuture<'a, DbResult<AccountDataWrite>>;
-}
-
 /// Per-user bounds on stored account data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccountDataQuota {
@@ -231,7 +70,7 @@ pub struct AccountDataQuota {
     pub max_bytes: i64,
 }
 
-/// Outcome of [`ClientDb::put_account_data`].
+/// Outcome of [`SqlDb::put_account_data`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountDataWrite {
     /// Stored.
@@ -311,269 +150,288 @@ fn uploaded_key((algorithm, key_id, key_json): KeyRow) -> UploadedKey {
     }
 }
 
-impl ClientDb for SqlDb {
-    fn token_status<'a>(
-        &'a self,
-        access_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<TokenStatus>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            type StatusRow = (
-                String,
-                String,
-                String,
-                String,
-                i64,
-                Option<i64>,
-                Option<i64>,
-                Option<i64>,
-                bool,
-            );
-            let row: Option<StatusRow> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
+impl SqlDb {
+    /// Looks up an access token by hash, telling why it is unusable if it is.
+    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                type StatusRow = (
+                    String,
+                    String,
+                    String,
+                    String,
+                    i64,
+                    Option<i64>,
+                    Option<i64>,
+                    Option<i64>,
+                    bool,
+                );
+                let row: Option<StatusRow> = fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
                  t.used_at, t.revoked_at, s.revoked_at, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
-                access_hash
-            )?;
-            let Some((
-                localpart,
-                device_id,
-                scope,
-                session_id,
-                expires_at,
-                used_at,
-                token_revoked,
-                session_revoked,
-                locked,
-            )) = row
-            else {
-                return Ok(TokenStatus::Unknown);
-            };
-            // Locking revokes sessions too: report the lock, which is what the user can act on.
-            Ok(if locked {
-                TokenStatus::Locked
-            } else if token_revoked.is_some() || session_revoked.is_some() {
-                TokenStatus::Revoked
-            } else if expires_at <= now {
-                TokenStatus::Expired
-            } else {
-                TokenStatus::Live(TokenInfo {
+                    access_hash
+                )?;
+                let Some((
                     localpart,
                     device_id,
                     scope,
-                    expires_at,
                     session_id,
-                    used: used_at.is_some(),
+                    expires_at,
+                    used_at,
+                    token_revoked,
+                    session_revoked,
+                    locked,
+                )) = row
+                else {
+                    return Ok(TokenStatus::Unknown);
+                };
+                // Locking revokes sessions too: report the lock, which is what the user can act on.
+                Ok(if locked {
+                    TokenStatus::Locked
+                } else if token_revoked.is_some() || session_revoked.is_some() {
+                    TokenStatus::Revoked
+                } else if expires_at <= now {
+                    TokenStatus::Expired
+                } else {
+                    TokenStatus::Live(TokenInfo {
+                        localpart,
+                        device_id,
+                        scope,
+                        expires_at,
+                        session_id,
+                        used: used_at.is_some(),
+                    })
                 })
             })
-        })
+            .await
     }
 
-    fn set_device_display_name<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        display_name: Option<&'a str>,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
-                display_name,
-                localpart,
-                device_id
-            )?;
-            Ok(done > 0)
-        })
+    /// Sets (or clears) a device's display name; `false` if there is no such device.
+    pub async fn set_device_display_name(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+    ) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let done = exec!(
+                    c.conn(),
+                    "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
+                    display_name,
+                    localpart,
+                    device_id
+                )?;
+                Ok(done > 0)
+            })
+            .await
     }
 
-    fn revoke_user_sessions<'a>(
-        &'a self,
-        localpart: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<u64>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            tx.lock_user(localpart).await?;
-            let n = tx.revoke_user_sessions(localpart, None, now).await?;
-            tx.commit().await?;
-            Ok(n)
-        })
+    /// Revokes every live OAuth session of a user (`/logout/all`); returns how many.
+    pub async fn revoke_user_sessions(&self, localpart: &str, now: i64) -> DbResult<u64> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                tx.lock_user(localpart).await?;
+                let n = tx.revoke_user_sessions(localpart, None, now).await?;
+                tx.commit().await?;
+                Ok(n)
+            })
+            .await
     }
 
-    fn device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_ids: &'a [String],
-    ) -> BoxFuture<'a, DbResult<Vec<StoredDeviceKeys>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
+    /// Uploaded keys of the user's existing devices: all of them when `device_ids` is empty.
+    /// Keys of deleted devices are never returned.
+    pub async fn device_keys(
+        &self,
+        localpart: &str,
+        device_ids: &[String],
+    ) -> DbResult<Vec<StoredDeviceKeys>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                         WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
-            let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
+                let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
+                    let order = self.pool.dialect().byte_order();
+                    fetch!(
+                        c.conn(),
+                        fetch_all,
+                        &format!("{base} ORDER BY k.device_id{order}"),
+                        localpart
+                    )?
+                } else {
+                    // In the order asked for.
+                    let mut rows = Vec::new();
+                    for device_id in device_ids {
+                        let row: Option<(String, Option<String>, String)> = fetch!(
+                            c.conn(),
+                            fetch_optional,
+                            &format!("{base} AND k.device_id = $2"),
+                            localpart,
+                            device_id
+                        )?;
+                        rows.extend(row);
+                    }
+                    rows
+                };
+                Ok(rows
+                    .into_iter()
+                    .map(|(device_id, display_name, key_json)| StoredDeviceKeys {
+                        device_id,
+                        display_name,
+                        key_json,
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Compare-and-swap of a device's keys: stores `new` if the stored JSON is `old` (`None`:
+    /// nothing stored yet). `false` if another write came first.
+    pub async fn swap_device_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        old: Option<&str>,
+        new: &str,
+        now: i64,
+    ) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let Some(old) = old else {
+                    let mut tx = self.pool.begin().await?;
+                    tx.lock_device(localpart, device_id).await?;
+                    tx.purge_stale(localpart, device_id).await?;
+                    let done = exec!(
+                        tx.conn(),
+                        "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
+                        localpart,
+                        device_id,
+                        new,
+                        now
+                    )?;
+                    tx.commit().await?;
+                    return Ok(done > 0);
+                };
+                let mut c = self.pool.acquire().await?;
+                let done = exec!(
+                    c.conn(),
+                    "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
+                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                    new,
+                    now,
+                    localpart,
+                    device_id,
+                    old
+                )?;
+                Ok(done > 0)
+            })
+            .await
+    }
+
+    /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
+    /// used ID is [`DbError::Conflict`] (and nothing is stored).
+    pub async fn add_one_time_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        keys: &[UploadedKey],
+        now: i64,
+    ) -> DbResult<()> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                // Two identical uploads racing must both succeed, not collide on the key.
+                tx.lock_device(localpart, device_id).await?;
+                tx.purge_stale(localpart, device_id).await?;
+                for key in keys {
+                    let existing: Option<String> = scalar!(
+                        tx.conn(),
+                        fetch_optional,
+                        "SELECT key_json FROM e2e_one_time_keys \
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+                        localpart,
+                        device_id,
+                        &key.algorithm,
+                        &key.key_id
+                    )?;
+                    match existing {
+                        Some(json) if json == key.key_json => {}
+                        Some(_) => return Err(DbError::Conflict),
+                        None => {
+                            exec!(
+                                tx.conn(),
+                                "INSERT INTO e2e_one_time_keys \
+                             (localpart, device_id, algorithm, key_id, key_json, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                                localpart,
+                                device_id,
+                                &key.algorithm,
+                                &key.key_id,
+                                &key.key_json,
+                                now
+                            )?;
+                        }
+                    }
+                }
+                tx.commit().await
+            })
+            .await
+    }
+
+    /// Unclaimed one-time keys per algorithm.
+    pub async fn one_time_key_counts(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> DbResult<Vec<(String, i64)>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
                 let order = self.pool.dialect().byte_order();
                 fetch!(
                     c.conn(),
                     fetch_all,
-                    &format!("{base} ORDER BY k.device_id{order}"),
-                    localpart
-                )?
-            } else {
-                // In the order asked for.
-                let mut rows = Vec::new();
-                for device_id in device_ids {
-                    let row: Option<(String, Option<String>, String)> = fetch!(
-                        c.conn(),
-                        fetch_optional,
-                        &format!("{base} AND k.device_id = $2"),
-                        localpart,
-                        device_id
-                    )?;
-                    rows.extend(row);
-                }
-                rows
-            };
-            Ok(rows
-                .into_iter()
-                .map(|(device_id, display_name, key_json)| StoredDeviceKeys {
-                    device_id,
-                    display_name,
-                    key_json,
-                })
-                .collect())
-        })
-    }
-
-    fn swap_device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        old: Option<&'a str>,
-        new: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let Some(old) = old else {
-                let mut tx = self.pool.begin().await?;
-                tx.lock_device(localpart, device_id).await?;
-                tx.purge_stale(localpart, device_id).await?;
-                let done = exec!(
-                    tx.conn(),
-                    "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
-                    localpart,
-                    device_id,
-                    new,
-                    now
-                )?;
-                tx.commit().await?;
-                return Ok(done > 0);
-            };
-            let mut c = self.pool.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
-                new,
-                now,
-                localpart,
-                device_id,
-                old
-            )?;
-            Ok(done > 0)
-        })
-    }
-
-    fn add_one_time_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        keys: &'a [UploadedKey],
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            // Two identical uploads racing must both succeed, not collide on the key.
-            tx.lock_device(localpart, device_id).await?;
-            tx.purge_stale(localpart, device_id).await?;
-            for key in keys {
-                let existing: Option<String> = scalar!(
-                    tx.conn(),
-                    fetch_optional,
-                    "SELECT key_json FROM e2e_one_time_keys \
-                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
-                    localpart,
-                    device_id,
-                    &key.algorithm,
-                    &key.key_id
-                )?;
-                match existing {
-                    Some(json) if json == key.key_json => {}
-                    Some(_) => return Err(DbError::Conflict),
-                    None => {
-                        exec!(
-                            tx.conn(),
-                            "INSERT INTO e2e_one_time_keys \
-                             (localpart, device_id, algorithm, key_id, key_json, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6)",
-                            localpart,
-                            device_id,
-                            &key.algorithm,
-                            &key.key_id,
-                            &key.key_json,
-                            now
-                        )?;
-                    }
-                }
-            }
-            tx.commit().await
-        })
-    }
-
-    fn one_time_key_counts<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, i64)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!(
-                    "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
+                    &format!(
+                        "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
                      JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                      WHERE k.localpart = $1 AND k.device_id = $2 \
                        AND k.created_at >= d.created_at \
                      GROUP BY k.algorithm ORDER BY k.algorithm{order}"
-                ),
-                localpart,
-                device_id
-            )
-        })
+                    ),
+                    localpart,
+                    device_id
+                )
+            })
+            .await
     }
 
-    fn set_fallback_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        key: &'a UploadedKey,
+    /// Replaces the fallback key of the key's algorithm (an identical re-upload keeps its
+    /// used flag).
+    pub async fn set_fallback_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        key: &UploadedKey,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            tx.lock_device(localpart, device_id).await?;
-            tx.purge_stale(localpart, device_id).await?;
-            exec!(
-                tx.conn(),
-                "INSERT INTO e2e_fallback_keys \
+    ) -> DbResult<()> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                tx.lock_device(localpart, device_id).await?;
+                tx.purge_stale(localpart, device_id).await?;
+                exec!(
+                    tx.conn(),
+                    "INSERT INTO e2e_fallback_keys \
                  (localpart, device_id, algorithm, key_id, key_json, used, created_at) \
                  VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
                  ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
@@ -581,353 +439,387 @@ impl ClientDb for SqlDb {
                  created_at = excluded.created_at \
                  WHERE e2e_fallback_keys.key_id <> excluded.key_id \
                     OR e2e_fallback_keys.key_json <> excluded.key_json",
-                localpart,
-                device_id,
-                &key.algorithm,
-                &key.key_id,
-                &key.key_json,
-                now
-            )?;
-            tx.commit().await
-        })
+                    localpart,
+                    device_id,
+                    &key.algorithm,
+                    &key.key_id,
+                    &key.key_json,
+                    now
+                )?;
+                tx.commit().await
+            })
+            .await
     }
 
-    fn claim_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        algorithm: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<UploadedKey>>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            // Claims of one device queue here, so a one-time key is handed out only once.
-            if !tx.lock_device(localpart, device_id).await? {
-                return Ok(None);
-            }
-            tx.purge_stale(localpart, device_id).await?;
-            let order = tx.dialect().byte_order();
-            let one_time: Option<KeyRow> = fetch!(
-                tx.conn(),
-                fetch_optional,
-                &format!(
-                    "DELETE FROM e2e_one_time_keys \
+    /// Claims a key of `algorithm` of an existing device: a one-time key (removed), else the
+    /// fallback key (marked used, kept).
+    pub async fn claim_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> DbResult<Option<UploadedKey>> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                // Claims of one device queue here, so a one-time key is handed out only once.
+                if !tx.lock_device(localpart, device_id).await? {
+                    return Ok(None);
+                }
+                tx.purge_stale(localpart, device_id).await?;
+                let order = tx.dialect().byte_order();
+                let one_time: Option<KeyRow> = fetch!(
+                    tx.conn(),
+                    fetch_optional,
+                    &format!(
+                        "DELETE FROM e2e_one_time_keys \
                      WHERE (localpart, device_id, algorithm, key_id) = ( \
                        SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
                        WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
                        ORDER BY created_at, key_id{order} LIMIT 1) \
                      RETURNING algorithm, key_id, key_json"
-                ),
-                localpart,
-                device_id,
-                algorithm
-            )?;
-            let claimed = match one_time {
-                Some(row) => Some(row),
-                None => fetch!(
-                    tx.conn(),
-                    fetch_optional,
-                    "UPDATE e2e_fallback_keys SET used = TRUE \
-                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
-                     RETURNING algorithm, key_id, key_json",
+                    ),
                     localpart,
                     device_id,
                     algorithm
-                )?,
-            };
-            tx.commit().await?;
-            Ok(claimed.map(uploaded_key))
-        })
+                )?;
+                let claimed = match one_time {
+                    Some(row) => Some(row),
+                    None => fetch!(
+                        tx.conn(),
+                        fetch_optional,
+                        "UPDATE e2e_fallback_keys SET used = TRUE \
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                     RETURNING algorithm, key_id, key_json",
+                        localpart,
+                        device_id,
+                        algorithm
+                    )?,
+                };
+                tx.commit().await?;
+                Ok(claimed.map(uploaded_key))
+            })
+            .await
     }
 
-    fn cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!(
-                    "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
+    /// The user's cross-signing keys as `(usage, JSON text)`.
+    pub async fn cross_signing_keys(&self, localpart: &str) -> DbResult<Vec<(String, String)>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let order = self.pool.dialect().byte_order();
+                fetch!(
+                    c.conn(),
+                    fetch_all,
+                    &format!(
+                        "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
                      WHERE localpart = $1 ORDER BY key_usage{order}"
-                ),
-                localpart
-            )
-        })
+                    ),
+                    localpart
+                )
+            })
+            .await
     }
 
-    fn put_cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        keys: &'a [(String, String)],
+    /// Stores cross-signing keys `(usage, JSON text)`, replacing those of the same usage; with
+    /// `consume_reset` the user's reset approval is used up in the same transaction.
+    pub async fn put_cross_signing_keys(
+        &self,
+        localpart: &str,
+        keys: &[(String, String)],
         consume_reset: bool,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            for (usage, json) in keys {
-                exec!(
-                    tx.conn(),
-                    "INSERT INTO e2e_cross_signing_keys \
+    ) -> DbResult<()> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                for (usage, json) in keys {
+                    exec!(
+                        tx.conn(),
+                        "INSERT INTO e2e_cross_signing_keys \
                      (localpart, key_usage, key_json, updated_at) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, key_usage) DO UPDATE \
                      SET key_json = excluded.key_json, updated_at = excluded.updated_at",
+                        localpart,
+                        usage,
+                        json,
+                        now
+                    )?;
+                }
+                if consume_reset {
+                    exec!(
+                        tx.conn(),
+                        "DELETE FROM cross_signing_resets WHERE localpart = $1",
+                        localpart
+                    )?;
+                }
+                tx.commit().await
+            })
+            .await
+    }
+
+    /// Compare-and-swap of one cross-signing key's JSON (merging signatures).
+    pub async fn swap_cross_signing_key(
+        &self,
+        localpart: &str,
+        usage: &str,
+        old: &str,
+        new: &str,
+        now: i64,
+    ) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let done = exec!(
+                    c.conn(),
+                    "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
+                 WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
+                    new,
+                    now,
                     localpart,
                     usage,
-                    json,
-                    now
+                    old
                 )?;
-            }
-            if consume_reset {
+                Ok(done > 0)
+            })
+            .await
+    }
+
+    /// Records `signer`'s user-signing signature of another user's master key.
+    pub async fn add_user_signature(
+        &self,
+        signer: &str,
+        target_user_id: &str,
+        target_key_id: &str,
+        signer_key_id: &str,
+        signature: &str,
+    ) -> DbResult<()> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
                 exec!(
-                    tx.conn(),
-                    "DELETE FROM cross_signing_resets WHERE localpart = $1",
-                    localpart
-                )?;
-            }
-            tx.commit().await
-        })
-    }
-
-    fn swap_cross_signing_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        usage: &'a str,
-        old: &'a str,
-        new: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
-                new,
-                now,
-                localpart,
-                usage,
-                old
-            )?;
-            Ok(done > 0)
-        })
-    }
-
-    fn add_user_signature<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-        target_key_id: &'a str,
-        signer_key_id: &'a str,
-        signature: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            exec!(
-                c.conn(),
-                "INSERT INTO e2e_user_signatures \
+                    c.conn(),
+                    "INSERT INTO e2e_user_signatures \
                  (signer, target_user_id, target_key_id, signer_key_id, signature) \
                  VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
                  DO UPDATE SET signature = excluded.signature",
-                signer,
-                target_user_id,
-                target_key_id,
-                signer_key_id,
-                signature
-            )?;
-            Ok(())
-        })
+                    signer,
+                    target_user_id,
+                    target_key_id,
+                    signer_key_id,
+                    signature
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    fn user_signatures<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String, String)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!(
-                    "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
+    /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
+    /// signature)`.
+    pub async fn user_signatures(
+        &self,
+        signer: &str,
+        target_user_id: &str,
+    ) -> DbResult<Vec<(String, String, String)>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let order = self.pool.dialect().byte_order();
+                fetch!(
+                    c.conn(),
+                    fetch_all,
+                    &format!(
+                        "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
                      WHERE signer = $1 AND target_user_id = $2 \
                      ORDER BY target_key_id{order}, signer_key_id{order}"
-                ),
-                signer,
-                target_user_id
-            )
-        })
+                    ),
+                    signer,
+                    target_user_id
+                )
+            })
+            .await
     }
 
-    fn create_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        algorithm: &'a str,
-        auth_data: &'a str,
+    /// Creates the next backup version; returns its number.
+    pub async fn create_backup_version(
+        &self,
+        localpart: &str,
+        algorithm: &str,
+        auth_data: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<i64>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            // Creations of one user queue here, so each gets the next number.
-            tx.lock_user(localpart).await?;
-            let last: Option<i64> = scalar!(
-                tx.conn(),
-                fetch_one,
-                "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
-                localpart
-            )?;
-            let version = last.unwrap_or(0) + 1;
-            exec!(
-                tx.conn(),
-                "INSERT INTO e2e_backup_versions \
+    ) -> DbResult<i64> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                // Creations of one user queue here, so each gets the next number.
+                tx.lock_user(localpart).await?;
+                let last: Option<i64> = scalar!(
+                    tx.conn(),
+                    fetch_one,
+                    "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
+                    localpart
+                )?;
+                let version = last.unwrap_or(0) + 1;
+                exec!(
+                    tx.conn(),
+                    "INSERT INTO e2e_backup_versions \
                  (localpart, version, algorithm, auth_data, etag, created_at) \
                  VALUES ($1, $2, $3, $4, 0, $5)",
-                localpart,
-                version,
-                algorithm,
-                auth_data,
-                now
-            )?;
-            tx.commit().await?;
-            Ok(version)
-        })
-    }
-
-    fn backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: Option<i64>,
-    ) -> BoxFuture<'a, DbResult<Option<BackupVersion>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
-                        WHERE localpart = $1 AND deleted_at IS NULL";
-            let row: Option<(i64, String, String, i64)> = match version {
-                Some(version) => fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{base} AND version = $2"),
                     localpart,
-                    version
-                )?,
-                None => fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{base} ORDER BY version DESC LIMIT 1"),
-                    localpart
-                )?,
-            };
-            Ok(
-                row.map(|(version, algorithm, auth_data, etag)| BackupVersion {
                     version,
                     algorithm,
                     auth_data,
-                    etag,
-                }),
-            )
-        })
+                    now
+                )?;
+                tx.commit().await?;
+                Ok(version)
+            })
+            .await
     }
 
-    fn update_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
+    /// A live backup version, or the latest when `version` is `None`.
+    pub async fn backup_version(
+        &self,
+        localpart: &str,
+        version: Option<i64>,
+    ) -> DbResult<Option<BackupVersion>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
+                        WHERE localpart = $1 AND deleted_at IS NULL";
+                let row: Option<(i64, String, String, i64)> = match version {
+                    Some(version) => fetch!(
+                        c.conn(),
+                        fetch_optional,
+                        &format!("{base} AND version = $2"),
+                        localpart,
+                        version
+                    )?,
+                    None => fetch!(
+                        c.conn(),
+                        fetch_optional,
+                        &format!("{base} ORDER BY version DESC LIMIT 1"),
+                        localpart
+                    )?,
+                };
+                Ok(
+                    row.map(|(version, algorithm, auth_data, etag)| BackupVersion {
+                        version,
+                        algorithm,
+                        auth_data,
+                        etag,
+                    }),
+                )
+            })
+            .await
+    }
+
+    /// Replaces a live version's `auth_data`; `false` if there is no such version.
+    pub async fn update_backup_version(
+        &self,
+        localpart: &str,
         version: i64,
-        auth_data: &'a str,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_backup_versions SET auth_data = $1 \
+        auth_data: &str,
+    ) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let done = exec!(
+                    c.conn(),
+                    "UPDATE e2e_backup_versions SET auth_data = $1 \
                  WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
-                auth_data,
-                localpart,
-                version
-            )?;
-            Ok(done > 0)
-        })
+                    auth_data,
+                    localpart,
+                    version
+                )?;
+                Ok(done > 0)
+            })
+            .await
     }
 
-    fn delete_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
+    /// Deletes a live version (its number is never reused); `false` if there is none.
+    pub async fn delete_backup_version(
+        &self,
+        localpart: &str,
         version: i64,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_backup_versions SET deleted_at = $1 \
+    ) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let done = exec!(
+                    c.conn(),
+                    "UPDATE e2e_backup_versions SET deleted_at = $1 \
                  WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
-                now,
-                localpart,
-                version
-            )?;
-            Ok(done > 0)
-        })
+                    now,
+                    localpart,
+                    version
+                )?;
+                Ok(done > 0)
+            })
+            .await
     }
 
-    fn account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<String>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            scalar!(
-                c.conn(),
-                fetch_optional,
-                "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
-                localpart,
-                data_type
-            )
-        })
+    /// Global account data of one type, as JSON text.
+    pub async fn account_data(&self, localpart: &str, data_type: &str) -> DbResult<Option<String>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                scalar!(
+                    c.conn(),
+                    fetch_optional,
+                    "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
+                    localpart,
+                    data_type
+                )
+            })
+            .await
     }
 
-    fn put_account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-        content: &'a str,
+    /// Stores global account data of one type, unless the user's account data would then
+    /// exceed `quota` (checked and written in one transaction).
+    pub async fn put_account_data(
+        &self,
+        localpart: &str,
+        data_type: &str,
+        content: &str,
         now: i64,
         quota: AccountDataQuota,
-    ) -> BoxFuture<'a, DbResult<AccountDataWrite>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            // This user's writes are serialized (the user lock; on SQLite the write lock taken
-            // up front), so two cannot both pass the quota.
-            tx.lock_user(localpart).await?;
-            let (entries, bytes): (i64, i64) = fetch!(
-                tx.conn(),
-                fetch_one,
-                "SELECT COUNT(*), \
+    ) -> DbResult<AccountDataWrite> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                // This user's writes are serialized (the user lock; on SQLite the write lock taken
+                // up front), so two cannot both pass the quota.
+                tx.lock_user(localpart).await?;
+                let (entries, bytes): (i64, i64) = fetch!(
+                    tx.conn(),
+                    fetch_one,
+                    "SELECT COUNT(*), \
                  CAST(COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0) AS BIGINT) \
                  FROM account_data WHERE localpart = $1 AND data_type <> $2",
-                localpart,
-                data_type
-            )?;
-            let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
-            if verdict != AccountDataWrite::Stored {
-                return Ok(verdict);
-            }
-            exec!(
-                tx.conn(),
-                "INSERT INTO account_data (localpart, data_type, content, updated_at) \
+                    localpart,
+                    data_type
+                )?;
+                let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
+                if verdict != AccountDataWrite::Stored {
+                    return Ok(verdict);
+                }
+                exec!(
+                    tx.conn(),
+                    "INSERT INTO account_data (localpart, data_type, content, updated_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
                  SET content = excluded.content, updated_at = excluded.updated_at",
-                localpart,
-                data_type,
-                content,
-                now
-            )?;
-            tx.commit().await?;
-            Ok(AccountDataWrite::Stored)
-        })
+                    localpart,
+                    data_type,
+                    content,
+                    now
+                )?;
+                tx.commit().await?;
+                Ok(AccountDataWrite::Stored)
+            })
+            .await
     }
 }

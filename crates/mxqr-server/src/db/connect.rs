@@ -147,7 +147,6 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Db as _;
 
     #[cfg(unix)]
     #[tokio::test]

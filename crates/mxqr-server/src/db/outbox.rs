@@ -7,7 +7,6 @@
 
 use super::sql::{exec, fetch, scalar};
 use super::{DbError, DbResult, SqlDb};
-use crate::store::BoxFuture;
 
 /// What a job asks Synapse to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,31 +82,6 @@ pub struct OutboxEntry {
     pub next_attempt_at: i64,
 }
 
-/// Outbox operations, a supertrait of [`super::Db`].
-pub trait OutboxDb: Send + Sync {
-    /// Appends jobs (in order) and returns the ID of the last one.
-    fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>>;
-    /// The oldest `limit` jobs, due or not (order matters more than due time).
-    fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>>;
-    /// Removes a delivered (or permanently refused) job.
-    fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>>;
-    /// Records a failed delivery; `error` must carry no secret.
-    fn outbox_retry<'a>(
-        &'a self,
-        id: i64,
-        next_attempt_at: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Whether job `id` is still queued.
-    fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>>;
-    /// `(localpart, device_id)` of the session an access or refresh token belongs to, revoked
-    /// or not (to tell Synapse which device a revocation ends).
-    fn token_owner<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<(String, String)>>>;
-}
-
 fn entry(
     id: i64,
     kind: &str,
@@ -143,30 +117,34 @@ type OutboxRow = (
     i64,
 );
 
-impl OutboxDb for SqlDb {
-    fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            let mut last = 0;
-            for job in jobs {
-                last = scalar!(
-                    tx.conn(),
-                    fetch_one,
-                    "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
+impl SqlDb {
+    /// Appends jobs (in order) and returns the ID of the last one.
+    pub async fn outbox_push(&self, jobs: &[OutboxJob], now: i64) -> DbResult<i64> {
+        self.pool
+            .run(async move {
+                let mut tx = self.pool.begin().await?;
+                let mut last = 0;
+                for job in jobs {
+                    last = scalar!(
+                        tx.conn(),
+                        fetch_one,
+                        "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
                      created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-                    job.kind.as_str(),
-                    &job.localpart,
-                    &job.device_id,
-                    &job.display_name,
-                    now
-                )?;
-            }
-            tx.commit().await?;
-            Ok(last)
-        })
+                        job.kind.as_str(),
+                        &job.localpart,
+                        &job.device_id,
+                        &job.display_name,
+                        now
+                    )?;
+                }
+                tx.commit().await?;
+                Ok(last)
+            })
+            .await
     }
 
-    fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>> {
+    /// The oldest `limit` jobs, due or not (order matters more than due time).
+    pub async fn outbox_head(&self, limit: i64) -> DbResult<Vec<OutboxEntry>> {
         self.pool.run(async move {
             let mut c = self.pool.acquire().await?;
             let rows: Vec<OutboxRow> = fetch!(
@@ -192,63 +170,69 @@ impl OutboxDb for SqlDb {
                 )
                 .collect()
         })
+        .await
     }
 
-    fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            exec!(c.conn(), "DELETE FROM synapse_outbox WHERE id = $1", id)?;
-            Ok(())
-        })
+    /// Removes a delivered (or permanently refused) job.
+    pub async fn outbox_done(&self, id: i64) -> DbResult<()> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                exec!(c.conn(), "DELETE FROM synapse_outbox WHERE id = $1", id)?;
+                Ok(())
+            })
+            .await
     }
 
-    fn outbox_retry<'a>(
-        &'a self,
-        id: i64,
-        next_attempt_at: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            exec!(
-                c.conn(),
-                "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
+    /// Records a failed delivery; `error` must carry no secret.
+    pub async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> DbResult<()> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                exec!(
+                    c.conn(),
+                    "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
                  last_error = $2 WHERE id = $3",
-                next_attempt_at,
-                error,
-                id
-            )?;
-            Ok(())
-        })
+                    next_attempt_at,
+                    error,
+                    id
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let row: Option<(i32,)> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT 1 FROM synapse_outbox WHERE id = $1",
-                id
-            )?;
-            Ok(row.is_some())
-        })
+    /// Whether job `id` is still queued.
+    pub async fn outbox_pending(&self, id: i64) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                let row: Option<(i32,)> = fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    "SELECT 1 FROM synapse_outbox WHERE id = $1",
+                    id
+                )?;
+                Ok(row.is_some())
+            })
+            .await
     }
 
-    fn token_owner<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<(String, String)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
+    /// `(localpart, device_id)` of the session an access or refresh token belongs to, revoked
+    /// or not (to tell Synapse which device a revocation ends).
+    pub async fn token_owner(&self, token_hash: &str) -> DbResult<Option<(String, String)>> {
+        self.pool
+            .run(async move {
+                let mut c = self.pool.acquire().await?;
+                fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
                    SELECT session_id FROM access_tokens WHERE token_hash = $1 \
                    UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
-                token_hash
-            )
-        })
+                    token_hash
+                )
+            })
+            .await
     }
 }

@@ -147,12 +147,14 @@ impl Pool {
     /// statements take the row locks.
     pub(super) async fn begin(&self) -> DbResult<Tx> {
         Ok(match self {
-            Self::Sqlite(pool) => Tx::Sqlite(
+            Self::Sqlite(pool) => Tx(TxInner::Sqlite(
                 pool.begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(sqlite_error)?,
-            ),
-            Self::Postgres { pool, .. } => Tx::Postgres(pool.begin().await.map_err(pg_error)?),
+            )),
+            Self::Postgres { pool, .. } => {
+                Tx(TxInner::Postgres(pool.begin().await.map_err(pg_error)?))
+            }
         })
     }
 
@@ -175,36 +177,45 @@ impl Pool {
     }
 }
 
-/// An open transaction of either back end; dropped without [`Tx::commit`], it rolls back.
-pub(super) enum Tx {
+/// An open transaction of the store ([`super::SqlDb::begin`]), holding what it loaded locked
+/// until [`Tx::commit`]; dropped without it, it rolls back.
+pub struct Tx(TxInner);
+
+enum TxInner {
     /// SQLite, holding the write lock.
     Sqlite(Transaction<'static, Sqlite>),
     /// PostgreSQL.
     Postgres(Transaction<'static, Postgres>),
 }
 
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Tx").field(&self.dialect()).finish()
+    }
+}
+
 impl Tx {
     /// The connection, for the query macros.
     pub(super) fn conn(&mut self) -> Conn<'_> {
-        match self {
-            Self::Sqlite(tx) => Conn::Sqlite(tx),
-            Self::Postgres(tx) => Conn::Postgres(tx),
+        match &mut self.0 {
+            TxInner::Sqlite(tx) => Conn::Sqlite(tx),
+            TxInner::Postgres(tx) => Conn::Postgres(tx),
         }
     }
 
     /// The SQL dialect of this transaction's back end.
     pub(super) fn dialect(&self) -> Dialect {
-        match self {
-            Self::Sqlite(_) => Dialect::Sqlite,
-            Self::Postgres(_) => Dialect::Postgres,
+        match self.0 {
+            TxInner::Sqlite(_) => Dialect::Sqlite,
+            TxInner::Postgres(_) => Dialect::Postgres,
         }
     }
 
-    /// Commits.
-    pub(super) async fn commit(self) -> DbResult<()> {
-        match self {
-            Self::Sqlite(tx) => tx.commit().await.map_err(sqlite_error),
-            Self::Postgres(tx) => tx.commit().await.map_err(pg_error),
+    /// Makes the transaction's changes durable and releases its locks.
+    pub async fn commit(self) -> DbResult<()> {
+        match self.0 {
+            TxInner::Sqlite(tx) => tx.commit().await.map_err(sqlite_error),
+            TxInner::Postgres(tx) => tx.commit().await.map_err(pg_error),
         }
     }
 }

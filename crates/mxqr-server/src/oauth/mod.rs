@@ -9,8 +9,10 @@ mod config;
 pub(crate) mod endpoints;
 mod error;
 pub(crate) mod limits;
+pub mod model;
 pub mod password;
 pub mod scope;
+pub mod token;
 pub mod tokens;
 
 use std::convert::Infallible;
@@ -782,7 +784,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> 
         .route("/.well-known/oauth-authorization-server", metadata)
         .route("/oauth2/registration", post(endpoints::register))
         .route("/oauth2/device", post(endpoints::device_authorization))
-        .route("/oauth2/token", post(endpoints::token))
+        .route("/oauth2/token", post(token::token))
         .route("/oauth2/revoke", post(endpoints::revoke))
         .merge(crate::web::routes())
         .with_state(state)
