@@ -7,24 +7,8 @@
 //! two concurrent merges cannot lose each other's signature and the back end needs no JSON
 //! support.
 
-use super::sql::{Tx, exec, fetch, scalar};
-use super::{DbError, DbResult, SqlDb, TokenInfo};
-
-/// What a presented access token (by hash) stands for, with the reason when it is unusable:
-/// the client-server API answers an expired token differently from a revoked one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenStatus {
-    /// Usable.
-    Live(TokenInfo),
-    /// Known but past its expiry (the client should refresh: `soft_logout`).
-    Expired,
-    /// Revoked, or its session ended.
-    Revoked,
-    /// Its user is locked.
-    Locked,
-    /// Never issued here.
-    Unknown,
-}
+use super::sql::{Tx, exec, fetch, scalar, with_conn, with_tx};
+use super::{AccessToken, DbError, DbResult, SqlDb, TokenInfo, TokenStatus};
 
 /// A device's uploaded identity keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,64 +135,53 @@ fn uploaded_key((algorithm, key_id, key_json): KeyRow) -> UploadedKey {
 }
 
 impl SqlDb {
-    /// Looks up an access token by hash, telling why it is unusable if it is.
-    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                type StatusRow = (
-                    String,
-                    String,
-                    String,
-                    String,
-                    i64,
-                    Option<i64>,
-                    Option<i64>,
-                    Option<i64>,
-                    bool,
-                );
-                let row: Option<StatusRow> = fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.used_at, t.revoked_at, s.revoked_at, u.locked \
+    /// An access token by hash, with its session's and user's standing.
+    pub async fn access_token(&self, access_hash: &str) -> DbResult<Option<AccessToken>> {
+        with_conn!(self, |c| {
+            type Row = (String, String, String, String, i64, Option<i64>, bool, bool);
+            let row: Option<Row> = fetch!(
+                c.conn(),
+                fetch_optional,
+                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
+                 t.used_at, t.revoked_at IS NOT NULL OR s.revoked_at IS NOT NULL, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
-                    access_hash
-                )?;
-                let Some((
+                access_hash
+            )?;
+            Ok(row.map(
+                |(
                     localpart,
                     device_id,
                     scope,
                     session_id,
                     expires_at,
                     used_at,
-                    token_revoked,
-                    session_revoked,
+                    revoked,
                     locked,
-                )) = row
-                else {
-                    return Ok(TokenStatus::Unknown);
-                };
-                // Locking revokes sessions too: report the lock, which is what the user can act on.
-                Ok(if locked {
-                    TokenStatus::Locked
-                } else if token_revoked.is_some() || session_revoked.is_some() {
-                    TokenStatus::Revoked
-                } else if expires_at <= now {
-                    TokenStatus::Expired
-                } else {
-                    TokenStatus::Live(TokenInfo {
-                        localpart,
-                        device_id,
-                        scope,
-                        expires_at,
-                        session_id,
-                        used: used_at.is_some(),
-                    })
-                })
-            })
-            .await
+                )| {
+                    AccessToken {
+                        info: TokenInfo {
+                            localpart,
+                            device_id,
+                            scope,
+                            expires_at,
+                            session_id,
+                            used: used_at.is_some(),
+                        },
+                        revoked,
+                        user_locked: locked,
+                    }
+                },
+            ))
+        })
+    }
+
+    /// An access token's standing at `now` ([`AccessToken::status`]).
+    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
+        Ok(self
+            .access_token(access_hash)
+            .await?
+            .map_or(TokenStatus::Unknown, |token| token.status(now)))
     }
 
     /// Sets (or clears) a device's display name; `false` if there is no such device.
@@ -218,32 +191,26 @@ impl SqlDb {
         device_id: &str,
         display_name: Option<&str>,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let done = exec!(
-                    c.conn(),
-                    "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
-                    display_name,
-                    localpart,
-                    device_id
-                )?;
-                Ok(done > 0)
-            })
-            .await
+        with_conn!(self, |c| {
+            let done = exec!(
+                c.conn(),
+                "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
+                display_name,
+                localpart,
+                device_id
+            )?;
+            Ok(done > 0)
+        })
     }
 
     /// Revokes every live OAuth session of a user (`/logout/all`); returns how many.
     pub async fn revoke_user_sessions(&self, localpart: &str, now: i64) -> DbResult<u64> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                tx.lock_user(localpart).await?;
-                let n = tx.revoke_user_sessions(localpart, None, now).await?;
-                tx.commit().await?;
-                Ok(n)
-            })
-            .await
+        with_tx!(self, |tx| {
+            tx.lock_user(localpart).await?;
+            let n = tx.revoke_user_sessions(localpart, None, now).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 
     /// Uploaded keys of the user's existing devices: all of them when `device_ids` is empty.
@@ -253,45 +220,42 @@ impl SqlDb {
         localpart: &str,
         device_ids: &[String],
     ) -> DbResult<Vec<StoredDeviceKeys>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
-                        JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                        WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
-                let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
-                    let order = self.pool.dialect().byte_order();
-                    fetch!(
+        with_conn!(self, |c| {
+            let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
+                    JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
+                    WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
+            let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
+                let order = self.pool.dialect().byte_order();
+                fetch!(
+                    c.conn(),
+                    fetch_all,
+                    &format!("{base} ORDER BY k.device_id{order}"),
+                    localpart
+                )?
+            } else {
+                // In the order asked for.
+                let mut rows = Vec::new();
+                for device_id in device_ids {
+                    let row: Option<(String, Option<String>, String)> = fetch!(
                         c.conn(),
-                        fetch_all,
-                        &format!("{base} ORDER BY k.device_id{order}"),
-                        localpart
-                    )?
-                } else {
-                    // In the order asked for.
-                    let mut rows = Vec::new();
-                    for device_id in device_ids {
-                        let row: Option<(String, Option<String>, String)> = fetch!(
-                            c.conn(),
-                            fetch_optional,
-                            &format!("{base} AND k.device_id = $2"),
-                            localpart,
-                            device_id
-                        )?;
-                        rows.extend(row);
-                    }
-                    rows
-                };
-                Ok(rows
-                    .into_iter()
-                    .map(|(device_id, display_name, key_json)| StoredDeviceKeys {
-                        device_id,
-                        display_name,
-                        key_json,
-                    })
-                    .collect())
-            })
-            .await
+                        fetch_optional,
+                        &format!("{base} AND k.device_id = $2"),
+                        localpart,
+                        device_id
+                    )?;
+                    rows.extend(row);
+                }
+                rows
+            };
+            Ok(rows
+                .into_iter()
+                .map(|(device_id, display_name, key_json)| StoredDeviceKeys {
+                    device_id,
+                    display_name,
+                    key_json,
+                })
+                .collect())
+        })
     }
 
     /// Compare-and-swap of a device's keys: stores `new` if the stored JSON is `old` (`None`:
@@ -347,45 +311,42 @@ impl SqlDb {
         keys: &[UploadedKey],
         now: i64,
     ) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                // Two identical uploads racing must both succeed, not collide on the key.
-                tx.lock_device(localpart, device_id).await?;
-                tx.purge_stale(localpart, device_id).await?;
-                for key in keys {
-                    let existing: Option<String> = scalar!(
-                        tx.conn(),
-                        fetch_optional,
-                        "SELECT key_json FROM e2e_one_time_keys \
-                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
-                        localpart,
-                        device_id,
-                        &key.algorithm,
-                        &key.key_id
-                    )?;
-                    match existing {
-                        Some(json) if json == key.key_json => {}
-                        Some(_) => return Err(DbError::Conflict),
-                        None => {
-                            exec!(
-                                tx.conn(),
-                                "INSERT INTO e2e_one_time_keys \
-                             (localpart, device_id, algorithm, key_id, key_json, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6)",
-                                localpart,
-                                device_id,
-                                &key.algorithm,
-                                &key.key_id,
-                                &key.key_json,
-                                now
-                            )?;
-                        }
+        with_tx!(self, |tx| {
+            // Two identical uploads racing must both succeed, not collide on the key.
+            tx.lock_device(localpart, device_id).await?;
+            tx.purge_stale(localpart, device_id).await?;
+            for key in keys {
+                let existing: Option<String> = scalar!(
+                    tx.conn(),
+                    fetch_optional,
+                    "SELECT key_json FROM e2e_one_time_keys \
+                 WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+                    localpart,
+                    device_id,
+                    &key.algorithm,
+                    &key.key_id
+                )?;
+                match existing {
+                    Some(json) if json == key.key_json => {}
+                    Some(_) => return Err(DbError::Conflict),
+                    None => {
+                        exec!(
+                            tx.conn(),
+                            "INSERT INTO e2e_one_time_keys \
+                         (localpart, device_id, algorithm, key_id, key_json, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                            localpart,
+                            device_id,
+                            &key.algorithm,
+                            &key.key_id,
+                            &key.key_json,
+                            now
+                        )?;
                     }
                 }
-                tx.commit().await
-            })
-            .await
+            }
+            tx.commit().await
+        })
     }
 
     /// Unclaimed one-time keys per algorithm.
@@ -394,25 +355,22 @@ impl SqlDb {
         localpart: &str,
         device_id: &str,
     ) -> DbResult<Vec<(String, i64)>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let order = self.pool.dialect().byte_order();
-                fetch!(
-                    c.conn(),
-                    fetch_all,
-                    &format!(
-                        "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
-                     JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                     WHERE k.localpart = $1 AND k.device_id = $2 \
-                       AND k.created_at >= d.created_at \
-                     GROUP BY k.algorithm ORDER BY k.algorithm{order}"
-                    ),
-                    localpart,
-                    device_id
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            let order = self.pool.dialect().byte_order();
+            fetch!(
+                c.conn(),
+                fetch_all,
+                &format!(
+                    "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
+                 JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
+                 WHERE k.localpart = $1 AND k.device_id = $2 \
+                   AND k.created_at >= d.created_at \
+                 GROUP BY k.algorithm ORDER BY k.algorithm{order}"
+                ),
+                localpart,
+                device_id
+            )
+        })
     }
 
     /// Replaces the fallback key of the key's algorithm (an identical re-upload keeps its
@@ -424,31 +382,28 @@ impl SqlDb {
         key: &UploadedKey,
         now: i64,
     ) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                tx.lock_device(localpart, device_id).await?;
-                tx.purge_stale(localpart, device_id).await?;
-                exec!(
-                    tx.conn(),
-                    "INSERT INTO e2e_fallback_keys \
-                 (localpart, device_id, algorithm, key_id, key_json, used, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
-                 ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
-                 SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE, \
-                 created_at = excluded.created_at \
-                 WHERE e2e_fallback_keys.key_id <> excluded.key_id \
-                    OR e2e_fallback_keys.key_json <> excluded.key_json",
-                    localpart,
-                    device_id,
-                    &key.algorithm,
-                    &key.key_id,
-                    &key.key_json,
-                    now
-                )?;
-                tx.commit().await
-            })
-            .await
+        with_tx!(self, |tx| {
+            tx.lock_device(localpart, device_id).await?;
+            tx.purge_stale(localpart, device_id).await?;
+            exec!(
+                tx.conn(),
+                "INSERT INTO e2e_fallback_keys \
+             (localpart, device_id, algorithm, key_id, key_json, used, created_at) \
+             VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
+             ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
+             SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE, \
+             created_at = excluded.created_at \
+             WHERE e2e_fallback_keys.key_id <> excluded.key_id \
+                OR e2e_fallback_keys.key_json <> excluded.key_json",
+                localpart,
+                device_id,
+                &key.algorithm,
+                &key.key_id,
+                &key.key_json,
+                now
+            )?;
+            tx.commit().await
+        })
     }
 
     /// Claims a key of `algorithm` of an existing device: a one-time key (removed), else the
@@ -459,66 +414,60 @@ impl SqlDb {
         device_id: &str,
         algorithm: &str,
     ) -> DbResult<Option<UploadedKey>> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                // Claims of one device queue here, so a one-time key is handed out only once.
-                if !tx.lock_device(localpart, device_id).await? {
-                    return Ok(None);
-                }
-                tx.purge_stale(localpart, device_id).await?;
-                let order = tx.dialect().byte_order();
-                let one_time: Option<KeyRow> = fetch!(
+        with_tx!(self, |tx| {
+            // Claims of one device queue here, so a one-time key is handed out only once.
+            if !tx.lock_device(localpart, device_id).await? {
+                return Ok(None);
+            }
+            tx.purge_stale(localpart, device_id).await?;
+            let order = tx.dialect().byte_order();
+            let one_time: Option<KeyRow> = fetch!(
+                tx.conn(),
+                fetch_optional,
+                &format!(
+                    "DELETE FROM e2e_one_time_keys \
+                 WHERE (localpart, device_id, algorithm, key_id) = ( \
+                   SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
+                   WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                   ORDER BY created_at, key_id{order} LIMIT 1) \
+                 RETURNING algorithm, key_id, key_json"
+                ),
+                localpart,
+                device_id,
+                algorithm
+            )?;
+            let claimed = match one_time {
+                Some(row) => Some(row),
+                None => fetch!(
                     tx.conn(),
                     fetch_optional,
-                    &format!(
-                        "DELETE FROM e2e_one_time_keys \
-                     WHERE (localpart, device_id, algorithm, key_id) = ( \
-                       SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
-                       WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
-                       ORDER BY created_at, key_id{order} LIMIT 1) \
-                     RETURNING algorithm, key_id, key_json"
-                    ),
+                    "UPDATE e2e_fallback_keys SET used = TRUE \
+                 WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                 RETURNING algorithm, key_id, key_json",
                     localpart,
                     device_id,
                     algorithm
-                )?;
-                let claimed = match one_time {
-                    Some(row) => Some(row),
-                    None => fetch!(
-                        tx.conn(),
-                        fetch_optional,
-                        "UPDATE e2e_fallback_keys SET used = TRUE \
-                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
-                     RETURNING algorithm, key_id, key_json",
-                        localpart,
-                        device_id,
-                        algorithm
-                    )?,
-                };
-                tx.commit().await?;
-                Ok(claimed.map(uploaded_key))
-            })
-            .await
+                )?,
+            };
+            tx.commit().await?;
+            Ok(claimed.map(uploaded_key))
+        })
     }
 
     /// The user's cross-signing keys as `(usage, JSON text)`.
     pub async fn cross_signing_keys(&self, localpart: &str) -> DbResult<Vec<(String, String)>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let order = self.pool.dialect().byte_order();
-                fetch!(
-                    c.conn(),
-                    fetch_all,
-                    &format!(
-                        "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
-                     WHERE localpart = $1 ORDER BY key_usage{order}"
-                    ),
-                    localpart
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            let order = self.pool.dialect().byte_order();
+            fetch!(
+                c.conn(),
+                fetch_all,
+                &format!(
+                    "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
+                 WHERE localpart = $1 ORDER BY key_usage{order}"
+                ),
+                localpart
+            )
+        })
     }
 
     /// Stores cross-signing keys `(usage, JSON text)`, replacing those of the same usage; with
@@ -530,32 +479,29 @@ impl SqlDb {
         consume_reset: bool,
         now: i64,
     ) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                for (usage, json) in keys {
-                    exec!(
-                        tx.conn(),
-                        "INSERT INTO e2e_cross_signing_keys \
-                     (localpart, key_usage, key_json, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, key_usage) DO UPDATE \
-                     SET key_json = excluded.key_json, updated_at = excluded.updated_at",
-                        localpart,
-                        usage,
-                        json,
-                        now
-                    )?;
-                }
-                if consume_reset {
-                    exec!(
-                        tx.conn(),
-                        "DELETE FROM cross_signing_resets WHERE localpart = $1",
-                        localpart
-                    )?;
-                }
-                tx.commit().await
-            })
-            .await
+        with_tx!(self, |tx| {
+            for (usage, json) in keys {
+                exec!(
+                    tx.conn(),
+                    "INSERT INTO e2e_cross_signing_keys \
+                 (localpart, key_usage, key_json, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, key_usage) DO UPDATE \
+                 SET key_json = excluded.key_json, updated_at = excluded.updated_at",
+                    localpart,
+                    usage,
+                    json,
+                    now
+                )?;
+            }
+            if consume_reset {
+                exec!(
+                    tx.conn(),
+                    "DELETE FROM cross_signing_resets WHERE localpart = $1",
+                    localpart
+                )?;
+            }
+            tx.commit().await
+        })
     }
 
     /// Compare-and-swap of one cross-signing key's JSON (merging signatures).
@@ -567,22 +513,19 @@ impl SqlDb {
         new: &str,
         now: i64,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let done = exec!(
-                    c.conn(),
-                    "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
-                    new,
-                    now,
-                    localpart,
-                    usage,
-                    old
-                )?;
-                Ok(done > 0)
-            })
-            .await
+        with_conn!(self, |c| {
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
+             WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
+                new,
+                now,
+                localpart,
+                usage,
+                old
+            )?;
+            Ok(done > 0)
+        })
     }
 
     /// Records `signer`'s user-signing signature of another user's master key.
@@ -594,25 +537,22 @@ impl SqlDb {
         signer_key_id: &str,
         signature: &str,
     ) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(
-                    c.conn(),
-                    "INSERT INTO e2e_user_signatures \
-                 (signer, target_user_id, target_key_id, signer_key_id, signature) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
-                 DO UPDATE SET signature = excluded.signature",
-                    signer,
-                    target_user_id,
-                    target_key_id,
-                    signer_key_id,
-                    signature
-                )?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(
+                c.conn(),
+                "INSERT INTO e2e_user_signatures \
+             (signer, target_user_id, target_key_id, signer_key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
+             DO UPDATE SET signature = excluded.signature",
+                signer,
+                target_user_id,
+                target_key_id,
+                signer_key_id,
+                signature
+            )?;
+            Ok(())
+        })
     }
 
     /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
@@ -622,23 +562,20 @@ impl SqlDb {
         signer: &str,
         target_user_id: &str,
     ) -> DbResult<Vec<(String, String, String)>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let order = self.pool.dialect().byte_order();
-                fetch!(
-                    c.conn(),
-                    fetch_all,
-                    &format!(
-                        "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
-                     WHERE signer = $1 AND target_user_id = $2 \
-                     ORDER BY target_key_id{order}, signer_key_id{order}"
-                    ),
-                    signer,
-                    target_user_id
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            let order = self.pool.dialect().byte_order();
+            fetch!(
+                c.conn(),
+                fetch_all,
+                &format!(
+                    "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
+                 WHERE signer = $1 AND target_user_id = $2 \
+                 ORDER BY target_key_id{order}, signer_key_id{order}"
+                ),
+                signer,
+                target_user_id
+            )
+        })
     }
 
     /// Creates the next backup version; returns its number.
@@ -649,33 +586,30 @@ impl SqlDb {
         auth_data: &str,
         now: i64,
     ) -> DbResult<i64> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                // Creations of one user queue here, so each gets the next number.
-                tx.lock_user(localpart).await?;
-                let last: Option<i64> = scalar!(
-                    tx.conn(),
-                    fetch_one,
-                    "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
-                    localpart
-                )?;
-                let version = last.unwrap_or(0) + 1;
-                exec!(
-                    tx.conn(),
-                    "INSERT INTO e2e_backup_versions \
-                 (localpart, version, algorithm, auth_data, etag, created_at) \
-                 VALUES ($1, $2, $3, $4, 0, $5)",
-                    localpart,
-                    version,
-                    algorithm,
-                    auth_data,
-                    now
-                )?;
-                tx.commit().await?;
-                Ok(version)
-            })
-            .await
+        with_tx!(self, |tx| {
+            // Creations of one user queue here, so each gets the next number.
+            tx.lock_user(localpart).await?;
+            let last: Option<i64> = scalar!(
+                tx.conn(),
+                fetch_one,
+                "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
+                localpart
+            )?;
+            let version = last.unwrap_or(0) + 1;
+            exec!(
+                tx.conn(),
+                "INSERT INTO e2e_backup_versions \
+             (localpart, version, algorithm, auth_data, etag, created_at) \
+             VALUES ($1, $2, $3, $4, 0, $5)",
+                localpart,
+                version,
+                algorithm,
+                auth_data,
+                now
+            )?;
+            tx.commit().await?;
+            Ok(version)
+        })
     }
 
     /// A live backup version, or the latest when `version` is `None`.
@@ -684,36 +618,33 @@ impl SqlDb {
         localpart: &str,
         version: Option<i64>,
     ) -> DbResult<Option<BackupVersion>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
-                        WHERE localpart = $1 AND deleted_at IS NULL";
-                let row: Option<(i64, String, String, i64)> = match version {
-                    Some(version) => fetch!(
-                        c.conn(),
-                        fetch_optional,
-                        &format!("{base} AND version = $2"),
-                        localpart,
-                        version
-                    )?,
-                    None => fetch!(
-                        c.conn(),
-                        fetch_optional,
-                        &format!("{base} ORDER BY version DESC LIMIT 1"),
-                        localpart
-                    )?,
-                };
-                Ok(
-                    row.map(|(version, algorithm, auth_data, etag)| BackupVersion {
-                        version,
-                        algorithm,
-                        auth_data,
-                        etag,
-                    }),
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
+                    WHERE localpart = $1 AND deleted_at IS NULL";
+            let row: Option<(i64, String, String, i64)> = match version {
+                Some(version) => fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    &format!("{base} AND version = $2"),
+                    localpart,
+                    version
+                )?,
+                None => fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    &format!("{base} ORDER BY version DESC LIMIT 1"),
+                    localpart
+                )?,
+            };
+            Ok(
+                row.map(|(version, algorithm, auth_data, etag)| BackupVersion {
+                    version,
+                    algorithm,
+                    auth_data,
+                    etag,
+                }),
+            )
+        })
     }
 
     /// Replaces a live version's `auth_data`; `false` if there is no such version.
@@ -723,20 +654,17 @@ impl SqlDb {
         version: i64,
         auth_data: &str,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let done = exec!(
-                    c.conn(),
-                    "UPDATE e2e_backup_versions SET auth_data = $1 \
-                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
-                    auth_data,
-                    localpart,
-                    version
-                )?;
-                Ok(done > 0)
-            })
-            .await
+        with_conn!(self, |c| {
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_backup_versions SET auth_data = $1 \
+             WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+                auth_data,
+                localpart,
+                version
+            )?;
+            Ok(done > 0)
+        })
     }
 
     /// Deletes a live version (its number is never reused); `false` if there is none.
@@ -746,36 +674,30 @@ impl SqlDb {
         version: i64,
         now: i64,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let done = exec!(
-                    c.conn(),
-                    "UPDATE e2e_backup_versions SET deleted_at = $1 \
-                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
-                    now,
-                    localpart,
-                    version
-                )?;
-                Ok(done > 0)
-            })
-            .await
+        with_conn!(self, |c| {
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_backup_versions SET deleted_at = $1 \
+             WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+                now,
+                localpart,
+                version
+            )?;
+            Ok(done > 0)
+        })
     }
 
     /// Global account data of one type, as JSON text.
     pub async fn account_data(&self, localpart: &str, data_type: &str) -> DbResult<Option<String>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                scalar!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
-                    localpart,
-                    data_type
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            scalar!(
+                c.conn(),
+                fetch_optional,
+                "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
+                localpart,
+                data_type
+            )
+        })
     }
 
     /// Stores global account data of one type, unless the user's account data would then
@@ -788,38 +710,35 @@ impl SqlDb {
         now: i64,
         quota: AccountDataQuota,
     ) -> DbResult<AccountDataWrite> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                // This user's writes are serialized (the user lock; on SQLite the write lock taken
-                // up front), so two cannot both pass the quota.
-                tx.lock_user(localpart).await?;
-                let (entries, bytes): (i64, i64) = fetch!(
-                    tx.conn(),
-                    fetch_one,
-                    "SELECT COUNT(*), \
-                 CAST(COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0) AS BIGINT) \
-                 FROM account_data WHERE localpart = $1 AND data_type <> $2",
-                    localpart,
-                    data_type
-                )?;
-                let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
-                if verdict != AccountDataWrite::Stored {
-                    return Ok(verdict);
-                }
-                exec!(
-                    tx.conn(),
-                    "INSERT INTO account_data (localpart, data_type, content, updated_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
-                 SET content = excluded.content, updated_at = excluded.updated_at",
-                    localpart,
-                    data_type,
-                    content,
-                    now
-                )?;
-                tx.commit().await?;
-                Ok(AccountDataWrite::Stored)
-            })
-            .await
+        with_tx!(self, |tx| {
+            // This user's writes are serialized (the user lock; on SQLite the write lock taken
+            // up front), so two cannot both pass the quota.
+            tx.lock_user(localpart).await?;
+            let (entries, bytes): (i64, i64) = fetch!(
+                tx.conn(),
+                fetch_one,
+                "SELECT COUNT(*), \
+             CAST(COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0) AS BIGINT) \
+             FROM account_data WHERE localpart = $1 AND data_type <> $2",
+                localpart,
+                data_type
+            )?;
+            let verdict = quota.judge(entries, bytes, entry_bytes(data_type, content));
+            if verdict != AccountDataWrite::Stored {
+                return Ok(verdict);
+            }
+            exec!(
+                tx.conn(),
+                "INSERT INTO account_data (localpart, data_type, content, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
+             SET content = excluded.content, updated_at = excluded.updated_at",
+                localpart,
+                data_type,
+                content,
+                now
+            )?;
+            tx.commit().await?;
+            Ok(AccountDataWrite::Stored)
+        })
     }
 }

@@ -19,12 +19,13 @@ mod sql;
 use std::sync::Arc;
 
 pub use client::{
-    AccountDataQuota, AccountDataWrite, BackupVersion, StoredDeviceKeys, TokenStatus, UploadedKey,
+    AccountDataQuota, AccountDataWrite, BackupVersion, StoredDeviceKeys, UploadedKey,
 };
 pub use outbox::{OutboxEntry, OutboxJob, OutboxKind};
 pub use sql::Tx;
 
 pub use crate::oauth::model::Grant;
+pub use crate::oauth::model::session::{AccessToken, TokenInfo, TokenStatus};
 
 /// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
 /// code and query text serves both (crate README, "Storage"). Times are ms since the Unix
@@ -196,24 +197,6 @@ pub struct NewTokens {
     pub refresh_hash: String,
     /// Access-token expiry, ms.
     pub access_expires_at: i64,
-}
-
-/// What an access token stands for (bearer authentication).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenInfo {
-    /// Localpart of the user.
-    pub localpart: String,
-    /// Device ID the token is bound to.
-    pub device_id: String,
-    /// Granted scope.
-    pub scope: String,
-    /// Expiry, ms since the epoch.
-    pub expires_at: i64,
-    /// OAuth session the token belongs to.
-    pub session_id: String,
-    /// Whether a request was already authenticated with it ([`SqlDb::record_token_use`]), so
-    /// that the first use is written once and later uses cost no write.
-    pub used: bool,
 }
 
 /// A stored authorization code.

@@ -5,7 +5,7 @@
 //! its deletion), so a job that keeps failing holds the ones behind it until it succeeds or
 //! is dropped as permanently refused.
 
-use super::sql::{exec, fetch, scalar};
+use super::sql::{exec, fetch, scalar, with_conn, with_tx};
 use super::{DbError, DbResult, SqlDb};
 
 /// What a job asks Synapse to do.
@@ -120,33 +120,29 @@ type OutboxRow = (
 impl SqlDb {
     /// Appends jobs (in order) and returns the ID of the last one.
     pub async fn outbox_push(&self, jobs: &[OutboxJob], now: i64) -> DbResult<i64> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                let mut last = 0;
-                for job in jobs {
-                    last = scalar!(
-                        tx.conn(),
-                        fetch_one,
-                        "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
-                     created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-                        job.kind.as_str(),
-                        &job.localpart,
-                        &job.device_id,
-                        &job.display_name,
-                        now
-                    )?;
-                }
-                tx.commit().await?;
-                Ok(last)
-            })
-            .await
+        with_tx!(self, |tx| {
+            let mut last = 0;
+            for job in jobs {
+                last = scalar!(
+                    tx.conn(),
+                    fetch_one,
+                    "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
+                 created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+                    job.kind.as_str(),
+                    &job.localpart,
+                    &job.device_id,
+                    &job.display_name,
+                    now
+                )?;
+            }
+            tx.commit().await?;
+            Ok(last)
+        })
     }
 
     /// The oldest `limit` jobs, due or not (order matters more than due time).
     pub async fn outbox_head(&self, limit: i64) -> DbResult<Vec<OutboxEntry>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+        with_conn!(self, |c| {
             let rows: Vec<OutboxRow> = fetch!(
                 c.conn(),
                 fetch_all,
@@ -170,69 +166,56 @@ impl SqlDb {
                 )
                 .collect()
         })
-        .await
     }
 
     /// Removes a delivered (or permanently refused) job.
     pub async fn outbox_done(&self, id: i64) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(c.conn(), "DELETE FROM synapse_outbox WHERE id = $1", id)?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(c.conn(), "DELETE FROM synapse_outbox WHERE id = $1", id)?;
+            Ok(())
+        })
     }
 
     /// Records a failed delivery; `error` must carry no secret.
     pub async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(
-                    c.conn(),
-                    "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
-                 last_error = $2 WHERE id = $3",
-                    next_attempt_at,
-                    error,
-                    id
-                )?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(
+                c.conn(),
+                "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
+             last_error = $2 WHERE id = $3",
+                next_attempt_at,
+                error,
+                id
+            )?;
+            Ok(())
+        })
     }
 
     /// Whether job `id` is still queued.
     pub async fn outbox_pending(&self, id: i64) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let row: Option<(i32,)> = fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT 1 FROM synapse_outbox WHERE id = $1",
-                    id
-                )?;
-                Ok(row.is_some())
-            })
-            .await
+        with_conn!(self, |c| {
+            let row: Option<(i32,)> = fetch!(
+                c.conn(),
+                fetch_optional,
+                "SELECT 1 FROM synapse_outbox WHERE id = $1",
+                id
+            )?;
+            Ok(row.is_some())
+        })
     }
 
     /// `(localpart, device_id)` of the session an access or refresh token belongs to, revoked
     /// or not (to tell Synapse which device a revocation ends).
     pub async fn token_owner(&self, token_hash: &str) -> DbResult<Option<(String, String)>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
-                   SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-                   UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
-                    token_hash
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            fetch!(
+                c.conn(),
+                fetch_optional,
+                "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
+               SELECT session_id FROM access_tokens WHERE token_hash = $1 \
+               UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
+                token_hash
+            )
+        })
     }
 }

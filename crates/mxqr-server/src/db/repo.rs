@@ -10,7 +10,7 @@
 //! order everywhere (code or grant, then user, then session, then tokens) so that racing
 //! transactions queue instead of deadlocking.
 
-use super::sql::{Dialect, Tx, exec, fetch, scalar};
+use super::sql::{Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
 use super::{
     DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
     NewTokens, PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
@@ -242,114 +242,96 @@ impl SqlDb {
         password_hash: Option<&str>,
         now: i64,
     ) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(
-                    c.conn(),
-                    "INSERT INTO users (localpart, password_hash, locked, created_at) \
-                 VALUES ($1, $2, FALSE, $3)",
-                    localpart,
-                    password_hash,
-                    now
-                )?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(
+                c.conn(),
+                "INSERT INTO users (localpart, password_hash, locked, created_at) \
+             VALUES ($1, $2, FALSE, $3)",
+                localpart,
+                password_hash,
+                now
+            )?;
+            Ok(())
+        })
     }
 
     /// The user with this localpart.
     pub async fn user(&self, localpart: &str) -> DbResult<Option<User>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let row: Option<UserRow> = fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{USER_COLUMNS} WHERE localpart = $1"),
-                    localpart
-                )?;
-                Ok(row.map(user_from))
-            })
-            .await
+        with_conn!(self, |c| {
+            let row: Option<UserRow> = fetch!(
+                c.conn(),
+                fetch_optional,
+                &format!("{USER_COLUMNS} WHERE localpart = $1"),
+                localpart
+            )?;
+            Ok(row.map(user_from))
+        })
     }
 
     /// All users, by localpart.
     pub async fn users(&self) -> DbResult<Vec<User>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let order = self.pool.dialect().byte_order();
-                let rows: Vec<UserRow> = fetch!(
-                    c.conn(),
-                    fetch_all,
-                    &format!("{USER_COLUMNS} ORDER BY localpart{order}")
-                )?;
-                Ok(rows.into_iter().map(user_from).collect())
-            })
-            .await
+        with_conn!(self, |c| {
+            let order = self.pool.dialect().byte_order();
+            let rows: Vec<UserRow> = fetch!(
+                c.conn(),
+                fetch_all,
+                &format!("{USER_COLUMNS} ORDER BY localpart{order}")
+            )?;
+            Ok(rows.into_iter().map(user_from).collect())
+        })
     }
 
     /// Locks or unlocks a user; locking ends its browser and OAuth sessions.
     /// [`DbError::NotFound`] if there is no such user.
     pub async fn set_locked(&self, localpart: &str, locked: bool, now: i64) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                let done = exec!(
+        with_tx!(self, |tx| {
+            let done = exec!(
+                tx.conn(),
+                "UPDATE users SET locked = $1 WHERE localpart = $2",
+                locked,
+                localpart
+            )?;
+            if done == 0 {
+                return Err(DbError::NotFound);
+            }
+            if locked {
+                tx.revoke_user_sessions(localpart, None, now).await?;
+                exec!(
                     tx.conn(),
-                    "UPDATE users SET locked = $1 WHERE localpart = $2",
-                    locked,
+                    "DELETE FROM browser_sessions WHERE localpart = $1",
                     localpart
                 )?;
-                if done == 0 {
-                    return Err(DbError::NotFound);
-                }
-                if locked {
-                    tx.revoke_user_sessions(localpart, None, now).await?;
-                    exec!(
-                        tx.conn(),
-                        "DELETE FROM browser_sessions WHERE localpart = $1",
-                        localpart
-                    )?;
-                }
-                tx.commit().await
-            })
-            .await
+            }
+            tx.commit().await
+        })
     }
 
     /// Devices of a user, oldest first.
     pub async fn devices(&self, localpart: &str) -> DbResult<Vec<Device>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let order = self.pool.dialect().byte_order();
-                let rows: Vec<DeviceRow> = fetch!(
-                    c.conn(),
-                    fetch_all,
-                    &format!("{DEVICE_SELECT} ORDER BY d.created_at, d.device_id{order}"),
-                    localpart
-                )?;
-                Ok(rows.into_iter().map(device_from).collect())
-            })
-            .await
+        with_conn!(self, |c| {
+            let order = self.pool.dialect().byte_order();
+            let rows: Vec<DeviceRow> = fetch!(
+                c.conn(),
+                fetch_all,
+                &format!("{DEVICE_SELECT} ORDER BY d.created_at, d.device_id{order}"),
+                localpart
+            )?;
+            Ok(rows.into_iter().map(device_from).collect())
+        })
     }
 
     /// One device of a user.
     pub async fn device(&self, localpart: &str, device_id: &str) -> DbResult<Option<Device>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let row: Option<DeviceRow> = fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{DEVICE_SELECT} AND d.device_id = $2"),
-                    localpart,
-                    device_id
-                )?;
-                Ok(row.map(device_from))
-            })
-            .await
+        with_conn!(self, |c| {
+            let row: Option<DeviceRow> = fetch!(
+                c.conn(),
+                fetch_optional,
+                &format!("{DEVICE_SELECT} AND d.device_id = $2"),
+                localpart,
+                device_id
+            )?;
+            Ok(row.map(device_from))
+        })
     }
 
     /// Deletes a device and revokes its tokens; `false` if it did not exist.
@@ -359,23 +341,20 @@ impl SqlDb {
         device_id: &str,
         now: i64,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                // With the user locked, no sign-in can recreate a session on the device meanwhile.
-                tx.lock_user(localpart).await?;
-                tx.revoke_user_sessions(localpart, Some(device_id), now)
-                    .await?;
-                let done = exec!(
-                    tx.conn(),
-                    "DELETE FROM devices WHERE localpart = $1 AND device_id = $2",
-                    localpart,
-                    device_id
-                )?;
-                tx.commit().await?;
-                Ok(done > 0)
-            })
-            .await
+        with_tx!(self, |tx| {
+            // With the user locked, no sign-in can recreate a session on the device meanwhile.
+            tx.lock_user(localpart).await?;
+            tx.revoke_user_sessions(localpart, Some(device_id), now)
+                .await?;
+            let done = exec!(
+                tx.conn(),
+                "DELETE FROM devices WHERE localpart = $1 AND device_id = $2",
+                localpart,
+                device_id
+            )?;
+            tx.commit().await?;
+            Ok(done > 0)
+        })
     }
 
     /// Stores client metadata unless identical metadata (same hash) exists; returns the
@@ -388,39 +367,33 @@ impl SqlDb {
         new_client_id: &str,
         now: i64,
     ) -> DbResult<String> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                // One statement: two instances registering identical metadata at once both get
-                // the one row, and a purge cannot slip in between finding and renewing it.
-                scalar!(
-                    c.conn(),
-                    fetch_one,
-                    "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, \
-                 registered_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
-                 DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
-                    new_client_id,
-                    metadata_hash,
-                    metadata,
-                    now
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            // One statement: two instances registering identical metadata at once both get
+            // the one row, and a purge cannot slip in between finding and renewing it.
+            scalar!(
+                c.conn(),
+                fetch_one,
+                "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, \
+             registered_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
+             DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
+                new_client_id,
+                metadata_hash,
+                metadata,
+                now
+            )
+        })
     }
 
     /// The registered metadata (JSON) of a client.
     pub async fn client(&self, client_id: &str) -> DbResult<Option<String>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                scalar!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT metadata FROM clients WHERE client_id = $1",
-                    client_id
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            scalar!(
+                c.conn(),
+                fetch_optional,
+                "SELECT metadata FROM clients WHERE client_id = $1",
+                client_id
+            )
+        })
     }
 
     /// Starts an OAuth session with a first token pair, creating the device if needed.
@@ -431,50 +404,25 @@ impl SqlDb {
         tokens: &NewTokens,
         now: i64,
     ) -> DbResult<String> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                let session = tx.save_session(grant, tokens, now).await?;
-                tx.commit().await?;
-                Ok(session)
-            })
-            .await
+        with_tx!(self, |tx| {
+            let session = tx.save_session(grant, tokens, now).await?;
+            tx.commit().await?;
+            Ok(session)
+        })
     }
 
-    /// What a live (unexpired, unrevoked) access token stands for.
+    /// What a live access token stands for: `None` unless [`Self::token_status`] is live.
     pub async fn token_info(&self, access_hash: &str, now: i64) -> DbResult<Option<TokenInfo>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let row: Option<(String, String, String, String, i64, Option<i64>)> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, t.used_at \
-                 FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
-                 JOIN users u ON u.localpart = s.localpart \
-                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND s.revoked_at IS NULL \
-                   AND t.expires_at > $2 AND NOT u.locked",
-                access_hash,
-                now
-            )?;
-            Ok(row.map(
-                |(localpart, device_id, scope, session_id, expires_at, used_at)| TokenInfo {
-                    localpart,
-                    device_id,
-                    scope,
-                    expires_at,
-                    session_id,
-                    used: used_at.is_some(),
-                },
-            ))
+        Ok(match self.token_status(access_hash, now).await? {
+            super::TokenStatus::Live(info) => Some(info),
+            _ => None,
         })
-        .await
     }
 
     /// Records that an access token authenticated a request (its first use), unless already
     /// recorded. A refresh retry is allowed only while the successor pair is unused.
     pub async fn record_token_use(&self, access_hash: &str, now: i64) -> DbResult<()> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "UPDATE access_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
@@ -483,60 +431,53 @@ impl SqlDb {
             )?;
             Ok(())
         })
-        .await
     }
 
     /// Revokes the session of an access or refresh token; `false` if the token is unknown.
     pub async fn revoke_token(&self, token_hash: &str, now: i64) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                let session: Option<String> = scalar!(
-                    tx.conn(),
-                    fetch_optional,
-                    "SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-                 UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1",
-                    token_hash
-                )?;
-                let Some(session) = session else {
-                    return Ok(false);
-                };
-                tx.revoke_session(&session, now).await?;
-                tx.commit().await?;
-                Ok(true)
-            })
-            .await
+        with_tx!(self, |tx| {
+            let session: Option<String> = scalar!(
+                tx.conn(),
+                fetch_optional,
+                "SELECT session_id FROM access_tokens WHERE token_hash = $1 \
+             UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1",
+                token_hash
+            )?;
+            let Some(session) = session else {
+                return Ok(false);
+            };
+            tx.revoke_session(&session, now).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Stores an authorization code.
     pub async fn create_auth_code(&self, code: &NewAuthCode, now: i64) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(
-                    c.conn(),
-                    "INSERT INTO authorization_codes (code_hash, client_id, localpart, device_id, \
-                 scope, redirect_uri, code_challenge, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &code.code_hash,
-                    &code.client_id,
-                    &code.localpart,
-                    &code.device_id,
-                    &code.scope,
-                    &code.redirect_uri,
-                    &code.code_challenge,
-                    now,
-                    code.expires_at
-                )?;
-                exec!(
-                    c.conn(),
-                    "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
-                    now,
-                    &code.client_id
-                )?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(
+                c.conn(),
+                "INSERT INTO authorization_codes (code_hash, client_id, localpart, device_id, \
+             scope, redirect_uri, code_challenge, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &code.code_hash,
+                &code.client_id,
+                &code.localpart,
+                &code.device_id,
+                &code.scope,
+                &code.redirect_uri,
+                &code.code_challenge,
+                now,
+                code.expires_at
+            )?;
+            exec!(
+                c.conn(),
+                "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
+                now,
+                &code.client_id
+            )?;
+            Ok(())
+        })
     }
 
     /// Stores a device grant unless the address or the client has its cap of pending grants;
@@ -613,70 +554,64 @@ impl SqlDb {
         now: i64,
         max_lookups: i64,
     ) -> DbResult<UserCodeLookup> {
-        self.pool
-            .run(async move {
-                let mut tx = self.pool.begin().await?;
-                // Locked so that lookups racing on other instances all count against the cap.
-                let row: Option<GrantRow> = fetch!(
-                    tx.conn(),
-                    fetch_optional,
-                    &format!(
-                        "{GRANT_COLUMNS} WHERE user_code = $1 AND status = 'pending' \
-                     AND expires_at > $2{}",
-                        self.pool.dialect().for_update()
-                    ),
-                    user_code,
-                    now
-                )?;
-                let Some(row) = row else {
-                    return Ok(UserCodeLookup::NotFound);
-                };
-                if row.lookups >= max_lookups {
-                    exec!(
-                        tx.conn(),
-                        "UPDATE device_grants SET status = 'denied' WHERE user_code = $1",
-                        user_code
-                    )?;
-                    tx.commit().await?;
-                    return Ok(UserCodeLookup::TooManyAttempts);
-                }
+        with_tx!(self, |tx| {
+            // Locked so that lookups racing on other instances all count against the cap.
+            let row: Option<GrantRow> = fetch!(
+                tx.conn(),
+                fetch_optional,
+                &format!(
+                    "{GRANT_COLUMNS} WHERE user_code = $1 AND status = 'pending' \
+                 AND expires_at > $2{}",
+                    self.pool.dialect().for_update()
+                ),
+                user_code,
+                now
+            )?;
+            let Some(row) = row else {
+                return Ok(UserCodeLookup::NotFound);
+            };
+            if row.lookups >= max_lookups {
                 exec!(
                     tx.conn(),
-                    "UPDATE device_grants SET lookups = lookups + 1 WHERE user_code = $1",
+                    "UPDATE device_grants SET status = 'denied' WHERE user_code = $1",
                     user_code
                 )?;
                 tx.commit().await?;
-                Ok(UserCodeLookup::Pending(DeviceGrantView {
-                    user_code: row.user_code,
-                    client_id: row.client_id,
-                    scope: row.scope,
-                    device_id: row.device_id,
-                    requester_ip: row.requester_ip,
-                    requester_ua: row.requester_ua,
-                    created_at: row.created_at,
-                    expires_at: row.expires_at,
-                }))
-            })
-            .await
+                return Ok(UserCodeLookup::TooManyAttempts);
+            }
+            exec!(
+                tx.conn(),
+                "UPDATE device_grants SET lookups = lookups + 1 WHERE user_code = $1",
+                user_code
+            )?;
+            tx.commit().await?;
+            Ok(UserCodeLookup::Pending(DeviceGrantView {
+                user_code: row.user_code,
+                client_id: row.client_id,
+                scope: row.scope,
+                device_id: row.device_id,
+                requester_ip: row.requester_ip,
+                requester_ua: row.requester_ua,
+                created_at: row.created_at,
+                expires_at: row.expires_at,
+            }))
+        })
     }
 
     /// Whether the grant of this device code is still waiting for a decision (and not
     /// expired). Read-only: unlike a poll, it is not rate-limited by the interval.
     pub async fn device_grant_pending(&self, device_code_hash: &str, now: i64) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let row: Option<(i32,)> = fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
-                 AND status = 'pending' AND expires_at > $2",
-                    device_code_hash,
-                    now
-                )?;
-                Ok(row.is_some())
-            })
-            .await
+        with_conn!(self, |c| {
+            let row: Option<(i32,)> = fetch!(
+                c.conn(),
+                fetch_optional,
+                "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
+             AND status = 'pending' AND expires_at > $2",
+                device_code_hash,
+                now
+            )?;
+            Ok(row.is_some())
+        })
     }
 
     /// Approves (for `localpart`) or denies a pending grant; `false` if it is no longer
@@ -688,22 +623,19 @@ impl SqlDb {
         approve: bool,
         now: i64,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let status = if approve { "approved" } else { "denied" };
-                let done = exec!(
-                    c.conn(),
-                    "UPDATE device_grants SET status = $1, localpart = $2 \
-                 WHERE user_code = $3 AND status = 'pending' AND expires_at > $4",
-                    status,
-                    localpart,
-                    user_code,
-                    now
-                )?;
-                Ok(done > 0)
-            })
-            .await
+        with_conn!(self, |c| {
+            let status = if approve { "approved" } else { "denied" };
+            let done = exec!(
+                c.conn(),
+                "UPDATE device_grants SET status = $1, localpart = $2 \
+             WHERE user_code = $3 AND status = 'pending' AND expires_at > $4",
+                status,
+                localpart,
+                user_code,
+                now
+            )?;
+            Ok(done > 0)
+        })
     }
 
     /// Stores a browser (cookie) session.
@@ -714,8 +646,7 @@ impl SqlDb {
         now: i64,
         expires_at: i64,
     ) -> DbResult<()> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO browser_sessions (session_hash, localpart, created_at, expires_at) \
@@ -727,7 +658,6 @@ impl SqlDb {
             )?;
             Ok(())
         })
-        .await
     }
 
     /// The unlocked user of a live browser session.
@@ -736,35 +666,29 @@ impl SqlDb {
         session_hash: &str,
         now: i64,
     ) -> DbResult<Option<String>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                scalar!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT b.localpart FROM browser_sessions b \
-                 JOIN users u ON u.localpart = b.localpart \
-                 WHERE b.session_hash = $1 AND b.expires_at > $2 AND NOT u.locked",
-                    session_hash,
-                    now
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            scalar!(
+                c.conn(),
+                fetch_optional,
+                "SELECT b.localpart FROM browser_sessions b \
+             JOIN users u ON u.localpart = b.localpart \
+             WHERE b.session_hash = $1 AND b.expires_at > $2 AND NOT u.locked",
+                session_hash,
+                now
+            )
+        })
     }
 
     /// Ends a browser session.
     pub async fn delete_browser_session(&self, session_hash: &str) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(
-                    c.conn(),
-                    "DELETE FROM browser_sessions WHERE session_hash = $1",
-                    session_hash
-                )?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(
+                c.conn(),
+                "DELETE FROM browser_sessions WHERE session_hash = $1",
+                session_hash
+            )?;
+            Ok(())
+        })
     }
 
     /// Records the user's approval of a cross-signing key reset until `expires_at`.
@@ -774,111 +698,96 @@ impl SqlDb {
         now: i64,
         expires_at: i64,
     ) -> DbResult<()> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                exec!(
-                    c.conn(),
-                    "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE SET \
-                 approved_at = excluded.approved_at, expires_at = excluded.expires_at",
-                    localpart,
-                    now,
-                    expires_at
-                )?;
-                Ok(())
-            })
-            .await
+        with_conn!(self, |c| {
+            exec!(
+                c.conn(),
+                "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE SET \
+             approved_at = excluded.approved_at, expires_at = excluded.expires_at",
+                localpart,
+                now,
+                expires_at
+            )?;
+            Ok(())
+        })
     }
 
     /// Whether a cross-signing reset is approved at `now` (read by
     /// `/keys/device_signing/upload`).
     pub async fn cross_signing_reset_allowed(&self, localpart: &str, now: i64) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                let n: i64 = scalar!(
-                    c.conn(),
-                    fetch_one,
-                    "SELECT COUNT(*) FROM cross_signing_resets WHERE localpart = $1 \
-                 AND expires_at > $2",
-                    localpart,
-                    now
-                )?;
-                Ok(n > 0)
-            })
-            .await
+        with_conn!(self, |c| {
+            let n: i64 = scalar!(
+                c.conn(),
+                fetch_one,
+                "SELECT COUNT(*) FROM cross_signing_resets WHERE localpart = $1 \
+             AND expires_at > $2",
+                localpart,
+                now
+            )?;
+            Ok(n > 0)
+        })
     }
 
     /// The server name pinned at first start, if any.
     pub async fn pinned_server_name(&self) -> DbResult<Option<String>> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                scalar!(
-                    c.conn(),
-                    fetch_optional,
-                    "SELECT value FROM server_meta WHERE name = 'server_name'"
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            scalar!(
+                c.conn(),
+                fetch_optional,
+                "SELECT value FROM server_meta WHERE name = 'server_name'"
+            )
+        })
     }
 
     /// Pins `name` as the server name unless one is pinned already; returns the pinned one
     /// (the earlier one if it differs: the caller decides what a mismatch means).
     pub async fn pin_server_name(&self, name: &str) -> DbResult<String> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                // Instances starting together: the first insert wins, every one reads it back.
-                exec!(
-                    c.conn(),
-                    "INSERT INTO server_meta (name, value) VALUES ('server_name', $1) \
-                 ON CONFLICT (name) DO NOTHING",
-                    name
-                )?;
-                scalar!(
-                    c.conn(),
-                    fetch_one,
-                    "SELECT value FROM server_meta WHERE name = 'server_name'"
-                )
-            })
-            .await
+        with_conn!(self, |c| {
+            // Instances starting together: the first insert wins, every one reads it back.
+            exec!(
+                c.conn(),
+                "INSERT INTO server_meta (name, value) VALUES ('server_name', $1) \
+             ON CONFLICT (name) DO NOTHING",
+                name
+            )?;
+            scalar!(
+                c.conn(),
+                fetch_one,
+                "SELECT value FROM server_meta WHERE name = 'server_name'"
+            )
+        })
     }
 
     /// Deletes expired codes, grants and browser sessions, and clients never used (no
     /// authorization code or session issued to them) a day after their last registration;
     /// returns the rows removed.
     pub async fn purge_expired(&self, now: i64) -> DbResult<u64> {
-        self.pool
-            .run(async move {
-                let mut c = self.pool.acquire().await?;
-                // Used codes are kept a day past expiry so reuse is still detected (and revokes).
-                let day = 86_400_000;
-                let mut removed = 0;
-                for (sql, cutoff) in [
-                    (
-                        "DELETE FROM authorization_codes WHERE expires_at <= $1",
-                        now - day,
-                    ),
-                    (
-                        "DELETE FROM device_grants WHERE expires_at <= $1",
-                        now - day,
-                    ),
-                    (
-                        "DELETE FROM clients WHERE used_at IS NULL AND registered_at <= $1",
-                        now - day,
-                    ),
-                    ("DELETE FROM browser_sessions WHERE expires_at <= $1", now),
-                    (
-                        "DELETE FROM cross_signing_resets WHERE expires_at <= $1",
-                        now,
-                    ),
-                ] {
-                    removed += exec!(c.conn(), sql, cutoff)?;
-                }
-                Ok(removed)
-            })
-            .await
+        with_conn!(self, |c| {
+            // Used codes are kept a day past expiry so reuse is still detected (and revokes).
+            let day = 86_400_000;
+            let mut removed = 0;
+            for (sql, cutoff) in [
+                (
+                    "DELETE FROM authorization_codes WHERE expires_at <= $1",
+                    now - day,
+                ),
+                (
+                    "DELETE FROM device_grants WHERE expires_at <= $1",
+                    now - day,
+                ),
+                (
+                    "DELETE FROM clients WHERE used_at IS NULL AND registered_at <= $1",
+                    now - day,
+                ),
+                ("DELETE FROM browser_sessions WHERE expires_at <= $1", now),
+                (
+                    "DELETE FROM cross_signing_resets WHERE expires_at <= $1",
+                    now,
+                ),
+            ] {
+                removed += exec!(c.conn(), sql, cutoff)?;
+            }
+            Ok(removed)
+        })
     }
 }

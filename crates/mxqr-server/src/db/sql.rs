@@ -303,7 +303,32 @@ macro_rules! scalar {
     };
 }
 
-pub(super) use {exec, fetch, scalar};
+/// Runs the body of a store method on a pooled connection: `with_conn!(self, |c| { … })`,
+/// under [`Pool::run`] (admission and time bound on PostgreSQL).
+macro_rules! with_conn {
+    ($db:expr, |$c:ident| $body:block) => {
+        $db.pool
+            .run(async move {
+                let mut $c = $db.pool.acquire().await?;
+                $body
+            })
+            .await
+    };
+}
+
+/// Like [`with_conn!`], in a transaction that may write (`$tx`, committed by the body).
+macro_rules! with_tx {
+    ($db:expr, |$tx:ident| $body:block) => {
+        $db.pool
+            .run(async move {
+                let mut $tx = $db.pool.begin().await?;
+                $body
+            })
+            .await
+    };
+}
+
+pub(super) use {exec, fetch, scalar, with_conn, with_tx};
 
 #[cfg(test)]
 mod tests {

@@ -228,7 +228,7 @@ impl OAuthState {
     ) -> DbResult<Self> {
         let db = crate::db::open(config).await?;
         let name = crate::db::settle_server_name(
-            &*db,
+            &db,
             configured.as_deref(),
             &config.effective_server_name(),
             pin_derived,

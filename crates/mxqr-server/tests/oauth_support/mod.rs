@@ -186,7 +186,7 @@ impl OAuthServer {
     }
 
     pub fn db(&self) -> &SqlDb {
-        &**self.oauth.db()
+        self.oauth.db()
     }
 
     pub async fn add_user(&self, localpart: &str) {

@@ -1,6 +1,7 @@
 //! The OAuth rules as pure transitions over typed states: redeeming an authorization code,
 //! exchanging a refresh token (rotation, the retry window, replay), polling a device grant
-//! (interval, `slow_down`, expiry, the user's decision, single use).
+//! (interval, `slow_down`, expiry, the user's decision, single use), and an access token's
+//! standing for bearer authentication.
 //!
 //! Each transition takes the state the store loaded, what the request presented and `now`
 //! (ms since the Unix epoch), and returns a decision; it reads no clock, touches no database
@@ -12,6 +13,7 @@
 pub mod auth_code;
 pub mod device_grant;
 pub mod refresh;
+pub mod session;
 
 /// Who a session (and so its tokens) belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
