@@ -7,8 +7,9 @@
 //! two concurrent merges cannot lose each other's signature and the back end needs no JSON
 //! support.
 
-use super::sql::{Tx, exec, fetch, scalar, with_conn, with_tx};
-use super::{AccessToken, DbError, DbResult, SqlDb, TokenInfo, TokenStatus};
+use super::error::{DbError, DbResult};
+use super::sql::{SqlDb, Tx, exec, fetch, scalar, with_conn, with_tx};
+use crate::oauth::model::session::{AccessToken, TokenInfo, TokenStatus};
 
 /// A device's uploaded identity keys.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,6 +11,7 @@
 
 mod client;
 mod connect;
+mod error;
 mod grants;
 mod outbox;
 mod repo;
@@ -21,96 +22,12 @@ use std::sync::Arc;
 pub use client::{
     AccountDataQuota, AccountDataWrite, BackupVersion, StoredDeviceKeys, UploadedKey,
 };
+pub use error::{DbError, DbResult, OpenFailure, Unreachable};
 pub use outbox::{OutboxEntry, OutboxJob, OutboxKind};
-pub use sql::Tx;
+pub use sql::{SqlDb, Tx};
 
 pub use crate::oauth::model::Grant;
 pub use crate::oauth::model::session::{AccessToken, TokenInfo, TokenStatus};
-
-/// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
-/// code and query text serves both (crate README, "Storage"). Times are ms since the Unix
-/// epoch, passed in by the caller so that tests can drive a clock. Its methods are spread
-/// over the files of this module by topic: accounts and OAuth (`repo.rs`, `grants.rs`), the
-/// client-server keys and devices (`client.rs`), the Synapse outbox (`outbox.rs`).
-#[derive(Clone, Debug)]
-pub struct SqlDb {
-    pool: sql::Pool,
-}
-
-/// Result of a store call.
-pub type DbResult<T> = Result<T, DbError>;
-
-/// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// A row with this key exists already (user, device code, …).
-    #[error("already exists")]
-    Conflict,
-    /// The named row does not exist.
-    #[error("not found")]
-    NotFound,
-    /// The database could not be opened or migrated.
-    #[error("cannot open database {path}: {source}")]
-    Open {
-        /// Location.
-        path: String,
-        /// Cause.
-        #[source]
-        source: OpenFailure,
-    },
-    /// The database cannot be reached or gave up on the call (connection lost, pool
-    /// exhausted, timeout, shutdown): a retry may succeed, so clients get 503 with
-    /// `Retry-After`.
-    #[error("database unavailable: {0}")]
-    Unavailable(#[source] Unreachable),
-    /// Any other database failure.
-    #[error("database error: {0}")]
-    Backend(#[source] sqlx::Error),
-    /// A stored row holds a value this version cannot read (e.g. an unknown outbox job kind).
-    #[error("unreadable stored value: {0}")]
-    Unreadable(String),
-    /// The configured server name is not the one the database was created with.
-    #[error(
-        "server name {configured:?} differs from {pinned:?}, the name this database was first \
-         started with (Matrix user IDs and signed keys contain it): set server_name = {pinned:?}"
-    )]
-    ServerNameMismatch {
-        /// Name from `server_name` or `public_url`.
-        configured: String,
-        /// Name pinned at first start.
-        pinned: String,
-    },
-}
-
-/// Why the store could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenFailure {
-    /// The SQLite file could not be created.
-    #[error("{0}")]
-    File(#[source] std::io::Error),
-    /// The URL is unusable or the database refused the connection.
-    #[error("{0}")]
-    Connect(#[source] sqlx::Error),
-    /// A migration failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-    /// Something the server opens with the store failed (the rendezvous store, the
-    /// homeserver secret).
-    #[error("{0}")]
-    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-/// Why the database could not be reached: both kinds are worth a retry.
-#[derive(Debug, thiserror::Error)]
-pub enum Unreachable {
-    /// The driver gave up (connection lost, pool timeout, shutdown, overload, serialization
-    /// failure).
-    #[error(transparent)]
-    Driver(sqlx::Error),
-    /// The admission queue or the call's time bound ran out.
-    #[error("{0}")]
-    Gate(String),
-}
 
 /// Creates the data directory (and missing parents) readable by the server's user only
 /// (0700 on Unix): it holds the accounts database. An existing directory is left as it is.

@@ -5,8 +5,8 @@
 //! its deletion), so a job that keeps failing holds the ones behind it until it succeeds or
 //! is dropped as permanently refused.
 
-use super::sql::{exec, fetch, scalar, with_conn, with_tx};
-use super::{DbError, DbResult, SqlDb};
+use super::error::{DbError, DbResult};
+use super::sql::{SqlDb, exec, fetch, scalar, with_conn, with_tx};
 
 /// What a job asks Synapse to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

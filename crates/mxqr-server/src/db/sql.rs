@@ -17,9 +17,19 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Postgres, Sqlite, Transaction};
 
-use super::{DbError, DbResult, Unreachable};
+use super::error::{DbError, DbResult, Unreachable};
 use crate::pg_gate::PgGate;
 use crate::store::BoxFuture;
+
+/// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
+/// code and query text serves both (crate README, "Storage"). Times are ms since the Unix
+/// epoch, passed in by the caller so that tests can drive a clock. Its methods are spread
+/// over the files of this module by topic: accounts and OAuth (`repo.rs`, `grants.rs`), the
+/// client-server keys and devices (`client.rs`), the Synapse outbox (`outbox.rs`).
+#[derive(Clone, Debug)]
+pub struct SqlDb {
+    pub(super) pool: Pool,
+}
 
 /// The real differences between the two back ends' SQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
