@@ -223,8 +223,8 @@ impl SqlDb {
     ) -> DbResult<Vec<StoredDeviceKeys>> {
         with_conn!(self, |c| {
             let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
-                    JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                    WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
+                        JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
+                        WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
             let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
                 let order = self.pool.dialect().byte_order();
                 fetch!(
@@ -278,7 +278,7 @@ impl SqlDb {
                     let done = exec!(
                         tx.conn(),
                         "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
                         localpart,
                         device_id,
                         new,
@@ -291,7 +291,7 @@ impl SqlDb {
                 let done = exec!(
                     c.conn(),
                     "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                     WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
                     new,
                     now,
                     localpart,
@@ -321,7 +321,7 @@ impl SqlDb {
                     tx.conn(),
                     fetch_optional,
                     "SELECT key_json FROM e2e_one_time_keys \
-                 WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
                     localpart,
                     device_id,
                     &key.algorithm,
@@ -334,8 +334,8 @@ impl SqlDb {
                         exec!(
                             tx.conn(),
                             "INSERT INTO e2e_one_time_keys \
-                         (localpart, device_id, algorithm, key_id, key_json, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
+                             (localpart, device_id, algorithm, key_id, key_json, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
                             localpart,
                             device_id,
                             &key.algorithm,
@@ -363,10 +363,10 @@ impl SqlDb {
                 fetch_all,
                 &format!(
                     "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
-                 JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                 WHERE k.localpart = $1 AND k.device_id = $2 \
-                   AND k.created_at >= d.created_at \
-                 GROUP BY k.algorithm ORDER BY k.algorithm{order}"
+                     JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
+                     WHERE k.localpart = $1 AND k.device_id = $2 \
+                     AND k.created_at >= d.created_at \
+                     GROUP BY k.algorithm ORDER BY k.algorithm{order}"
                 ),
                 localpart,
                 device_id
@@ -389,13 +389,13 @@ impl SqlDb {
             exec!(
                 tx.conn(),
                 "INSERT INTO e2e_fallback_keys \
-             (localpart, device_id, algorithm, key_id, key_json, used, created_at) \
-             VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
-             ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
-             SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE, \
-             created_at = excluded.created_at \
-             WHERE e2e_fallback_keys.key_id <> excluded.key_id \
-                OR e2e_fallback_keys.key_json <> excluded.key_json",
+                 (localpart, device_id, algorithm, key_id, key_json, used, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, FALSE, $6) \
+                 ON CONFLICT (localpart, device_id, algorithm) DO UPDATE \
+                 SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE, \
+                 created_at = excluded.created_at \
+                 WHERE e2e_fallback_keys.key_id <> excluded.key_id \
+                 OR e2e_fallback_keys.key_json <> excluded.key_json",
                 localpart,
                 device_id,
                 &key.algorithm,
@@ -427,11 +427,11 @@ impl SqlDb {
                 fetch_optional,
                 &format!(
                     "DELETE FROM e2e_one_time_keys \
-                 WHERE (localpart, device_id, algorithm, key_id) = ( \
-                   SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
-                   WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
-                   ORDER BY created_at, key_id{order} LIMIT 1) \
-                 RETURNING algorithm, key_id, key_json"
+                     WHERE (localpart, device_id, algorithm, key_id) = ( \
+                     SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                     ORDER BY created_at, key_id{order} LIMIT 1) \
+                     RETURNING algorithm, key_id, key_json"
                 ),
                 localpart,
                 device_id,
@@ -443,8 +443,8 @@ impl SqlDb {
                     tx.conn(),
                     fetch_optional,
                     "UPDATE e2e_fallback_keys SET used = TRUE \
-                 WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
-                 RETURNING algorithm, key_id, key_json",
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                     RETURNING algorithm, key_id, key_json",
                     localpart,
                     device_id,
                     algorithm
@@ -464,7 +464,7 @@ impl SqlDb {
                 fetch_all,
                 &format!(
                     "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
-                 WHERE localpart = $1 ORDER BY key_usage{order}"
+                     WHERE localpart = $1 ORDER BY key_usage{order}"
                 ),
                 localpart
             )
@@ -485,9 +485,9 @@ impl SqlDb {
                 exec!(
                     tx.conn(),
                     "INSERT INTO e2e_cross_signing_keys \
-                 (localpart, key_usage, key_json, updated_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, key_usage) DO UPDATE \
-                 SET key_json = excluded.key_json, updated_at = excluded.updated_at",
+                     (localpart, key_usage, key_json, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, key_usage) DO UPDATE \
+                     SET key_json = excluded.key_json, updated_at = excluded.updated_at",
                     localpart,
                     usage,
                     json,
@@ -518,7 +518,7 @@ impl SqlDb {
             let done = exec!(
                 c.conn(),
                 "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
-             WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
+                 WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
                 new,
                 now,
                 localpart,
@@ -542,10 +542,10 @@ impl SqlDb {
             exec!(
                 c.conn(),
                 "INSERT INTO e2e_user_signatures \
-             (signer, target_user_id, target_key_id, signer_key_id, signature) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
-             DO UPDATE SET signature = excluded.signature",
+                 (signer, target_user_id, target_key_id, signer_key_id, signature) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
+                 DO UPDATE SET signature = excluded.signature",
                 signer,
                 target_user_id,
                 target_key_id,
@@ -570,8 +570,8 @@ impl SqlDb {
                 fetch_all,
                 &format!(
                     "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
-                 WHERE signer = $1 AND target_user_id = $2 \
-                 ORDER BY target_key_id{order}, signer_key_id{order}"
+                     WHERE signer = $1 AND target_user_id = $2 \
+                     ORDER BY target_key_id{order}, signer_key_id{order}"
                 ),
                 signer,
                 target_user_id
@@ -600,8 +600,8 @@ impl SqlDb {
             exec!(
                 tx.conn(),
                 "INSERT INTO e2e_backup_versions \
-             (localpart, version, algorithm, auth_data, etag, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5)",
+                 (localpart, version, algorithm, auth_data, etag, created_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5)",
                 localpart,
                 version,
                 algorithm,
@@ -621,7 +621,7 @@ impl SqlDb {
     ) -> DbResult<Option<BackupVersion>> {
         with_conn!(self, |c| {
             let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
-                    WHERE localpart = $1 AND deleted_at IS NULL";
+                        WHERE localpart = $1 AND deleted_at IS NULL";
             let row: Option<(i64, String, String, i64)> = match version {
                 Some(version) => fetch!(
                     c.conn(),
@@ -659,7 +659,7 @@ impl SqlDb {
             let done = exec!(
                 c.conn(),
                 "UPDATE e2e_backup_versions SET auth_data = $1 \
-             WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
                 auth_data,
                 localpart,
                 version
@@ -679,7 +679,7 @@ impl SqlDb {
             let done = exec!(
                 c.conn(),
                 "UPDATE e2e_backup_versions SET deleted_at = $1 \
-             WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
                 now,
                 localpart,
                 version
@@ -719,8 +719,8 @@ impl SqlDb {
                 tx.conn(),
                 fetch_one,
                 "SELECT COUNT(*), \
-             CAST(COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0) AS BIGINT) \
-             FROM account_data WHERE localpart = $1 AND data_type <> $2",
+                 CAST(COALESCE(SUM(octet_length(data_type) + octet_length(content)), 0) AS BIGINT) \
+                 FROM account_data WHERE localpart = $1 AND data_type <> $2",
                 localpart,
                 data_type
             )?;
@@ -731,8 +731,8 @@ impl SqlDb {
             exec!(
                 tx.conn(),
                 "INSERT INTO account_data (localpart, data_type, content, updated_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
-             SET content = excluded.content, updated_at = excluded.updated_at",
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, data_type) DO UPDATE \
+                 SET content = excluded.content, updated_at = excluded.updated_at",
                 localpart,
                 data_type,
                 content,

@@ -63,6 +63,7 @@ struct SessionRow {
 /// A device grant's columns as a poll reads them.
 #[derive(sqlx::FromRow)]
 struct PollRow {
+    device_code_hash: String,
     client_id: String,
     scope: String,
     device_id: String,
@@ -248,15 +249,35 @@ impl Tx {
         &mut self,
         device_code_hash: &str,
     ) -> DbResult<Option<DeviceGrant>> {
+        let found = self
+            .load_grant("device_code_hash", device_code_hash)
+            .await?;
+        Ok(found.map(|(_, grant)| grant))
+    }
+
+    /// The device grant with this user code, locked, with its device-code hash.
+    pub async fn load_device_grant_by_user_code(
+        &mut self,
+        user_code: &str,
+    ) -> DbResult<Option<(String, DeviceGrant)>> {
+        self.load_grant("user_code", user_code).await
+    }
+
+    async fn load_grant(
+        &mut self,
+        column: &str,
+        value: &str,
+    ) -> DbResult<Option<(String, DeviceGrant)>> {
         let lock = self.dialect().for_update();
         let row: Option<PollRow> = fetch!(
             self.conn(),
             fetch_optional,
             &format!(
-                "SELECT client_id, scope, device_id, expires_at, interval_secs, last_poll_at, \
-                 status, localpart FROM device_grants WHERE device_code_hash = $1{lock}"
+                "SELECT device_code_hash, client_id, scope, device_id, expires_at, \
+                 interval_secs, last_poll_at, status, localpart FROM device_grants \
+                 WHERE {column} = $1{lock}"
             ),
-            device_code_hash
+            value
         )?;
         let Some(r) = row else {
             return Ok(None);
@@ -272,7 +293,7 @@ impl Tx {
                 )));
             }
         };
-        Ok(Some(DeviceGrant {
+        let grant = DeviceGrant {
             client_id: r.client_id,
             scope: r.scope,
             device_id: r.device_id,
@@ -280,7 +301,31 @@ impl Tx {
             interval_secs: r.interval_secs,
             last_poll_at: r.last_poll_at,
             status,
-        }))
+        };
+        Ok(Some((r.device_code_hash, grant)))
+    }
+
+    /// Records the decision `status` that the user `localpart` took on a device grant.
+    pub async fn save_device_grant_decision(
+        &mut self,
+        device_code_hash: &str,
+        status: &GrantStatus,
+        localpart: &str,
+    ) -> DbResult<()> {
+        let name = match status {
+            GrantStatus::Pending => "pending",
+            GrantStatus::Approved { .. } => "approved",
+            GrantStatus::Denied => "denied",
+            GrantStatus::Redeemed => "redeemed",
+        };
+        exec!(
+            self.conn(),
+            "UPDATE device_grants SET status = $1, localpart = $2 WHERE device_code_hash = $3",
+            name,
+            localpart,
+            device_code_hash
+        )?;
+        Ok(())
     }
 
     /// Records a poll answered pending or `slow_down`, with the interval from now on.

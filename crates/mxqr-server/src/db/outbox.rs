@@ -127,7 +127,7 @@ impl SqlDb {
                     tx.conn(),
                     fetch_one,
                     "INSERT INTO synapse_outbox (kind, localpart, device_id, display_name, \
-                 created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+                     created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
                     job.kind.as_str(),
                     &job.localpart,
                     &job.device_id,
@@ -182,7 +182,7 @@ impl SqlDb {
             exec!(
                 c.conn(),
                 "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
-             last_error = $2 WHERE id = $3",
+                 last_error = $2 WHERE id = $3",
                 next_attempt_at,
                 error,
                 id
@@ -212,8 +212,8 @@ impl SqlDb {
                 c.conn(),
                 fetch_optional,
                 "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
-               SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-               UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
+                 SELECT session_id FROM access_tokens WHERE token_hash = $1 \
+                 UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
                 token_hash
             )
         })

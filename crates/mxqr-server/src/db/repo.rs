@@ -15,6 +15,7 @@ use super::{
     DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
     NewTokens, PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
 };
+use crate::oauth::model::device_grant::may_look_up;
 
 /// Advisory-lock classes (two-key form, PostgreSQL) serializing the pending-grant caps: one
 /// lock per requesting address, then one per client, always in that order.
@@ -35,12 +36,12 @@ fn user_from((localpart, password_hash, locked, created_at): UserRow) -> User {
 }
 
 const DEVICE_SELECT: &str = "SELECT d.device_id, d.display_name, d.created_at, \
-     s.client_id AS client_id, s.created_at AS session_created_at \
-     FROM devices d LEFT JOIN oauth_sessions s ON s.session_id = ( \
-        SELECT s2.session_id FROM oauth_sessions s2 \
-        WHERE s2.localpart = d.localpart AND s2.device_id = d.device_id \
-          AND s2.revoked_at IS NULL ORDER BY s2.created_at DESC LIMIT 1) \
-     WHERE d.localpart = $1";
+                             s.client_id AS client_id, s.created_at AS session_created_at \
+                             FROM devices d LEFT JOIN oauth_sessions s ON s.session_id = ( \
+                             SELECT s2.session_id FROM oauth_sessions s2 \
+                             WHERE s2.localpart = d.localpart AND s2.device_id = d.device_id \
+                             AND s2.revoked_at IS NULL ORDER BY s2.created_at DESC LIMIT 1) \
+                             WHERE d.localpart = $1";
 
 type DeviceRow = (String, Option<String>, i64, Option<String>, Option<i64>);
 
@@ -71,7 +72,7 @@ struct GrantRow {
 }
 
 const GRANT_COLUMNS: &str = "SELECT user_code, client_id, scope, device_id, requester_ip, \
-     requester_ua, created_at, expires_at, lookups FROM device_grants";
+                             requester_ua, created_at, expires_at, lookups FROM device_grants";
 
 impl Tx {
     /// Serializes the session and device changes of one user (sign-in, device deletion,
@@ -246,7 +247,7 @@ impl SqlDb {
             exec!(
                 c.conn(),
                 "INSERT INTO users (localpart, password_hash, locked, created_at) \
-             VALUES ($1, $2, FALSE, $3)",
+                 VALUES ($1, $2, FALSE, $3)",
                 localpart,
                 password_hash,
                 now
@@ -374,8 +375,8 @@ impl SqlDb {
                 c.conn(),
                 fetch_one,
                 "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, \
-             registered_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
-             DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
+                 registered_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
+                 DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
                 new_client_id,
                 metadata_hash,
                 metadata,
@@ -440,7 +441,7 @@ impl SqlDb {
                 tx.conn(),
                 fetch_optional,
                 "SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-             UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1",
+                 UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1",
                 token_hash
             )?;
             let Some(session) = session else {
@@ -458,8 +459,8 @@ impl SqlDb {
             exec!(
                 c.conn(),
                 "INSERT INTO authorization_codes (code_hash, client_id, localpart, device_id, \
-             scope, redirect_uri, code_challenge, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 scope, redirect_uri, code_challenge, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &code.code_hash,
                 &code.client_id,
                 &code.localpart,
@@ -526,9 +527,9 @@ impl SqlDb {
                 exec!(
                     tx.conn(),
                     "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
-                 device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
-                 interval_secs, status, lookups) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
+                     device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
+                     interval_secs, status, lookups) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
                     &grant.device_code_hash,
                     &grant.user_code,
                     &grant.client_id,
@@ -561,7 +562,7 @@ impl SqlDb {
                 fetch_optional,
                 &format!(
                     "{GRANT_COLUMNS} WHERE user_code = $1 AND status = 'pending' \
-                 AND expires_at > $2{}",
+                     AND expires_at > $2{}",
                     self.pool.dialect().for_update()
                 ),
                 user_code,
@@ -570,7 +571,7 @@ impl SqlDb {
             let Some(row) = row else {
                 return Ok(UserCodeLookup::NotFound);
             };
-            if row.lookups >= max_lookups {
+            if !may_look_up(row.lookups, max_lookups) {
                 exec!(
                     tx.conn(),
                     "UPDATE device_grants SET status = 'denied' WHERE user_code = $1",
@@ -606,7 +607,7 @@ impl SqlDb {
                 c.conn(),
                 fetch_optional,
                 "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
-             AND status = 'pending' AND expires_at > $2",
+                 AND status = 'pending' AND expires_at > $2",
                 device_code_hash,
                 now
             )?;
@@ -623,18 +624,19 @@ impl SqlDb {
         approve: bool,
         now: i64,
     ) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let status = if approve { "approved" } else { "denied" };
-            let done = exec!(
-                c.conn(),
-                "UPDATE device_grants SET status = $1, localpart = $2 \
-             WHERE user_code = $3 AND status = 'pending' AND expires_at > $4",
-                status,
-                localpart,
-                user_code,
-                now
-            )?;
-            Ok(done > 0)
+        with_tx!(self, |tx| {
+            let Some((device_code_hash, grant)) =
+                tx.load_device_grant_by_user_code(user_code).await?
+            else {
+                return Ok(false);
+            };
+            let Some(status) = grant.decide(localpart, approve, now) else {
+                return Ok(false);
+            };
+            tx.save_device_grant_decision(&device_code_hash, &status, localpart)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
         })
     }
 
@@ -671,8 +673,8 @@ impl SqlDb {
                 c.conn(),
                 fetch_optional,
                 "SELECT b.localpart FROM browser_sessions b \
-             JOIN users u ON u.localpart = b.localpart \
-             WHERE b.session_hash = $1 AND b.expires_at > $2 AND NOT u.locked",
+                 JOIN users u ON u.localpart = b.localpart \
+                 WHERE b.session_hash = $1 AND b.expires_at > $2 AND NOT u.locked",
                 session_hash,
                 now
             )
@@ -702,8 +704,8 @@ impl SqlDb {
             exec!(
                 c.conn(),
                 "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
-             VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE SET \
-             approved_at = excluded.approved_at, expires_at = excluded.expires_at",
+                 VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE SET \
+                 approved_at = excluded.approved_at, expires_at = excluded.expires_at",
                 localpart,
                 now,
                 expires_at
@@ -720,7 +722,7 @@ impl SqlDb {
                 c.conn(),
                 fetch_one,
                 "SELECT COUNT(*) FROM cross_signing_resets WHERE localpart = $1 \
-             AND expires_at > $2",
+                 AND expires_at > $2",
                 localpart,
                 now
             )?;
@@ -747,7 +749,7 @@ impl SqlDb {
             exec!(
                 c.conn(),
                 "INSERT INTO server_meta (name, value) VALUES ('server_name', $1) \
-             ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT (name) DO NOTHING",
                 name
             )?;
             scalar!(

@@ -1,6 +1,7 @@
 //! Polling a device grant at the token endpoint (RFC 8628 §3.4–3.5): pending until the user
 //! decides, `slow_down` (and a longer interval) for a poll that comes too early, expired at
-//! its expiry, and redeemed for tokens exactly once after approval.
+//! its expiry, and redeemed for tokens exactly once after approval; the user approves or
+//! denies it once, before it expires.
 
 use super::Grant;
 
@@ -114,6 +115,28 @@ impl DeviceGrant {
             }
         }
     }
+}
+
+impl DeviceGrant {
+    /// The user's decision at `now` on the consent page: the grant's new status, or `None`
+    /// when it can no longer be decided (decided before, redeemed, or expired).
+    pub fn decide(&self, localpart: &str, approve: bool, now: i64) -> Option<GrantStatus> {
+        (self.status == GrantStatus::Pending && now < self.expires_at).then(|| {
+            if approve {
+                GrantStatus::Approved {
+                    localpart: localpart.to_owned(),
+                }
+            } else {
+                GrantStatus::Denied
+            }
+        })
+    }
+}
+
+/// Whether a pending grant's user code, looked up `lookups` times, may be shown again: past
+/// `max_lookups` the grant is denied instead (a guard against phishing and guessing).
+pub fn may_look_up(lookups: i64, max_lookups: i64) -> bool {
+    lookups < max_lookups
 }
 
 impl Poll {
@@ -259,6 +282,33 @@ mod tests {
                 Poll::Refuse(PollError::Unknown)
             );
         }
+    }
+
+    #[test]
+    fn only_a_pending_unexpired_grant_can_be_decided_and_only_once() {
+        let pending = grant(GrantStatus::Pending);
+        let approved = GrantStatus::Approved {
+            localpart: "alice".into(),
+        };
+        assert_eq!(pending.decide("alice", true, NOW), Some(approved.clone()));
+        assert_eq!(
+            pending.decide("alice", false, pending.expires_at - 1),
+            Some(GrantStatus::Denied)
+        );
+        assert_eq!(pending.decide("alice", true, pending.expires_at), None);
+        for status in [approved, GrantStatus::Denied, GrantStatus::Redeemed] {
+            for approve in [true, false] {
+                assert_eq!(grant(status.clone()).decide("bob", approve, NOW), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_user_code_is_shown_up_to_its_lookup_cap() {
+        assert!(may_look_up(0, 3));
+        assert!(may_look_up(2, 3));
+        assert!(!may_look_up(3, 3));
+        assert!(!may_look_up(0, 0));
     }
 
     #[test]
