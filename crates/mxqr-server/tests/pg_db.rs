@@ -1,4 +1,4 @@
-//! Accounts, OAuth and the client-server store on PostgreSQL (`PgDb`).
+//! Accounts, OAuth and the client-server store on PostgreSQL (`SqlDb::connect`).
 //!
 //! The suites below are the SQLite suites' own files, included as modules: inside this binary
 //! `oauth_support` opens every test server on a fresh PostgreSQL database (`use_postgres`), so
@@ -40,10 +40,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxqr_server::db::{
-    CodeOutcome, Db, DbError, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens,
-    PendingGrantCaps, PgDb, PollOutcome, RedeemCode, RefreshOutcome,
+    DbError, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, SqlDb,
 };
-use mxqr_server::oauth::{Clock, OAuthState, SystemClock};
+use mxqr_server::oauth::model::auth_code::{CodeError, Presented};
+use mxqr_server::oauth::model::device_grant::PollError;
+use mxqr_server::oauth::model::refresh::RefreshError;
+use mxqr_server::oauth::{Clock, Minted, OAuthState, SystemClock, token};
 use pg_support::{admin, fresh_database, test_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -65,11 +67,35 @@ fn new_tokens(now: i64) -> NewTokens {
     }
 }
 
+/// Mints `stored` (the secrets are not needed here).
+fn with_tokens(stored: NewTokens) -> impl FnOnce() -> Minted + Send {
+    move || Minted {
+        access_token: String::new(),
+        refresh_token: String::new(),
+        stored,
+    }
+}
+
+/// Exchanges refresh token `presented` of `client` for `tokens`.
+async fn refresh(
+    db: &SqlDb,
+    presented: &str,
+    tokens: &NewTokens,
+    now: i64,
+    grace_ms: i64,
+) -> Result<Grant, RefreshError> {
+    let minted = with_tokens(tokens.clone());
+    token::exchange_refresh(db, presented, Some("client"), now, grace_ms, minted)
+        .await
+        .unwrap()
+        .map(|issued| issued.grant)
+}
+
 /// Two instances (each with its own pool) on one fresh database, with user `alice`.
-async fn two_instances() -> (Arc<PgDb>, Arc<PgDb>, PgPool) {
+async fn two_instances() -> (Arc<SqlDb>, Arc<SqlDb>, PgPool) {
     let (url, _) = fresh_database().await;
-    let a = Arc::new(PgDb::connect(&url, 4).await.unwrap());
-    let b = Arc::new(PgDb::connect(&url, 4).await.unwrap());
+    let a = Arc::new(SqlDb::connect(&url, 4).await.unwrap());
+    let b = Arc::new(SqlDb::connect(&url, 4).await.unwrap());
     a.create_user("alice", None, SystemClock.now_ms())
         .await
         .unwrap();
@@ -96,25 +122,27 @@ async fn two_instances_redeeming_one_code_exactly_one_wins() {
             expires_at: now + 60_000,
         };
         a.create_auth_code(&code, now).await.unwrap();
-        let redeem = |db: Arc<PgDb>| {
-            let request = RedeemCode {
-                code_hash: code.code_hash.clone(),
-                client_id: "client".into(),
-                redirect_uri: code.redirect_uri.clone(),
-                computed_challenge: "challenge".into(),
-                tokens: new_tokens(now),
-            };
-            tokio::spawn(async move { db.redeem_auth_code(&request, now).await.unwrap() })
+        let redeem = |db: Arc<SqlDb>| {
+            let (code_hash, redirect_uri) = (code.code_hash.clone(), code.redirect_uri.clone());
+            tokio::spawn(async move {
+                let presented = Presented {
+                    client_id: "client",
+                    redirect_uri: &redirect_uri,
+                    verifier_challenge: "challenge",
+                };
+                let minted = with_tokens(new_tokens(now));
+                token::redeem_code(&db, &code_hash, &presented, now, minted)
+                    .await
+                    .unwrap()
+                    .map(|issued| issued.grant)
+            })
         };
         let (first, second) = (redeem(a.clone()), redeem(b.clone()));
         let outcomes = [first.await.unwrap(), second.await.unwrap()];
-        let issued = outcomes
-            .iter()
-            .filter(|o| matches!(o, CodeOutcome::Issued(_)))
-            .count();
+        let issued = outcomes.iter().filter(|o| o.is_ok()).count();
         let reused = outcomes
             .iter()
-            .filter(|o| matches!(o, CodeOutcome::Reused))
+            .filter(|o| **o == Err(CodeError::Reused))
             .count();
         assert_eq!((issued, reused), (1, 1), "round {round}: {outcomes:?}");
     }
@@ -143,25 +171,19 @@ async fn two_instances_refreshing_one_token_leave_exactly_one_live_pair() {
         };
         let first = new_tokens(now);
         a.issue_session(&grant, &first, now).await.unwrap();
-        let refresh = |db: Arc<PgDb>| {
+        let exchange = |db: Arc<SqlDb>| {
             let presented = first.refresh_hash.clone();
             let tokens = new_tokens(now);
             tokio::spawn(async move {
-                let outcome = db
-                    .refresh(&presented, Some("client"), &tokens, now, grace_ms)
-                    .await
-                    .unwrap();
+                let outcome = refresh(&db, &presented, &tokens, now, grace_ms).await;
                 (outcome, tokens)
             })
         };
-        let (x, y) = (refresh(a.clone()), refresh(b.clone()));
+        let (x, y) = (exchange(a.clone()), exchange(b.clone()));
         let results = [x.await.unwrap(), y.await.unwrap()];
         // The later exchange is a lost-response retry: it gets a pair, the earlier one dies.
         for (outcome, _) in &results {
-            assert!(
-                matches!(outcome, RefreshOutcome::Rotated(_)),
-                "round {round}: {outcome:?}"
-            );
+            assert!(outcome.is_ok(), "round {round}: {outcome:?}");
         }
         let mut live = Vec::new();
         let mut dead = Vec::new();
@@ -173,23 +195,14 @@ async fn two_instances_refreshing_one_token_leave_exactly_one_live_pair() {
         }
         assert_eq!(live.len(), 1, "round {round}: two live pairs");
         let later = new_tokens(now);
-        assert!(matches!(
-            b.refresh(&live[0].refresh_hash, Some("client"), &later, now, grace_ms)
+        assert!(
+            refresh(&b, &live[0].refresh_hash, &later, now, grace_ms)
                 .await
-                .unwrap(),
-            RefreshOutcome::Rotated(_)
-        ));
+                .is_ok()
+        );
         assert_eq!(
-            a.refresh(
-                &dead[0].refresh_hash,
-                Some("client"),
-                &new_tokens(now),
-                now,
-                grace_ms
-            )
-            .await
-            .unwrap(),
-            RefreshOutcome::Invalid
+            refresh(&a, &dead[0].refresh_hash, &new_tokens(now), now, grace_ms).await,
+            Err(RefreshError::Invalid)
         );
         assert!(
             a.token_info(&later.access_hash, now)
@@ -230,23 +243,22 @@ async fn two_instances_polling_one_approved_device_grant_issue_once() {
                 .await
                 .unwrap()
         );
-        let poll = |db: Arc<PgDb>| {
+        let poll = |db: Arc<SqlDb>| {
             let device_code = grant.device_code_hash.clone();
             tokio::spawn(async move {
-                db.poll_device_grant(&device_code, "client", &new_tokens(now), now)
+                let minted = with_tokens(new_tokens(now));
+                token::poll_device(&db, &device_code, "client", now, minted)
                     .await
                     .unwrap()
+                    .map(|issued| issued.grant)
             })
         };
         let (x, y) = (poll(a.clone()), poll(b.clone()));
         let outcomes = [x.await.unwrap(), y.await.unwrap()];
-        let issued = outcomes
-            .iter()
-            .filter(|o| matches!(o, PollOutcome::Issued(_)))
-            .count();
+        let issued = outcomes.iter().filter(|o| o.is_ok()).count();
         let redeemed = outcomes
             .iter()
-            .filter(|o| **o == PollOutcome::AlreadyRedeemed)
+            .filter(|o| **o == Err(PollError::AlreadyRedeemed))
             .count();
         assert_eq!((issued, redeemed), (1, 1), "round {round}: {outcomes:?}");
     }
@@ -325,19 +337,16 @@ async fn tokens_survive_reopening_the_store() {
     let oauth = OAuthState::open(&config).await.unwrap();
     let info = oauth.token_info(&minted.access_token).await.unwrap();
     assert_eq!(info.map(|i| i.device_id), Some("DEV".to_owned()));
-    let next = oauth.mint();
-    let outcome = oauth
-        .db()
-        .refresh(
-            &minted.stored.refresh_hash,
-            Some("client"),
-            &next.stored,
-            oauth.now_ms(),
-            0,
-        )
-        .await
-        .unwrap();
-    assert_eq!(outcome, RefreshOutcome::Rotated(grant));
+    let next = oauth.mint().stored;
+    let outcome = refresh(
+        oauth.db(),
+        &minted.stored.refresh_hash,
+        &next,
+        oauth.now_ms(),
+        0,
+    )
+    .await;
+    assert_eq!(outcome, Ok(grant));
     assert_eq!(oauth.db().users().await.unwrap().len(), 1);
     assert_eq!(oauth.db().devices("alice").await.unwrap().len(), 1);
 }
@@ -361,7 +370,7 @@ async fn database_url_puts_accounts_and_rendezvous_in_postgres() {
     let base = format!("http://{addr}");
 
     // A token stored through another instance is accepted: accounts are in PostgreSQL.
-    let other = PgDb::connect(&url, 2).await.unwrap();
+    let other = SqlDb::connect(&url, 2).await.unwrap();
     let now = SystemClock.now_ms();
     other.create_user("alice", None, now).await.unwrap();
     let oauth = OAuthState::new(&test_config(), Arc::new(other));

@@ -1,32 +1,15 @@
 //! The store side of the client-server endpoints a QR sign-in touches: bearer-token status,
 //! device edits, end-to-end-encryption keys, key-backup versions and account data.
 //!
-//! A supertrait of [`super::Db`], so `Arc<dyn Db>` reaches it, while the OAuth half of the
-//! trait stays untouched; implemented once for both back ends, like `repo.rs`. The store
+//! Methods of [`SqlDb`], written once for both back ends, like `repo.rs`. The store
 //! knows nothing about signatures: handlers verify, then store JSON text. Updates that merge
-//! signatures into a stored object are compare-and-swap ([`ClientDb::swap_device_keys`]), so
+//! signatures into a stored object are compare-and-swap ([`SqlDb::swap_device_keys`]), so
 //! two concurrent merges cannot lose each other's signature and the back end needs no JSON
 //! support.
 
-use super::sql::{Tx, exec, fetch, scalar};
-use super::{DbError, DbResult, SqlDb, TokenInfo};
-use crate::store::BoxFuture;
-
-/// What a presented access token (by hash) stands for, with the reason when it is unusable:
-/// the client-server API answers an expired token differently from a revoked one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenStatus {
-    /// Usable.
-    Live(TokenInfo),
-    /// Known but past its expiry (the client should refresh: `soft_logout`).
-    Expired,
-    /// Revoked, or its session ended.
-    Revoked,
-    /// Its user is locked.
-    Locked,
-    /// Never issued here.
-    Unknown,
-}
+use super::error::{DbError, DbResult};
+use super::sql::{SqlDb, Tx, exec, fetch, scalar, with_conn, with_tx};
+use crate::oauth::model::session::{AccessToken, TokenInfo, TokenStatus};
 
 /// A device's uploaded identity keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,165 +46,6 @@ pub struct BackupVersion {
     pub etag: i64,
 }
 
-/// Store operations of the client-server key and device endpoints.
-pub trait ClientDb: Send + Sync + 'static {
-    /// Looks up an access token by hash, telling why it is unusable if it is.
-    fn token_status<'a>(
-        &'a self,
-        access_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<TokenStatus>>;
-    /// Sets (or clears) a device's display name; `false` if there is no such device.
-    fn set_device_display_name<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        display_name: Option<&'a str>,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Revokes every live OAuth session of a user (`/logout/all`); returns how many.
-    fn revoke_user_sessions<'a>(
-        &'a self,
-        localpart: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<u64>>;
-
-    /// Uploaded keys of the user's existing devices: all of them when `device_ids` is empty.
-    /// Keys of deleted devices are never returned.
-    fn device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_ids: &'a [String],
-    ) -> BoxFuture<'a, DbResult<Vec<StoredDeviceKeys>>>;
-    /// Compare-and-swap of a device's keys: stores `new` if the stored JSON is `old` (`None`:
-    /// nothing stored yet). `false` if another write came first.
-    fn swap_device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        old: Option<&'a str>,
-        new: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
-    /// used ID is [`DbError::Conflict`] (and nothing is stored).
-    fn add_one_time_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        keys: &'a [UploadedKey],
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Unclaimed one-time keys per algorithm.
-    fn one_time_key_counts<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, i64)>>>;
-    /// Replaces the fallback key of the key's algorithm (an identical re-upload keeps its
-    /// used flag).
-    fn set_fallback_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        key: &'a UploadedKey,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Claims a key of `algorithm` of an existing device: a one-time key (removed), else the
-    /// fallback key (marked used, kept).
-    fn claim_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        algorithm: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<UploadedKey>>>;
-
-    /// The user's cross-signing keys as `(usage, JSON text)`.
-    fn cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String)>>>;
-    /// Stores cross-signing keys `(usage, JSON text)`, replacing those of the same usage; with
-    /// `consume_reset` the user's reset approval is used up in the same transaction.
-    fn put_cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        keys: &'a [(String, String)],
-        consume_reset: bool,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Compare-and-swap of one cross-signing key's JSON (merging signatures).
-    fn swap_cross_signing_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        usage: &'a str,
-        old: &'a str,
-        new: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Records `signer`'s user-signing signature of another user's master key.
-    fn add_user_signature<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-        target_key_id: &'a str,
-        signer_key_id: &'a str,
-        signature: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
-    /// signature)`.
-    fn user_signatures<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String, String)>>>;
-
-    /// Creates the next backup version; returns its number.
-    fn create_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        algorithm: &'a str,
-        auth_data: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<i64>>;
-    /// A live backup version, or the latest when `version` is `None`.
-    fn backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: Option<i64>,
-    ) -> BoxFuture<'a, DbResult<Option<BackupVersion>>>;
-    /// Replaces a live version's `auth_data`; `false` if there is no such version.
-    fn update_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: i64,
-        auth_data: &'a str,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-    /// Deletes a live version (its number is never reused); `false` if there is none.
-    fn delete_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        version: i64,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>>;
-
-    /// Global account data of one type, as JSON text.
-    fn account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<String>>>;
-    /// Stores global account data of one type, unless the user's account data would then
-    /// exceed `quota` (checked and written in one transaction).
-    fn put_account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-        content: &'a str,
-        now: i64,
-        quota: AccountDataQuota,
-    ) -> BoxFuture<'a, DbResult<AccountDataWrite>>;
-}
-
 /// Per-user bounds on stored account data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccountDataQuota {
@@ -231,7 +55,7 @@ pub struct AccountDataQuota {
     pub max_bytes: i64,
 }
 
-/// Outcome of [`ClientDb::put_account_data`].
+/// Outcome of [`SqlDb::put_account_data`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountDataWrite {
     /// Stored.
@@ -311,76 +135,64 @@ fn uploaded_key((algorithm, key_id, key_json): KeyRow) -> UploadedKey {
     }
 }
 
-impl ClientDb for SqlDb {
-    fn token_status<'a>(
-        &'a self,
-        access_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<TokenStatus>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            type StatusRow = (
-                String,
-                String,
-                String,
-                String,
-                i64,
-                Option<i64>,
-                Option<i64>,
-                Option<i64>,
-                bool,
-            );
-            let row: Option<StatusRow> = fetch!(
+impl SqlDb {
+    /// An access token by hash, with its session's and user's standing.
+    pub async fn access_token(&self, access_hash: &str) -> DbResult<Option<AccessToken>> {
+        with_conn!(self, |c| {
+            type Row = (String, String, String, String, i64, Option<i64>, bool, bool);
+            let row: Option<Row> = fetch!(
                 c.conn(),
                 fetch_optional,
                 "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.used_at, t.revoked_at, s.revoked_at, u.locked \
+                 t.used_at, t.revoked_at IS NOT NULL OR s.revoked_at IS NOT NULL, u.locked \
                  FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
                  JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
                 access_hash
             )?;
-            let Some((
-                localpart,
-                device_id,
-                scope,
-                session_id,
-                expires_at,
-                used_at,
-                token_revoked,
-                session_revoked,
-                locked,
-            )) = row
-            else {
-                return Ok(TokenStatus::Unknown);
-            };
-            // Locking revokes sessions too: report the lock, which is what the user can act on.
-            Ok(if locked {
-                TokenStatus::Locked
-            } else if token_revoked.is_some() || session_revoked.is_some() {
-                TokenStatus::Revoked
-            } else if expires_at <= now {
-                TokenStatus::Expired
-            } else {
-                TokenStatus::Live(TokenInfo {
+            Ok(row.map(
+                |(
                     localpart,
                     device_id,
                     scope,
-                    expires_at,
                     session_id,
-                    used: used_at.is_some(),
-                })
-            })
+                    expires_at,
+                    used_at,
+                    revoked,
+                    locked,
+                )| {
+                    AccessToken {
+                        info: TokenInfo {
+                            localpart,
+                            device_id,
+                            scope,
+                            expires_at,
+                            session_id,
+                            used: used_at.is_some(),
+                        },
+                        revoked,
+                        user_locked: locked,
+                    }
+                },
+            ))
         })
     }
 
-    fn set_device_display_name<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        display_name: Option<&'a str>,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// An access token's standing at `now` ([`AccessToken::status`]).
+    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
+        Ok(self
+            .access_token(access_hash)
+            .await?
+            .map_or(TokenStatus::Unknown, |token| token.status(now)))
+    }
+
+    /// Sets (or clears) a device's display name; `false` if there is no such device.
+    pub async fn set_device_display_name(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+    ) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let done = exec!(
                 c.conn(),
                 "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
@@ -392,13 +204,9 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn revoke_user_sessions<'a>(
-        &'a self,
-        localpart: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<u64>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    /// Revokes every live OAuth session of a user (`/logout/all`); returns how many.
+    pub async fn revoke_user_sessions(&self, localpart: &str, now: i64) -> DbResult<u64> {
+        with_tx!(self, |tx| {
             tx.lock_user(localpart).await?;
             let n = tx.revoke_user_sessions(localpart, None, now).await?;
             tx.commit().await?;
@@ -406,13 +214,14 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_ids: &'a [String],
-    ) -> BoxFuture<'a, DbResult<Vec<StoredDeviceKeys>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Uploaded keys of the user's existing devices: all of them when `device_ids` is empty.
+    /// Keys of deleted devices are never returned.
+    pub async fn device_keys(
+        &self,
+        localpart: &str,
+        device_ids: &[String],
+    ) -> DbResult<Vec<StoredDeviceKeys>> {
+        with_conn!(self, |c| {
             let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                         WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
@@ -450,55 +259,60 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn swap_device_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        old: Option<&'a str>,
-        new: &'a str,
+    /// Compare-and-swap of a device's keys: stores `new` if the stored JSON is `old` (`None`:
+    /// nothing stored yet). `false` if another write came first.
+    pub async fn swap_device_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        old: Option<&str>,
+        new: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let Some(old) = old else {
-                let mut tx = self.pool.begin().await?;
-                tx.lock_device(localpart, device_id).await?;
-                tx.purge_stale(localpart, device_id).await?;
+    ) -> DbResult<bool> {
+        self.pool
+            .run(async move {
+                let Some(old) = old else {
+                    let mut tx = self.pool.begin().await?;
+                    tx.lock_device(localpart, device_id).await?;
+                    tx.purge_stale(localpart, device_id).await?;
+                    let done = exec!(
+                        tx.conn(),
+                        "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
+                        localpart,
+                        device_id,
+                        new,
+                        now
+                    )?;
+                    tx.commit().await?;
+                    return Ok(done > 0);
+                };
+                let mut c = self.pool.acquire().await?;
                 let done = exec!(
-                    tx.conn(),
-                    "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
+                    c.conn(),
+                    "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
+                     WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                    new,
+                    now,
                     localpart,
                     device_id,
-                    new,
-                    now
+                    old
                 )?;
-                tx.commit().await?;
-                return Ok(done > 0);
-            };
-            let mut c = self.pool.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
-                new,
-                now,
-                localpart,
-                device_id,
-                old
-            )?;
-            Ok(done > 0)
-        })
+                Ok(done > 0)
+            })
+            .await
     }
 
-    fn add_one_time_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        keys: &'a [UploadedKey],
+    /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
+    /// used ID is [`DbError::Conflict`] (and nothing is stored).
+    pub async fn add_one_time_keys(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        keys: &[UploadedKey],
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<()> {
+        with_tx!(self, |tx| {
             // Two identical uploads racing must both succeed, not collide on the key.
             tx.lock_device(localpart, device_id).await?;
             tx.purge_stale(localpart, device_id).await?;
@@ -536,13 +350,13 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn one_time_key_counts<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, i64)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Unclaimed one-time keys per algorithm.
+    pub async fn one_time_key_counts(
+        &self,
+        localpart: &str,
+        device_id: &str,
+    ) -> DbResult<Vec<(String, i64)>> {
+        with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
             fetch!(
                 c.conn(),
@@ -551,7 +365,7 @@ impl ClientDb for SqlDb {
                     "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
                      JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                      WHERE k.localpart = $1 AND k.device_id = $2 \
-                       AND k.created_at >= d.created_at \
+                     AND k.created_at >= d.created_at \
                      GROUP BY k.algorithm ORDER BY k.algorithm{order}"
                 ),
                 localpart,
@@ -560,15 +374,16 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn set_fallback_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        key: &'a UploadedKey,
+    /// Replaces the fallback key of the key's algorithm (an identical re-upload keeps its
+    /// used flag).
+    pub async fn set_fallback_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        key: &UploadedKey,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<()> {
+        with_tx!(self, |tx| {
             tx.lock_device(localpart, device_id).await?;
             tx.purge_stale(localpart, device_id).await?;
             exec!(
@@ -580,7 +395,7 @@ impl ClientDb for SqlDb {
                  SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE, \
                  created_at = excluded.created_at \
                  WHERE e2e_fallback_keys.key_id <> excluded.key_id \
-                    OR e2e_fallback_keys.key_json <> excluded.key_json",
+                 OR e2e_fallback_keys.key_json <> excluded.key_json",
                 localpart,
                 device_id,
                 &key.algorithm,
@@ -592,14 +407,15 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn claim_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-        algorithm: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<UploadedKey>>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    /// Claims a key of `algorithm` of an existing device: a one-time key (removed), else the
+    /// fallback key (marked used, kept).
+    pub async fn claim_key(
+        &self,
+        localpart: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> DbResult<Option<UploadedKey>> {
+        with_tx!(self, |tx| {
             // Claims of one device queue here, so a one-time key is handed out only once.
             if !tx.lock_device(localpart, device_id).await? {
                 return Ok(None);
@@ -612,9 +428,9 @@ impl ClientDb for SqlDb {
                 &format!(
                     "DELETE FROM e2e_one_time_keys \
                      WHERE (localpart, device_id, algorithm, key_id) = ( \
-                       SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
-                       WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
-                       ORDER BY created_at, key_id{order} LIMIT 1) \
+                     SELECT localpart, device_id, algorithm, key_id FROM e2e_one_time_keys \
+                     WHERE localpart = $1 AND device_id = $2 AND algorithm = $3 \
+                     ORDER BY created_at, key_id{order} LIMIT 1) \
                      RETURNING algorithm, key_id, key_json"
                 ),
                 localpart,
@@ -639,12 +455,9 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// The user's cross-signing keys as `(usage, JSON text)`.
+    pub async fn cross_signing_keys(&self, localpart: &str) -> DbResult<Vec<(String, String)>> {
+        with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
             fetch!(
                 c.conn(),
@@ -658,15 +471,16 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn put_cross_signing_keys<'a>(
-        &'a self,
-        localpart: &'a str,
-        keys: &'a [(String, String)],
+    /// Stores cross-signing keys `(usage, JSON text)`, replacing those of the same usage; with
+    /// `consume_reset` the user's reset approval is used up in the same transaction.
+    pub async fn put_cross_signing_keys(
+        &self,
+        localpart: &str,
+        keys: &[(String, String)],
         consume_reset: bool,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<()> {
+        with_tx!(self, |tx| {
             for (usage, json) in keys {
                 exec!(
                     tx.conn(),
@@ -691,16 +505,16 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn swap_cross_signing_key<'a>(
-        &'a self,
-        localpart: &'a str,
-        usage: &'a str,
-        old: &'a str,
-        new: &'a str,
+    /// Compare-and-swap of one cross-signing key's JSON (merging signatures).
+    pub async fn swap_cross_signing_key(
+        &self,
+        localpart: &str,
+        usage: &str,
+        old: &str,
+        new: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let done = exec!(
                 c.conn(),
                 "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
@@ -715,16 +529,16 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn add_user_signature<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-        target_key_id: &'a str,
-        signer_key_id: &'a str,
-        signature: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Records `signer`'s user-signing signature of another user's master key.
+    pub async fn add_user_signature(
+        &self,
+        signer: &str,
+        target_user_id: &str,
+        target_key_id: &str,
+        signer_key_id: &str,
+        signature: &str,
+    ) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO e2e_user_signatures \
@@ -742,13 +556,14 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn user_signatures<'a>(
-        &'a self,
-        signer: &'a str,
-        target_user_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Vec<(String, String, String)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
+    /// signature)`.
+    pub async fn user_signatures(
+        &self,
+        signer: &str,
+        target_user_id: &str,
+    ) -> DbResult<Vec<(String, String, String)>> {
+        with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
             fetch!(
                 c.conn(),
@@ -764,15 +579,15 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn create_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
-        algorithm: &'a str,
-        auth_data: &'a str,
+    /// Creates the next backup version; returns its number.
+    pub async fn create_backup_version(
+        &self,
+        localpart: &str,
+        algorithm: &str,
+        auth_data: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<i64>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<i64> {
+        with_tx!(self, |tx| {
             // Creations of one user queue here, so each gets the next number.
             tx.lock_user(localpart).await?;
             let last: Option<i64> = scalar!(
@@ -798,13 +613,13 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
+    /// A live backup version, or the latest when `version` is `None`.
+    pub async fn backup_version(
+        &self,
+        localpart: &str,
         version: Option<i64>,
-    ) -> BoxFuture<'a, DbResult<Option<BackupVersion>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<Option<BackupVersion>> {
+        with_conn!(self, |c| {
             let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
                         WHERE localpart = $1 AND deleted_at IS NULL";
             let row: Option<(i64, String, String, i64)> = match version {
@@ -833,14 +648,14 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn update_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
+    /// Replaces a live version's `auth_data`; `false` if there is no such version.
+    pub async fn update_backup_version(
+        &self,
+        localpart: &str,
         version: i64,
-        auth_data: &'a str,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+        auth_data: &str,
+    ) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let done = exec!(
                 c.conn(),
                 "UPDATE e2e_backup_versions SET auth_data = $1 \
@@ -853,14 +668,14 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn delete_backup_version<'a>(
-        &'a self,
-        localpart: &'a str,
+    /// Deletes a live version (its number is never reused); `false` if there is none.
+    pub async fn delete_backup_version(
+        &self,
+        localpart: &str,
         version: i64,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let done = exec!(
                 c.conn(),
                 "UPDATE e2e_backup_versions SET deleted_at = $1 \
@@ -873,13 +688,9 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<String>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Global account data of one type, as JSON text.
+    pub async fn account_data(&self, localpart: &str, data_type: &str) -> DbResult<Option<String>> {
+        with_conn!(self, |c| {
             scalar!(
                 c.conn(),
                 fetch_optional,
@@ -890,16 +701,17 @@ impl ClientDb for SqlDb {
         })
     }
 
-    fn put_account_data<'a>(
-        &'a self,
-        localpart: &'a str,
-        data_type: &'a str,
-        content: &'a str,
+    /// Stores global account data of one type, unless the user's account data would then
+    /// exceed `quota` (checked and written in one transaction).
+    pub async fn put_account_data(
+        &self,
+        localpart: &str,
+        data_type: &str,
+        content: &str,
         now: i64,
         quota: AccountDataQuota,
-    ) -> BoxFuture<'a, DbResult<AccountDataWrite>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<AccountDataWrite> {
+        with_tx!(self, |tx| {
             // This user's writes are serialized (the user lock; on SQLite the write lock taken
             // up front), so two cannot both pass the quota.
             tx.lock_user(localpart).await?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::sql::Pool;
-use super::{DbError, DbResult, OpenFailure, SqlDb};
+use super::error::{DbError, DbResult, OpenFailure};
+use super::sql::{Pool, SqlDb};
 use crate::pg_gate::PgGate;
 
 /// How long a SQLite writer waits for another (the admin CLI, another request) before failing.
@@ -147,7 +147,6 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Db as _;
 
     #[cfg(unix)]
     #[tokio::test]

@@ -5,9 +5,8 @@
 //! its deletion), so a job that keeps failing holds the ones behind it until it succeeds or
 //! is dropped as permanently refused.
 
-use super::sql::{exec, fetch, scalar};
-use super::{DbError, DbResult, SqlDb};
-use crate::store::BoxFuture;
+use super::error::{DbError, DbResult};
+use super::sql::{SqlDb, exec, fetch, scalar, with_conn, with_tx};
 
 /// What a job asks Synapse to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,31 +82,6 @@ pub struct OutboxEntry {
     pub next_attempt_at: i64,
 }
 
-/// Outbox operations, a supertrait of [`super::Db`].
-pub trait OutboxDb: Send + Sync {
-    /// Appends jobs (in order) and returns the ID of the last one.
-    fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>>;
-    /// The oldest `limit` jobs, due or not (order matters more than due time).
-    fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>>;
-    /// Removes a delivered (or permanently refused) job.
-    fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>>;
-    /// Records a failed delivery; `error` must carry no secret.
-    fn outbox_retry<'a>(
-        &'a self,
-        id: i64,
-        next_attempt_at: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>>;
-    /// Whether job `id` is still queued.
-    fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>>;
-    /// `(localpart, device_id)` of the session an access or refresh token belongs to, revoked
-    /// or not (to tell Synapse which device a revocation ends).
-    fn token_owner<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<(String, String)>>>;
-}
-
 fn entry(
     id: i64,
     kind: &str,
@@ -143,10 +117,10 @@ type OutboxRow = (
     i64,
 );
 
-impl OutboxDb for SqlDb {
-    fn outbox_push<'a>(&'a self, jobs: &'a [OutboxJob], now: i64) -> BoxFuture<'a, DbResult<i64>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+impl SqlDb {
+    /// Appends jobs (in order) and returns the ID of the last one.
+    pub async fn outbox_push(&self, jobs: &[OutboxJob], now: i64) -> DbResult<i64> {
+        with_tx!(self, |tx| {
             let mut last = 0;
             for job in jobs {
                 last = scalar!(
@@ -166,9 +140,9 @@ impl OutboxDb for SqlDb {
         })
     }
 
-    fn outbox_head(&self, limit: i64) -> BoxFuture<'_, DbResult<Vec<OutboxEntry>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// The oldest `limit` jobs, due or not (order matters more than due time).
+    pub async fn outbox_head(&self, limit: i64) -> DbResult<Vec<OutboxEntry>> {
+        with_conn!(self, |c| {
             let rows: Vec<OutboxRow> = fetch!(
                 c.conn(),
                 fetch_all,
@@ -194,22 +168,17 @@ impl OutboxDb for SqlDb {
         })
     }
 
-    fn outbox_done(&self, id: i64) -> BoxFuture<'_, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Removes a delivered (or permanently refused) job.
+    pub async fn outbox_done(&self, id: i64) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(c.conn(), "DELETE FROM synapse_outbox WHERE id = $1", id)?;
             Ok(())
         })
     }
 
-    fn outbox_retry<'a>(
-        &'a self,
-        id: i64,
-        next_attempt_at: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Records a failed delivery; `error` must carry no secret.
+    pub async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
@@ -222,9 +191,9 @@ impl OutboxDb for SqlDb {
         })
     }
 
-    fn outbox_pending(&self, id: i64) -> BoxFuture<'_, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Whether job `id` is still queued.
+    pub async fn outbox_pending(&self, id: i64) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let row: Option<(i32,)> = fetch!(
                 c.conn(),
                 fetch_optional,
@@ -235,18 +204,16 @@ impl OutboxDb for SqlDb {
         })
     }
 
-    fn token_owner<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<(String, String)>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// `(localpart, device_id)` of the session an access or refresh token belongs to, revoked
+    /// or not (to tell Synapse which device a revocation ends).
+    pub async fn token_owner(&self, token_hash: &str) -> DbResult<Option<(String, String)>> {
+        with_conn!(self, |c| {
             fetch!(
                 c.conn(),
                 fetch_optional,
                 "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
-                   SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-                   UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
+                 SELECT session_id FROM access_tokens WHERE token_hash = $1 \
+                 UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
                 token_hash
             )
         })

@@ -1,4 +1,4 @@
-//! The accounts and OAuth half of the store ([`Db`]), written once for both back ends.
+//! The accounts and OAuth half of the store ([`SqlDb`]), written once for both back ends.
 //!
 //! Each method is one call of [`super::sql::Pool::run`]: a single statement on a pooled
 //! connection, or a transaction ([`super::sql::Pool::begin`]) committed at its end. The
@@ -10,18 +10,12 @@
 //! order everywhere (code or grant, then user, then session, then tokens) so that racing
 //! transactions queue instead of deadlocking.
 
-use subtle::ConstantTimeEq;
-
-use super::sql::{Dialect, Tx, exec, fetch, scalar};
+use super::sql::{Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
 use super::{
-    CodeOutcome, Db, DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission,
-    NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, PollOutcome, RedeemCode,
-    RefreshOutcome, SqlDb, TokenInfo, User, UserCodeLookup,
+    DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
+    NewTokens, PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
 };
-use crate::store::BoxFuture;
-
-/// Added to a device grant's interval on each early poll (RFC 8628 §3.5).
-const SLOW_DOWN_STEP_SECS: i64 = 5;
+use crate::oauth::model::device_grant::may_look_up;
 
 /// Advisory-lock classes (two-key form, PostgreSQL) serializing the pending-grant caps: one
 /// lock per requesting address, then one per client, always in that order.
@@ -42,12 +36,12 @@ fn user_from((localpart, password_hash, locked, created_at): UserRow) -> User {
 }
 
 const DEVICE_SELECT: &str = "SELECT d.device_id, d.display_name, d.created_at, \
-     s.client_id AS client_id, s.created_at AS session_created_at \
-     FROM devices d LEFT JOIN oauth_sessions s ON s.session_id = ( \
-        SELECT s2.session_id FROM oauth_sessions s2 \
-        WHERE s2.localpart = d.localpart AND s2.device_id = d.device_id \
-          AND s2.revoked_at IS NULL ORDER BY s2.created_at DESC LIMIT 1) \
-     WHERE d.localpart = $1";
+                             s.client_id AS client_id, s.created_at AS session_created_at \
+                             FROM devices d LEFT JOIN oauth_sessions s ON s.session_id = ( \
+                             SELECT s2.session_id FROM oauth_sessions s2 \
+                             WHERE s2.localpart = d.localpart AND s2.device_id = d.device_id \
+                             AND s2.revoked_at IS NULL ORDER BY s2.created_at DESC LIMIT 1) \
+                             WHERE d.localpart = $1";
 
 type DeviceRow = (String, Option<String>, i64, Option<String>, Option<i64>);
 
@@ -63,7 +57,7 @@ fn device_from(
     }
 }
 
-/// A device grant as stored.
+/// A device grant as the consent page reads it.
 #[derive(sqlx::FromRow)]
 struct GrantRow {
     user_code: String,
@@ -74,44 +68,11 @@ struct GrantRow {
     requester_ua: String,
     created_at: i64,
     expires_at: i64,
-    interval_secs: i64,
-    last_poll_at: Option<i64>,
-    status: String,
-    localpart: Option<String>,
     lookups: i64,
 }
 
 const GRANT_COLUMNS: &str = "SELECT user_code, client_id, scope, device_id, requester_ip, \
-     requester_ua, created_at, expires_at, interval_secs, last_poll_at, status, localpart, \
-     lookups FROM device_grants";
-
-/// An OAuth session as a refresh reads it, with its user's lock.
-#[derive(sqlx::FromRow)]
-struct SessionRow {
-    localpart: String,
-    device_id: String,
-    client_id: Option<String>,
-    scope: String,
-    revoked_at: Option<i64>,
-    locked: bool,
-}
-
-/// A refresh token's `used_at`, `replaced_by` and `revoked_at`.
-type RefreshState = (Option<i64>, Option<String>, Option<i64>);
-
-/// An authorization code as stored.
-#[derive(sqlx::FromRow)]
-struct CodeRow {
-    client_id: String,
-    localpart: String,
-    device_id: String,
-    scope: String,
-    redirect_uri: String,
-    code_challenge: String,
-    expires_at: i64,
-    used_at: Option<i64>,
-    session_id: Option<String>,
-}
+                             requester_ua, created_at, expires_at, lookups FROM device_grants";
 
 impl Tx {
     /// Serializes the session and device changes of one user (sign-in, device deletion,
@@ -171,8 +132,9 @@ impl Tx {
         )
     }
 
-    /// Inserts the device if missing, a session and its first token pair.
-    async fn insert_session(
+    /// Starts a session with its first token pair, inserting the device if missing; returns
+    /// the session ID.
+    pub async fn save_session(
         &mut self,
         grant: &Grant,
         tokens: &NewTokens,
@@ -206,7 +168,7 @@ impl Tx {
         Ok(session_id)
     }
 
-    async fn insert_pair(
+    pub(super) async fn insert_pair(
         &mut self,
         session_id: &str,
         tokens: &NewTokens,
@@ -234,7 +196,7 @@ impl Tx {
     }
 
     /// Revokes a session and every token of it (the session row first: the lock order).
-    pub(super) async fn revoke_session(&mut self, session_id: &str, now: i64) -> DbResult<()> {
+    pub async fn revoke_session(&mut self, session_id: &str, now: i64) -> DbResult<()> {
         for table in ["oauth_sessions", "access_tokens", "refresh_tokens"] {
             exec!(
                 self.conn(),
@@ -273,15 +235,15 @@ impl Tx {
     }
 }
 
-impl Db for SqlDb {
-    fn create_user<'a>(
-        &'a self,
-        localpart: &'a str,
-        password_hash: Option<&'a str>,
+impl SqlDb {
+    /// Creates a user; [`DbError::Conflict`] if the localpart is taken.
+    pub async fn create_user(
+        &self,
+        localpart: &str,
+        password_hash: Option<&str>,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO users (localpart, password_hash, locked, created_at) \
@@ -294,9 +256,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn user<'a>(&'a self, localpart: &'a str) -> BoxFuture<'a, DbResult<Option<User>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// The user with this localpart.
+    pub async fn user(&self, localpart: &str) -> DbResult<Option<User>> {
+        with_conn!(self, |c| {
             let row: Option<UserRow> = fetch!(
                 c.conn(),
                 fetch_optional,
@@ -307,9 +269,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn users(&self) -> BoxFuture<'_, DbResult<Vec<User>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// All users, by localpart.
+    pub async fn users(&self) -> DbResult<Vec<User>> {
+        with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
             let rows: Vec<UserRow> = fetch!(
                 c.conn(),
@@ -320,14 +282,10 @@ impl Db for SqlDb {
         })
     }
 
-    fn set_locked<'a>(
-        &'a self,
-        localpart: &'a str,
-        locked: bool,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    /// Locks or unlocks a user; locking ends its browser and OAuth sessions.
+    /// [`DbError::NotFound`] if there is no such user.
+    pub async fn set_locked(&self, localpart: &str, locked: bool, now: i64) -> DbResult<()> {
+        with_tx!(self, |tx| {
             let done = exec!(
                 tx.conn(),
                 "UPDATE users SET locked = $1 WHERE localpart = $2",
@@ -349,9 +307,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn devices<'a>(&'a self, localpart: &'a str) -> BoxFuture<'a, DbResult<Vec<Device>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Devices of a user, oldest first.
+    pub async fn devices(&self, localpart: &str) -> DbResult<Vec<Device>> {
+        with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
             let rows: Vec<DeviceRow> = fetch!(
                 c.conn(),
@@ -363,13 +321,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn device<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
-    ) -> BoxFuture<'a, DbResult<Option<Device>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// One device of a user.
+    pub async fn device(&self, localpart: &str, device_id: &str) -> DbResult<Option<Device>> {
+        with_conn!(self, |c| {
             let row: Option<DeviceRow> = fetch!(
                 c.conn(),
                 fetch_optional,
@@ -381,14 +335,14 @@ impl Db for SqlDb {
         })
     }
 
-    fn delete_device<'a>(
-        &'a self,
-        localpart: &'a str,
-        device_id: &'a str,
+    /// Deletes a device and revokes its tokens; `false` if it did not exist.
+    pub async fn delete_device(
+        &self,
+        localpart: &str,
+        device_id: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<bool> {
+        with_tx!(self, |tx| {
             // With the user locked, no sign-in can recreate a session on the device meanwhile.
             tx.lock_user(localpart).await?;
             tx.revoke_user_sessions(localpart, Some(device_id), now)
@@ -404,15 +358,17 @@ impl Db for SqlDb {
         })
     }
 
-    fn register_client<'a>(
-        &'a self,
-        metadata_hash: &'a str,
-        metadata: &'a str,
-        new_client_id: &'a str,
+    /// Stores client metadata unless identical metadata (same hash) exists; returns the
+    /// client ID in force (the existing one, or `new_client_id`). Either way the client counts
+    /// as registered at `now`, which restarts the day an unused client is kept.
+    pub async fn register_client(
+        &self,
+        metadata_hash: &str,
+        metadata: &str,
+        new_client_id: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<String>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<String> {
+        with_conn!(self, |c| {
             // One statement: two instances registering identical metadata at once both get
             // the one row, and a purge cannot slip in between finding and renewing it.
             scalar!(
@@ -429,9 +385,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, DbResult<Option<String>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// The registered metadata (JSON) of a client.
+    pub async fn client(&self, client_id: &str) -> DbResult<Option<String>> {
+        with_conn!(self, |c| {
             scalar!(
                 c.conn(),
                 fetch_optional,
@@ -441,58 +397,33 @@ impl Db for SqlDb {
         })
     }
 
-    fn issue_session<'a>(
-        &'a self,
-        grant: &'a Grant,
-        tokens: &'a NewTokens,
+    /// Starts an OAuth session with a first token pair, creating the device if needed.
+    /// Returns the session ID.
+    pub async fn issue_session(
+        &self,
+        grant: &Grant,
+        tokens: &NewTokens,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<String>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            let session = tx.insert_session(grant, tokens, now).await?;
+    ) -> DbResult<String> {
+        with_tx!(self, |tx| {
+            let session = tx.save_session(grant, tokens, now).await?;
             tx.commit().await?;
             Ok(session)
         })
     }
 
-    fn token_info<'a>(
-        &'a self,
-        access_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<Option<TokenInfo>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let row: Option<(String, String, String, String, i64, Option<i64>)> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, t.used_at \
-                 FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
-                 JOIN users u ON u.localpart = s.localpart \
-                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND s.revoked_at IS NULL \
-                   AND t.expires_at > $2 AND NOT u.locked",
-                access_hash,
-                now
-            )?;
-            Ok(row.map(
-                |(localpart, device_id, scope, session_id, expires_at, used_at)| TokenInfo {
-                    localpart,
-                    device_id,
-                    scope,
-                    expires_at,
-                    session_id,
-                    used: used_at.is_some(),
-                },
-            ))
+    /// What a live access token stands for: `None` unless [`Self::token_status`] is live.
+    pub async fn token_info(&self, access_hash: &str, now: i64) -> DbResult<Option<TokenInfo>> {
+        Ok(match self.token_status(access_hash, now).await? {
+            super::TokenStatus::Live(info) => Some(info),
+            _ => None,
         })
     }
 
-    fn record_token_use<'a>(
-        &'a self,
-        access_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Records that an access token authenticated a request (its first use), unless already
+    /// recorded. A refresh retry is allowed only while the successor pair is unused.
+    pub async fn record_token_use(&self, access_hash: &str, now: i64) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "UPDATE access_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
@@ -503,129 +434,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn refresh<'a>(
-        &'a self,
-        refresh_hash: &'a str,
-        client_id: Option<&'a str>,
-        tokens: &'a NewTokens,
-        now: i64,
-        grace_ms: i64,
-    ) -> BoxFuture<'a, DbResult<RefreshOutcome>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            let d = tx.dialect();
-            let session_id: Option<String> = scalar!(
-                tx.conn(),
-                fetch_optional,
-                "SELECT session_id FROM refresh_tokens WHERE token_hash = $1",
-                refresh_hash
-            )?;
-            let Some(session_id) = session_id else {
-                return Ok(RefreshOutcome::Invalid);
-            };
-            // The session lock serializes every exchange within the session; the token's
-            // state is read only after it, so a racing exchange's result is seen.
-            let lock = match d {
-                Dialect::Sqlite => "",
-                Dialect::Postgres => " FOR NO KEY UPDATE OF s",
-            };
-            let session: Option<SessionRow> = fetch!(
-                tx.conn(),
-                fetch_optional,
-                &format!(
-                    "SELECT s.localpart, s.device_id, s.client_id, s.scope, s.revoked_at, \
-                     u.locked FROM oauth_sessions s JOIN users u ON u.localpart = s.localpart \
-                     WHERE s.session_id = $1{lock}"
-                ),
-                &session_id
-            )?;
-            let Some(session) = session else {
-                return Ok(RefreshOutcome::Invalid);
-            };
-            let (session_revoked, locked) = (session.revoked_at.is_some(), session.locked);
-            let grant = Grant {
-                localpart: session.localpart,
-                device_id: session.device_id,
-                client_id: session.client_id,
-                scope: session.scope,
-            };
-            let (used_at, replaced_by, revoked_at): RefreshState = fetch!(
-                tx.conn(),
-                fetch_one,
-                &format!(
-                    "SELECT used_at, replaced_by, revoked_at FROM refresh_tokens \
-                     WHERE token_hash = $1{}",
-                    d.for_update()
-                ),
-                refresh_hash
-            )?;
-            let other_client = client_id.is_some_and(|c| grant.client_id.as_deref() != Some(c));
-            if session_revoked || revoked_at.is_some() || locked || other_client {
-                return Ok(RefreshOutcome::Invalid);
-            }
-            if let Some(used_at) = used_at {
-                // Retry after a lost response: allowed while the successor pair is fresh and
-                // was never used, neither its refresh token nor its access token (RFC 9700
-                // §4.14). A used successor means the pair did arrive: this is a replay.
-                let successor_unused = match &replaced_by {
-                    Some(next) => {
-                        let n: i64 = scalar!(
-                            tx.conn(),
-                            fetch_one,
-                            "SELECT COUNT(*) FROM refresh_tokens r \
-                             JOIN access_tokens a ON a.token_hash = r.access_token_hash \
-                             WHERE r.token_hash = $1 AND r.used_at IS NULL \
-                               AND r.revoked_at IS NULL AND a.used_at IS NULL",
-                            next
-                        )?;
-                        n > 0
-                    }
-                    None => false,
-                };
-                if now - used_at > grace_ms || !successor_unused {
-                    tx.revoke_session(&session_id, now).await?;
-                    tx.commit().await?;
-                    return Ok(RefreshOutcome::Reused(grant));
-                }
-                // The lost pair was never received: revoke it before handing out a new one.
-                if let Some(next) = &replaced_by {
-                    exec!(
-                        tx.conn(),
-                        "UPDATE access_tokens SET revoked_at = $1 WHERE token_hash = \
-                         (SELECT access_token_hash FROM refresh_tokens WHERE token_hash = $2)",
-                        now,
-                        next
-                    )?;
-                    exec!(
-                        tx.conn(),
-                        "UPDATE refresh_tokens SET revoked_at = $1 WHERE token_hash = $2",
-                        now,
-                        next
-                    )?;
-                }
-            } else {
-                exec!(
-                    tx.conn(),
-                    "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2",
-                    now,
-                    refresh_hash
-                )?;
-            }
-            tx.insert_pair(&session_id, tokens, now).await?;
-            exec!(
-                tx.conn(),
-                "UPDATE refresh_tokens SET replaced_by = $1 WHERE token_hash = $2",
-                &tokens.refresh_hash,
-                refresh_hash
-            )?;
-            tx.commit().await?;
-            Ok(RefreshOutcome::Rotated(grant))
-        })
-    }
-
-    fn revoke_token<'a>(&'a self, token_hash: &'a str, now: i64) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    /// Revokes the session of an access or refresh token; `false` if the token is unknown.
+    pub async fn revoke_token(&self, token_hash: &str, now: i64) -> DbResult<bool> {
+        with_tx!(self, |tx| {
             let session: Option<String> = scalar!(
                 tx.conn(),
                 fetch_optional,
@@ -642,13 +453,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn create_auth_code<'a>(
-        &'a self,
-        code: &'a NewAuthCode,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Stores an authorization code.
+    pub async fn create_auth_code(&self, code: &NewAuthCode, now: i64) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO authorization_codes (code_hash, client_id, localpart, device_id, \
@@ -674,150 +481,81 @@ impl Db for SqlDb {
         })
     }
 
-    fn redeem_auth_code<'a>(
-        &'a self,
-        request: &'a RedeemCode,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<CodeOutcome>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            // A racing redemption waits here and then finds the code used.
-            let row: Option<CodeRow> = fetch!(
-                tx.conn(),
-                fetch_optional,
-                &format!(
-                    "SELECT client_id, localpart, device_id, scope, redirect_uri, \
-                     code_challenge, expires_at, used_at, session_id FROM authorization_codes \
-                     WHERE code_hash = $1{}",
-                    self.pool.dialect().for_update()
-                ),
-                &request.code_hash
-            )?;
-            let Some(code) = row else {
-                return Ok(CodeOutcome::Invalid("unknown authorization code"));
-            };
-            if code.used_at.is_some() {
-                if let Some(session) = &code.session_id {
-                    tx.revoke_session(session, now).await?;
-                }
-                tx.commit().await?;
-                return Ok(CodeOutcome::Reused);
-            }
-            // Any presentation consumes the code: a wrong verifier gets no second try.
-            exec!(
-                tx.conn(),
-                "UPDATE authorization_codes SET used_at = $1 WHERE code_hash = $2",
-                now,
-                &request.code_hash
-            )?;
-            let verdict = if code.expires_at <= now {
-                Some("authorization code expired")
-            } else if code.client_id != request.client_id {
-                Some("authorization code was issued to another client")
-            } else if code.redirect_uri != request.redirect_uri {
-                Some("redirect_uri does not match the authorization request")
-            } else if !bool::from(
-                code.code_challenge
-                    .as_bytes()
-                    .ct_eq(request.computed_challenge.as_bytes()),
-            ) {
-                Some("code_verifier does not match the code_challenge")
-            } else {
-                None
-            };
-            if let Some(reason) = verdict {
-                tx.commit().await?;
-                return Ok(CodeOutcome::Invalid(reason));
-            }
-            let grant = Grant {
-                localpart: code.localpart,
-                device_id: code.device_id,
-                client_id: Some(request.client_id.clone()),
-                scope: code.scope,
-            };
-            let session = tx.insert_session(&grant, &request.tokens, now).await?;
-            exec!(
-                tx.conn(),
-                "UPDATE authorization_codes SET session_id = $1 WHERE code_hash = $2",
-                &session,
-                &request.code_hash
-            )?;
-            tx.commit().await?;
-            Ok(CodeOutcome::Issued(grant))
-        })
-    }
-
-    fn create_device_grant<'a>(
-        &'a self,
-        grant: &'a NewDeviceGrant,
+    /// Stores a device grant unless the address or the client has its cap of pending grants;
+    /// [`DbError::Conflict`] when the user code is taken.
+    pub async fn create_device_grant(
+        &self,
+        grant: &NewDeviceGrant,
         caps: PendingGrantCaps,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<GrantAdmission>> {
-        self.pool.run(async move {
-            // The counts and the insert are one step for every writer: the whole transaction
-            // on SQLite, the caps' advisory locks on PostgreSQL.
-            let mut tx = self.pool.begin().await?;
-            if let Some(cap) = caps.per_address {
+    ) -> DbResult<GrantAdmission> {
+        self.pool
+            .run(async move {
+                // The counts and the insert are one step for every writer: the whole transaction
+                // on SQLite, the caps' advisory locks on PostgreSQL.
+                let mut tx = self.pool.begin().await?;
+                if let Some(cap) = caps.per_address {
+                    let (n, oldest) = tx
+                        .pending_grants(
+                            ADDRESS_GRANTS_LOCK,
+                            "requester_key",
+                            &grant.requester_key,
+                            now,
+                        )
+                        .await?;
+                    if n >= i64::from(cap) {
+                        return Ok(GrantAdmission::AddressFull {
+                            retry_at: oldest.unwrap_or(now),
+                        });
+                    }
+                }
                 let (n, oldest) = tx
-                    .pending_grants(
-                        ADDRESS_GRANTS_LOCK,
-                        "requester_key",
-                        &grant.requester_key,
-                        now,
-                    )
+                    .pending_grants(CLIENT_GRANTS_LOCK, "client_id", &grant.client_id, now)
                     .await?;
-                if n >= i64::from(cap) {
-                    return Ok(GrantAdmission::AddressFull {
+                if n >= i64::from(caps.per_client) {
+                    return Ok(GrantAdmission::ClientFull {
                         retry_at: oldest.unwrap_or(now),
                     });
                 }
-            }
-            let (n, oldest) = tx
-                .pending_grants(CLIENT_GRANTS_LOCK, "client_id", &grant.client_id, now)
-                .await?;
-            if n >= i64::from(caps.per_client) {
-                return Ok(GrantAdmission::ClientFull {
-                    retry_at: oldest.unwrap_or(now),
-                });
-            }
-            // An expired grant must not block its user code forever.
-            exec!(
-                tx.conn(),
-                "DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2",
-                &grant.user_code,
-                now
-            )?;
-            exec!(
-                tx.conn(),
-                "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
-                 device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
-                 interval_secs, status, lookups) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
-                &grant.device_code_hash,
-                &grant.user_code,
-                &grant.client_id,
-                &grant.scope,
-                &grant.device_id,
-                &grant.requester_ip,
-                &grant.requester_key,
-                &grant.requester_ua,
-                now,
-                grant.expires_at,
-                grant.interval_secs
-            )?;
-            tx.commit().await?;
-            Ok(GrantAdmission::Stored)
-        })
+                // An expired grant must not block its user code forever.
+                exec!(
+                    tx.conn(),
+                    "DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2",
+                    &grant.user_code,
+                    now
+                )?;
+                exec!(
+                    tx.conn(),
+                    "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
+                     device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
+                     interval_secs, status, lookups) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
+                    &grant.device_code_hash,
+                    &grant.user_code,
+                    &grant.client_id,
+                    &grant.scope,
+                    &grant.device_id,
+                    &grant.requester_ip,
+                    &grant.requester_key,
+                    &grant.requester_ua,
+                    now,
+                    grant.expires_at,
+                    grant.interval_secs
+                )?;
+                tx.commit().await?;
+                Ok(GrantAdmission::Stored)
+            })
+            .await
     }
 
-    fn lookup_user_code<'a>(
-        &'a self,
-        user_code: &'a str,
+    /// Looks a user code up, counting the lookup against the grant's cap `max_lookups`.
+    pub async fn lookup_user_code(
+        &self,
+        user_code: &str,
         now: i64,
         max_lookups: i64,
-    ) -> BoxFuture<'a, DbResult<UserCodeLookup>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
+    ) -> DbResult<UserCodeLookup> {
+        with_tx!(self, |tx| {
             // Locked so that lookups racing on other instances all count against the cap.
             let row: Option<GrantRow> = fetch!(
                 tx.conn(),
@@ -833,7 +571,7 @@ impl Db for SqlDb {
             let Some(row) = row else {
                 return Ok(UserCodeLookup::NotFound);
             };
-            if row.lookups >= max_lookups {
+            if !may_look_up(row.lookups, max_lookups) {
                 exec!(
                     tx.conn(),
                     "UPDATE device_grants SET status = 'denied' WHERE user_code = $1",
@@ -861,13 +599,10 @@ impl Db for SqlDb {
         })
     }
 
-    fn device_grant_pending<'a>(
-        &'a self,
-        device_code_hash: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Whether the grant of this device code is still waiting for a decision (and not
+    /// expired). Read-only: unlike a poll, it is not rate-limited by the interval.
+    pub async fn device_grant_pending(&self, device_code_hash: &str, now: i64) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let row: Option<(i32,)> = fetch!(
                 c.conn(),
                 fetch_optional,
@@ -880,122 +615,40 @@ impl Db for SqlDb {
         })
     }
 
-    fn decide_device_grant<'a>(
-        &'a self,
-        user_code: &'a str,
-        localpart: &'a str,
+    /// Approves (for `localpart`) or denies a pending grant; `false` if it is no longer
+    /// pending.
+    pub async fn decide_device_grant(
+        &self,
+        user_code: &str,
+        localpart: &str,
         approve: bool,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
-            let status = if approve { "approved" } else { "denied" };
-            let done = exec!(
-                c.conn(),
-                "UPDATE device_grants SET status = $1, localpart = $2 \
-                 WHERE user_code = $3 AND status = 'pending' AND expires_at > $4",
-                status,
-                localpart,
-                user_code,
-                now
-            )?;
-            Ok(done > 0)
-        })
-    }
-
-    fn poll_device_grant<'a>(
-        &'a self,
-        device_code_hash: &'a str,
-        client_id: &'a str,
-        tokens: &'a NewTokens,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<PollOutcome>> {
-        self.pool.run(async move {
-            let mut tx = self.pool.begin().await?;
-            // A racing poll waits here and then finds the grant redeemed.
-            let row: Option<GrantRow> = fetch!(
-                tx.conn(),
-                fetch_optional,
-                &format!(
-                    "{GRANT_COLUMNS} WHERE device_code_hash = $1{}",
-                    self.pool.dialect().for_update()
-                ),
-                device_code_hash
-            )?;
-            let Some(row) = row else {
-                return Ok(PollOutcome::Unknown);
+    ) -> DbResult<bool> {
+        with_tx!(self, |tx| {
+            let Some((device_code_hash, grant)) =
+                tx.load_device_grant_by_user_code(user_code).await?
+            else {
+                return Ok(false);
             };
-            if row.client_id != client_id {
-                return Ok(PollOutcome::Unknown);
-            }
-            if row.status == "redeemed" {
-                return Ok(PollOutcome::AlreadyRedeemed);
-            }
-            if row.expires_at <= now {
-                return Ok(PollOutcome::Expired);
-            }
-            match row.status.as_str() {
-                "denied" => return Ok(PollOutcome::Denied),
-                "approved" => {
-                    let Some(localpart) = row.localpart else {
-                        return Err(DbError::Unreadable(
-                            "approved device grant without a user".into(),
-                        ));
-                    };
-                    let grant = Grant {
-                        localpart,
-                        device_id: row.device_id,
-                        client_id: Some(row.client_id),
-                        scope: row.scope,
-                    };
-                    let session = tx.insert_session(&grant, tokens, now).await?;
-                    exec!(
-                        tx.conn(),
-                        "UPDATE device_grants SET status = 'redeemed', session_id = $1 \
-                         WHERE device_code_hash = $2",
-                        &session,
-                        device_code_hash
-                    )?;
-                    tx.commit().await?;
-                    return Ok(PollOutcome::Issued(grant));
-                }
-                _ => {}
-            }
-            let interval = row.interval_secs;
-            let too_early = row
-                .last_poll_at
-                .is_some_and(|last| now - last < interval * 1000);
-            let new_interval = if too_early {
-                interval + SLOW_DOWN_STEP_SECS
-            } else {
-                interval
+            let Some(status) = grant.decide(localpart, approve, now) else {
+                return Ok(false);
             };
-            exec!(
-                tx.conn(),
-                "UPDATE device_grants SET last_poll_at = $1, interval_secs = $2 \
-                 WHERE device_code_hash = $3",
-                now,
-                new_interval,
-                device_code_hash
-            )?;
+            tx.save_device_grant_decision(&device_code_hash, &status, localpart)
+                .await?;
             tx.commit().await?;
-            Ok(if too_early {
-                PollOutcome::SlowDown
-            } else {
-                PollOutcome::Pending
-            })
+            Ok(true)
         })
     }
 
-    fn create_browser_session<'a>(
-        &'a self,
-        session_hash: &'a str,
-        localpart: &'a str,
+    /// Stores a browser (cookie) session.
+    pub async fn create_browser_session(
+        &self,
+        session_hash: &str,
+        localpart: &str,
         now: i64,
         expires_at: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO browser_sessions (session_hash, localpart, created_at, expires_at) \
@@ -1009,13 +662,13 @@ impl Db for SqlDb {
         })
     }
 
-    fn browser_session_user<'a>(
-        &'a self,
-        session_hash: &'a str,
+    /// The unlocked user of a live browser session.
+    pub async fn browser_session_user(
+        &self,
+        session_hash: &str,
         now: i64,
-    ) -> BoxFuture<'a, DbResult<Option<String>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<Option<String>> {
+        with_conn!(self, |c| {
             scalar!(
                 c.conn(),
                 fetch_optional,
@@ -1028,9 +681,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn delete_browser_session<'a>(&'a self, session_hash: &'a str) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Ends a browser session.
+    pub async fn delete_browser_session(&self, session_hash: &str) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "DELETE FROM browser_sessions WHERE session_hash = $1",
@@ -1040,14 +693,14 @@ impl Db for SqlDb {
         })
     }
 
-    fn approve_cross_signing_reset<'a>(
-        &'a self,
-        localpart: &'a str,
+    /// Records the user's approval of a cross-signing key reset until `expires_at`.
+    pub async fn approve_cross_signing_reset(
+        &self,
+        localpart: &str,
         now: i64,
         expires_at: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    ) -> DbResult<()> {
+        with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
@@ -1061,13 +714,10 @@ impl Db for SqlDb {
         })
     }
 
-    fn cross_signing_reset_allowed<'a>(
-        &'a self,
-        localpart: &'a str,
-        now: i64,
-    ) -> BoxFuture<'a, DbResult<bool>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Whether a cross-signing reset is approved at `now` (read by
+    /// `/keys/device_signing/upload`).
+    pub async fn cross_signing_reset_allowed(&self, localpart: &str, now: i64) -> DbResult<bool> {
+        with_conn!(self, |c| {
             let n: i64 = scalar!(
                 c.conn(),
                 fetch_one,
@@ -1080,9 +730,9 @@ impl Db for SqlDb {
         })
     }
 
-    fn pinned_server_name(&self) -> BoxFuture<'_, DbResult<Option<String>>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// The server name pinned at first start, if any.
+    pub async fn pinned_server_name(&self) -> DbResult<Option<String>> {
+        with_conn!(self, |c| {
             scalar!(
                 c.conn(),
                 fetch_optional,
@@ -1091,9 +741,10 @@ impl Db for SqlDb {
         })
     }
 
-    fn pin_server_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, DbResult<String>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Pins `name` as the server name unless one is pinned already; returns the pinned one
+    /// (the earlier one if it differs: the caller decides what a mismatch means).
+    pub async fn pin_server_name(&self, name: &str) -> DbResult<String> {
+        with_conn!(self, |c| {
             // Instances starting together: the first insert wins, every one reads it back.
             exec!(
                 c.conn(),
@@ -1109,9 +760,11 @@ impl Db for SqlDb {
         })
     }
 
-    fn purge_expired(&self, now: i64) -> BoxFuture<'_, DbResult<u64>> {
-        self.pool.run(async move {
-            let mut c = self.pool.acquire().await?;
+    /// Deletes expired codes, grants and browser sessions, and clients never used (no
+    /// authorization code or session issued to them) a day after their last registration;
+    /// returns the rows removed.
+    pub async fn purge_expired(&self, now: i64) -> DbResult<u64> {
+        with_conn!(self, |c| {
             // Used codes are kept a day past expiry so reuse is still detected (and revokes).
             let day = 86_400_000;
             let mut removed = 0;

@@ -17,9 +17,19 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Postgres, Sqlite, Transaction};
 
-use super::{DbError, DbResult, Unreachable};
+use super::error::{DbError, DbResult, Unreachable};
 use crate::pg_gate::PgGate;
 use crate::store::BoxFuture;
+
+/// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
+/// code and query text serves both (crate README, "Storage"). Times are ms since the Unix
+/// epoch, passed in by the caller so that tests can drive a clock. Its methods are spread
+/// over the files of this module by topic: accounts and OAuth (`repo.rs`, `grants.rs`), the
+/// client-server keys and devices (`client.rs`), the Synapse outbox (`outbox.rs`).
+#[derive(Clone, Debug)]
+pub struct SqlDb {
+    pub(super) pool: Pool,
+}
 
 /// The real differences between the two back ends' SQL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,12 +157,14 @@ impl Pool {
     /// statements take the row locks.
     pub(super) async fn begin(&self) -> DbResult<Tx> {
         Ok(match self {
-            Self::Sqlite(pool) => Tx::Sqlite(
+            Self::Sqlite(pool) => Tx(TxInner::Sqlite(
                 pool.begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(sqlite_error)?,
-            ),
-            Self::Postgres { pool, .. } => Tx::Postgres(pool.begin().await.map_err(pg_error)?),
+            )),
+            Self::Postgres { pool, .. } => {
+                Tx(TxInner::Postgres(pool.begin().await.map_err(pg_error)?))
+            }
         })
     }
 
@@ -175,36 +187,45 @@ impl Pool {
     }
 }
 
-/// An open transaction of either back end; dropped without [`Tx::commit`], it rolls back.
-pub(super) enum Tx {
+/// An open transaction of the store ([`super::SqlDb::begin`]), holding what it loaded locked
+/// until [`Tx::commit`]; dropped without it, it rolls back.
+pub struct Tx(TxInner);
+
+enum TxInner {
     /// SQLite, holding the write lock.
     Sqlite(Transaction<'static, Sqlite>),
     /// PostgreSQL.
     Postgres(Transaction<'static, Postgres>),
 }
 
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Tx").field(&self.dialect()).finish()
+    }
+}
+
 impl Tx {
     /// The connection, for the query macros.
     pub(super) fn conn(&mut self) -> Conn<'_> {
-        match self {
-            Self::Sqlite(tx) => Conn::Sqlite(tx),
-            Self::Postgres(tx) => Conn::Postgres(tx),
+        match &mut self.0 {
+            TxInner::Sqlite(tx) => Conn::Sqlite(tx),
+            TxInner::Postgres(tx) => Conn::Postgres(tx),
         }
     }
 
     /// The SQL dialect of this transaction's back end.
     pub(super) fn dialect(&self) -> Dialect {
-        match self {
-            Self::Sqlite(_) => Dialect::Sqlite,
-            Self::Postgres(_) => Dialect::Postgres,
+        match self.0 {
+            TxInner::Sqlite(_) => Dialect::Sqlite,
+            TxInner::Postgres(_) => Dialect::Postgres,
         }
     }
 
-    /// Commits.
-    pub(super) async fn commit(self) -> DbResult<()> {
-        match self {
-            Self::Sqlite(tx) => tx.commit().await.map_err(sqlite_error),
-            Self::Postgres(tx) => tx.commit().await.map_err(pg_error),
+    /// Makes the transaction's changes durable and releases its locks.
+    pub async fn commit(self) -> DbResult<()> {
+        match self.0 {
+            TxInner::Sqlite(tx) => tx.commit().await.map_err(sqlite_error),
+            TxInner::Postgres(tx) => tx.commit().await.map_err(pg_error),
         }
     }
 }
@@ -292,7 +313,32 @@ macro_rules! scalar {
     };
 }
 
-pub(super) use {exec, fetch, scalar};
+/// Runs the body of a store method on a pooled connection: `with_conn!(self, |c| { … })`,
+/// under [`Pool::run`] (admission and time bound on PostgreSQL).
+macro_rules! with_conn {
+    ($db:expr, |$c:ident| $body:block) => {
+        $db.pool
+            .run(async move {
+                let mut $c = $db.pool.acquire().await?;
+                $body
+            })
+            .await
+    };
+}
+
+/// Like [`with_conn!`], in a transaction that may write (`$tx`, committed by the body).
+macro_rules! with_tx {
+    ($db:expr, |$tx:ident| $body:block) => {
+        $db.pool
+            .run(async move {
+                let mut $tx = $db.pool.begin().await?;
+                $body
+            })
+            .await
+    };
+}
+
+pub(super) use {exec, fetch, scalar, with_conn, with_tx};
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,9 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::model::auth_code::CodeError;
+use super::model::device_grant::PollError;
+use super::model::refresh::RefreshError;
 use crate::db::DbError;
 use crate::response::json;
 
@@ -91,6 +94,33 @@ impl OAuthError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Self::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        }
+    }
+}
+
+/// A refused code is `invalid_grant` (RFC 6749 §5.2), with the model's reason.
+impl From<CodeError> for OAuthError {
+    fn from(err: CodeError) -> Self {
+        Self::InvalidGrant(err.to_string())
+    }
+}
+
+/// A refused refresh token is `invalid_grant`, with the model's reason.
+impl From<RefreshError> for OAuthError {
+    fn from(err: RefreshError) -> Self {
+        Self::InvalidGrant(err.to_string())
+    }
+}
+
+/// A poll without tokens gets RFC 8628 §3.5's code for its reason.
+impl From<PollError> for OAuthError {
+    fn from(err: PollError) -> Self {
+        match err {
+            PollError::Pending => Self::AuthorizationPending,
+            PollError::SlowDown => Self::SlowDown,
+            PollError::Denied => Self::AccessDenied,
+            PollError::Expired => Self::ExpiredToken,
+            PollError::Unknown | PollError::AlreadyRedeemed => Self::InvalidGrant(err.to_string()),
         }
     }
 }

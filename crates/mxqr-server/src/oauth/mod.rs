@@ -11,10 +11,12 @@ mod error;
 pub mod hooks;
 pub(crate) mod limits;
 pub mod metadata;
+pub mod model;
 pub mod password;
 mod registration;
 pub mod routes;
 pub mod scope;
+pub mod token;
 pub mod tokens;
 
 use std::net::IpAddr;
@@ -225,7 +227,7 @@ impl OAuthState {
     ) -> DbResult<(Config, SharedDb)> {
         let db = crate::db::open(config).await?;
         let name = crate::db::settle_server_name(
-            &*db,
+            &db,
             configured.as_deref(),
             &config.effective_server_name(),
             pin_derived,

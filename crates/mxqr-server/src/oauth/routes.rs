@@ -18,7 +18,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> 
         )
         .route("/.well-known/oauth-authorization-server", metadata)
         .route("/oauth2/registration", post(registration::register))
-        .route("/oauth2/token", post(endpoints::token))
+        .route("/oauth2/token", post(super::token::token))
         .route("/oauth2/revoke", post(endpoints::revoke))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mxqr_server::db::Db;
+use mxqr_server::db::SqlDb;
 use mxqr_server::oauth::{Lifetimes, ManualClock, OAuthState, password, tokens};
 use mxqr_server::{AppState, Config};
 use reqwest::redirect::Policy;
@@ -185,8 +185,8 @@ impl OAuthServer {
         format!("{}{path}", self.base)
     }
 
-    pub fn db(&self) -> &dyn Db {
-        &**self.oauth.db()
+    pub fn db(&self) -> &SqlDb {
+        self.oauth.db()
     }
 
     pub async fn add_user(&self, localpart: &str) {
