@@ -57,6 +57,13 @@ impl TestServer {
         Self::with_config(test_config()).await
     }
 
+    /// Default test configuration, sessions on `backend`.
+    pub async fn start_on(backend: Backend) -> Self {
+        let config = test_config();
+        let limits = config.session_limits();
+        Self::on(backend, config, limits).await
+    }
+
     /// Sessions in memory with `config`'s limits.
     pub async fn with_config(config: Config) -> Self {
         let limits = config.session_limits();

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use mxqr_testkit::Backend;
 use mxqr_testkit::rendezvous::{MSC4108, TestServer, expect_error, test_config};
 use reqwest::header::HeaderMap;
 use reqwest::{Response, StatusCode};
@@ -52,9 +53,8 @@ async fn get(server: &TestServer, url: &str, if_none_match: Option<&str>) -> Res
     request.send().await.unwrap()
 }
 
-#[tokio::test]
-async fn create_read_write_delete() {
-    let server = TestServer::start().await;
+async fn create_read_write_delete(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     let (url, etag0) = create(&server, "").await;
     assert!(
         url.starts_with(&format!("{}{MSC4108}/", server.base)),
@@ -77,6 +77,15 @@ async fn create_read_write_delete() {
     assert_eq!(changed.headers()["content-type"], "text/plain");
     assert_eq!(changed.headers()["content-length"], "15");
     assert_eq!(assert_version_headers(changed.headers()), etag1);
+    let modified = changed.headers()["last-modified"].to_str().unwrap();
+    let modified = httpdate::parse_http_date(modified).unwrap();
+    let skew = std::time::SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        skew < Duration::from_secs(60),
+        "Last-Modified off by {skew:?}"
+    );
     assert_eq!(changed.text().await.unwrap(), "c2Nhbm5lcg|a2V5");
 
     let star = get(&server, &url, Some("*")).await;
@@ -117,9 +126,8 @@ async fn create_read_write_delete() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn write_preconditions() {
-    let server = TestServer::start().await;
+async fn write_preconditions(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     let (url, etag0) = create(&server, "init").await;
     expect_error(
         put(&server, &url, None, "x").await,
@@ -373,4 +381,9 @@ async fn non_text_payloads_and_rate_limits() {
     let body = expect_error(limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED").await;
     assert!(body["retry_after_ms"].as_u64().unwrap() > 0);
     server.stop().await;
+}
+
+mxqr_testkit::backend_tests! {
+    create_read_write_delete,
+    write_preconditions,
 }

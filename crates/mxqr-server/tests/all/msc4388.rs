@@ -2,16 +2,16 @@
 
 use std::time::{Duration, Instant};
 
+use mxqr_testkit::Backend;
 use mxqr_testkit::api::config::CreatePolicy;
 use mxqr_testkit::rendezvous::{
-    STABLE, TestServer, UNSTABLE, expect_error, limits, metric, test_config,
+    MSC4108, STABLE, TestServer, UNSTABLE, expect_error, limits, metric, test_config,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn full_session_life_on_both_prefixes() {
-    let server = TestServer::start().await;
+async fn full_session_life_on_both_prefixes(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     for prefix in [STABLE, UNSTABLE] {
         let discovery: Value = server.get(prefix).await.json().await.unwrap();
         assert_eq!(discovery, json!({ "create_available": true }));
@@ -104,12 +104,27 @@ async fn full_session_life_on_both_prefixes() {
         .await
         .unwrap();
     assert_eq!(read["data"], "shared");
+    // A session is visible only through its own API.
+    expect_error(
+        server.get(&format!("{MSC4108}/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    )
+    .await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "mxqr_rendezvous_sessions_created_total{transport=\"msc4388\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
-#[tokio::test]
-async fn stale_token_conflicts_with_the_prefix_errcode() {
-    let server = TestServer::start().await;
+async fn stale_token_conflicts_with_the_prefix_errcode(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     for (prefix, errcode) in [
         (STABLE, "M_CONCURRENT_WRITE"),
         (UNSTABLE, "IO_ELEMENT_MSC4388_CONCURRENT_WRITE"),
@@ -147,9 +162,8 @@ async fn stale_token_conflicts_with_the_prefix_errcode() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn every_write_gets_a_new_token_even_with_identical_data() {
-    let server = TestServer::start().await;
+async fn every_write_gets_a_new_token_even_with_identical_data(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     let (id, mut token) = server.create(STABLE, "same").await;
     let mut seen = vec![token.clone()];
     for _ in 0..20 {
@@ -166,9 +180,8 @@ async fn every_write_gets_a_new_token_even_with_identical_data() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn retried_put_with_previous_token_and_same_data_succeeds() {
-    let server = TestServer::start().await;
+async fn retried_put_with_previous_token_and_same_data_succeeds(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     let (id, token0) = server.create(STABLE, "").await;
     let first: Value = server
         .put(STABLE, &id, &token0, "msg")
@@ -216,9 +229,8 @@ async fn retried_put_with_previous_token_and_same_data_succeeds() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn transaction_ids_make_puts_idempotent() {
-    let server = TestServer::start().await;
+async fn transaction_ids_make_puts_idempotent(backend: Backend) {
+    let server = TestServer::start_on(backend).await;
     let (id, token0) = server.create(UNSTABLE, "").await;
     let put_txn = |txn: &str, token: &str, data: &str| {
         server
@@ -274,6 +286,24 @@ async fn transaction_ids_make_puts_idempotent() {
         )
         .await;
     }
+
+    // Only the last four transaction IDs are kept: t1 is forgotten after four more.
+    let mut token = token2;
+    for txn in ["t3", "t4", "t5", "t6"] {
+        let body: Value = put_txn(txn, &token, txn)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        token = body["sequence_token"].as_str().unwrap().to_owned();
+    }
+    expect_error(
+        put_txn("t1", &token0, "one").await.unwrap(),
+        StatusCode::CONFLICT,
+        "IO_ELEMENT_MSC4388_CONCURRENT_WRITE",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -542,9 +572,8 @@ async fn long_poll_is_capped_by_configuration() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn sessions_expire_and_are_counted() {
-    let server = TestServer::with(test_config(), limits(Duration::from_millis(400))).await;
+async fn sessions_expire_and_are_counted(backend: Backend) {
+    let server = TestServer::on(backend, test_config(), limits(Duration::from_millis(400))).await;
     let (id, _) = server.create(STABLE, "short").await;
     let body: Value = server
         .get(&format!("{STABLE}/{id}"))
@@ -562,7 +591,7 @@ async fn sessions_expire_and_are_counted() {
     .await;
     // The periodic purge removes sessions nobody asks for again.
     let (_unread, _) = server.create(STABLE, "never read").await;
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let metrics = server.metrics().await;
     assert_eq!(
         metric(
@@ -582,12 +611,11 @@ async fn sessions_expire_and_are_counted() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn writes_renew_the_life_up_to_the_maximum() {
+async fn writes_renew_the_life_up_to_the_maximum(backend: Backend) {
     let mut session_limits = limits(Duration::from_millis(600));
     session_limits.renew_on_write = true;
     session_limits.max_lifetime = Duration::from_millis(1500);
-    let server = TestServer::with(test_config(), session_limits).await;
+    let server = TestServer::on(backend, test_config(), session_limits).await;
     let (id, mut token) = server.create(STABLE, "a").await;
     // Three writes 400 ms apart keep it alive past its first 600 ms.
     for round in 0..3 {
@@ -843,9 +871,8 @@ async fn shutdown_ends_pending_long_polls_at_once() {
     assert_eq!(body["sequence_token"], token.as_str());
 }
 
-#[tokio::test]
-async fn expiry_ends_a_pending_long_poll_with_not_found() {
-    let server = TestServer::with(test_config(), limits(Duration::from_millis(500))).await;
+async fn expiry_ends_a_pending_long_poll_with_not_found(backend: Backend) {
+    let server = TestServer::on(backend, test_config(), limits(Duration::from_millis(500))).await;
     let (id, token) = server.create(STABLE, "soon gone").await;
     let started = Instant::now();
     let response = server
@@ -1018,4 +1045,15 @@ async fn long_polls_past_a_cap_answer_at_once() {
         "the granted polls waited"
     );
     server.stop().await;
+}
+
+mxqr_testkit::backend_tests! {
+    full_session_life_on_both_prefixes,
+    stale_token_conflicts_with_the_prefix_errcode,
+    every_write_gets_a_new_token_even_with_identical_data,
+    retried_put_with_previous_token_and_same_data_succeeds,
+    transaction_ids_make_puts_idempotent,
+    sessions_expire_and_are_counted,
+    writes_renew_the_life_up_to_the_maximum,
+    expiry_ends_a_pending_long_poll_with_not_found,
 }
