@@ -13,6 +13,7 @@
 //! - [`cli`]: the `mxqr` command line: `mxqr serve` as a process ([`cli::Serve`]), `mxqr`
 //!   processes with JSON events, profiles, the QR sign-in between two processes.
 //! - [`cs`]: the client-server API as a signed-in device: tokens, JSON calls, real E2EE keys.
+//! - [`heavy`]: the lock that keeps the heavy suites of one binary from running side by side.
 //! - [`api`]: the server internals the suites use, named in one place so that a move inside
 //!   mxqr-server is fixed here rather than in every suite.
 
@@ -20,11 +21,13 @@ pub mod api;
 mod backend;
 pub mod cli;
 pub mod cs;
+mod heavy;
 pub mod oauth;
 pub mod person;
 pub mod pg;
 pub mod rendezvous;
 
 pub use backend::Backend;
+pub use heavy::{heavy, heavy_blocking};
 pub use oauth::{OAuthServer, Options};
 pub use rendezvous::TestServer;

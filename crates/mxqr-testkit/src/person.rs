@@ -12,11 +12,15 @@ pub const USER: &str = "alice";
 /// [`USER`]'s password on servers the command-line tests set up (`mxqr admin user add`).
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// Longest wait for one page: a hang fails here.
+pub const PAGE_WAIT: Duration = Duration::from_secs(60);
+
 /// A browser: keeps cookies, does not follow redirects.
 pub fn browser() -> Client {
     Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(PAGE_WAIT)
         .build()
         .unwrap()
 }

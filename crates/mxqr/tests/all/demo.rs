@@ -8,6 +8,7 @@ use serde_json::Value;
 
 #[test]
 fn demo_signs_in_every_combination() {
+    let _heavy = mxqr_testkit::heavy_blocking();
     let out = Command::new(env!("CARGO_BIN_EXE_mxqr"))
         .args(["demo", "--json"])
         .env_remove("MXQR_CONFIG")

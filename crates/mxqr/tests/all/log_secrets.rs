@@ -89,6 +89,7 @@ fn assert_no_leak(what: &str, text: &str, secrets: &[String]) {
 
 #[test]
 fn demo_at_trace_level_logs_no_secret() {
+    let _heavy = mxqr_testkit::heavy_blocking();
     let out = Command::new(env!("CARGO_BIN_EXE_mxqr"))
         .args(["demo", "--json", "--polling", "long-poll"])
         .env("RUST_LOG", "trace")
@@ -104,7 +105,7 @@ fn demo_at_trace_level_logs_no_secret() {
     );
     // The log is really there: the server's request lines and the clients' HTTP stack.
     assert!(
-        stderr.contains("mxqr_testkit::api::app"),
+        stderr.contains("mxqr_server::app"),
         "no server log at trace"
     );
     assert!(stderr.contains("TRACE"), "no trace-level lines");
@@ -114,6 +115,7 @@ fn demo_at_trace_level_logs_no_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sign_in_at_trace_level_logs_no_secret() {
+    let _heavy = mxqr_testkit::heavy().await;
     let log = std::env::temp_dir().join(format!(
         "mxqr-log-secrets-{}-{}.log",
         std::process::id(),
@@ -166,7 +168,7 @@ async fn cli_sign_in_at_trace_level_logs_no_secret() {
     let server_log = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     assert!(
-        server_log.contains("TRACE") && server_log.contains("mxqr_testkit::api::app"),
+        server_log.contains("TRACE") && server_log.contains("mxqr_server::app"),
         "the server logged at trace level: {}",
         &server_log[..server_log.len().min(2000)]
     );

@@ -38,6 +38,7 @@ fn per_instance_delta(before: &[usize], after: &[usize]) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_combinations_over_three_instances_behind_round_robin() {
+    let _heavy = mxqr_testkit::heavy().await;
     let (database_url, _) = fresh_database().await;
     let (proxy, instances) = cluster(3, &database_url).await;
     let existing = ExistingDevice::set_up(&instances[0], &proxy.url).await;
@@ -192,6 +193,7 @@ async fn cross_instance_wake(a: &Url, b: &Url, api: &str, poll_timeout: Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_on_one_instance_wakes_on_a_write_through_another() {
+    let _heavy = mxqr_testkit::heavy().await;
     let (database_url, _) = fresh_database().await;
     let env = shared_env(&database_url);
     // No proxy: each request goes to the instance the test names.
@@ -248,6 +250,7 @@ async fn instance_holding_a_long_poll(proxy: &Proxy) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_mid_flow_the_remaining_ones_finish_it() {
+    let _heavy = mxqr_testkit::heavy().await;
     let (database_url, _) = fresh_database().await;
     let (proxy, mut instances) = cluster(3, &database_url).await;
     let existing = std::sync::Arc::new(ExistingDevice::set_up(&instances[0], &proxy.url).await);
@@ -292,6 +295,7 @@ async fn killed_instance_mid_flow_the_remaining_ones_finish_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_the_only_instance_keeps_sessions_device_codes_and_tokens() {
+    let _heavy = mxqr_testkit::heavy().await;
     let (database_url, _) = fresh_database().await;
     let env = shared_env(&database_url);
     let mut only = Instance::start(&temp_dir("instance"), None, &env);
@@ -349,6 +353,7 @@ async fn expect_unavailable(what: &str, request: reqwest::RequestBuilder) -> Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_flow_answers_503_then_recovers_by_itself() {
+    let _heavy = mxqr_testkit::heavy().await;
     let pg = OwnCluster::start();
     let database_url = pg.fresh_database().await;
     let (proxy, instances) = cluster(2, &database_url).await;

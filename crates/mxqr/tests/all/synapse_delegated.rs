@@ -400,6 +400,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qr_sign_in_through_synapse_with_mxqr_as_its_auth_service() {
+    let _heavy = mxqr_testkit::heavy().await;
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!(
         "mxqr-synapse-{}-{}",
