@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use mxqr_server::{AppState, Config};
+use mxqr_testkit::api::{AppState, Config};
 use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +22,7 @@ async fn two_hundred_concurrent_flows_complete_without_error() {
     // One generator address plays hundreds of clients.
     config.http.max_connections_per_address = Some(0);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(mxqr_server::serve(
+    let server = tokio::spawn(mxqr_testkit::api::serve(
         AppState::new(config),
         listener,
         async move {
@@ -76,10 +76,10 @@ async fn introspect_for_a_second(
 /// introspections of a live token, every one answered `active`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_benchmark_runs_against_synapse_mode() {
-    use mxqr_server::config::HomeserverMode;
-    use mxqr_server::db::Grant;
-    use mxqr_server::oauth::OAuthState;
-    use mxqr_server::synapse::{SynapseHooks, SynapseLink};
+    use mxqr_testkit::api::config::HomeserverMode;
+    use mxqr_testkit::api::db::Grant;
+    use mxqr_testkit::api::oauth::OAuthState;
+    use mxqr_testkit::api::synapse::{SynapseHooks, SynapseLink};
 
     const SECRET: &str = "bench-shared-secret-0123456789abcdef";
     let dir = std::env::temp_dir().join(format!(
@@ -104,7 +104,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     config.homeserver.synapse_url = Some("http://127.0.0.1:9".into());
     config.homeserver.secret = Some(SECRET.into());
     config.validate().unwrap();
-    let db = mxqr_server::db::open(&config).await.unwrap();
+    let db = mxqr_testkit::api::db::open(&config).await.unwrap();
     let link = std::sync::Arc::new(SynapseLink::new("http://127.0.0.1:9", SECRET.into()));
     link.set_provisioned("alice", "BENCHDEVICE", true);
     let hooks = std::sync::Arc::new(SynapseHooks::new(link.clone(), db.clone()));
@@ -129,7 +129,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     std::fs::write(dir.join("token"), &minted.access_token).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(mxqr_server::serve(
+    let server = tokio::spawn(mxqr_testkit::api::serve(
         AppState::new(config).with_oauth(oauth).with_synapse(link),
         listener,
         async move {

@@ -14,33 +14,18 @@ use matrix_sdk::authentication::oauth::registration::{
     ApplicationType, ClientMetadata, Localized, OAuthGrantType,
 };
 use matrix_sdk::ruma::serde::Raw;
+use mxqr_testkit::cli::mxqr_bin;
+use mxqr_testkit::person::{self, form_posting_to, hidden_inputs};
 use serde_json::Value;
 use url::Url;
 
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use mxqr_testkit::person::PASSWORD;
+
 /// Longest wait for any single step (an event, a page, a sign-in): a hang fails here.
 pub const WAIT: Duration = Duration::from_secs(60);
 /// Where the SDK's authorization-code grant "returns"; never served, the redirect is
 /// captured from the `Location` header.
 const REDIRECT_URI: &str = "http://127.0.0.1/mxqr-interop/callback";
-
-/// The `mxqr` binary built next to this test executable (as assert_cmd finds binaries): a
-/// package's tests get `CARGO_BIN_EXE_*` only for their own binaries.
-pub fn mxqr_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lies in target/<profile>/deps");
-    let bin = profile_dir.join("mxqr");
-    assert!(
-        bin.is_file(),
-        "{} does not exist: run `cargo build -p mxqr` (with the same profile and target \
-         directory) before these tests; `cargo test --workspace` builds it",
-        bin.display()
-    );
-    bin
-}
 
 pub struct Server {
     child: Child,
@@ -350,99 +335,11 @@ impl Drop for Running {
     }
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(WAIT)
-        .build()
-        .unwrap()
-}
-
-/// The first form of the page that posts to `action`.
-fn form_posting_to<'a>(html: &'a str, action: &str) -> &'a str {
-    let start = html
-        .find(&format!("action=\"{action}\""))
-        .unwrap_or_else(|| panic!("no form for {action}:\n{html}"));
-    let end = html[start..]
-        .find("</form>")
-        .map_or(html.len(), |e| e + start);
-    &html[start..end]
-}
-
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
-    const OPEN: &str = "<input type=\"hidden\" name=\"";
-    let mut fields = Vec::new();
-    let mut rest = html;
-    while let Some(i) = rest.find(OPEN) {
-        rest = &rest[i + OPEN.len()..];
-        let name_end = rest.find('"').unwrap();
-        let name = rest[..name_end].to_owned();
-        let v = rest.find("value=\"").unwrap() + "value=\"".len();
-        let v_end = rest[v..].find('"').unwrap() + v;
-        let value = rest[v..v_end]
-            .replace("&#x2f;", "/")
-            .replace("&#x27;", "'")
-            .replace("&quot;", "\"")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&");
-        fields.push((name, value));
-    }
-    fields
-}
-
-/// Opens `uri` in `browser`, signing in as alice when the server sends the browser to its
-/// login page first; returns the final page's HTML.
-async fn open_signed_in(browser: &reqwest::Client, base: &Url, uri: &str) -> String {
-    let page = browser.get(uri).send().await.unwrap();
-    let page = if page.status().is_redirection() {
-        let next = page.headers()["location"].to_str().unwrap().to_owned();
-        let login_page = browser
-            .get(base.join(&next).unwrap())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let mut form = hidden_inputs(form_posting_to(&login_page, "/login"));
-        form.push(("username".into(), "alice".into()));
-        form.push(("password".into(), PASSWORD.into()));
-        let done = browser
-            .post(base.join("login").unwrap())
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
-        assert!(done.status().is_redirection(), "login: {}", done.status());
-        let back = done.headers()["location"].to_str().unwrap().to_owned();
-        browser.get(base.join(&back).unwrap()).send().await.unwrap()
-    } else {
-        page
-    };
-    assert!(page.status().is_success(), "page {uri}: {}", page.status());
-    page.text().await.unwrap()
-}
-
 /// A person on the existing device: opens the device-grant consent link (signing in
 /// first), ticks the confirmation box and approves or denies.
 pub async fn consent_device(base: &Url, uri: &str, approve: bool) {
-    let browser = browser();
-    let html = open_signed_in(&browser, base, uri).await;
-    let mut form = hidden_inputs(form_posting_to(&html, "/link"));
-    form.push((
-        "decision".into(),
-        if approve { "approve" } else { "deny" }.into(),
-    ));
-    form.push(("confirm".into(), "yes".into()));
-    let done = browser
-        .post(base.join("link").unwrap())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert!(done.status().is_success(), "decision: {}", done.status());
+    let decision = if approve { "approve" } else { "deny" };
+    person::decide(base, uri, decision).await
 }
 
 /// What the SDK registers: a native client with a loopback redirect URI, able to use the
@@ -497,8 +394,12 @@ pub async fn sdk_existing_device(homeserver: &Url, pages: &Url) -> Client {
     .expect("authorization URL in time")
     .expect("authorization URL");
 
-    let browser = browser();
-    let html = open_signed_in(&browser, pages, auth.url.as_str()).await;
+    let browser = person::browser();
+    let html = person::open_signed_in(&browser, pages, auth.url.as_str(), PASSWORD)
+        .await
+        .text()
+        .await
+        .unwrap();
     let mut form = hidden_inputs(form_posting_to(&html, "/oauth2/authorize"));
     form.push(("decision".into(), "approve".into()));
     let done = browser
