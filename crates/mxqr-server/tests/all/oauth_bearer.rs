@@ -137,12 +137,10 @@ async fn server_name_is_pinned_at_first_start() {
         }
     }
     // Another public URL with the pinned name, and an admin view without either: fine.
-    let moved = mxqr_testkit::api::app_state(config(
-        Some("https://new.example/"),
-        Some("one.example"),
-    ))
-    .await
-    .unwrap();
+    let moved =
+        mxqr_testkit::api::app_state(config(Some("https://new.example/"), Some("one.example")))
+            .await
+            .unwrap();
     drop(moved);
     let admin = mxqr_testkit::api::oauth::OAuthState::open(&config(None, None))
         .await
