@@ -16,7 +16,7 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql
 fi
 
-# Synapse 1.163.2 in a cached venv for tests/synapse_delegated.rs (the script installs it when
+# Synapse 1.163.2 in a cached venv for crates/mxqr/tests/all/synapse_delegated.rs (the script installs it when
 # missing, so the test itself does not wait for pip).
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   echo "installing python3-venv from the distribution"
@@ -27,7 +27,7 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 bash "$(dirname "$0")/synapse-test-server.sh" --install-only
 
-# Headless Chromium and chromedriver for the browser page tests (tests/browser_pages.rs).
+# Headless Chromium and chromedriver for the browser page tests (crates/mxqr-server/tests/all/browser_pages.rs).
 if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
   echo "installing chromium and chromium-driver from the distribution"
   sudo=

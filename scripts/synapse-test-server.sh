@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a throw-away Synapse 1.163.2 on loopback that delegates authentication to mxqr
-# (`matrix_authentication_service`), for tests/synapse_delegated.rs and by hand.
+# (`matrix_authentication_service`), for crates/mxqr/tests/all/synapse_delegated.rs and by hand.
 #
 #   synapse-test-server.sh --install-only
 #   synapse-test-server.sh --mxqr-url URL --secret-file FILE [--server-name NAME] [--dir DIR]
