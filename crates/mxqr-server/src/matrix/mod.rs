@@ -12,7 +12,7 @@ pub mod routes;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::oauth::OAuthState;
 use crate::ratelimit::RateLimiter;
 use crate::rendezvous::{RendezvousState, charge};
-use crate::response::has_nul;
+use crate::response::{has_nul, json};
 
 /// Spec versions advertised: v1.1 (key and `whoami` paths clients need) through v1.18.
 const VERSIONS: [&str; 18] = [
@@ -110,6 +110,20 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::BadJson("NUL characters are not allowed".into()));
     }
     serde_json::from_value(value).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+/// A 200 answer carrying `body`.
+pub(crate) fn ok(body: Value) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// Parses JSON the server stored itself (`what` names it in the log). Everything stored was
+/// serialised from a parsed value, so a failure means the database was changed behind our back.
+pub(crate) fn stored_json(text: &str, what: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(text).map_err(|err| {
+        tracing::error!(%err, "stored {what} is not JSON");
+        ApiError::Database
+    })
 }
 
 /// A Matrix user ID split into localpart and server name.
