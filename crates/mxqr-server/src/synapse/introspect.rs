@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::SynapseLink;
 use crate::client_ip::ClientIp;
 use crate::oauth::{OAuthState, tokens};
-use crate::response::json as json_response;
+use crate::response::{bearer_token, json as json_response};
 
 /// What the synapse-mode routes need: the OAuth server and the link to Synapse.
 #[derive(Clone)]
@@ -64,18 +64,12 @@ pub(crate) async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+    let presented = bearer_token(&headers);
     // The right secret always passes, even from a throttled address: Synapse often shares its
     // address with others (one reverse proxy, one NAT), and ten wrong guesses from there must
     // not cut the homeserver off. Guessing itself is hopeless against the 32 bytes required;
     // the throttle keeps a guesser from spending our CPU and filling the log.
-    if !presented.is_some_and(|p| link.secret_matches(p.trim())) {
+    if !presented.is_some_and(|p| link.secret_matches(p)) {
         if let Some(wait) = link.secret_failures.blocked(ip) {
             let mut response = introspection_error(
                 StatusCode::TOO_MANY_REQUESTS,
