@@ -526,13 +526,12 @@ pub async fn device_signing_upload(
         ApiError::Invalid(format!("{}: {err}", usage.field()))
     };
 
-    let new_master = match &request.master_key {
-        Some(value) => Some(
-            cross_signing_public_key(value, user_id, KeyUsage::Master)
-                .map_err(|e| invalid(KeyUsage::Master, e))?,
-        ),
-        None => None,
-    };
+    let new_master = request
+        .master_key
+        .as_ref()
+        .map(|value| cross_signing_public_key(value, user_id, KeyUsage::Master))
+        .transpose()
+        .map_err(|e| invalid(KeyUsage::Master, e))?;
     let Some(master) = new_master.or(stored.master.as_ref().map(|(_, k)| *k)) else {
         return Err(ApiError::Invalid(
             "master_key is required: no master key is stored yet".into(),

@@ -55,6 +55,13 @@ fn introspection_error(status: StatusCode, error: &str, description: &str) -> Re
     response
 }
 
+/// `response` asking the client to come back in `secs` seconds.
+fn retry_after(mut response: Response, secs: u64) -> Response {
+    let value = header::HeaderValue::from(secs);
+    response.headers_mut().insert(header::RETRY_AFTER, value);
+    response
+}
+
 /// `POST /oauth2/introspect` (RFC 7662), for Synapse only: authenticated with the shared
 /// secret as a bearer token. Unknown, revoked and expired tokens, and tokens of locked users,
 /// are all `{"active": false}`.
@@ -71,16 +78,12 @@ pub(crate) async fn introspect(
     // the throttle keeps a guesser from spending our CPU and filling the log.
     if !presented.is_some_and(|p| link.secret_matches(p)) {
         if let Some(wait) = link.secret_failures.blocked(ip) {
-            let mut response = introspection_error(
+            let response = introspection_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_client",
                 "too many wrong shared secrets from this address",
             );
-            let secs = wait.as_secs().max(1).to_string();
-            if let Ok(value) = header::HeaderValue::from_str(&secs) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return response;
+            return retry_after(response, wait.as_secs().max(1));
         }
         link.secret_failures.fail(ip);
         return introspection_error(
@@ -111,15 +114,12 @@ pub(crate) async fn introspect(
         Ok(info) => info,
         Err(err) => {
             tracing::error!(%err, "token lookup for introspection failed");
-            let mut response = introspection_error(
+            let response = introspection_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the store is unavailable",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
-            return response;
+            return retry_after(response, 2);
         }
     };
     if let Some(info) = &info {
