@@ -21,12 +21,11 @@ use crate::error::ApiError;
 use crate::response::{PathParams, RawBody};
 
 fn device_json(device: &Device) -> Value {
-    let mut out = Map::new();
-    out.insert("device_id".into(), device.device_id.clone().into());
+    let mut out = json!({ "device_id": device.device_id });
     if let Some(name) = &device.display_name {
-        out.insert("display_name".into(), name.clone().into());
+        out["display_name"] = name.as_str().into();
     }
-    Value::Object(out)
+    out
 }
 
 const NO_DEVICE: ApiError = ApiError::Missing("no such device");

@@ -16,7 +16,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use std::sync::Arc;
 
@@ -37,24 +37,18 @@ const VERSIONS: [&str; 18] = [
 /// `GET /_matrix/client/versions`: clients look here for the rendezvous APIs before using them.
 pub async fn versions(State(state): State<RendezvousState>) -> Json<Value> {
     let rendezvous = state.config();
-    let mut unstable = Map::new();
-    unstable.insert(
-        "org.matrix.msc4108".into(),
-        rendezvous.msc4108_enabled.into(),
-    );
-    unstable.insert(
-        "io.element.msc4388".into(),
-        rendezvous.msc4388_enabled.into(),
-    );
     // Our extension: GET …/rendezvous/{id}?since=…&timeout_ms=… waits for a change.
     // `long_poll_max_ms = 0` turns it off (requests then answer at once).
-    unstable.insert(
-        "io.mxqr.rendezvous_long_poll".into(),
-        ((rendezvous.msc4388_enabled || rendezvous.msc4108_enabled)
-            && rendezvous.long_poll_max_ms > 0)
-            .into(),
-    );
-    Json(json!({ "versions": VERSIONS, "unstable_features": unstable }))
+    let long_poll = (rendezvous.msc4388_enabled || rendezvous.msc4108_enabled)
+        && rendezvous.long_poll_max_ms > 0;
+    Json(json!({
+        "versions": VERSIONS,
+        "unstable_features": {
+            "org.matrix.msc4108": rendezvous.msc4108_enabled,
+            "io.element.msc4388": rendezvous.msc4388_enabled,
+            "io.mxqr.rendezvous_long_poll": long_poll,
+        },
+    }))
 }
 
 /// What the client-server handlers get of the application state.
