@@ -75,9 +75,8 @@ impl HomeserverConfig {
 
     /// Synapse mode needs a Synapse URL and exactly one well-sized secret.
     pub fn validate(&self) -> Result<(), String> {
-        let hs = self;
-        if hs.mode == HomeserverMode::Synapse {
-            match hs.synapse_url.as_deref().map(url::Url::parse) {
+        if self.mode == HomeserverMode::Synapse {
+            match self.synapse_url.as_deref().map(url::Url::parse) {
                 Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 _ => {
                     return Err(
@@ -86,13 +85,13 @@ impl HomeserverConfig {
                     );
                 }
             }
-            if hs.secret.is_some() == hs.secret_path.is_some() {
+            if self.secret.is_some() == self.secret_path.is_some() {
                 return Err(
                     "homeserver: exactly one of secret and secret_path must be set in synapse mode"
                         .into(),
                 );
             }
-            if let Some(secret) = &hs.secret {
+            if let Some(secret) = &self.secret {
                 check_secret_length(secret.trim())?;
             }
         }

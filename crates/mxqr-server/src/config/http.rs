@@ -47,17 +47,16 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// Range checks; `listen` is the main listener, which the metrics one must not repeat.
     pub fn validate(&self, listen: SocketAddr) -> Result<(), String> {
-        let http = self;
-        if !HEADER_TIMEOUT_RANGE_SECS.contains(&http.header_read_timeout_secs) {
+        if !HEADER_TIMEOUT_RANGE_SECS.contains(&self.header_read_timeout_secs) {
             return Err(format!(
                 "http.header_read_timeout_secs must be within 1..=300, got {}",
-                http.header_read_timeout_secs
+                self.header_read_timeout_secs
             ));
         }
-        if http.max_connections == Some(0) {
+        if self.max_connections == Some(0) {
             return Err("http.max_connections must be at least 1".into());
         }
-        if let Some(metrics) = http.metrics_listen
+        if let Some(metrics) = self.metrics_listen
             && metrics == listen
             && metrics.port() != 0
         {

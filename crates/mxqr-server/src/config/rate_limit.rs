@@ -45,20 +45,19 @@ impl Default for RateLimitConfig {
 impl RateLimitConfig {
     /// Rates and bursts must be positive, the header a header name.
     pub fn validate(&self) -> Result<(), String> {
-        let rl = self;
-        if rl.enabled {
+        if self.enabled {
             let rate_ok = |v: f64| v.is_finite() && v > 0.0;
-            if !rate_ok(rl.create_per_second)
-                || !rate_ok(rl.write_per_second)
-                || !rate_ok(rl.oauth_create_per_second)
+            if !rate_ok(self.create_per_second)
+                || !rate_ok(self.write_per_second)
+                || !rate_ok(self.oauth_create_per_second)
             {
                 return Err("rate_limit.*_per_second must be positive".into());
             }
-            if rl.create_burst == 0 || rl.write_burst == 0 || rl.oauth_create_burst == 0 {
+            if self.create_burst == 0 || self.write_burst == 0 || self.oauth_create_burst == 0 {
                 return Err("rate_limit.*_burst must be at least 1".into());
             }
         }
-        if let Some(header) = &rl.client_ip_header
+        if let Some(header) = &self.client_ip_header
             && axum::http::HeaderName::try_from(header.as_str()).is_err()
         {
             return Err(format!(

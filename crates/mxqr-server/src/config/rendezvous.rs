@@ -98,42 +98,44 @@ impl Default for RendezvousConfig {
 impl RendezvousConfig {
     /// Range and format checks; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        let r = self;
-        if !TTL_RANGE_SECS.contains(&r.ttl_secs) {
+        if !TTL_RANGE_SECS.contains(&self.ttl_secs) {
             return Err(format!(
                 "rendezvous.ttl_secs must be within 10..=3600, got {}",
-                r.ttl_secs
+                self.ttl_secs
             ));
         }
-        if r.max_lifetime_secs < r.ttl_secs {
+        if self.max_lifetime_secs < self.ttl_secs {
             return Err("rendezvous.max_lifetime_secs must be at least ttl_secs".into());
         }
-        if r.max_sessions == 0 {
+        if self.max_sessions == 0 {
             return Err("rendezvous.max_sessions must be at least 1".into());
         }
-        if r.max_total_bytes < MAX_PAYLOAD {
+        if self.max_total_bytes < MAX_PAYLOAD {
             return Err(format!(
                 "rendezvous.max_total_bytes must be at least {} (one payload)",
                 MAX_PAYLOAD
             ));
         }
-        if r.long_polls_per_address == 0 || r.long_polls_per_session == 0 || r.max_long_polls == 0 {
+        if self.long_polls_per_address == 0
+            || self.long_polls_per_session == 0
+            || self.max_long_polls == 0
+        {
             return Err(
                 "rendezvous.long_polls_per_*, max_long_polls must be at least 1 (set long_poll_max_ms = 0 to turn long-poll off)"
                     .into(),
             );
         }
-        if r.max_body_bytes < MIN_BODY_BYTES {
+        if self.max_body_bytes < MIN_BODY_BYTES {
             return Err(format!(
                 "rendezvous.max_body_bytes must be at least {MIN_BODY_BYTES} (a 4096-byte payload)"
             ));
         }
-        if r.long_poll_max_ms > LONG_POLL_CAP_MS {
+        if self.long_poll_max_ms > LONG_POLL_CAP_MS {
             return Err(format!(
                 "rendezvous.long_poll_max_ms must be at most {LONG_POLL_CAP_MS}"
             ));
         }
-        let path = r.msc4108_sessions_path.trim_matches('/');
+        let path = self.msc4108_sessions_path.trim_matches('/');
         let path_ok = !path.is_empty()
             && path.split('/').all(|seg| {
                 !seg.is_empty()
@@ -144,7 +146,7 @@ impl RendezvousConfig {
         if !path_ok {
             return Err(format!(
                 "rendezvous.msc4108_sessions_path {:?} must be /-separated segments of [A-Za-z0-9._~-]",
-                r.msc4108_sessions_path
+                self.msc4108_sessions_path
             ));
         }
         // Those paths carry MSC4388 sessions already: the routes would collide.
@@ -157,12 +159,12 @@ impl RendezvousConfig {
                 "rendezvous.msc4108_sessions_path {path:?} is an MSC4388 prefix"
             ));
         }
-        if let Some(url) = &r.postgres_url
+        if let Some(url) = &self.postgres_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err("rendezvous.postgres_url must start with postgres://".into());
         }
-        if r.postgres_max_connections == 0 {
+        if self.postgres_max_connections == 0 {
             return Err("rendezvous.postgres_max_connections must be at least 1".into());
         }
         Ok(())
@@ -170,13 +172,12 @@ impl RendezvousConfig {
 
     /// Session limits for the store.
     pub fn session_limits(&self) -> SessionLimits {
-        let r = self;
         SessionLimits {
-            ttl: Duration::from_secs(r.ttl_secs),
-            renew_on_write: r.renew_on_write,
-            max_lifetime: Duration::from_secs(r.max_lifetime_secs),
-            max_sessions: r.max_sessions,
-            max_total_bytes: r.max_total_bytes,
+            ttl: Duration::from_secs(self.ttl_secs),
+            renew_on_write: self.renew_on_write,
+            max_lifetime: Duration::from_secs(self.max_lifetime_secs),
+            max_sessions: self.max_sessions,
+            max_total_bytes: self.max_total_bytes,
             protect_written_within: PROTECT_WRITTEN_WITHIN,
         }
     }

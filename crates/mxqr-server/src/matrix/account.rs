@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::MatrixState;
 use super::bearer::Authed;
-use super::parse_body;
+use super::{ok, parse_body, stored_json};
 use crate::db::{AccountDataQuota, AccountDataWrite};
 use crate::error::ApiError;
 use crate::response::{PathParams, RawBody, json};
@@ -39,7 +39,7 @@ pub async fn logout(auth: Authed) -> Result<Response, ApiError> {
         .await?;
     // The device row may already be gone (deleted elsewhere): still end this token's session.
     db.revoke_token(&auth.token_hash, now).await?;
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }
 
 /// `POST /_matrix/client/v3/logout/all`: every device of the user, every token.
@@ -52,7 +52,7 @@ pub async fn logout_all(auth: Authed) -> Result<Response, ApiError> {
     }
     // Sessions whose device row was already deleted.
     db.revoke_user_sessions(auth.localpart(), now).await?;
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }
 
 /// Account data is private: only its owner may read or write it.
@@ -79,12 +79,7 @@ pub async fn get_account_data(
         .account_data(auth.localpart(), &data_type)
         .await?
         .ok_or(ApiError::Missing("account data not found"))?;
-    // Stored by `put_account_data` from a parsed object, so it parses back.
-    let content: Value = serde_json::from_str(&stored).map_err(|err| {
-        tracing::error!(%err, "stored account data is not JSON");
-        ApiError::Database
-    })?;
-    Ok(json(StatusCode::OK, &content))
+    ok(stored_json(&stored, "account data")?)
 }
 
 /// Longest account data type name, in bytes (the spec's limit on event types).
@@ -134,7 +129,7 @@ pub async fn put_account_data(
         )
         .await?
     {
-        AccountDataWrite::Stored => Ok(json(StatusCode::OK, &json!({}))),
+        AccountDataWrite::Stored => ok(json!({})),
         AccountDataWrite::TooManyEntries => Err(ApiError::TooLarge(
             "account data quota reached: at most 1000 types per user",
         )),

@@ -4,16 +4,15 @@
 //! Only the version metadata is kept; the room-key upload endpoints (`/room_keys/keys`) are
 //! not served, so `count` is always 0 and `etag` never changes from its initial value.
 
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::bearer::Authed;
-use super::parse_body;
+use super::{ok, parse_body, stored_json};
 use crate::db::BackupVersion;
 use crate::error::ApiError;
-use crate::response::{PathParams, RawBody, json};
+use crate::response::{PathParams, RawBody};
 
 /// The one backup algorithm of the spec.
 const MEGOLM_BACKUP_V1: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
@@ -49,14 +48,9 @@ pub(crate) fn check(body: &VersionBody) -> Result<(), ApiError> {
 }
 
 fn version_json(version: &BackupVersion) -> Result<Value, ApiError> {
-    // Stored from a parsed object, so it parses back.
-    let auth_data: Value = serde_json::from_str(&version.auth_data).map_err(|err| {
-        tracing::error!(%err, "stored backup auth_data is not JSON");
-        ApiError::Database
-    })?;
     Ok(json!({
         "algorithm": version.algorithm,
-        "auth_data": auth_data,
+        "auth_data": stored_json(&version.auth_data, "backup auth_data")?,
         "count": 0,
         "etag": version.etag.to_string(),
         "version": version.version.to_string(),
@@ -83,10 +77,7 @@ pub async fn create(auth: Authed, RawBody(body): RawBody) -> Result<Response, Ap
             auth.oauth.now_ms(),
         )
         .await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "version": version.to_string() }),
-    ))
+    ok(json!({ "version": version.to_string() }))
 }
 
 /// `GET /_matrix/client/v3/room_keys/version`: the current (latest) version.
@@ -97,7 +88,7 @@ pub async fn latest(auth: Authed) -> Result<Response, ApiError> {
         .backup_version(auth.localpart(), None)
         .await?
         .ok_or(ApiError::Missing("no current backup version"))?;
-    Ok(json(StatusCode::OK, &version_json(&version)?))
+    ok(version_json(&version)?)
 }
 
 /// `GET /_matrix/client/v3/room_keys/version/{version}`.
@@ -112,7 +103,7 @@ pub async fn get_version(
         .backup_version(auth.localpart(), Some(number))
         .await?
         .ok_or(NO_VERSION)?;
-    Ok(json(StatusCode::OK, &version_json(&version)?))
+    ok(version_json(&version)?)
 }
 
 /// `PUT /_matrix/client/v3/room_keys/version/{version}`: replaces `auth_data`; the algorithm
@@ -147,7 +138,7 @@ pub async fn update(
     {
         return Err(NO_VERSION);
     }
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }
 
 /// `DELETE /_matrix/client/v3/room_keys/version/{version}`: the version stops being served
@@ -165,5 +156,5 @@ pub async fn delete_version(
     {
         return Err(NO_VERSION);
     }
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }

@@ -10,24 +10,22 @@
 //! user-interactive flow pointing at the account page's `org.matrix.device_delete` action,
 //! and a retry after the page deleted it succeeds.
 
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::bearer::Authed;
-use super::parse_body;
+use super::{ok, parse_body};
 use crate::db::Device;
 use crate::error::ApiError;
-use crate::response::{PathParams, RawBody, json};
+use crate::response::{PathParams, RawBody};
 
 fn device_json(device: &Device) -> Value {
-    let mut out = Map::new();
-    out.insert("device_id".into(), device.device_id.clone().into());
+    let mut out = json!({ "device_id": device.device_id });
     if let Some(name) = &device.display_name {
-        out.insert("display_name".into(), name.clone().into());
+        out["display_name"] = name.as_str().into();
     }
-    Value::Object(out)
+    out
 }
 
 const NO_DEVICE: ApiError = ApiError::Missing("no such device");
@@ -36,7 +34,7 @@ const NO_DEVICE: ApiError = ApiError::Missing("no such device");
 pub async fn list(auth: Authed) -> Result<Response, ApiError> {
     let devices = auth.oauth.db().devices(auth.localpart()).await?;
     let devices: Vec<Value> = devices.iter().map(device_json).collect();
-    Ok(json(StatusCode::OK, &json!({ "devices": devices })))
+    ok(json!({ "devices": devices }))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`.
@@ -50,7 +48,7 @@ pub async fn get_one(
         .device(auth.localpart(), &device_id)
         .await?
         .ok_or(NO_DEVICE)?;
-    Ok(json(StatusCode::OK, &device_json(&device)))
+    ok(device_json(&device))
 }
 
 #[derive(Deserialize)]
@@ -73,7 +71,7 @@ pub async fn update(
         db.device(auth.localpart(), &device_id)
             .await?
             .ok_or(NO_DEVICE)?;
-        return Ok(json(StatusCode::OK, &json!({})));
+        return ok(json!({}));
     };
     if name.chars().count() > MAX_DISPLAY_NAME {
         return Err(ApiError::InvalidParam(
@@ -86,7 +84,7 @@ pub async fn update(
     {
         return Err(NO_DEVICE);
     }
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }
 
 #[derive(Deserialize, Default)]
@@ -140,7 +138,7 @@ pub async fn delete(
     if !exists {
         // A retry after the account page deleted it: what was asked for is done.
         return if attempted {
-            Ok(json(StatusCode::OK, &json!({})))
+            ok(json!({}))
         } else {
             Err(NO_DEVICE)
         };
@@ -154,5 +152,5 @@ pub async fn delete(
         return Err(oauth_uia(&url, attempted));
     }
     db.delete_device(auth.localpart(), &device_id, now).await?;
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }

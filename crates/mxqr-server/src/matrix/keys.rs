@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 
-use axum::http::StatusCode;
 use axum::response::Response;
 use mxqr_keys::{
     Ed25519PublicKey, KeyUsage, cross_signing_key_id, cross_signing_public_key, ed25519_key_id,
@@ -21,10 +20,10 @@ use serde_json::{Map, Value, json};
 
 use super::bearer::Authed;
 use super::devices::oauth_uia;
-use super::{parse_body, parse_user_id};
+use super::{ok, parse_body, parse_user_id};
 use crate::db::{SharedDb, StoredDeviceKeys, UploadedKey};
 use crate::error::ApiError;
-use crate::response::{RawBody, json};
+use crate::response::RawBody;
 
 /// Compare-and-swap attempts before giving up on a key object under heavy concurrent writes.
 const CAS_ATTEMPTS: usize = 8;
@@ -35,12 +34,9 @@ const MAX_KEYS_PER_UPLOAD: usize = 1000;
 /// Algorithm of signed Curve25519 one-time and fallback keys: the only one the server checks.
 const SIGNED_CURVE25519: &str = "signed_curve25519";
 
+/// A key object from the key tables, parsed.
 fn stored_json(text: &str) -> Result<Value, ApiError> {
-    // Everything in the key tables was serialised from a parsed value.
-    serde_json::from_str(text).map_err(|err| {
-        tracing::error!(%err, "stored key object is not JSON");
-        ApiError::Database
-    })
+    super::stored_json(text, "key object")
 }
 
 /// Whether two key objects sign the same content (ignoring `signatures` and `unsigned`).
@@ -78,28 +74,21 @@ pub(crate) fn new_signatures(
 
 /// Adds signatures of `user_id` to a stored object (which always is a JSON object).
 fn add_signatures(target: &mut Value, user_id: &str, signatures: &[(String, String)]) {
-    let Some(map) = target.as_object_mut() else {
+    // Indexing a JSON object inserts missing keys; indexing anything else would panic, so
+    // each level is made an object first.
+    if !target.is_object() {
         return;
-    };
-    let all = map
-        .entry("signatures")
-        .or_insert_with(|| Value::Object(Map::new()));
+    }
+    let all = &mut target["signatures"];
     if !all.is_object() {
-        *all = Value::Object(Map::new());
+        *all = json!({});
     }
-    let Some(all) = all.as_object_mut() else {
-        return;
-    };
-    let by_user = all
-        .entry(user_id)
-        .or_insert_with(|| Value::Object(Map::new()));
+    let by_user = &mut all[user_id];
     if !by_user.is_object() {
-        *by_user = Value::Object(Map::new());
+        *by_user = json!({});
     }
-    if let Some(by_user) = by_user.as_object_mut() {
-        for (key_id, signature) in signatures {
-            by_user.insert(key_id.clone(), Value::String(signature.clone()));
-        }
+    for (key_id, signature) in signatures {
+        by_user[key_id.as_str()] = signature.as_str().into();
     }
 }
 
@@ -348,14 +337,13 @@ pub async fn upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, Ap
             }
         }
     };
-    let one_time = one_time
-        .iter()
-        .map(|(id, value)| check_one_time_key(&auth, id, value, device_key.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let fallback = fallback
-        .iter()
-        .map(|(id, value)| check_one_time_key(&auth, id, value, device_key.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let check_all = |keys: &Map<String, Value>| {
+        keys.iter()
+            .map(|(id, value)| check_one_time_key(&auth, id, value, device_key.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let one_time = check_all(&one_time)?;
+    let fallback = check_all(&fallback)?;
     if let Some(device_keys) = &request.device_keys {
         store_device_keys(&auth, device_keys).await?;
     }
@@ -382,10 +370,7 @@ pub async fn upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, Ap
         .collect();
     // Clients read this count to decide how many keys to top up: always present.
     counts.entry(SIGNED_CURVE25519).or_insert(0.into());
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "one_time_key_counts": counts }),
-    ))
+    ok(json!({ "one_time_key_counts": counts }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -396,16 +381,23 @@ struct QueryBody {
     device_keys: Map<String, Value>,
 }
 
-/// A remote server this homeserver cannot ask (it does not federate).
-fn remote_failure() -> Value {
-    json!({ "errcode": "M_UNRECOGNIZED", "error": "this server does not federate" })
-}
-
-/// The local user's localpart, or `None` for a remote user; 400 for a malformed ID.
-fn local_user<'a>(auth: &Authed, user_id: &'a str) -> Result<Option<&'a str>, ApiError> {
+/// The local user's localpart; `None` for a remote user, whose server is then reported in
+/// `failures` (this homeserver does not federate); 400 for a malformed ID.
+fn local_user<'a>(
+    auth: &Authed,
+    user_id: &'a str,
+    failures: &mut Map<String, Value>,
+) -> Result<Option<&'a str>, ApiError> {
     let parsed = parse_user_id(user_id)
         .ok_or_else(|| ApiError::Invalid(format!("{user_id:?} is not a user ID")))?;
-    Ok((parsed.server_name == auth.oauth.server_name()).then_some(parsed.localpart))
+    if parsed.server_name == auth.oauth.server_name() {
+        return Ok(Some(parsed.localpart));
+    }
+    failures.insert(
+        parsed.server_name.to_owned(),
+        json!({ "errcode": "M_UNRECOGNIZED", "error": "this server does not federate" }),
+    );
+    Ok(None)
 }
 
 /// `POST /_matrix/client/v3/keys/query`.
@@ -423,9 +415,7 @@ pub async fn query(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
                 "device_keys.{user_id} must be a list of device IDs"
             ))
         })?;
-        let Some(localpart) = local_user(&auth, user_id)? else {
-            let server = parse_user_id(user_id).map_or("", |u| u.server_name);
-            failures.insert(server.to_owned(), remote_failure());
+        let Some(localpart) = local_user(&auth, user_id, &mut failures)? else {
             continue;
         };
         let mut devices = Map::new();
@@ -463,16 +453,13 @@ pub async fn query(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
             user_signing.insert(user_id.clone(), usk);
         }
     }
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "device_keys": device_keys,
-            "master_keys": masters,
-            "self_signing_keys": self_signing,
-            "user_signing_keys": user_signing,
-            "failures": failures,
-        }),
-    ))
+    ok(json!({
+        "device_keys": device_keys,
+        "master_keys": masters,
+        "self_signing_keys": self_signing,
+        "user_signing_keys": user_signing,
+        "failures": failures,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -493,9 +480,7 @@ pub async fn claim(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
                     "one_time_keys.{user_id} must map device IDs to algorithms"
                 ))
             })?;
-        let Some(localpart) = local_user(&auth, user_id)? else {
-            let server = parse_user_id(user_id).map_or("", |u| u.server_name);
-            failures.insert(server.to_owned(), remote_failure());
+        let Some(localpart) = local_user(&auth, user_id, &mut failures)? else {
             continue;
         };
         let mut devices = Map::new();
@@ -510,10 +495,7 @@ pub async fn claim(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
         }
         claimed.insert(user_id.clone(), Value::Object(devices));
     }
-    Ok(json(
-        StatusCode::OK,
-        &json!({ "one_time_keys": claimed, "failures": failures }),
-    ))
+    ok(json!({ "one_time_keys": claimed, "failures": failures }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -544,13 +526,12 @@ pub async fn device_signing_upload(
         ApiError::Invalid(format!("{}: {err}", usage.field()))
     };
 
-    let new_master = match &request.master_key {
-        Some(value) => Some(
-            cross_signing_public_key(value, user_id, KeyUsage::Master)
-                .map_err(|e| invalid(KeyUsage::Master, e))?,
-        ),
-        None => None,
-    };
+    let new_master = request
+        .master_key
+        .as_ref()
+        .map(|value| cross_signing_public_key(value, user_id, KeyUsage::Master))
+        .transpose()
+        .map_err(|e| invalid(KeyUsage::Master, e))?;
     let Some(master) = new_master.or(stored.master.as_ref().map(|(_, k)| *k)) else {
         return Err(ApiError::Invalid(
             "master_key is required: no master key is stored yet".into(),
@@ -582,7 +563,7 @@ pub async fn device_signing_upload(
         }
     }
     if uploads.is_empty() {
-        return Ok(json(StatusCode::OK, &json!({})));
+        return ok(json!({}));
     }
     // A new master key invalidates the subkeys it did not sign.
     if new_master.is_some_and(|m| stored.master.as_ref().is_some_and(|(_, old)| *old != m)) {
@@ -604,7 +585,7 @@ pub async fn device_signing_upload(
             .all(|(usage, _, _)| stored.get(*usage).is_some())
     {
         // Re-upload of the keys in force (a retried bootstrap): nothing changes.
-        return Ok(json(StatusCode::OK, &json!({})));
+        return ok(json!({}));
     }
     if replaces
         && !auth
@@ -624,7 +605,7 @@ pub async fn device_signing_upload(
         .collect();
     db.put_cross_signing_keys(auth.localpart(), &rows, replaces, auth.oauth.now_ms())
         .await?;
-    Ok(json(StatusCode::OK, &json!({})))
+    ok(json!({}))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -712,7 +693,7 @@ pub async fn signatures_upload(auth: Authed, RawBody(body): RawBody) -> Result<R
             failures.insert(user_id.clone(), Value::Object(user_failures));
         }
     }
-    Ok(json(StatusCode::OK, &json!({ "failures": failures })))
+    ok(json!({ "failures": failures }))
 }
 
 /// The caller signs one of its own devices (with the self-signing key) or its own master key
@@ -738,7 +719,8 @@ async fn sign_own_key(
             }
             None => return Ok(Err(SignatureFailure::UnknownTarget)),
         };
-        let swapped = match target {
+        // The exact stored text is the compare-and-swap operand.
+        let (text, ring) = match &target {
             Target::Device(device) => {
                 let Some((_, ssk)) = &cross.self_signing else {
                     return Ok(Err(SignatureFailure::WrongSigner(
@@ -746,25 +728,9 @@ async fn sign_own_key(
                     )));
                 };
                 let ring = HashMap::from([(cross_signing_key_id(ssk), *ssk)]);
-                let current = stored_json(&device.key_json)?;
-                let added = match verified_new_signatures(uploaded, &current, user_id, &ring) {
-                    Ok(added) if added.is_empty() => return Ok(Ok(())),
-                    Ok(added) => added,
-                    Err(failure) => return Ok(Err(failure)),
-                };
-                let mut merged = current;
-                add_signatures(&mut merged, user_id, &added);
-                db.swap_device_keys(
-                    auth.localpart(),
-                    id,
-                    Some(&device.key_json),
-                    &merged.to_string(),
-                    auth.oauth.now_ms(),
-                )
-                .await?
+                (device.key_json.clone(), ring)
             }
             Target::OwnMaster => {
-                // The exact stored text is the compare-and-swap operand.
                 let Some((_, text)) = db
                     .cross_signing_keys(auth.localpart())
                     .await?
@@ -773,23 +739,27 @@ async fn sign_own_key(
                 else {
                     return Ok(Err(SignatureFailure::UnknownTarget));
                 };
-                let current = stored_json(&text)?;
-                let ring = device_keyring(db, auth.localpart()).await?;
-                let added = match verified_new_signatures(uploaded, &current, user_id, &ring) {
-                    Ok(added) if added.is_empty() => return Ok(Ok(())),
-                    Ok(added) => added,
-                    Err(failure) => return Ok(Err(failure)),
-                };
-                let mut merged = current;
-                add_signatures(&mut merged, user_id, &added);
-                db.swap_cross_signing_key(
-                    auth.localpart(),
-                    KeyUsage::Master.as_str(),
-                    &text,
-                    &merged.to_string(),
-                    auth.oauth.now_ms(),
-                )
-                .await?
+                (text, device_keyring(db, auth.localpart()).await?)
+            }
+        };
+        let current = stored_json(&text)?;
+        let added = match verified_new_signatures(uploaded, &current, user_id, &ring) {
+            Ok(added) if added.is_empty() => return Ok(Ok(())),
+            Ok(added) => added,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        let mut merged = current;
+        add_signatures(&mut merged, user_id, &added);
+        let (merged, now) = (merged.to_string(), auth.oauth.now_ms());
+        let swapped = match target {
+            Target::Device(_) => {
+                db.swap_device_keys(auth.localpart(), id, Some(&text), &merged, now)
+                    .await?
+            }
+            Target::OwnMaster => {
+                let master = KeyUsage::Master.as_str();
+                db.swap_cross_signing_key(auth.localpart(), master, &text, &merged, now)
+                    .await?
             }
         };
         if swapped {

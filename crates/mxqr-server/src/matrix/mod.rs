@@ -12,11 +12,11 @@ pub mod routes;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::oauth::OAuthState;
 use crate::ratelimit::RateLimiter;
 use crate::rendezvous::{RendezvousState, charge};
-use crate::response::has_nul;
+use crate::response::{has_nul, json};
 
 /// Spec versions advertised: v1.1 (key and `whoami` paths clients need) through v1.18.
 const VERSIONS: [&str; 18] = [
@@ -37,24 +37,18 @@ const VERSIONS: [&str; 18] = [
 /// `GET /_matrix/client/versions`: clients look here for the rendezvous APIs before using them.
 pub async fn versions(State(state): State<RendezvousState>) -> Json<Value> {
     let rendezvous = state.config();
-    let mut unstable = Map::new();
-    unstable.insert(
-        "org.matrix.msc4108".into(),
-        rendezvous.msc4108_enabled.into(),
-    );
-    unstable.insert(
-        "io.element.msc4388".into(),
-        rendezvous.msc4388_enabled.into(),
-    );
     // Our extension: GET …/rendezvous/{id}?since=…&timeout_ms=… waits for a change.
     // `long_poll_max_ms = 0` turns it off (requests then answer at once).
-    unstable.insert(
-        "io.mxqr.rendezvous_long_poll".into(),
-        ((rendezvous.msc4388_enabled || rendezvous.msc4108_enabled)
-            && rendezvous.long_poll_max_ms > 0)
-            .into(),
-    );
-    Json(json!({ "versions": VERSIONS, "unstable_features": unstable }))
+    let long_poll = (rendezvous.msc4388_enabled || rendezvous.msc4108_enabled)
+        && rendezvous.long_poll_max_ms > 0;
+    Json(json!({
+        "versions": VERSIONS,
+        "unstable_features": {
+            "org.matrix.msc4108": rendezvous.msc4108_enabled,
+            "io.element.msc4388": rendezvous.msc4388_enabled,
+            "io.mxqr.rendezvous_long_poll": long_poll,
+        },
+    }))
 }
 
 /// What the client-server handlers get of the application state.
@@ -110,6 +104,20 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::BadJson("NUL characters are not allowed".into()));
     }
     serde_json::from_value(value).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+/// A 200 answer carrying `body`.
+pub(crate) fn ok(body: Value) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// Parses JSON the server stored itself (`what` names it in the log). Everything stored was
+/// serialised from a parsed value, so a failure means the database was changed behind our back.
+pub(crate) fn stored_json(text: &str, what: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(text).map_err(|err| {
+        tracing::error!(%err, "stored {what} is not JSON");
+        ApiError::Database
+    })
 }
 
 /// A Matrix user ID split into localpart and server name.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::SynapseLink;
 use crate::client_ip::ClientIp;
 use crate::oauth::{OAuthState, tokens};
-use crate::response::json as json_response;
+use crate::response::{bearer_token, json as json_response};
 
 /// What the synapse-mode routes need: the OAuth server and the link to Synapse.
 #[derive(Clone)]
@@ -55,6 +55,13 @@ fn introspection_error(status: StatusCode, error: &str, description: &str) -> Re
     response
 }
 
+/// `response` asking the client to come back in `secs` seconds.
+fn retry_after(mut response: Response, secs: u64) -> Response {
+    let value = header::HeaderValue::from(secs);
+    response.headers_mut().insert(header::RETRY_AFTER, value);
+    response
+}
+
 /// `POST /oauth2/introspect` (RFC 7662), for Synapse only: authenticated with the shared
 /// secret as a bearer token. Unknown, revoked and expired tokens, and tokens of locked users,
 /// are all `{"active": false}`.
@@ -64,29 +71,19 @@ pub(crate) async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+    let presented = bearer_token(&headers);
     // The right secret always passes, even from a throttled address: Synapse often shares its
     // address with others (one reverse proxy, one NAT), and ten wrong guesses from there must
     // not cut the homeserver off. Guessing itself is hopeless against the 32 bytes required;
     // the throttle keeps a guesser from spending our CPU and filling the log.
-    if !presented.is_some_and(|p| link.secret_matches(p.trim())) {
+    if !presented.is_some_and(|p| link.secret_matches(p)) {
         if let Some(wait) = link.secret_failures.blocked(ip) {
-            let mut response = introspection_error(
+            let response = introspection_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_client",
                 "too many wrong shared secrets from this address",
             );
-            let secs = wait.as_secs().max(1).to_string();
-            if let Ok(value) = header::HeaderValue::from_str(&secs) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return response;
+            return retry_after(response, wait.as_secs().max(1));
         }
         link.secret_failures.fail(ip);
         return introspection_error(
@@ -117,15 +114,12 @@ pub(crate) async fn introspect(
         Ok(info) => info,
         Err(err) => {
             tracing::error!(%err, "token lookup for introspection failed");
-            let mut response = introspection_error(
+            let response = introspection_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the store is unavailable",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
-            return response;
+            return retry_after(response, 2);
         }
     };
     if let Some(info) = &info {

@@ -12,14 +12,14 @@
 //! this module only through its hooks ([`SynapseHooks`]), never the other way round.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::db::{DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
+use crate::db::{DbError, DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
 use crate::oauth::OAuthState;
 use crate::oauth::limits::FailureLimiter;
 
@@ -98,6 +98,13 @@ enum Failure {
     UserMissing,
 }
 
+impl From<DbError> for Failure {
+    /// mxqr's own store failed while building the request: worth retrying.
+    fn from(err: DbError) -> Self {
+        Self::Transient(err.to_string())
+    }
+}
+
 impl SynapseLink {
     /// A link to Synapse at `synapse_url` authenticating with `secret`.
     pub fn new(synapse_url: &str, secret: String) -> Self {
@@ -121,7 +128,7 @@ impl SynapseLink {
     pub fn is_provisioned(&self, localpart: &str, device_id: &str) -> bool {
         self.provisioned
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .contains(&(localpart.to_owned(), device_id.to_owned()))
     }
 
@@ -130,7 +137,7 @@ impl SynapseLink {
         let mut set = self
             .provisioned
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         let key = (localpart.to_owned(), device_id.to_owned());
         if known {
             if set.len() >= PROVISIONED_CAP {
@@ -200,7 +207,7 @@ impl SynapseLink {
         let count = users.len();
         self.reconciling
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .extend(users.into_iter().map(|u| u.localpart));
         self.queued.notify_one();
         Ok(count)
@@ -212,7 +219,7 @@ impl SynapseLink {
             let mut pending = self
                 .reconciling
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
             let n = pending.len().min(RECONCILE_BATCH);
             pending.drain(..n).collect()
         };
@@ -228,7 +235,7 @@ impl SynapseLink {
             let mut pending = self
                 .reconciling
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
             for lp in batch.into_iter().rev() {
                 pending.push_front(lp);
             }
@@ -329,17 +336,10 @@ impl SynapseLink {
     async fn deliver(&self, oauth: &OAuthState, job: &OutboxJob) -> Result<(), Failure> {
         let lp = &job.localpart;
         let body = match job.kind {
-            OutboxKind::ProvisionUser => {
-                let user = oauth
-                    .db()
-                    .user(lp)
-                    .await
-                    .map_err(|e| Failure::Transient(e.to_string()))?;
-                match user {
-                    Some(user) => json!({ "localpart": lp, "locked": user.locked }),
-                    None => return Err(Failure::Permanent("no such user in mxqr".into())),
-                }
-            }
+            OutboxKind::ProvisionUser => match oauth.db().user(lp).await? {
+                Some(user) => json!({ "localpart": lp, "locked": user.locked }),
+                None => return Err(Failure::Permanent("no such user in mxqr".into())),
+            },
             OutboxKind::UpsertDevice => {
                 let mut body = json!({ "localpart": lp, "device_id": job.device_id });
                 if let Some(name) = &job.display_name {
@@ -350,12 +350,10 @@ impl SynapseLink {
             OutboxKind::DeleteDevice => json!({ "localpart": lp, "device_id": job.device_id }),
             OutboxKind::SyncDevices => {
                 // Computed now, so the latest state wins whatever happened in between.
-                let devices = oauth
+                let live: Vec<String> = oauth
                     .db()
                     .devices(lp)
-                    .await
-                    .map_err(|e| Failure::Transient(e.to_string()))?;
-                let live: Vec<String> = devices
+                    .await?
                     .into_iter()
                     .filter(|d| d.session_created_at.is_some())
                     .map(|d| d.device_id)
@@ -419,9 +417,7 @@ pub fn user_job(kind: OutboxKind, localpart: &str) -> OutboxJob {
 /// A job about one device.
 pub fn device_job(kind: OutboxKind, localpart: &str, device_id: &str) -> OutboxJob {
     OutboxJob {
-        kind,
-        localpart: localpart.to_owned(),
         device_id: Some(device_id.to_owned()),
-        display_name: None,
+        ..user_job(kind, localpart)
     }
 }
