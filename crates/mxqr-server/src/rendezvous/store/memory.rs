@@ -8,12 +8,12 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
+use super::counters::Counters;
 use super::{
     BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
     StoreError, StoreStats, Transport, Write,
@@ -77,26 +77,6 @@ impl Inner {
         self.bytes = self.bytes.saturating_sub(entry.data.len());
         entry.wake();
         Some(entry.transport)
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    live: [AtomicU64; 2],
-    created: [AtomicU64; 2],
-    expired: [AtomicU64; 2],
-    evicted: [AtomicU64; 2],
-    deleted: [AtomicU64; 2],
-}
-
-impl Counters {
-    fn bump(counter: &[AtomicU64; 2], transport: Transport) {
-        counter[transport.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn gone(&self, counter: &[AtomicU64; 2], transport: Transport) {
-        Self::bump(counter, transport);
-        self.live[transport.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -473,14 +453,6 @@ impl RendezvousStore for MemoryStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let read =
-            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
-        StoreStats {
-            live: read(&self.counters.live),
-            created: read(&self.counters.created),
-            expired: read(&self.counters.expired),
-            evicted: read(&self.counters.evicted),
-            deleted: read(&self.counters.deleted),
-        }
+        self.counters.stats()
     }
 }

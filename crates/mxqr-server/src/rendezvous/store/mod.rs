@@ -5,6 +5,7 @@
 //! trait carries everything a back end must get right atomically: compare-and-set on the
 //! sequence token, the retried-write rule, transaction-ID idempotency and waiting for a change.
 
+mod counters;
 mod ids;
 pub mod limits;
 mod memory;

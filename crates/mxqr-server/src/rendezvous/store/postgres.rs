@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::pg_gate::PgGate;
 
+use super::counters::Counters;
 use super::{
     BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
     StoreError, StoreStats, Transport, Write,
@@ -107,29 +108,6 @@ impl Drop for WaiterGuard {
             .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
         {
             map.remove(&self.id);
-        }
-    }
-}
-
-/// Counters of what this instance did; `live` mirrors the database's count.
-#[derive(Default)]
-struct Counters {
-    live: [AtomicU64; 2],
-    created: [AtomicU64; 2],
-    expired: [AtomicU64; 2],
-    evicted: [AtomicU64; 2],
-    deleted: [AtomicU64; 2],
-}
-
-impl Counters {
-    fn add(counter: &[AtomicU64; 2], transport: Transport, n: u64) {
-        counter[transport.index()].fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn set_live(&self, msc4388: i64, msc4108: i64) {
-        let live = [msc4388, msc4108].map(|n| u64::try_from(n).unwrap_or(0));
-        for (slot, value) in self.live.iter().zip(live) {
-            slot.store(value, Ordering::Relaxed);
         }
     }
 }
@@ -359,7 +337,7 @@ impl PostgresStore {
         ] {
             let codes: Vec<i16> = row.try_get(column)?;
             for t in codes.into_iter().filter_map(transport_from_code) {
-                Counters::add(counter, t, 1);
+                Counters::bump(counter, t);
             }
         }
         Ok(())
@@ -395,7 +373,7 @@ impl PostgresStore {
             }
             let meta = meta_from_row(&row, token.0)?;
             self.set_live_from(&row)?;
-            Counters::add(&self.counters.created, transport, 1);
+            Counters::bump(&self.counters.created, transport);
             self.count_removed(&row)?;
             return Ok((id, meta));
         }
@@ -646,7 +624,7 @@ impl PostgresStore {
             return Err(StoreError::NotFound);
         }
         self.waiters.wake(id.0);
-        Counters::add(&self.counters.deleted, transport, 1);
+        Counters::bump(&self.counters.deleted, transport);
         self.counters.live[transport.index()]
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok();
@@ -667,7 +645,7 @@ impl PostgresStore {
             .fetch_all(&self.pool)
             .await?;
             for t in gone.iter().copied().filter_map(transport_from_code) {
-                Counters::add(&self.counters.expired, t, 1);
+                Counters::bump(&self.counters.expired, t);
             }
             total += gone.len();
             if i64::try_from(gone.len()).unwrap_or(i64::MAX) < PURGE_BATCH {
@@ -792,15 +770,7 @@ impl RendezvousStore for PostgresStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let read =
-            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
-        StoreStats {
-            live: read(&self.counters.live),
-            created: read(&self.counters.created),
-            expired: read(&self.counters.expired),
-            evicted: read(&self.counters.evicted),
-            deleted: read(&self.counters.deleted),
-        }
+        self.counters.stats()
     }
 }
 
