@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::counters::Counters;
 use super::{
-    BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
-    StoreError, StoreStats, Transport, Write,
+    BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
+    Snapshot, StoreError, StoreStats, Transport, Write,
 };
 
 /// Transaction IDs remembered per session: both sides alternate writes, and a retry arrives

@@ -24,10 +24,9 @@ use tokio::task::JoinHandle;
 
 use crate::pg_gate::PgGate;
 
-use super::counters::Counters;
 use super::{
-    BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
-    StoreError, StoreStats, Transport, Write,
+    BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
+    Snapshot, StoreError, StoreStats, Transport, Write,
 };
 
 /// Channel carrying the hex ID of every session written, deleted or evicted.
