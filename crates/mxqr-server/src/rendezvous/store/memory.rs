@@ -214,14 +214,7 @@ impl MemoryStore {
         }
         if !fits(sessions, bytes) {
             let wait = Duration::from_millis(room_at.saturating_sub(now_ms));
-            return Err(StoreError::Full {
-                retry_after: wait.clamp(
-                    Duration::from_secs(1),
-                    self.limits
-                        .protect_written_within
-                        .max(Duration::from_secs(1)),
-                ),
-            });
+            return Err(StoreError::full_after(wait, &self.limits));
         }
         for (expires_ms, victim) in victims {
             if let Some(t) = inner.remove(victim) {

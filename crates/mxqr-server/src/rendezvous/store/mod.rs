@@ -109,6 +109,19 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+impl StoreError {
+    /// [`StoreError::Full`] for a `wait` until room is expected, told to the client as at
+    /// least a second and at most the protection window.
+    fn full_after(wait: Duration, limits: &SessionLimits) -> Self {
+        Self::Full {
+            retry_after: wait.clamp(
+                Duration::from_secs(1),
+                limits.protect_written_within.max(Duration::from_secs(1)),
+            ),
+        }
+    }
+}
+
 /// Counters for metrics and health; cheap to read, may lag a shared back end slightly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {

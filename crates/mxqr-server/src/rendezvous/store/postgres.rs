@@ -392,14 +392,7 @@ impl PostgresStore {
     /// [`StoreError::Full`] for a wait the database computed.
     fn full(&self, room_in_ms: i64) -> StoreError {
         let wait = Duration::from_millis(u64::try_from(room_in_ms).unwrap_or(0));
-        StoreError::Full {
-            retry_after: wait.clamp(
-                Duration::from_secs(1),
-                self.limits
-                    .protect_written_within
-                    .max(Duration::from_secs(1)),
-            ),
-        }
+        StoreError::full_after(wait, &self.limits)
     }
 
     /// Makes room for a write to `keep` that grows its payload by `growth` bytes.
