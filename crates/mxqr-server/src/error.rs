@@ -163,48 +163,38 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, errcode) = self.status_and_code();
-        let error = self.to_string();
-        match self {
+        // A UIA 401 carries the flows; the errcode only once the client tried to authenticate.
+        if let Self::AuthRequired(body) = self {
+            return json(status, &*body);
+        }
+        let mut body = serde_json::json!({ "errcode": errcode, "error": self.to_string() });
+        let retry_after_secs = match self {
             Self::LimitExceeded { retry_after } | Self::AtCapacity { retry_after } => {
                 let ms = u64::try_from(retry_after.as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1);
-                let mut response = json(
-                    status,
-                    &serde_json::json!({ "errcode": errcode, "error": error, "retry_after_ms": ms }),
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
-                response
+                body["retry_after_ms"] = ms.into();
+                Some(ms.div_ceil(1000))
             }
             // The spec requires `soft_logout` on these; a locked account is always soft.
-            Self::UnknownToken { soft_logout } => json(
-                status,
-                &serde_json::json!({ "errcode": errcode, "error": error, "soft_logout": soft_logout }),
-            ),
-            Self::UserLocked => json(
-                status,
-                &serde_json::json!({ "errcode": errcode, "error": error, "soft_logout": true }),
-            ),
-            // A UIA 401 carries the flows; the errcode only once the client tried to authenticate.
-            Self::AuthRequired(body) => json(status, &*body),
-            // An outage is usually brief (a database restart or failover): say when to retry.
-            Self::Unavailable | Self::Database => {
-                let mut response = json(
-                    status,
-                    &serde_json::json!({ "errcode": errcode, "error": error }),
-                );
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
-                );
-                response
+            Self::UnknownToken { soft_logout } => {
+                body["soft_logout"] = soft_logout.into();
+                None
             }
-            _ => json(
-                status,
-                &serde_json::json!({ "errcode": errcode, "error": error }),
-            ),
+            Self::UserLocked => {
+                body["soft_logout"] = true.into();
+                None
+            }
+            // An outage is usually brief (a database restart or failover): say when to retry.
+            Self::Unavailable | Self::Database => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        let mut response = json(status, &body);
+        if let Some(secs) = retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        response
     }
 }

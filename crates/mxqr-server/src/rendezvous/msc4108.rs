@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
@@ -155,9 +155,7 @@ async fn read(
         .await
         .map_err(|e| ApiError::from_store(e, STYLE))?;
     let mut response = if any || known == Some(snapshot.meta.token) {
-        let mut not_modified = Response::new(Body::empty());
-        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
-        not_modified
+        StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut ok = Response::new(Body::from(snapshot.data.to_string()));
         // Exactly `text/plain`: matrix-sdk rejects a charset parameter.
@@ -197,8 +195,7 @@ async fn write(
         )
         .await
         .map_err(|e| ApiError::from_store(e, STYLE))?;
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::ACCEPTED;
+    let mut response = StatusCode::ACCEPTED.into_response();
     version_headers(&mut response, &meta);
     Ok(response)
 }
@@ -214,9 +211,7 @@ async fn remove(
         .delete(Transport::Msc4108, id)
         .await
         .map_err(|e| ApiError::from_store(e, STYLE))?;
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    Ok(response)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

@@ -8,15 +8,14 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
 use super::{
-    BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
-    StoreError, StoreStats, Transport, Write,
+    BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
+    Snapshot, StoreError, StoreStats, Transport, Write,
 };
 
 /// Transaction IDs remembered per session: both sides alternate writes, and a retry arrives
@@ -77,26 +76,6 @@ impl Inner {
         self.bytes = self.bytes.saturating_sub(entry.data.len());
         entry.wake();
         Some(entry.transport)
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    live: [AtomicU64; 2],
-    created: [AtomicU64; 2],
-    expired: [AtomicU64; 2],
-    evicted: [AtomicU64; 2],
-    deleted: [AtomicU64; 2],
-}
-
-impl Counters {
-    fn bump(counter: &[AtomicU64; 2], transport: Transport) {
-        counter[transport.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn gone(&self, counter: &[AtomicU64; 2], transport: Transport) {
-        Self::bump(counter, transport);
-        self.live[transport.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -235,14 +214,7 @@ impl MemoryStore {
         }
         if !fits(sessions, bytes) {
             let wait = Duration::from_millis(room_at.saturating_sub(now_ms));
-            return Err(StoreError::Full {
-                retry_after: wait.clamp(
-                    Duration::from_secs(1),
-                    self.limits
-                        .protect_written_within
-                        .max(Duration::from_secs(1)),
-                ),
-            });
+            return Err(StoreError::full_after(wait, &self.limits));
         }
         for (expires_ms, victim) in victims {
             if let Some(t) = inner.remove(victim) {
@@ -473,14 +445,6 @@ impl RendezvousStore for MemoryStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let read =
-            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
-        StoreStats {
-            live: read(&self.counters.live),
-            created: read(&self.counters.created),
-            expired: read(&self.counters.expired),
-            evicted: read(&self.counters.evicted),
-            deleted: read(&self.counters.deleted),
-        }
+        self.counters.stats()
     }
 }

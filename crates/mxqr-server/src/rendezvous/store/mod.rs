@@ -13,6 +13,7 @@ mod postgres;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use ids::{InvalidId, SequenceToken, SessionId};
@@ -108,6 +109,19 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+impl StoreError {
+    /// [`StoreError::Full`] for a `wait` until room is expected, told to the client as at
+    /// least a second and at most the protection window.
+    fn full_after(wait: Duration, limits: &SessionLimits) -> Self {
+        Self::Full {
+            retry_after: wait.clamp(
+                Duration::from_secs(1),
+                limits.protect_written_within.max(Duration::from_secs(1)),
+            ),
+        }
+    }
+}
+
 /// Counters for metrics and health; cheap to read, may lag a shared back end slightly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -121,6 +135,49 @@ pub struct StoreStats {
     pub evicted: [u64; 2],
     /// Sessions deleted by a client, per transport.
     pub deleted: [u64; 2],
+}
+
+/// What a store did, per transport ([`Transport::index`] order), behind [`StoreStats`]:
+/// relaxed atomics, read only by metrics and health.
+#[derive(Default)]
+struct Counters {
+    live: [AtomicU64; 2],
+    created: [AtomicU64; 2],
+    expired: [AtomicU64; 2],
+    evicted: [AtomicU64; 2],
+    deleted: [AtomicU64; 2],
+}
+
+impl Counters {
+    fn bump(counter: &[AtomicU64; 2], transport: Transport) {
+        counter[transport.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a session that expired, was evicted or deleted: one fewer live.
+    fn gone(&self, counter: &[AtomicU64; 2], transport: Transport) {
+        Self::bump(counter, transport);
+        self.live[transport.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sets `live` from the database's count, which it mirrors on a shared back end.
+    fn set_live(&self, msc4388: i64, msc4108: i64) {
+        let live = [msc4388, msc4108].map(|n| u64::try_from(n).unwrap_or(0));
+        for (slot, value) in self.live.iter().zip(live) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let read =
+            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
+        StoreStats {
+            live: read(&self.live),
+            created: read(&self.created),
+            expired: read(&self.expired),
+            evicted: read(&self.evicted),
+            deleted: read(&self.deleted),
+        }
+    }
 }
 
 /// Storage of rendezvous sessions.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 use crate::pg_gate::PgGate;
 
 use super::{
-    BoxFuture, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot,
-    StoreError, StoreStats, Transport, Write,
+    BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
+    Snapshot, StoreError, StoreStats, Transport, Write,
 };
 
 /// Channel carrying the hex ID of every session written, deleted or evicted.
@@ -111,29 +111,6 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// Counters of what this instance did; `live` mirrors the database's count.
-#[derive(Default)]
-struct Counters {
-    live: [AtomicU64; 2],
-    created: [AtomicU64; 2],
-    expired: [AtomicU64; 2],
-    evicted: [AtomicU64; 2],
-    deleted: [AtomicU64; 2],
-}
-
-impl Counters {
-    fn add(counter: &[AtomicU64; 2], transport: Transport, n: u64) {
-        counter[transport.index()].fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn set_live(&self, msc4388: i64, msc4108: i64) {
-        let live = [msc4388, msc4108].map(|n| u64::try_from(n).unwrap_or(0));
-        for (slot, value) in self.live.iter().zip(live) {
-            slot.store(value, Ordering::Relaxed);
-        }
-    }
-}
-
 /// The PostgreSQL back end.
 pub struct PostgresStore {
     pool: PgPool,
@@ -187,8 +164,11 @@ fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn unavailable(err: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+/// Any database failure is an outage to the HTTP layer (a 503); its text goes to the log.
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Unavailable(err.to_string())
+    }
 }
 
 /// Fingerprint of a write for transaction-ID idempotency: stable across instances, unlike the
@@ -337,12 +317,28 @@ impl PostgresStore {
     async fn refresh_live(&self) -> Result<(), StoreError> {
         let row = sqlx::query("SELECT live_msc4388, live_msc4108 FROM rendezvous_counts")
             .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        self.counters.set_live(
-            row.try_get("live_msc4388").map_err(unavailable)?,
-            row.try_get("live_msc4108").map_err(unavailable)?,
-        );
+            .await?;
+        self.set_live_from(&row)
+    }
+
+    /// Takes the live counts from a row's `live_msc4388` and `live_msc4108` columns.
+    fn set_live_from(&self, row: &PgRow) -> Result<(), StoreError> {
+        self.counters
+            .set_live(row.try_get("live_msc4388")?, row.try_get("live_msc4108")?);
+        Ok(())
+    }
+
+    /// Counts the sessions a row's `evicted` and `expired` columns (transport codes) list.
+    fn count_removed(&self, row: &PgRow) -> Result<(), StoreError> {
+        for (column, counter) in [
+            ("evicted", &self.counters.evicted),
+            ("expired", &self.counters.expired),
+        ] {
+            let codes: Vec<i16> = row.try_get(column)?;
+            for t in codes.into_iter().filter_map(transport_from_code) {
+                Counters::bump(counter, t);
+            }
+        }
         Ok(())
     }
 
@@ -351,7 +347,6 @@ impl PostgresStore {
         transport: Transport,
         data: Arc<str>,
     ) -> Result<(SessionId, SessionMeta), StoreError> {
-        let max_sessions = i64::try_from(self.limits.max_sessions.max(1)).unwrap_or(i64::MAX);
         // A taken ID (2^-128 per try) yields no row: draw again.
         for _ in 0..4 {
             let id = SessionId::random();
@@ -365,37 +360,29 @@ impl PostgresStore {
             .bind(&*data)
             .bind(token_sql(token.0))
             .bind(ms(self.limits.ttl))
-            .bind(max_sessions)
+            .bind(self.max_sessions())
             .bind(self.max_bytes())
             .bind(ms(self.limits.protect_written_within))
             .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+            .await?;
             let Some(row) = row else { continue };
-            let room_in_ms: Option<i64> = row.try_get("room_in_ms").map_err(unavailable)?;
+            let room_in_ms: Option<i64> = row.try_get("room_in_ms")?;
             if let Some(room_in_ms) = room_in_ms {
                 return Err(self.full(room_in_ms));
             }
-            let meta = meta_from_row(&row, token.0).map_err(unavailable)?;
-            self.counters.set_live(
-                row.try_get("live_msc4388").map_err(unavailable)?,
-                row.try_get("live_msc4108").map_err(unavailable)?,
-            );
-            Counters::add(&self.counters.created, transport, 1);
-            for (column, counter) in [
-                ("evicted", &self.counters.evicted),
-                ("expired", &self.counters.expired),
-            ] {
-                let codes: Vec<i16> = row.try_get(column).map_err(unavailable)?;
-                for t in codes.into_iter().filter_map(transport_from_code) {
-                    Counters::add(counter, t, 1);
-                }
-            }
+            let meta = meta_from_row(&row, token.0)?;
+            self.set_live_from(&row)?;
+            Counters::bump(&self.counters.created, transport);
+            self.count_removed(&row)?;
             return Ok((id, meta));
         }
         Err(StoreError::Unavailable(
             "could not draw an unused session ID".into(),
         ))
+    }
+
+    fn max_sessions(&self) -> i64 {
+        i64::try_from(self.limits.max_sessions.max(1)).unwrap_or(i64::MAX)
     }
 
     fn max_bytes(&self) -> i64 {
@@ -405,62 +392,49 @@ impl PostgresStore {
     /// [`StoreError::Full`] for a wait the database computed.
     fn full(&self, room_in_ms: i64) -> StoreError {
         let wait = Duration::from_millis(u64::try_from(room_in_ms).unwrap_or(0));
-        StoreError::Full {
-            retry_after: wait.clamp(
-                Duration::from_secs(1),
-                self.limits
-                    .protect_written_within
-                    .max(Duration::from_secs(1)),
-            ),
-        }
+        StoreError::full_after(wait, &self.limits)
     }
 
     /// Makes room for a write to `keep` that grows its payload by `growth` bytes.
     async fn room_for_growth(&self, growth: i64, keep: SessionId) -> Result<(), StoreError> {
-        let max_sessions = i64::try_from(self.limits.max_sessions.max(1)).unwrap_or(i64::MAX);
         let row = sqlx::query(
             "SELECT room_in_ms, evicted, expired FROM mxqr_rendezvous_make_room(0, $1, $2, $3, $4, $5)",
         )
         .bind(growth)
-        .bind(max_sessions)
+        .bind(self.max_sessions())
         .bind(self.max_bytes())
         .bind(ms(self.limits.protect_written_within))
         .bind(id_sql(keep))
         .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let room_in_ms: Option<i64> = row.try_get("room_in_ms").map_err(unavailable)?;
+        .await?;
+        let room_in_ms: Option<i64> = row.try_get("room_in_ms")?;
         if let Some(room_in_ms) = room_in_ms {
             return Err(self.full(room_in_ms));
         }
-        for (column, counter) in [
-            ("evicted", &self.counters.evicted),
-            ("expired", &self.counters.expired),
-        ] {
-            let codes: Vec<i16> = row.try_get(column).map_err(unavailable)?;
-            for t in codes.into_iter().filter_map(transport_from_code) {
-                Counters::add(counter, t, 1);
-            }
-        }
-        Ok(())
+        self.count_removed(&row)
     }
 
-    async fn do_get(&self, transport: Transport, id: SessionId) -> Result<Snapshot, StoreError> {
+    /// A live session, on the pool or inside a transaction.
+    async fn do_get<'e>(
+        &self,
+        executor: impl Executor<'e, Database = Postgres>,
+        transport: Transport,
+        id: SessionId,
+    ) -> Result<Snapshot, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT data, token, {META_COLUMNS} FROM rendezvous_sessions \
              WHERE id = $1 AND transport = $2 AND expires_at > now()"
         ))
         .bind(id_sql(id))
         .bind(transport_code(transport))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?
+        .fetch_optional(executor)
+        .await?
         .ok_or(StoreError::NotFound)?;
-        let data: String = row.try_get("data").map_err(unavailable)?;
-        let token: i64 = row.try_get("token").map_err(unavailable)?;
+        let data: String = row.try_get("data")?;
+        let token: i64 = row.try_get("token")?;
         Ok(Snapshot {
             data: Arc::from(data),
-            meta: meta_from_row(&row, token_rust(token)).map_err(unavailable)?,
+            meta: meta_from_row(&row, token_rust(token))?,
         })
     }
 
@@ -487,18 +461,17 @@ impl PostgresStore {
             .bind(id_hex(id))
             .bind(self.max_bytes())
             .fetch_optional(executor)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         let Some(row) = row else {
             return Ok(CasOutcome::NotFound);
         };
-        let outcome: i16 = row.try_get("outcome").map_err(unavailable)?;
-        let token = token_rust(row.try_get("token").map_err(unavailable)?);
-        let meta = meta_from_row(&row, token).map_err(unavailable)?;
+        let outcome: i16 = row.try_get("outcome")?;
+        let token = token_rust(row.try_get("token")?);
+        let meta = meta_from_row(&row, token)?;
         Ok(match outcome {
             0 => CasOutcome::Written(meta),
             1 => CasOutcome::Retry(meta),
-            3 => CasOutcome::OverBudget(row.try_get("growth").map_err(unavailable)?),
+            3 => CasOutcome::OverBudget(row.try_get("growth")?),
             _ => CasOutcome::Conflict,
         })
     }
@@ -522,13 +495,13 @@ impl PostgresStore {
                 outcome => outcome,
             },
             Some(txn_id) => {
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut tx = self.pool.begin().await?;
                 match self
                     .update_with_txn_id(&mut tx, transport, id, &write, txn_id)
                     .await?
                 {
                     TxnStep::Fresh(outcome) => {
-                        tx.commit().await.map_err(unavailable)?;
+                        tx.commit().await?;
                         outcome
                     }
                     TxnStep::Repeat(answer) => return answer,
@@ -565,8 +538,7 @@ impl PostgresStore {
         .bind(id_sql(id))
         .bind(transport_code(transport))
         .fetch_optional(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+        .await?;
         if locked.is_none() {
             return Ok(TxnStep::Fresh(CasOutcome::NotFound));
         }
@@ -577,20 +549,16 @@ impl PostgresStore {
         .bind(id_sql(id))
         .bind(txn_id)
         .fetch_optional(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+        .await?;
         if let Some(earlier) = earlier {
-            let seen: Vec<u8> = earlier.try_get("fingerprint").map_err(unavailable)?;
+            let seen: Vec<u8> = earlier.try_get("fingerprint")?;
             if seen != fingerprint {
                 return Ok(TxnStep::Repeat(Err(StoreError::TxnReused)));
             }
-            let Some(token) = earlier
-                .try_get::<Option<i64>, _>("outcome")
-                .map_err(unavailable)?
-            else {
+            let Some(token) = earlier.try_get::<Option<i64>, _>("outcome")? else {
                 return Ok(TxnStep::Repeat(Err(StoreError::ConcurrentWrite)));
             };
-            let mut current = self.do_get_in(tx, transport, id).await?;
+            let mut current = self.do_get(&mut **tx, transport, id).await?.meta;
             current.token = SequenceToken(token_rust(token));
             return Ok(TxnStep::Repeat(Ok(current)));
         }
@@ -620,8 +588,7 @@ impl PostgresStore {
         .bind(fingerprint)
         .bind(answered)
         .execute(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+        .await?;
         sqlx::query(
             "DELETE FROM rendezvous_txns WHERE session_id = $1 AND seq <= (\
                 SELECT seq FROM rendezvous_txns WHERE session_id = $1 \
@@ -630,30 +597,8 @@ impl PostgresStore {
         .bind(id_sql(id))
         .bind(TXN_LOG_LEN)
         .execute(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+        .await?;
         Ok(TxnStep::Fresh(outcome))
-    }
-
-    /// Metadata of a live session inside a transaction.
-    async fn do_get_in(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        transport: Transport,
-        id: SessionId,
-    ) -> Result<SessionMeta, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT token, {META_COLUMNS} FROM rendezvous_sessions \
-             WHERE id = $1 AND transport = $2 AND expires_at > now()"
-        ))
-        .bind(id_sql(id))
-        .bind(transport_code(transport))
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(unavailable)?
-        .ok_or(StoreError::NotFound)?;
-        let token: i64 = row.try_get("token").map_err(unavailable)?;
-        meta_from_row(&row, token_rust(token)).map_err(unavailable)
     }
 
     async fn do_delete(&self, transport: Transport, id: SessionId) -> Result<(), StoreError> {
@@ -666,13 +611,12 @@ impl PostgresStore {
         .bind(transport_code(transport))
         .bind(id_hex(id))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        .await?;
         if deleted.is_none() {
             return Err(StoreError::NotFound);
         }
         self.waiters.wake(id.0);
-        Counters::add(&self.counters.deleted, transport, 1);
+        Counters::bump(&self.counters.deleted, transport);
         self.counters.live[transport.index()]
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok();
@@ -691,10 +635,9 @@ impl PostgresStore {
             )
             .bind(PURGE_BATCH)
             .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+            .await?;
             for t in gone.iter().copied().filter_map(transport_from_code) {
-                Counters::add(&self.counters.expired, t, 1);
+                Counters::bump(&self.counters.expired, t);
             }
             total += gone.len();
             if i64::try_from(gone.len()).unwrap_or(i64::MAX) < PURGE_BATCH {
@@ -719,7 +662,7 @@ impl PostgresStore {
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let snapshot = self.bounded(self.do_get(transport, id)).await?;
+            let snapshot = self.bounded(self.do_get(&self.pool, transport, id)).await?;
             let now = Instant::now();
             if snapshot.meta.token != since || now >= deadline {
                 return Ok(snapshot);
@@ -787,7 +730,7 @@ impl RendezvousStore for PostgresStore {
         transport: Transport,
         id: SessionId,
     ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
-        Box::pin(self.bounded(self.do_get(transport, id)))
+        Box::pin(self.bounded(self.do_get(&self.pool, transport, id)))
     }
 
     fn wait_for_change(
@@ -819,15 +762,7 @@ impl RendezvousStore for PostgresStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let read =
-            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
-        StoreStats {
-            live: read(&self.counters.live),
-            created: read(&self.counters.created),
-            expired: read(&self.counters.expired),
-            evicted: read(&self.counters.evicted),
-            deleted: read(&self.counters.deleted),
-        }
+        self.counters.stats()
     }
 }
 
