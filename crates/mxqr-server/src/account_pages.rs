@@ -120,9 +120,7 @@ async fn signed_in_form(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Visit, Params, Option<String>), PageError> {
-    let visit = Visit::of(state, headers).await?;
-    let params = Params::parse(body).map_err(PageError::BadRequest)?;
-    visit.check_csrf(params.get("csrf"))?;
+    let (visit, params) = Visit::of_form(state, headers, body).await?;
     let localpart = visit.localpart.clone();
     Ok((visit, params, localpart))
 }

@@ -274,9 +274,7 @@ pub(crate) async fn authorize_submit(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> Result<Response, Rejection> {
-    let visit = Visit::of(&state, &headers).await?;
-    let params = Params::parse(&body).map_err(PageError::BadRequest)?;
-    visit.check_csrf(params.get("csrf"))?;
+    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let request = validate(&state, &params).await?;
     let Some(localpart) = visit.localpart.clone() else {
         return Ok(visit.login_redirect(&state, &authorize_path(&request.carried)));

@@ -12,7 +12,7 @@ use super::sql::{SqlDb, Tx, exec, fetch, scalar, with_conn, with_tx};
 use crate::oauth::model::session::{AccessToken, TokenInfo, TokenStatus};
 
 /// A device's uploaded identity keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredDeviceKeys {
     /// Device ID.
     pub device_id: String,
@@ -23,7 +23,7 @@ pub struct StoredDeviceKeys {
 }
 
 /// A one-time or fallback key as uploaded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct UploadedKey {
     /// Algorithm, e.g. `signed_curve25519`.
     pub algorithm: String,
@@ -34,7 +34,7 @@ pub struct UploadedKey {
 }
 
 /// A key-backup version.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct BackupVersion {
     /// Version number (the spec's opaque string is a decimal integer here).
     pub version: i64,
@@ -122,16 +122,6 @@ impl Tx {
             )?;
         }
         Ok(())
-    }
-}
-
-type KeyRow = (String, String, String);
-
-fn uploaded_key((algorithm, key_id, key_json): KeyRow) -> UploadedKey {
-    UploadedKey {
-        algorithm,
-        key_id,
-        key_json,
     }
 }
 
@@ -225,37 +215,28 @@ impl SqlDb {
             let base = "SELECT k.device_id, d.display_name, k.key_json FROM e2e_device_keys k \
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                         WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
-            let rows: Vec<(String, Option<String>, String)> = if device_ids.is_empty() {
+            if device_ids.is_empty() {
                 let order = self.pool.dialect().byte_order();
-                fetch!(
+                return fetch!(
                     c.conn(),
                     fetch_all,
                     &format!("{base} ORDER BY k.device_id{order}"),
                     localpart
-                )?
-            } else {
-                // In the order asked for.
-                let mut rows = Vec::new();
-                for device_id in device_ids {
-                    let row: Option<(String, Option<String>, String)> = fetch!(
-                        c.conn(),
-                        fetch_optional,
-                        &format!("{base} AND k.device_id = $2"),
-                        localpart,
-                        device_id
-                    )?;
-                    rows.extend(row);
-                }
-                rows
-            };
-            Ok(rows
-                .into_iter()
-                .map(|(device_id, display_name, key_json)| StoredDeviceKeys {
-                    device_id,
-                    display_name,
-                    key_json,
-                })
-                .collect())
+                );
+            }
+            // In the order asked for.
+            let mut rows = Vec::new();
+            for device_id in device_ids {
+                let row: Option<StoredDeviceKeys> = fetch!(
+                    c.conn(),
+                    fetch_optional,
+                    &format!("{base} AND k.device_id = $2"),
+                    localpart,
+                    device_id
+                )?;
+                rows.extend(row);
+            }
+            Ok(rows)
         })
     }
 
@@ -422,7 +403,7 @@ impl SqlDb {
             }
             tx.purge_stale(localpart, device_id).await?;
             let order = tx.dialect().byte_order();
-            let one_time: Option<KeyRow> = fetch!(
+            let one_time: Option<UploadedKey> = fetch!(
                 tx.conn(),
                 fetch_optional,
                 &format!(
@@ -438,7 +419,7 @@ impl SqlDb {
                 algorithm
             )?;
             let claimed = match one_time {
-                Some(row) => Some(row),
+                Some(key) => Some(key),
                 None => fetch!(
                     tx.conn(),
                     fetch_optional,
@@ -451,7 +432,7 @@ impl SqlDb {
                 )?,
             };
             tx.commit().await?;
-            Ok(claimed.map(uploaded_key))
+            Ok(claimed)
         })
     }
 
@@ -622,29 +603,21 @@ impl SqlDb {
         with_conn!(self, |c| {
             let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
                         WHERE localpart = $1 AND deleted_at IS NULL";
-            let row: Option<(i64, String, String, i64)> = match version {
+            match version {
                 Some(version) => fetch!(
                     c.conn(),
                     fetch_optional,
                     &format!("{base} AND version = $2"),
                     localpart,
                     version
-                )?,
+                ),
                 None => fetch!(
                     c.conn(),
                     fetch_optional,
                     &format!("{base} ORDER BY version DESC LIMIT 1"),
                     localpart
-                )?,
-            };
-            Ok(
-                row.map(|(version, algorithm, auth_data, etag)| BackupVersion {
-                    version,
-                    algorithm,
-                    auth_data,
-                    etag,
-                }),
-            )
+                ),
+            }
         })
     }
 

@@ -78,7 +78,7 @@ pub async fn settle_server_name(
 }
 
 /// A user account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
     /// Localpart of the Matrix user ID.
     pub localpart: String,
@@ -91,7 +91,7 @@ pub struct User {
 }
 
 /// A device of a user, with its live OAuth session if any.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Device {
     /// Device ID.
     pub device_id: String,
@@ -189,7 +189,7 @@ pub enum GrantAdmission {
 }
 
 /// A pending device grant as the consent page shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeviceGrantView {
     /// Normalized user code.
     pub user_code: String,

@@ -82,30 +82,6 @@ pub struct OutboxEntry {
     pub next_attempt_at: i64,
 }
 
-fn entry(
-    id: i64,
-    kind: &str,
-    localpart: String,
-    device_id: Option<String>,
-    display_name: Option<String>,
-    attempts: i64,
-    next_attempt_at: i64,
-) -> DbResult<OutboxEntry> {
-    let kind = OutboxKind::parse(kind)
-        .ok_or_else(|| DbError::Unreadable(format!("unknown outbox job kind {kind:?}")))?;
-    Ok(OutboxEntry {
-        id,
-        job: OutboxJob {
-            kind,
-            localpart,
-            device_id,
-            display_name,
-        },
-        attempts,
-        next_attempt_at,
-    })
-}
-
 /// A stored job's columns (`attempts` is a 32-bit INTEGER on PostgreSQL).
 type OutboxRow = (
     i64,
@@ -116,6 +92,24 @@ type OutboxRow = (
     i32,
     i64,
 );
+
+fn entry(
+    (id, kind, localpart, device_id, display_name, attempts, next_attempt_at): OutboxRow,
+) -> DbResult<OutboxEntry> {
+    let kind = OutboxKind::parse(&kind)
+        .ok_or_else(|| DbError::Unreadable(format!("unknown outbox job kind {kind:?}")))?;
+    Ok(OutboxEntry {
+        id,
+        job: OutboxJob {
+            kind,
+            localpart,
+            device_id,
+            display_name,
+        },
+        attempts: i64::from(attempts),
+        next_attempt_at,
+    })
+}
 
 impl SqlDb {
     /// Appends jobs (in order) and returns the ID of the last one.
@@ -150,21 +144,7 @@ impl SqlDb {
                  FROM synapse_outbox ORDER BY id LIMIT $1",
                 limit
             )?;
-            rows.into_iter()
-                .map(
-                    |(id, kind, localpart, device_id, display_name, attempts, next_attempt_at)| {
-                        entry(
-                            id,
-                            &kind,
-                            localpart,
-                            device_id,
-                            display_name,
-                            i64::from(attempts),
-                            next_attempt_at,
-                        )
-                    },
-                )
-                .collect()
+            rows.into_iter().map(entry).collect()
         })
     }
 

@@ -24,17 +24,6 @@ const CLIENT_GRANTS_LOCK: i32 = 0x6d78_0002;
 
 const USER_COLUMNS: &str = "SELECT localpart, password_hash, locked, created_at FROM users";
 
-type UserRow = (String, Option<String>, bool, i64);
-
-fn user_from((localpart, password_hash, locked, created_at): UserRow) -> User {
-    User {
-        localpart,
-        password_hash,
-        locked,
-        created_at,
-    }
-}
-
 const DEVICE_SELECT: &str = "SELECT d.device_id, d.display_name, d.created_at, \
                              s.client_id AS client_id, s.created_at AS session_created_at \
                              FROM devices d LEFT JOIN oauth_sessions s ON s.session_id = ( \
@@ -43,31 +32,11 @@ const DEVICE_SELECT: &str = "SELECT d.device_id, d.display_name, d.created_at, \
                              AND s2.revoked_at IS NULL ORDER BY s2.created_at DESC LIMIT 1) \
                              WHERE d.localpart = $1";
 
-type DeviceRow = (String, Option<String>, i64, Option<String>, Option<i64>);
-
-fn device_from(
-    (device_id, display_name, created_at, client_id, session_created_at): DeviceRow,
-) -> Device {
-    Device {
-        device_id,
-        display_name,
-        created_at,
-        client_id,
-        session_created_at,
-    }
-}
-
-/// A device grant as the consent page reads it.
+/// A device grant as the consent page reads it, with the lookups counted against its cap.
 #[derive(sqlx::FromRow)]
 struct GrantRow {
-    user_code: String,
-    client_id: String,
-    scope: String,
-    device_id: String,
-    requester_ip: String,
-    requester_ua: String,
-    created_at: i64,
-    expires_at: i64,
+    #[sqlx(flatten)]
+    view: DeviceGrantView,
     lookups: i64,
 }
 
@@ -259,13 +228,12 @@ impl SqlDb {
     /// The user with this localpart.
     pub async fn user(&self, localpart: &str) -> DbResult<Option<User>> {
         with_conn!(self, |c| {
-            let row: Option<UserRow> = fetch!(
+            fetch!(
                 c.conn(),
                 fetch_optional,
                 &format!("{USER_COLUMNS} WHERE localpart = $1"),
                 localpart
-            )?;
-            Ok(row.map(user_from))
+            )
         })
     }
 
@@ -273,12 +241,11 @@ impl SqlDb {
     pub async fn users(&self) -> DbResult<Vec<User>> {
         with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
-            let rows: Vec<UserRow> = fetch!(
+            fetch!(
                 c.conn(),
                 fetch_all,
                 &format!("{USER_COLUMNS} ORDER BY localpart{order}")
-            )?;
-            Ok(rows.into_iter().map(user_from).collect())
+            )
         })
     }
 
@@ -311,27 +278,25 @@ impl SqlDb {
     pub async fn devices(&self, localpart: &str) -> DbResult<Vec<Device>> {
         with_conn!(self, |c| {
             let order = self.pool.dialect().byte_order();
-            let rows: Vec<DeviceRow> = fetch!(
+            fetch!(
                 c.conn(),
                 fetch_all,
                 &format!("{DEVICE_SELECT} ORDER BY d.created_at, d.device_id{order}"),
                 localpart
-            )?;
-            Ok(rows.into_iter().map(device_from).collect())
+            )
         })
     }
 
     /// One device of a user.
     pub async fn device(&self, localpart: &str, device_id: &str) -> DbResult<Option<Device>> {
         with_conn!(self, |c| {
-            let row: Option<DeviceRow> = fetch!(
+            fetch!(
                 c.conn(),
                 fetch_optional,
                 &format!("{DEVICE_SELECT} AND d.device_id = $2"),
                 localpart,
                 device_id
-            )?;
-            Ok(row.map(device_from))
+            )
         })
     }
 
@@ -586,16 +551,7 @@ impl SqlDb {
                 user_code
             )?;
             tx.commit().await?;
-            Ok(UserCodeLookup::Pending(DeviceGrantView {
-                user_code: row.user_code,
-                client_id: row.client_id,
-                scope: row.scope,
-                device_id: row.device_id,
-                requester_ip: row.requester_ip,
-                requester_ua: row.requester_ua,
-                created_at: row.created_at,
-                expires_at: row.expires_at,
-            }))
+            Ok(UserCodeLookup::Pending(row.view))
         })
     }
 

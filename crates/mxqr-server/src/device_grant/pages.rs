@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 
 use crate::client_ip::ClientIp;
 use crate::db::UserCodeLookup;
-use crate::oauth::endpoints::{Params, load_client};
+use crate::oauth::endpoints::load_client;
 use crate::oauth::{OAuthState, tokens};
 use crate::web::{PageBody, PageError, PageResult, Visit, show_time};
 
@@ -141,9 +141,7 @@ pub(crate) async fn link_submit(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {
-    let visit = Visit::of(&state, &headers).await?;
-    let params = Params::parse(&body).map_err(PageError::BadRequest)?;
-    visit.check_csrf(params.get("csrf"))?;
+    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let Some(localpart) = visit.localpart.clone() else {
         return Ok(visit.login_redirect(&state, "/link"));
     };

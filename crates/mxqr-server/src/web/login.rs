@@ -5,17 +5,11 @@ use super::{
 };
 use crate::client_ip::ClientIp;
 use crate::db::DbError;
-use crate::oauth::endpoints::Params;
 use crate::oauth::{OAuthState, password, tokens};
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use std::time::Duration;
-
-fn form(body: &Bytes) -> Result<Params, PageError> {
-    Params::parse(body).map_err(PageError::BadRequest)
-}
 
 /// Starts a browser session for `localpart` and redirects to `next`.
 async fn sign_in(state: &OAuthState, visit: &Visit, localpart: &str, next: &str) -> PageResult {
@@ -96,9 +90,7 @@ pub(crate) async fn login_submit(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {
-    let visit = Visit::of(&state, &headers).await?;
-    let params = form(&body)?;
-    visit.check_csrf(params.get("csrf"))?;
+    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let next = safe_next(params.get("next"));
     let typed = params.get("username").unwrap_or("");
     let localpart = password::localpart_of(typed, state.server_name());
@@ -169,9 +161,7 @@ pub(crate) async fn register_submit(
             "registration is disabled on this server".into(),
         ));
     }
-    let visit = Visit::of(&state, &headers).await?;
-    let params = form(&body)?;
-    visit.check_csrf(params.get("csrf"))?;
+    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let next = safe_next(params.get("next"));
     let username = params.get("username").unwrap_or("").trim().to_owned();
     let _slot = match state.begin_registration(ip) {
@@ -231,9 +221,8 @@ pub(crate) async fn logout(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> Result<Response, PageError> {
-    let visit = Visit::of(&state, &headers).await?;
-    let params = form(&body)?;
-    visit.check_csrf(params.get("csrf"))?;
+    // Only for the CSRF check: a forged form must not sign anyone out.
+    Visit::of_form(&state, &headers, &body).await?;
     if let Some(token) = super::cookie(&headers, session_cookie(&state)) {
         state
             .db()

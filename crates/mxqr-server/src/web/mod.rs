@@ -27,6 +27,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use crate::db::DbError;
+use crate::oauth::endpoints::Params;
 use crate::oauth::{OAuthState, tokens};
 
 /// Cookie holding the browser session token (over http, i.e. loopback development).
@@ -301,9 +302,22 @@ impl Visit {
         })
     }
 
+    /// The visit of a form submission and the form's fields, once its `csrf` field checks
+    /// out.
+    pub(crate) async fn of_form(
+        state: &OAuthState,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(Self, Params), PageError> {
+        let visit = Self::of(state, headers).await?;
+        let params = Params::parse(body).map_err(PageError::BadRequest)?;
+        visit.check_csrf(params.get("csrf"))?;
+        Ok((visit, params))
+    }
+
     /// Checks the form's `csrf` field against the token of this nonce and session, in
     /// constant time.
-    pub(crate) fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
+    fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
         match submitted {
             Some(s) if !self.new_nonce && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => {
                 Ok(())
@@ -356,11 +370,8 @@ impl Visit {
 }
 
 /// Query-string parameters (same rules as form bodies: no repeated parameters).
-pub(crate) fn query_params(
-    raw: Option<String>,
-) -> Result<crate::oauth::endpoints::Params, PageError> {
-    crate::oauth::endpoints::Params::parse(raw.unwrap_or_default().as_bytes())
-        .map_err(PageError::BadRequest)
+pub(crate) fn query_params(raw: Option<String>) -> Result<Params, PageError> {
+    Params::parse(raw.unwrap_or_default().as_bytes()).map_err(PageError::BadRequest)
 }
 
 /// Pages a sign-in may return to: the consent page, `/link` and the account page.
