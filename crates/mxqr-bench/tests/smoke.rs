@@ -76,8 +76,8 @@ async fn introspect_for_a_second(
 /// introspections of a live token, every one answered `active`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_benchmark_runs_against_synapse_mode() {
+    use mxqr_testkit::api::accounts::Grant;
     use mxqr_testkit::api::config::HomeserverMode;
-    use mxqr_testkit::api::db::Grant;
     use mxqr_testkit::api::oauth::OAuthState;
     use mxqr_testkit::api::synapse::{SynapseHooks, SynapseLink};
 
@@ -104,7 +104,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     config.homeserver.synapse_url = Some("http://127.0.0.1:9".into());
     config.homeserver.secret = Some(SECRET.into());
     config.validate().unwrap();
-    let db = mxqr_testkit::api::db::open(&config).await.unwrap();
+    let db = mxqr_testkit::api::accounts::open(&config).await.unwrap();
     let link = std::sync::Arc::new(SynapseLink::new("http://127.0.0.1:9", SECRET.into()));
     link.set_provisioned("alice", "BENCHDEVICE", true);
     let hooks = std::sync::Arc::new(SynapseHooks::new(link.clone(), db.clone()));

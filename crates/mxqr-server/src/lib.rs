@@ -7,16 +7,16 @@
 //! [`rendezvous`] (the two wire APIs and their [`rendezvous::store`]), [`oauth`] (metadata,
 //! registration, tokens, revocation), [`device_grant`], [`auth_code`], [`account_pages`],
 //! [`matrix`] (client-server endpoints) and [`synapse`]. [`web`] holds what the pages share,
-//! [`config`] the configuration, one file per table, and [`db`] the accounts store. A request
+//! [`config`] the configuration, one file per table, and [`accounts`] the accounts store. A request
 //! flows listener → router → feature handler → model/store → hooks: the OAuth server tells the
 //! homeserver about sessions through [`oauth::HomeserverHooks`], which synapse mode implements.
 
 pub mod account_pages;
+pub mod accounts;
 pub mod app;
 pub mod auth_code;
 pub mod client_ip;
 pub mod config;
-pub mod db;
 pub mod device_grant;
 pub mod error;
 #[doc(hidden)]
@@ -33,6 +33,4 @@ pub mod web;
 
 pub use app::{AppState, app_state, router, serve};
 pub use config::{Config, ConfigError, Overrides};
-/// The rendezvous store under its old path, for the accounts store and the tests.
-pub use rendezvous::store;
 pub use run::{ServeError, log_from_env, run};

@@ -39,7 +39,7 @@ pub enum ServeError {
     },
     /// The accounts database cannot be opened.
     #[error("{0}")]
-    Database(#[from] crate::db::DbError),
+    Database(#[from] crate::accounts::DbError),
     /// Runtime or I/O failure while serving.
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -88,7 +88,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
 
-    crate::db::create_data_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
+    crate::accounts::create_data_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;

@@ -2,7 +2,7 @@
 //! with a bearer token, and real E2EE keys made with vodozemac and mxqr-keys.
 
 use mxqr_keys::{Account, CrossSigningKeys};
-use mxqr_server::db::Grant;
+use mxqr_server::accounts::Grant;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 

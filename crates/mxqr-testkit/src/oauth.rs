@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mxqr_server::db::SqlDb;
+use mxqr_server::accounts::SqlDb;
 use mxqr_server::oauth::{Lifetimes, ManualClock, OAuthState, password, tokens};
 use mxqr_server::{AppState, Config};
 
@@ -144,7 +144,7 @@ impl OAuthServer {
             pg_database = Some(name);
         }
         // The selection `mxqr serve` uses: `database.url` picks PostgreSQL.
-        let db = mxqr_server::db::open(&config).await.unwrap();
+        let db = mxqr_server::accounts::open(&config).await.unwrap();
         let clock = Arc::new(ManualClock::default());
         let mut life = Lifetimes::from_config(&config.oauth);
         life.user_code_max_lookups = options.max_lookups;

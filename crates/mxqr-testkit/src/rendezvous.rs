@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxqr_server::store::{PostgresStore, SessionLimits};
+use mxqr_server::rendezvous::store::{PostgresStore, SessionLimits};
 use mxqr_server::{AppState, Config};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
@@ -47,7 +47,7 @@ pub fn limits(ttl: Duration) -> SessionLimits {
         max_lifetime: ttl,
         max_sessions: 10_000,
         max_total_bytes: 64 << 20,
-        protect_written_within: mxqr_server::store::PROTECT_WRITTEN_WITHIN,
+        protect_written_within: mxqr_server::rendezvous::store::PROTECT_WRITTEN_WITHIN,
     }
 }
 

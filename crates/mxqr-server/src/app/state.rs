@@ -9,8 +9,8 @@ use axum::extract::FromRef;
 use axum::http::HeaderName;
 
 use super::metrics::Metrics;
+use crate::accounts::{DbError, DbResult, OpenFailure};
 use crate::config::{Config, CreatePolicy, HomeserverMode};
-use crate::db::{DbError, DbResult, OpenFailure};
 use crate::matrix::MatrixState;
 use crate::oauth::OAuthState;
 use crate::ratelimit::RateLimiter;

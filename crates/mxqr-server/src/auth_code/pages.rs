@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use crate::db::NewAuthCode;
+use crate::accounts::NewAuthCode;
 use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
 use crate::oauth::scope::{self, MatrixScope};

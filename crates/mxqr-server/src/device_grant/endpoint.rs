@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::json;
 
+use crate::accounts::{GrantAdmission, NewDeviceGrant, PendingGrantCaps};
 use crate::client_ip::ClientIp;
-use crate::db::{GrantAdmission, NewDeviceGrant, PendingGrantCaps};
 use crate::oauth::client::DEVICE_CODE_GRANT;
 use crate::oauth::endpoints::{form, require_client};
 use crate::oauth::tokens::{self, Kind};
@@ -97,12 +97,12 @@ pub async fn device_authorization(
                     "too many pending device authorizations for this client",
                 ));
             }
-            Err(crate::db::DbError::Conflict) => continue,
+            Err(crate::accounts::DbError::Conflict) => continue,
             Err(err) => return Err(err.into()),
         }
     }
     if !stored {
-        return Err(OAuthError::Unavailable(crate::db::DbError::Conflict));
+        return Err(OAuthError::Unavailable(crate::accounts::DbError::Conflict));
     }
     let verification_uri = state.url("link");
     Ok(json_response(

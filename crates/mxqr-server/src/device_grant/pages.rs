@@ -9,8 +9,8 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 
+use crate::accounts::UserCodeLookup;
 use crate::client_ip::ClientIp;
-use crate::db::UserCodeLookup;
 use crate::oauth::endpoints::load_client;
 use crate::oauth::{OAuthState, tokens};
 use crate::web::{PageBody, PageError, PageResult, Visit, show_time};

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::MatrixState;
 use super::bearer::Authed;
 use super::{ok, parse_body, stored_json};
-use crate::db::{AccountDataQuota, AccountDataWrite};
+use crate::accounts::{AccountDataQuota, AccountDataWrite};
 use crate::error::ApiError;
 use crate::response::{PathParams, RawBody, json};
 

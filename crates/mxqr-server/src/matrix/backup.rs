@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::bearer::Authed;
 use super::{ok, parse_body, stored_json};
-use crate::db::BackupVersion;
+use crate::accounts::BackupVersion;
 use crate::error::ApiError;
 use crate::response::{PathParams, RawBody};
 

@@ -10,7 +10,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::MatrixState;
-use crate::db::{TokenInfo, TokenStatus};
+use crate::accounts::{TokenInfo, TokenStatus};
 use crate::error::ApiError;
 use crate::oauth::{OAuthState, scope, tokens};
 use crate::response::bearer_token;

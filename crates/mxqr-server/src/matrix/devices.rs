@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::bearer::Authed;
 use super::{ok, parse_body};
-use crate::db::Device;
+use crate::accounts::Device;
 use crate::error::ApiError;
 use crate::response::{PathParams, RawBody};
 

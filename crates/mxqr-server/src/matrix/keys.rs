@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use super::bearer::Authed;
 use super::devices::oauth_uia;
 use super::{ok, parse_body, parse_user_id};
-use crate::db::{SharedDb, StoredDeviceKeys, UploadedKey};
+use crate::accounts::{SharedDb, StoredDeviceKeys, UploadedKey};
 use crate::error::ApiError;
 use crate::response::RawBody;
 
@@ -352,7 +352,7 @@ pub async fn upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, Ap
         db.add_one_time_keys(auth.localpart(), auth.device_id(), &one_time, now)
             .await
             .map_err(|err| match err {
-                crate::db::DbError::Conflict => ApiError::Invalid(
+                crate::accounts::DbError::Conflict => ApiError::Invalid(
                     "a one-time key ID was already uploaded with a different key".into(),
                 ),
                 other => other.into(),

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use std::sync::Arc;
 
+use crate::accounts::DbError;
 use crate::client_ip::ClientIp;
-use crate::db::DbError;
 use crate::error::ApiError;
 use crate::oauth::OAuthState;
 use crate::ratelimit::RateLimiter;

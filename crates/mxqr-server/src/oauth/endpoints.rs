@@ -60,7 +60,7 @@ pub(crate) fn form(body: Result<Bytes, BytesRejection>) -> Result<Params, OAuthE
 pub(crate) async fn load_client(
     state: &OAuthState,
     client_id: &str,
-) -> Result<Option<ClientMetadata>, crate::db::DbError> {
+) -> Result<Option<ClientMetadata>, crate::accounts::DbError> {
     Ok(state
         .db()
         .client(client_id)

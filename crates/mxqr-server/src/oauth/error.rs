@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::model::auth_code::CodeError;
 use super::model::device_grant::PollError;
 use super::model::refresh::RefreshError;
-use crate::db::DbError;
+use crate::accounts::DbError;
 use crate::response::json;
 
 /// `Retry-After` (seconds) on a 503, as the client-server API answers.

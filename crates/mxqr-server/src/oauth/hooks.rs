@@ -3,7 +3,7 @@
 //! `crate::synapse`), without knowing who listens; standalone, mxqr is the homeserver and
 //! [`Standalone`] keeps the defaults, which do nothing.
 
-use crate::db::DbResult;
+use crate::accounts::DbResult;
 use crate::rendezvous::store::BoxFuture;
 
 /// Side effects a session's life has on the homeserver. Each call returns once the

@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use error::OAuthError;
 pub use hooks::{HomeserverHooks, Standalone};
 
+use crate::accounts::{DbResult, NewTokens, SharedDb, TokenInfo};
 use crate::config::{Config, OAuthConfig};
-use crate::db::{DbResult, NewTokens, SharedDb, TokenInfo};
 use crate::rendezvous::create_policy::CreateAuthorizer;
 use crate::rendezvous::store::BoxFuture;
 use limits::{FailureLimiter, InFlight, InFlightSlot};
@@ -218,15 +218,15 @@ impl OAuthState {
     }
 
     /// Opens the database of `config` and settles the server name against the one pinned in
-    /// it ([`crate::db::settle_server_name`]): `configured` is the operator's choice, if any.
+    /// it ([`crate::accounts::settle_server_name`]): `configured` is the operator's choice, if any.
     /// Returns the configuration with that name.
     pub async fn open_db(
         config: &Config,
         configured: Option<String>,
         pin_derived: bool,
     ) -> DbResult<(Config, SharedDb)> {
-        let db = crate::db::open(config).await?;
-        let name = crate::db::settle_server_name(
+        let db = crate::accounts::open(config).await?;
+        let name = crate::accounts::settle_server_name(
             &db,
             configured.as_deref(),
             &config.effective_server_name(),
@@ -349,7 +349,10 @@ impl OAuthState {
     /// Tells the homeserver about the device of a session before its first tokens go out,
     /// named after the client that signed it in (`client_name`), as people see it in their
     /// device list.
-    pub(crate) async fn synapse_session_started(&self, grant: &crate::db::Grant) -> DbResult<()> {
+    pub(crate) async fn synapse_session_started(
+        &self,
+        grant: &crate::accounts::Grant,
+    ) -> DbResult<()> {
         if !self.0.hooks.active() {
             return Ok(());
         }

@@ -21,8 +21,8 @@ use super::model::device_grant::{Poll, PollError};
 use super::model::refresh::{Exchange, RefreshError};
 use super::tokens::{self, Kind};
 use super::{Minted, OAuthError, OAuthState, ms};
+use crate::accounts::{DbResult, SqlDb};
 use crate::client_ip::ClientIp;
-use crate::db::{DbResult, SqlDb};
 use crate::response::json as json_response;
 
 /// Tokens a grant issued: who they are for, and the secrets for the client.

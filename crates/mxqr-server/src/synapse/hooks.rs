@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{SynapseLink, device_job, user_job};
-use crate::db::{DbResult, OutboxKind, SharedDb};
+use crate::accounts::{DbResult, OutboxKind, SharedDb};
 use crate::oauth::HomeserverHooks;
 use crate::rendezvous::store::BoxFuture;
 

@@ -4,7 +4,7 @@
 //! Synapse asks `POST /oauth2/introspect` about every access token it has not cached, with
 //! the shared secret as bearer token. mxqr in turn tells Synapse about users and devices
 //! through its `/_synapse/mas/*` API: those calls go through the durable outbox
-//! ([`crate::db::SqlDb::outbox_push`]) drained by [`SynapseLink::drain`], so a Synapse outage delays
+//! ([`crate::accounts::SqlDb::outbox_push`]) drained by [`SynapseLink::drain`], so a Synapse outage delays
 //! them instead of losing them. Calls whose effect the user waits for (a new device's first
 //! token, a sign-out, a cross-signing reset approval) are also awaited briefly, so that
 //! Synapse already knows when the response arrives: Synapse caches introspection results for
@@ -19,7 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::db::{DbError, DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
+use crate::accounts::{DbError, DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
 use crate::oauth::OAuthState;
 use crate::oauth::limits::FailureLimiter;
 

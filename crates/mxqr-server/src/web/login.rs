@@ -3,8 +3,8 @@
 use super::{
     PageBody, PageError, PageResult, Visit, safe_next, see_other, session_cookie, set_cookie,
 };
+use crate::accounts::DbError;
 use crate::client_ip::ClientIp;
-use crate::db::DbError;
 use crate::oauth::{OAuthState, password, tokens};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

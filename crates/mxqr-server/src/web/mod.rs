@@ -26,7 +26,7 @@ use minijinja::Environment;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::db::DbError;
+use crate::accounts::DbError;
 use crate::oauth::endpoints::Params;
 use crate::oauth::{OAuthState, tokens};
 

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxqr_testkit::api::store::{MemoryStore, RendezvousStore, SessionLimits, Transport};
+use mxqr_testkit::api::rendezvous::store::{
+    MemoryStore, RendezvousStore, SessionLimits, Transport,
+};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -26,7 +28,7 @@ async fn a_million_sessions_of_100_bytes_fit_in_well_under_a_gibibyte() {
         max_lifetime: Duration::from_secs(600),
         max_sessions: SESSIONS as usize,
         max_total_bytes: usize::MAX,
-        protect_written_within: mxqr_testkit::api::store::PROTECT_WRITTEN_WITHIN,
+        protect_written_within: mxqr_testkit::api::rendezvous::store::PROTECT_WRITTEN_WITHIN,
     });
     let before = rss_bytes();
     for i in 0..SESSIONS {

@@ -1,7 +1,7 @@
 //! Account pages (account_management_uri), self-registration with `prompt=create`, sign-out.
 
 use mxqr_testkit::Backend;
-use mxqr_testkit::api::db::Grant;
+use mxqr_testkit::api::accounts::Grant;
 use mxqr_testkit::oauth::*;
 use reqwest::StatusCode;
 

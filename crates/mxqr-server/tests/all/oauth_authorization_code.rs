@@ -586,7 +586,7 @@ async fn consent_warns_when_the_device_id_exists(backend: Backend) {
     assert!(!html.contains(WARNING), "new device, no warning:\n{html}");
 
     let minted = server.oauth.mint();
-    let grant = mxqr_testkit::api::db::Grant {
+    let grant = mxqr_testkit::api::accounts::Grant {
         localpart: "alice".into(),
         device_id: "DEVICEAAA".into(),
         client_id: None,

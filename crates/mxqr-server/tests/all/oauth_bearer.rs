@@ -2,8 +2,8 @@
 //! rendezvous creation accepts only live access tokens from the accounts database.
 
 use mxqr_testkit::api::Config;
+use mxqr_testkit::api::accounts::Grant;
 use mxqr_testkit::api::config::CreatePolicy;
-use mxqr_testkit::api::db::Grant;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -126,7 +126,10 @@ async fn server_name_is_pinned_at_first_start() {
         (Some("https://one.example/"), Some("two.example")),
     ] {
         match mxqr_testkit::api::app_state(config(public_url, server_name)).await {
-            Err(mxqr_testkit::api::db::DbError::ServerNameMismatch { configured, pinned }) => {
+            Err(mxqr_testkit::api::accounts::DbError::ServerNameMismatch {
+                configured,
+                pinned,
+            }) => {
                 assert_eq!(
                     (configured.as_str(), pinned.as_str()),
                     ("two.example", "one.example")

@@ -605,7 +605,7 @@ async fn device_consent_warns_when_the_device_id_exists(backend: Backend) {
     assert!(!html.contains(WARNING), "{html}");
 
     let minted = server.oauth.mint();
-    let grant = mxqr_testkit::api::db::Grant {
+    let grant = mxqr_testkit::api::accounts::Grant {
         localpart: "alice".into(),
         device_id: DEVICE_ID.into(),
         client_id: None,

@@ -357,7 +357,7 @@ async fn unused_clients_are_purged_after_a_day(backend: Backend) {
     let with_code = register("Code").await;
     let renewed = register("Renewed").await;
     let minted = server.oauth.mint();
-    let grant = mxqr_testkit::api::db::Grant {
+    let grant = mxqr_testkit::api::accounts::Grant {
         localpart: "alice".into(),
         device_id: "DEV1".into(),
         client_id: Some(with_session.clone()),
@@ -372,7 +372,7 @@ async fn unused_clients_are_purged_after_a_day(backend: Backend) {
     server
         .db()
         .create_auth_code(
-            &mxqr_testkit::api::db::NewAuthCode {
+            &mxqr_testkit::api::accounts::NewAuthCode {
                 code_hash: "c".repeat(64),
                 client_id: with_code.clone(),
                 localpart: "alice".into(),

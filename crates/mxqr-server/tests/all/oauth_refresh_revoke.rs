@@ -4,7 +4,7 @@
 use mxqr_testkit::Backend;
 use std::time::Duration;
 
-use mxqr_testkit::api::db::Grant;
+use mxqr_testkit::api::accounts::Grant;
 use mxqr_testkit::oauth::*;
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mxqr_testkit::api::db::{
+use mxqr_testkit::api::accounts::{
     DbError, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, SqlDb,
 };
 use mxqr_testkit::api::oauth::model::auth_code::{CodeError, Presented};
@@ -246,8 +246,8 @@ async fn instances_starting_at_once_share_one_schema() {
         .map(|_| {
             let config = config.clone();
             tokio::spawn(async move {
-                let db = mxqr_testkit::api::db::open(&config).await.map(|_| ());
-                let store = mxqr_testkit::api::store::open_configured(&config)
+                let db = mxqr_testkit::api::accounts::open(&config).await.map(|_| ());
+                let store = mxqr_testkit::api::rendezvous::store::open_configured(&config)
                     .await
                     .map(|_| ());
                 (db, store)

@@ -345,12 +345,12 @@ async fn postgres_url_in_the_config_selects_the_shared_store() {
     let server = TestServer::postgres_default(&db).await;
     let mut config = test_config();
     config.rendezvous.postgres_url = Some(db.clone());
-    let store = mxqr_testkit::api::store::open_configured(&config)
+    let store = mxqr_testkit::api::rendezvous::store::open_configured(&config)
         .await
         .unwrap();
     let (id, meta) = store
         .create(
-            mxqr_testkit::api::store::Transport::Msc4388,
+            mxqr_testkit::api::rendezvous::store::Transport::Msc4388,
             "via config".into(),
         )
         .await
@@ -362,7 +362,7 @@ async fn postgres_url_in_the_config_selects_the_shared_store() {
     // Unreachable database: start-up fails with an error, quickly.
     config.rendezvous.postgres_url = Some("postgres://postgres@127.0.0.1:1/none".into());
     let started = Instant::now();
-    let err = mxqr_testkit::api::store::open_configured(&config)
+    let err = mxqr_testkit::api::rendezvous::store::open_configured(&config)
         .await
         .err()
         .expect("no database there");

@@ -12,8 +12,8 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use mxqr_testkit::api::accounts::{Grant, OutboxJob, OutboxKind};
 use mxqr_testkit::api::config::HomeserverMode;
-use mxqr_testkit::api::db::{Grant, OutboxJob, OutboxKind};
 use mxqr_testkit::api::oauth::{OAuthState, password};
 use mxqr_testkit::api::synapse::{SynapseHooks, SynapseLink};
 use mxqr_testkit::api::{AppState, Config};
@@ -88,7 +88,7 @@ async fn start(backend: Backend, synapse_port: u16) -> Server {
     if backend == Backend::Postgres {
         config.database.url = Some(mxqr_testkit::pg::fresh_database().await.0);
     }
-    let db = mxqr_testkit::api::db::open(&config).await.unwrap();
+    let db = mxqr_testkit::api::accounts::open(&config).await.unwrap();
     let link = Arc::new(SynapseLink::new(
         config.homeserver.synapse_url.as_deref().unwrap(),
         config.homeserver.load_secret().unwrap(),

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use mxqr_server::accounts::{DbError, Grant, OutboxJob, OutboxKind};
 use mxqr_server::config::{CONFIG_ENV, Config, HomeserverMode, Overrides};
-use mxqr_server::db::{DbError, Grant, OutboxJob, OutboxKind};
 use mxqr_server::oauth::{OAuthState, password, scope};
 use mxqr_server::synapse::user_job;
 
@@ -121,7 +121,7 @@ async fn execute(args: AdminArgs) -> Result<(), AdminError> {
         ..Overrides::default()
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
-    mxqr_server::db::create_data_dir(&config.data_dir)?;
+    mxqr_server::accounts::create_data_dir(&config.data_dir)?;
     let oauth = OAuthState::open(&config).await?;
     let db = oauth.db();
     match args.command {

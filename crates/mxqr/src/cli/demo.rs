@@ -20,7 +20,7 @@ use mxqr_keys::Account;
 use mxqr_proto::Generation;
 use mxqr_proto::qr::QrCode;
 use mxqr_server::Config;
-use mxqr_server::db::Grant;
+use mxqr_server::accounts::Grant;
 use mxqr_server::oauth::{OAuthState, password, scope};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

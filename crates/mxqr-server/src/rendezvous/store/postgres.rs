@@ -272,10 +272,10 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|e| PgStoreError::Connect(e.to_string()))?;
-        // `pg_migrations/`, apart from the SQLite ones. Its dated versions never collide with
+        // `migrations/rendezvous-postgres/`, apart from the SQLite ones. Its dated versions never collide with
         // another migration set sharing the database (accounts on PostgreSQL, later), whose
         // entries it ignores. Instances starting at once queue on sqlx's advisory lock.
-        let mut migrator = sqlx::migrate!("./pg_migrations");
+        let mut migrator = sqlx::migrate!("./migrations/rendezvous-postgres");
         migrator.set_ignore_missing(true);
         migrator
             .run(&pool)

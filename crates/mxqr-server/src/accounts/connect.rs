@@ -1,5 +1,5 @@
-//! Opening the store: the SQLite file (`migrations/`) or a PostgreSQL database
-//! (`pg_db_migrations/`). The schema is kept once per back end; everything after opening is
+//! Opening the store: the SQLite file (`migrations/accounts-sqlite/`) or a PostgreSQL database
+//! (`migrations/accounts-postgres/`). The schema is kept once per back end; everything after opening is
 //! shared ([`super::repo`], [`super::sql`]).
 
 use std::path::Path;
@@ -24,7 +24,7 @@ const OPEN_RETRIES: u32 = 8;
 /// hang.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/accounts-sqlite");
 
 impl SqlDb {
     /// Opens (creating if needed) the SQLite file at `path` and applies pending migrations.
@@ -62,7 +62,7 @@ impl SqlDb {
     /// and tokens.
     ///
     /// Instances starting at once queue on sqlx's advisory migration lock, so exactly one
-    /// applies each migration. The rendezvous set (`pg_migrations/`) may share the database
+    /// applies each migration. The rendezvous set (`migrations/rendezvous-postgres/`) may share the database
     /// and its `_sqlx_migrations` table: each migrator ignores the other's entries.
     pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
         let open_error = |source: OpenFailure| DbError::Open {
@@ -77,7 +77,7 @@ impl SqlDb {
             .connect_with(options)
             .await
             .map_err(|e| open_error(OpenFailure::Connect(e)))?;
-        let mut migrator = sqlx::migrate!("./pg_db_migrations");
+        let mut migrator = sqlx::migrate!("./migrations/accounts-postgres");
         migrator.set_ignore_missing(true);
         if let Err(e) = migrator.run(&pool).await {
             pool.close().await;

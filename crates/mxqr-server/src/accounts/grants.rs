@@ -15,7 +15,7 @@ use crate::oauth::model::Grant;
 use crate::oauth::model::auth_code::{AuthCode, CodeState};
 use crate::oauth::model::device_grant::{DeviceGrant, GrantStatus};
 use crate::oauth::model::refresh::{RefreshState, RefreshToken, Successor};
-use crate::store::BoxFuture;
+use crate::rendezvous::store::BoxFuture;
 
 impl SqlDb {
     /// Starts a transaction that may write; see [`Tx`]. Run it inside [`Self::run`], which

@@ -19,7 +19,7 @@ use sqlx::{Postgres, Sqlite, Transaction};
 
 use super::error::{DbError, DbResult, Unreachable};
 use crate::pg_gate::PgGate;
-use crate::store::BoxFuture;
+use crate::rendezvous::store::BoxFuture;
 
 /// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
 /// code and query text serves both (crate README, "Storage"). Times are ms since the Unix
@@ -260,18 +260,18 @@ pub(super) enum Conn<'c> {
 macro_rules! exec {
     ($conn:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
         match $conn {
-            $crate::db::sql::Conn::Sqlite(c) => sqlx::query($sql)
+            $crate::accounts::sql::Conn::Sqlite(c) => sqlx::query($sql)
                 $(.bind($arg))*
                 .execute(&mut *c)
                 .await
                 .map(|done| done.rows_affected())
-                .map_err($crate::db::sql::sqlite_error),
-            $crate::db::sql::Conn::Postgres(c) => sqlx::query($sql)
+                .map_err($crate::accounts::sql::sqlite_error),
+            $crate::accounts::sql::Conn::Postgres(c) => sqlx::query($sql)
                 $(.bind($arg))*
                 .execute(&mut *c)
                 .await
                 .map(|done| done.rows_affected())
-                .map_err($crate::db::sql::pg_error),
+                .map_err($crate::accounts::sql::pg_error),
         }
     };
 }
@@ -281,16 +281,16 @@ macro_rules! exec {
 macro_rules! fetch {
     ($conn:expr, $how:ident, $sql:expr $(, $arg:expr)* $(,)?) => {
         match $conn {
-            $crate::db::sql::Conn::Sqlite(c) => sqlx::query_as($sql)
+            $crate::accounts::sql::Conn::Sqlite(c) => sqlx::query_as($sql)
                 $(.bind($arg))*
                 .$how(&mut *c)
                 .await
-                .map_err($crate::db::sql::sqlite_error),
-            $crate::db::sql::Conn::Postgres(c) => sqlx::query_as($sql)
+                .map_err($crate::accounts::sql::sqlite_error),
+            $crate::accounts::sql::Conn::Postgres(c) => sqlx::query_as($sql)
                 $(.bind($arg))*
                 .$how(&mut *c)
                 .await
-                .map_err($crate::db::sql::pg_error),
+                .map_err($crate::accounts::sql::pg_error),
         }
     };
 }
@@ -299,16 +299,16 @@ macro_rules! fetch {
 macro_rules! scalar {
     ($conn:expr, $how:ident, $sql:expr $(, $arg:expr)* $(,)?) => {
         match $conn {
-            $crate::db::sql::Conn::Sqlite(c) => sqlx::query_scalar($sql)
+            $crate::accounts::sql::Conn::Sqlite(c) => sqlx::query_scalar($sql)
                 $(.bind($arg))*
                 .$how(&mut *c)
                 .await
-                .map_err($crate::db::sql::sqlite_error),
-            $crate::db::sql::Conn::Postgres(c) => sqlx::query_scalar($sql)
+                .map_err($crate::accounts::sql::sqlite_error),
+            $crate::accounts::sql::Conn::Postgres(c) => sqlx::query_scalar($sql)
                 $(.bind($arg))*
                 .$how(&mut *c)
                 .await
-                .map_err($crate::db::sql::pg_error),
+                .map_err($crate::accounts::sql::pg_error),
         }
     };
 }

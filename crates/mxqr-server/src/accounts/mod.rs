@@ -1,7 +1,7 @@
 //! Persistent store for accounts, OAuth 2.0 clients, grants and tokens, behind one async trait.
 //!
 //! The HTTP layer and `mxqr admin` speak only to [`SqlDb`], opened by [`open`]: SQLite
-//! (`migrations/`) by default, PostgreSQL (`pg_db_migrations/`) when `database.url` is set, so
+//! (`migrations/accounts-sqlite/`) by default, PostgreSQL (`migrations/accounts-postgres/`) when `database.url` is set, so
 //! that several instances can share accounts and tokens. Both are one type, [`SqlDb`], whose
 //! code and query text are shared (`repo.rs` on top of `sql.rs`). The OAuth grants (redeeming
 //! a code once, rotating a refresh token, redeeming a device grant once) are judged by
