@@ -261,12 +261,18 @@ async fn instances_starting_at_once_share_one_schema() {
     }
     let pool = PgPool::connect(&url).await.unwrap();
     let applied = count(&pool, "SELECT COUNT(*) FROM _sqlx_migrations WHERE success").await;
-    let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pg_db_migrations"))
+    let on_disk = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/accounts-postgres"
+    ))
+    .unwrap()
+    .count()
+        + std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/rendezvous-postgres"
+        ))
         .unwrap()
-        .count()
-        + std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pg_migrations"))
-            .unwrap()
-            .count();
+        .count();
     assert_eq!(applied, on_disk as i64);
 }
 
