@@ -182,16 +182,14 @@ impl SqlDb {
         device_id: &str,
         display_name: Option<&str>,
     ) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let done = exec!(
-                c.conn(),
-                "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
-                display_name,
-                localpart,
-                device_id
-            )?;
-            Ok(done > 0)
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "UPDATE devices SET display_name = $1 WHERE localpart = $2 AND device_id = $3",
+            display_name,
+            localpart,
+            device_id
+        ))
+        .map(|done| done > 0)
     }
 
     /// Revokes every live OAuth session of a user (`/logout/all`); returns how many.
@@ -337,22 +335,20 @@ impl SqlDb {
         localpart: &str,
         device_id: &str,
     ) -> DbResult<Vec<(String, i64)>> {
-        with_conn!(self, |c| {
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!(
-                    "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
-                     JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
-                     WHERE k.localpart = $1 AND k.device_id = $2 \
-                     AND k.created_at >= d.created_at \
-                     GROUP BY k.algorithm ORDER BY k.algorithm{order}"
-                ),
-                localpart,
-                device_id
-            )
-        })
+        let order = self.pool.dialect().byte_order();
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_all,
+            &format!(
+                "SELECT k.algorithm, COUNT(*) FROM e2e_one_time_keys k \
+                 JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
+                 WHERE k.localpart = $1 AND k.device_id = $2 \
+                 AND k.created_at >= d.created_at \
+                 GROUP BY k.algorithm ORDER BY k.algorithm{order}"
+            ),
+            localpart,
+            device_id
+        ))
     }
 
     /// Replaces the fallback key of the key's algorithm (an identical re-upload keeps its
@@ -438,18 +434,16 @@ impl SqlDb {
 
     /// The user's cross-signing keys as `(usage, JSON text)`.
     pub async fn cross_signing_keys(&self, localpart: &str) -> DbResult<Vec<(String, String)>> {
-        with_conn!(self, |c| {
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!(
-                    "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
-                     WHERE localpart = $1 ORDER BY key_usage{order}"
-                ),
-                localpart
-            )
-        })
+        let order = self.pool.dialect().byte_order();
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_all,
+            &format!(
+                "SELECT key_usage, key_json FROM e2e_cross_signing_keys \
+                 WHERE localpart = $1 ORDER BY key_usage{order}"
+            ),
+            localpart
+        ))
     }
 
     /// Stores cross-signing keys `(usage, JSON text)`, replacing those of the same usage; with
@@ -495,19 +489,17 @@ impl SqlDb {
         new: &str,
         now: i64,
     ) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
-                new,
-                now,
-                localpart,
-                usage,
-                old
-            )?;
-            Ok(done > 0)
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "UPDATE e2e_cross_signing_keys SET key_json = $1, updated_at = $2 \
+             WHERE localpart = $3 AND key_usage = $4 AND key_json = $5",
+            new,
+            now,
+            localpart,
+            usage,
+            old
+        ))
+        .map(|done| done > 0)
     }
 
     /// Records `signer`'s user-signing signature of another user's master key.
@@ -519,22 +511,20 @@ impl SqlDb {
         signer_key_id: &str,
         signature: &str,
     ) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "INSERT INTO e2e_user_signatures \
-                 (signer, target_user_id, target_key_id, signer_key_id, signature) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
-                 DO UPDATE SET signature = excluded.signature",
-                signer,
-                target_user_id,
-                target_key_id,
-                signer_key_id,
-                signature
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "INSERT INTO e2e_user_signatures \
+             (signer, target_user_id, target_key_id, signer_key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (signer, target_user_id, target_key_id, signer_key_id) \
+             DO UPDATE SET signature = excluded.signature",
+            signer,
+            target_user_id,
+            target_key_id,
+            signer_key_id,
+            signature
+        ))
+        .map(drop)
     }
 
     /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
@@ -544,20 +534,18 @@ impl SqlDb {
         signer: &str,
         target_user_id: &str,
     ) -> DbResult<Vec<(String, String, String)>> {
-        with_conn!(self, |c| {
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!(
-                    "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
-                     WHERE signer = $1 AND target_user_id = $2 \
-                     ORDER BY target_key_id{order}, signer_key_id{order}"
-                ),
-                signer,
-                target_user_id
-            )
-        })
+        let order = self.pool.dialect().byte_order();
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_all,
+            &format!(
+                "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
+                 WHERE signer = $1 AND target_user_id = $2 \
+                 ORDER BY target_key_id{order}, signer_key_id{order}"
+            ),
+            signer,
+            target_user_id
+        ))
     }
 
     /// Creates the next backup version; returns its number.
@@ -628,17 +616,15 @@ impl SqlDb {
         version: i64,
         auth_data: &str,
     ) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_backup_versions SET auth_data = $1 \
-                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
-                auth_data,
-                localpart,
-                version
-            )?;
-            Ok(done > 0)
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "UPDATE e2e_backup_versions SET auth_data = $1 \
+             WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+            auth_data,
+            localpart,
+            version
+        ))
+        .map(|done| done > 0)
     }
 
     /// Deletes a live version (its number is never reused); `false` if there is none.
@@ -648,30 +634,26 @@ impl SqlDb {
         version: i64,
         now: i64,
     ) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_backup_versions SET deleted_at = $1 \
-                 WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
-                now,
-                localpart,
-                version
-            )?;
-            Ok(done > 0)
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "UPDATE e2e_backup_versions SET deleted_at = $1 \
+             WHERE localpart = $2 AND version = $3 AND deleted_at IS NULL",
+            now,
+            localpart,
+            version
+        ))
+        .map(|done| done > 0)
     }
 
     /// Global account data of one type, as JSON text.
     pub async fn account_data(&self, localpart: &str, data_type: &str) -> DbResult<Option<String>> {
-        with_conn!(self, |c| {
-            scalar!(
-                c.conn(),
-                fetch_optional,
-                "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
-                localpart,
-                data_type
-            )
-        })
+        with_conn!(self, |c| scalar!(
+            c.conn(),
+            fetch_optional,
+            "SELECT content FROM account_data WHERE localpart = $1 AND data_type = $2",
+            localpart,
+            data_type
+        ))
     }
 
     /// Stores global account data of one type, unless the user's account data would then

@@ -158,44 +158,38 @@ impl SqlDb {
 
     /// Records a failed delivery; `error` must carry no secret.
     pub async fn outbox_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
-                 last_error = $2 WHERE id = $3",
-                next_attempt_at,
-                error,
-                id
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "UPDATE synapse_outbox SET attempts = attempts + 1, next_attempt_at = $1, \
+             last_error = $2 WHERE id = $3",
+            next_attempt_at,
+            error,
+            id
+        ))
+        .map(drop)
     }
 
     /// Whether job `id` is still queued.
     pub async fn outbox_pending(&self, id: i64) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let row: Option<(i32,)> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT 1 FROM synapse_outbox WHERE id = $1",
-                id
-            )?;
-            Ok(row.is_some())
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            "SELECT 1 FROM synapse_outbox WHERE id = $1",
+            id
+        ))
+        .map(|row: Option<(i32,)>| row.is_some())
     }
 
     /// `(localpart, device_id)` of the session an access or refresh token belongs to, revoked
     /// or not (to tell Synapse which device a revocation ends).
     pub async fn token_owner(&self, token_hash: &str) -> DbResult<Option<(String, String)>> {
-        with_conn!(self, |c| {
-            fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
-                 SELECT session_id FROM access_tokens WHERE token_hash = $1 \
-                 UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
-                token_hash
-            )
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            "SELECT s.localpart, s.device_id FROM oauth_sessions s WHERE s.session_id = ( \
+             SELECT session_id FROM access_tokens WHERE token_hash = $1 \
+             UNION ALL SELECT session_id FROM refresh_tokens WHERE token_hash = $1 LIMIT 1)",
+            token_hash
+        ))
     }
 }

@@ -212,41 +212,35 @@ impl SqlDb {
         password_hash: Option<&str>,
         now: i64,
     ) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "INSERT INTO users (localpart, password_hash, locked, created_at) \
-                 VALUES ($1, $2, FALSE, $3)",
-                localpart,
-                password_hash,
-                now
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "INSERT INTO users (localpart, password_hash, locked, created_at) \
+             VALUES ($1, $2, FALSE, $3)",
+            localpart,
+            password_hash,
+            now
+        ))
+        .map(drop)
     }
 
     /// The user with this localpart.
     pub async fn user(&self, localpart: &str) -> DbResult<Option<User>> {
-        with_conn!(self, |c| {
-            fetch!(
-                c.conn(),
-                fetch_optional,
-                &format!("{USER_COLUMNS} WHERE localpart = $1"),
-                localpart
-            )
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            &format!("{USER_COLUMNS} WHERE localpart = $1"),
+            localpart
+        ))
     }
 
     /// All users, by localpart.
     pub async fn users(&self) -> DbResult<Vec<User>> {
-        with_conn!(self, |c| {
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!("{USER_COLUMNS} ORDER BY localpart{order}")
-            )
-        })
+        let order = self.pool.dialect().byte_order();
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_all,
+            &format!("{USER_COLUMNS} ORDER BY localpart{order}")
+        ))
     }
 
     /// Locks or unlocks a user; locking ends its browser and OAuth sessions.
@@ -276,28 +270,24 @@ impl SqlDb {
 
     /// Devices of a user, oldest first.
     pub async fn devices(&self, localpart: &str) -> DbResult<Vec<Device>> {
-        with_conn!(self, |c| {
-            let order = self.pool.dialect().byte_order();
-            fetch!(
-                c.conn(),
-                fetch_all,
-                &format!("{DEVICE_SELECT} ORDER BY d.created_at, d.device_id{order}"),
-                localpart
-            )
-        })
+        let order = self.pool.dialect().byte_order();
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_all,
+            &format!("{DEVICE_SELECT} ORDER BY d.created_at, d.device_id{order}"),
+            localpart
+        ))
     }
 
     /// One device of a user.
     pub async fn device(&self, localpart: &str, device_id: &str) -> DbResult<Option<Device>> {
-        with_conn!(self, |c| {
-            fetch!(
-                c.conn(),
-                fetch_optional,
-                &format!("{DEVICE_SELECT} AND d.device_id = $2"),
-                localpart,
-                device_id
-            )
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            &format!("{DEVICE_SELECT} AND d.device_id = $2"),
+            localpart,
+            device_id
+        ))
     }
 
     /// Deletes a device and revokes its tokens; `false` if it did not exist.
@@ -352,14 +342,12 @@ impl SqlDb {
 
     /// The registered metadata (JSON) of a client.
     pub async fn client(&self, client_id: &str) -> DbResult<Option<String>> {
-        with_conn!(self, |c| {
-            scalar!(
-                c.conn(),
-                fetch_optional,
-                "SELECT metadata FROM clients WHERE client_id = $1",
-                client_id
-            )
-        })
+        with_conn!(self, |c| scalar!(
+            c.conn(),
+            fetch_optional,
+            "SELECT metadata FROM clients WHERE client_id = $1",
+            client_id
+        ))
     }
 
     /// Starts an OAuth session with a first token pair, creating the device if needed.
@@ -388,15 +376,13 @@ impl SqlDb {
     /// Records that an access token authenticated a request (its first use), unless already
     /// recorded. A refresh retry is allowed only while the successor pair is unused.
     pub async fn record_token_use(&self, access_hash: &str, now: i64) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "UPDATE access_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
-                now,
-                access_hash
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "UPDATE access_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+            now,
+            access_hash
+        ))
+        .map(drop)
     }
 
     /// Revokes the session of an access or refresh token; `false` if the token is unknown.
@@ -558,17 +544,15 @@ impl SqlDb {
     /// Whether the grant of this device code is still waiting for a decision (and not
     /// expired). Read-only: unlike a poll, it is not rate-limited by the interval.
     pub async fn device_grant_pending(&self, device_code_hash: &str, now: i64) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let row: Option<(i32,)> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
-                 AND status = 'pending' AND expires_at > $2",
-                device_code_hash,
-                now
-            )?;
-            Ok(row.is_some())
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            "SELECT 1 FROM device_grants WHERE device_code_hash = $1 \
+             AND status = 'pending' AND expires_at > $2",
+            device_code_hash,
+            now
+        ))
+        .map(|row: Option<(i32,)>| row.is_some())
     }
 
     /// Approves (for `localpart`) or denies a pending grant; `false` if it is no longer
@@ -604,18 +588,16 @@ impl SqlDb {
         now: i64,
         expires_at: i64,
     ) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "INSERT INTO browser_sessions (session_hash, localpart, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4)",
-                session_hash,
-                localpart,
-                now,
-                expires_at
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "INSERT INTO browser_sessions (session_hash, localpart, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+            session_hash,
+            localpart,
+            now,
+            expires_at
+        ))
+        .map(drop)
     }
 
     /// The unlocked user of a live browser session.
@@ -624,29 +606,25 @@ impl SqlDb {
         session_hash: &str,
         now: i64,
     ) -> DbResult<Option<String>> {
-        with_conn!(self, |c| {
-            scalar!(
-                c.conn(),
-                fetch_optional,
-                "SELECT b.localpart FROM browser_sessions b \
-                 JOIN users u ON u.localpart = b.localpart \
-                 WHERE b.session_hash = $1 AND b.expires_at > $2 AND NOT u.locked",
-                session_hash,
-                now
-            )
-        })
+        with_conn!(self, |c| scalar!(
+            c.conn(),
+            fetch_optional,
+            "SELECT b.localpart FROM browser_sessions b \
+             JOIN users u ON u.localpart = b.localpart \
+             WHERE b.session_hash = $1 AND b.expires_at > $2 AND NOT u.locked",
+            session_hash,
+            now
+        ))
     }
 
     /// Ends a browser session.
     pub async fn delete_browser_session(&self, session_hash: &str) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "DELETE FROM browser_sessions WHERE session_hash = $1",
-                session_hash
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "DELETE FROM browser_sessions WHERE session_hash = $1",
+            session_hash
+        ))
+        .map(drop)
     }
 
     /// Records the user's approval of a cross-signing key reset until `expires_at`.
@@ -656,45 +634,39 @@ impl SqlDb {
         now: i64,
         expires_at: i64,
     ) -> DbResult<()> {
-        with_conn!(self, |c| {
-            exec!(
-                c.conn(),
-                "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE SET \
-                 approved_at = excluded.approved_at, expires_at = excluded.expires_at",
-                localpart,
-                now,
-                expires_at
-            )?;
-            Ok(())
-        })
+        with_conn!(self, |c| exec!(
+            c.conn(),
+            "INSERT INTO cross_signing_resets (localpart, approved_at, expires_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (localpart) DO UPDATE SET \
+             approved_at = excluded.approved_at, expires_at = excluded.expires_at",
+            localpart,
+            now,
+            expires_at
+        ))
+        .map(drop)
     }
 
     /// Whether a cross-signing reset is approved at `now` (read by
     /// `/keys/device_signing/upload`).
     pub async fn cross_signing_reset_allowed(&self, localpart: &str, now: i64) -> DbResult<bool> {
-        with_conn!(self, |c| {
-            let n: i64 = scalar!(
-                c.conn(),
-                fetch_one,
-                "SELECT COUNT(*) FROM cross_signing_resets WHERE localpart = $1 \
-                 AND expires_at > $2",
-                localpart,
-                now
-            )?;
-            Ok(n > 0)
-        })
+        with_conn!(self, |c| scalar!(
+            c.conn(),
+            fetch_one,
+            "SELECT COUNT(*) FROM cross_signing_resets WHERE localpart = $1 \
+             AND expires_at > $2",
+            localpart,
+            now
+        ))
+        .map(|n: i64| n > 0)
     }
 
     /// The server name pinned at first start, if any.
     pub async fn pinned_server_name(&self) -> DbResult<Option<String>> {
-        with_conn!(self, |c| {
-            scalar!(
-                c.conn(),
-                fetch_optional,
-                "SELECT value FROM server_meta WHERE name = 'server_name'"
-            )
-        })
+        with_conn!(self, |c| scalar!(
+            c.conn(),
+            fetch_optional,
+            "SELECT value FROM server_meta WHERE name = 'server_name'"
+        ))
     }
 
     /// Pins `name` as the server name unless one is pinned already; returns the pinned one

@@ -314,9 +314,10 @@ macro_rules! scalar {
 }
 
 /// Runs the body of a store method on a pooled connection: `with_conn!(self, |c| { … })`,
-/// under [`Pool::run`] (admission and time bound on PostgreSQL).
+/// or `with_conn!(self, |c| exec!(c.conn(), …))` for a single statement, under [`Pool::run`]
+/// (admission and time bound on PostgreSQL).
 macro_rules! with_conn {
-    ($db:expr, |$c:ident| $body:block) => {
+    ($db:expr, |$c:ident| $body:expr) => {
         $db.pool
             .run(async move {
                 let mut $c = $db.pool.acquire().await?;
