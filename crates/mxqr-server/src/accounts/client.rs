@@ -9,7 +9,7 @@
 
 use super::error::{DbError, DbResult};
 use super::sql::{SqlDb, Tx, exec, fetch, scalar, with_conn, with_tx};
-use crate::oauth::model::session::{AccessToken, TokenInfo, TokenStatus};
+use crate::oauth::model::session::{AccessToken, TokenStatus};
 
 /// A device's uploaded identity keys.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -128,43 +128,17 @@ impl Tx {
 impl SqlDb {
     /// An access token by hash, with its session's and user's standing.
     pub async fn access_token(&self, access_hash: &str) -> DbResult<Option<AccessToken>> {
-        with_conn!(self, |c| {
-            type Row = (String, String, String, String, i64, Option<i64>, bool, bool);
-            let row: Option<Row> = fetch!(
-                c.conn(),
-                fetch_optional,
-                "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
-                 t.used_at, t.revoked_at IS NOT NULL OR s.revoked_at IS NOT NULL, u.locked \
-                 FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
-                 JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
-                access_hash
-            )?;
-            Ok(row.map(
-                |(
-                    localpart,
-                    device_id,
-                    scope,
-                    session_id,
-                    expires_at,
-                    used_at,
-                    revoked,
-                    locked,
-                )| {
-                    AccessToken {
-                        info: TokenInfo {
-                            localpart,
-                            device_id,
-                            scope,
-                            expires_at,
-                            session_id,
-                            used: used_at.is_some(),
-                        },
-                        revoked,
-                        user_locked: locked,
-                    }
-                },
-            ))
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
+             t.used_at IS NOT NULL AS used, \
+             (t.revoked_at IS NOT NULL OR s.revoked_at IS NOT NULL) AS revoked, \
+             u.locked AS user_locked \
+             FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
+             JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
+            access_hash
+        ))
     }
 
     /// An access token's standing at `now` ([`AccessToken::status`]).

@@ -1,8 +1,9 @@
 //! An OAuth session's access token, as bearer authentication judges it: usable until its
 //! expiry, unless it or its session was revoked or its user is locked.
 
-/// What an access token stands for (bearer authentication).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an access token stands for (bearer authentication). Decodes from the store's row
+/// (`SqlDb::access_token`), whose columns carry these names.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct TokenInfo {
     /// Localpart of the user.
     pub localpart: String,
@@ -20,9 +21,10 @@ pub struct TokenInfo {
 }
 
 /// An access token as stored, with its session's and user's standing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct AccessToken {
     /// What it stands for.
+    #[sqlx(flatten)]
     pub info: TokenInfo,
     /// Whether the token or its session was revoked.
     pub revoked: bool,
