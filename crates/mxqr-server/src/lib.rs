@@ -29,6 +29,7 @@ pub mod rendezvous;
 mod response;
 mod run;
 pub mod synapse;
+mod sync;
 pub mod web;
 
 pub use app::{AppState, app_state, router, serve};

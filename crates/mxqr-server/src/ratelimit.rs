@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::sync::lock;
 
 /// Buckets kept before idle ones are pruned inline (the periodic task prunes too), bounding
 /// memory under a spray of source addresses.
@@ -34,7 +36,7 @@ impl RateLimiter {
     /// Takes one token for `client`, or says how long until one is available.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buckets = lock(&self.buckets);
         if buckets.len() >= PRUNE_AT && !buckets.contains_key(&client) {
             Self::prune_locked(&mut buckets, now, self.per_second, self.burst);
         }
@@ -57,7 +59,7 @@ impl RateLimiter {
 
     /// Drops buckets that have refilled completely: they carry no state worth keeping.
     pub fn prune(&self) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buckets = lock(&self.buckets);
         Self::prune_locked(&mut buckets, Instant::now(), self.per_second, self.burst);
     }
 

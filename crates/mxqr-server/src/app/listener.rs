@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,6 +20,7 @@ use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::ratelimit::client_key;
+use crate::sync::lock;
 
 /// Descriptors kept out of the connection budget: stdio, the listeners, the runtime's epoll
 /// and wake-up handles, log and database files, outgoing HTTP (Synapse) and slack.
@@ -105,7 +106,7 @@ struct AddressSlot {
 impl PerAddress {
     fn try_take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
         let key = client_key(ip);
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.0);
         let open = map.entry(key).or_default();
         if *open >= cap {
             if *open == 0 {
@@ -123,7 +124,7 @@ impl PerAddress {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut map = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.table.0);
         if let Some(open) = map.get_mut(&self.key) {
             *open -= 1;
             if *open == 0 {

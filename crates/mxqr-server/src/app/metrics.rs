@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::rendezvous::store::{StoreStats, Transport};
+use crate::sync::lock;
 
 /// Upper bounds (seconds) of the latency histogram buckets; long-polls land in the top ones.
 const BUCKETS: [f64; 14] = [
@@ -38,7 +39,7 @@ impl Metrics {
     /// Records one finished request.
     pub fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut series = lock(&self.series);
         *series
             .requests
             .entry((route.to_owned(), method.to_owned(), status))
@@ -101,7 +102,7 @@ impl Metrics {
                 );
             }
         }
-        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let series = lock(&self.series);
         let _ = writeln!(
             out,
             "# HELP mxqr_http_requests_total HTTP requests by route template, method and status.\n# TYPE mxqr_http_requests_total counter"

@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::ratelimit::client_key;
+use crate::sync::lock;
 
 /// Keys tracked before stale entries are dropped inline.
 const PRUNE_AT: usize = 100_000;
@@ -53,7 +54,7 @@ impl<K: LimitKey> FailureLimiter<K> {
 
     /// How long `key` must wait, if it has used up its failures.
     pub(crate) fn blocked(&self, key: K) -> Option<Duration> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = lock(&self.entries);
         let (count, since) = entries.get(&key.normalize())?;
         let elapsed = since.elapsed();
         (*count >= self.max && elapsed < self.window).then(|| self.window - elapsed)
@@ -73,7 +74,7 @@ impl<K: LimitKey> FailureLimiter<K> {
 
     /// Gives back an attempt counted by [`Self::attempt`] that succeeded.
     pub(crate) fn refund(&self, key: K) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = lock(&self.entries);
         if let Some(entry) = entries.get_mut(&key.normalize()) {
             entry.0 = entry.0.saturating_sub(1);
         }
@@ -82,7 +83,7 @@ impl<K: LimitKey> FailureLimiter<K> {
     /// Adds one to `key`'s count if it is below `cap`.
     fn charge(&self, key: K, cap: u32) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = lock(&self.entries);
         if entries.len() >= PRUNE_AT {
             let window = self.window;
             entries.retain(|_, (_, since)| now.duration_since(*since) < window);
@@ -102,10 +103,7 @@ impl<K: LimitKey> FailureLimiter<K> {
     pub(crate) fn prune(&self) {
         let now = Instant::now();
         let window = self.window;
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, (_, since)| now.duration_since(*since) < window);
+        lock(&self.entries).retain(|_, (_, since)| now.duration_since(*since) < window);
     }
 }
 
@@ -133,7 +131,7 @@ impl InFlight {
     /// A slot for `ip`, or `None` while it has `max` checks running.
     pub(crate) fn enter(&self, ip: IpAddr) -> Option<InFlightSlot> {
         let key = client_key(ip);
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut running = lock(&self.running);
         let count = running.entry(key).or_insert(0);
         if *count >= self.max {
             return None;
@@ -148,7 +146,7 @@ impl InFlight {
 
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut running = lock(&self.running);
         if let Some(count) = running.get_mut(&self.key) {
             *count = count.saturating_sub(1);
             if *count == 0 {

@@ -1,12 +1,14 @@
 //! Argon2id password hashes (PHC strings) and Matrix localpart rules.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, LazyLock, Mutex, mpsc};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+
+use crate::sync::lock;
 
 /// Shortest password accepted when an account is created or registered.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -114,10 +116,7 @@ static ARGON2_QUEUE: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(|| {
             .spawn(move || {
                 loop {
                     // The lock is held while waiting for a job, not while running it.
-                    let job = receiver
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .recv();
+                    let job = lock(&receiver).recv();
                     match job {
                         Ok(job) => {
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));

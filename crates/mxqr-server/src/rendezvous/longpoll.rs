@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ratelimit::client_key;
 use crate::rendezvous::store::SessionId;
+use crate::sync::lock;
 
 #[derive(Default)]
 struct Counts {
@@ -57,7 +58,7 @@ impl LongPolls {
     pub fn try_start(self: &Arc<Self>, client: IpAddr, session: SessionId) -> Option<LongPollSlot> {
         let permit = self.total.clone().try_acquire_owned().ok()?;
         let address = client_key(client);
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = lock(&self.counts);
         let by_address = counts.by_address.get(&address).copied().unwrap_or(0);
         let by_session = counts.by_session.get(&session.0).copied().unwrap_or(0);
         if by_address >= self.per_address || by_session >= self.per_session {
@@ -86,11 +87,7 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 
 impl Drop for LongPollSlot {
     fn drop(&mut self) {
-        let mut counts = self
-            .polls
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut counts = lock(&self.polls.counts);
         release(&mut counts.by_address, &self.address);
         release(&mut counts.by_session, &self.session);
     }

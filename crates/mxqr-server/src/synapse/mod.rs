@@ -12,7 +12,7 @@
 //! this module only through its hooks ([`SynapseHooks`]), never the other way round.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -22,6 +22,7 @@ use subtle::ConstantTimeEq;
 use crate::accounts::{DbError, DbResult, OutboxEntry, OutboxJob, OutboxKind, SharedDb};
 use crate::oauth::OAuthState;
 use crate::oauth::limits::FailureLimiter;
+use crate::sync::lock;
 
 mod hooks;
 mod introspect;
@@ -126,18 +127,12 @@ impl SynapseLink {
 
     /// Whether this process saw the device reach Synapse.
     pub fn is_provisioned(&self, localpart: &str, device_id: &str) -> bool {
-        self.provisioned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&(localpart.to_owned(), device_id.to_owned()))
+        lock(&self.provisioned).contains(&(localpart.to_owned(), device_id.to_owned()))
     }
 
     /// Records (or, with `known = false`, forgets) that Synapse has the device.
     pub fn set_provisioned(&self, localpart: &str, device_id: &str, known: bool) {
-        let mut set = self
-            .provisioned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut set = lock(&self.provisioned);
         let key = (localpart.to_owned(), device_id.to_owned());
         if known {
             if set.len() >= PROVISIONED_CAP {
@@ -205,10 +200,7 @@ impl SynapseLink {
     pub async fn reconcile_all(&self, db: &SharedDb) -> DbResult<usize> {
         let users = db.users().await?;
         let count = users.len();
-        self.reconciling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(users.into_iter().map(|u| u.localpart));
+        lock(&self.reconciling).extend(users.into_iter().map(|u| u.localpart));
         self.queued.notify_one();
         Ok(count)
     }
@@ -216,10 +208,7 @@ impl SynapseLink {
     /// Moves the next few reconciliation jobs into the (empty) outbox; whether there were any.
     async fn feed_reconciliation(&self, db: &SharedDb, now: i64) -> bool {
         let batch: Vec<String> = {
-            let mut pending = self
-                .reconciling
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut pending = lock(&self.reconciling);
             let n = pending.len().min(RECONCILE_BATCH);
             pending.drain(..n).collect()
         };
@@ -232,10 +221,7 @@ impl SynapseLink {
             .collect();
         if let Err(err) = db.outbox_push(&jobs, now).await {
             tracing::warn!(%err, "queueing Synapse reconciliation jobs failed; will retry");
-            let mut pending = self
-                .reconciling
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut pending = lock(&self.reconciling);
             for lp in batch.into_iter().rev() {
                 pending.push_front(lp);
             }
