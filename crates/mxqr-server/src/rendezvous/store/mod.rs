@@ -45,6 +45,8 @@ impl Transport {
         }
     }
 
+    /// Its position in [`Self::ALL`], also its code in the PostgreSQL store: neither may
+    /// change.
     pub(crate) fn index(self) -> usize {
         match self {
             Transport::Msc4388 => 0,

@@ -128,19 +128,13 @@ impl Drop for PostgresStore {
     }
 }
 
+/// The code a transport is stored as: its [`Transport::index`].
 fn transport_code(transport: Transport) -> i16 {
-    match transport {
-        Transport::Msc4388 => 0,
-        Transport::Msc4108 => 1,
-    }
+    transport.index() as i16
 }
 
 fn transport_from_code(code: i16) -> Option<Transport> {
-    match code {
-        0 => Some(Transport::Msc4388),
-        1 => Some(Transport::Msc4108),
-        _ => None,
-    }
+    Transport::ALL.get(usize::try_from(code).ok()?).copied()
 }
 
 /// Tokens are u64 bit patterns stored in `BIGINT`.
