@@ -29,5 +29,5 @@ pub mod rendezvous;
 
 pub use backend::Backend;
 pub use heavy::{heavy, heavy_blocking};
-pub use oauth::{OAuthServer, Options};
+pub use oauth::{ManualClock, OAuthServer, Options};
 pub use rendezvous::TestServer;

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mxqr_server::accounts::SqlDb;
-use mxqr_server::oauth::{Lifetimes, ManualClock, OAuthState, password, tokens};
+use mxqr_server::oauth::{Clock, Lifetimes, OAuthState, SystemClock, password, tokens};
 use mxqr_server::{AppState, Config};
 
 use crate::{Backend, pg};
@@ -24,6 +24,30 @@ pub const PASSWORD: &str = "correct horse battery";
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A clock that starts at the system time and moves only when told.
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(AtomicI64::new(SystemClock.now_ms()))
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// A running server; dropping it shuts it down and removes its data directory.
 pub struct OAuthServer {

@@ -51,30 +51,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that starts at the system time and moves only when told (tests).
-#[derive(Debug)]
-pub struct ManualClock(AtomicI64);
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self(AtomicI64::new(SystemClock.now_ms()))
-    }
-}
-
-impl ManualClock {
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Lifetimes and caps, from `[oauth]` or (in tests) set directly, bypassing the config floors.
 #[derive(Clone, Debug)]
 pub struct Lifetimes {

@@ -167,8 +167,9 @@ async fn bounded<T: Send + 'static>(
     Ok(result.await?)
 }
 
-/// Argon2 computations running now in this process (for tests and diagnostics).
-pub fn argon2_running() -> usize {
+/// Argon2 computations running now in this process.
+#[cfg(test)]
+fn argon2_running() -> usize {
     ARGON2_RUNNING.load(Ordering::SeqCst)
 }
 
