@@ -136,16 +136,14 @@ impl SqlDb {
 
     /// The oldest `limit` jobs, due or not (order matters more than due time).
     pub async fn outbox_head(&self, limit: i64) -> DbResult<Vec<OutboxEntry>> {
-        with_conn!(self, |c| {
-            let rows: Vec<OutboxRow> = fetch!(
-                c.conn(),
-                fetch_all,
-                "SELECT id, kind, localpart, device_id, display_name, attempts, next_attempt_at \
-                 FROM synapse_outbox ORDER BY id LIMIT $1",
-                limit
-            )?;
-            rows.into_iter().map(entry).collect()
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_all,
+            "SELECT id, kind, localpart, device_id, display_name, attempts, next_attempt_at \
+             FROM synapse_outbox ORDER BY id LIMIT $1",
+            limit
+        ))
+        .and_then(|rows: Vec<OutboxRow>| rows.into_iter().map(entry).collect())
     }
 
     /// Removes a delivered (or permanently refused) job.

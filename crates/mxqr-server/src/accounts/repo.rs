@@ -323,21 +323,19 @@ impl SqlDb {
         new_client_id: &str,
         now: i64,
     ) -> DbResult<String> {
-        with_conn!(self, |c| {
-            // One statement: two instances registering identical metadata at once both get
-            // the one row, and a purge cannot slip in between finding and renewing it.
-            scalar!(
-                c.conn(),
-                fetch_one,
-                "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, \
-                 registered_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
-                 DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
-                new_client_id,
-                metadata_hash,
-                metadata,
-                now
-            )
-        })
+        // One statement: two instances registering identical metadata at once both get
+        // the one row, and a purge cannot slip in between finding and renewing it.
+        with_conn!(self, |c| scalar!(
+            c.conn(),
+            fetch_one,
+            "INSERT INTO clients (client_id, metadata_hash, metadata, created_at, \
+             registered_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (metadata_hash) \
+             DO UPDATE SET registered_at = excluded.registered_at RETURNING client_id",
+            new_client_id,
+            metadata_hash,
+            metadata,
+            now
+        ))
     }
 
     /// The registered metadata (JSON) of a client.
