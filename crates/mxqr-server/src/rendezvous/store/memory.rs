@@ -8,7 +8,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
@@ -17,6 +17,7 @@ use super::{
     BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
     Snapshot, StoreError, StoreStats, Transport, Write,
 };
+use crate::sync::lock;
 
 /// Transaction IDs remembered per session: both sides alternate writes, and a retry arrives
 /// soon after the original, so a few suffice.
@@ -81,6 +82,8 @@ impl Inner {
 
 /// The in-memory back end.
 pub struct MemoryStore {
+    /// Taken with [`lock`]: a panic while holding it leaves the maps consistent (no
+    /// multi-step invariant is broken mid-way by anything that can panic), so keep serving.
     inner: Mutex<Inner>,
     limits: SessionLimits,
     epoch: Instant,
@@ -100,12 +103,6 @@ impl MemoryStore {
             hasher: RandomState::new(),
             counters: Counters::default(),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the maps consistent (no multi-step invariant
-        // is broken mid-way by anything that can panic), so keep serving.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn now_ms(&self) -> u64 {
@@ -151,7 +148,7 @@ impl MemoryStore {
     }
 
     fn purge_batch(&self, now_ms: u64) -> (usize, bool) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         let mut removed = 0;
         while removed < PURGE_BATCH {
             let Some(&(expires_ms, id)) = inner.by_expiry.first() else {
@@ -235,7 +232,7 @@ impl MemoryStore {
         data: Arc<str>,
     ) -> Result<(SessionId, SessionMeta), StoreError> {
         let now_ms = self.now_ms();
-        let mut guard = self.lock();
+        let mut guard = lock(&self.inner);
         let inner = &mut *guard;
         self.make_room(inner, 1, data.len(), now_ms, None)?;
         let mut id = SessionId::random();
@@ -271,7 +268,7 @@ impl MemoryStore {
     ) -> Result<SessionMeta, StoreError> {
         let now_ms = self.now_ms();
         let fingerprint = self.hasher.hash_one((write.expected.0, &*write.data));
-        let mut guard = self.lock();
+        let mut guard = lock(&self.inner);
         let inner = &mut *guard;
         let entry = self.live_entry(inner, transport, id, now_ms)?;
 
@@ -363,7 +360,7 @@ impl RendezvousStore for MemoryStore {
     ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
         Box::pin(async move {
             let now_ms = self.now_ms();
-            let mut inner = self.lock();
+            let mut inner = lock(&self.inner);
             let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
             Ok(Snapshot {
                 data: entry.data.clone(),
@@ -385,7 +382,7 @@ impl RendezvousStore for MemoryStore {
                 let notify: Arc<Notify>;
                 let notified;
                 {
-                    let mut inner = self.lock();
+                    let mut inner = lock(&self.inner);
                     let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
                     if entry.token != since.0 || Instant::now() >= deadline {
                         return Ok(Snapshot {
@@ -420,7 +417,7 @@ impl RendezvousStore for MemoryStore {
     fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let now_ms = self.now_ms();
-            let mut inner = self.lock();
+            let mut inner = lock(&self.inner);
             self.live_entry(&mut inner, transport, id, now_ms)?;
             if let Some(t) = inner.remove(id.0) {
                 self.counters.gone(&self.counters.deleted, t);

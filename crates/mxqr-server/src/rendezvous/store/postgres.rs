@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::pg_gate::PgGate;
+use crate::sync::lock;
 
 use super::{
     BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
@@ -58,18 +59,14 @@ pub enum PgStoreError {
     Migrate(String),
 }
 
-/// Local waiters per session ID; entries exist only while someone waits.
+/// Local waiters per session ID; entries exist only while someone waits. Taken with
+/// [`lock`]: the map stays consistent whatever panicked while holding it.
 #[derive(Default)]
 struct Waiters(Mutex<HashMap<u128, Arc<Notify>>>);
 
 impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u128, Arc<Notify>>> {
-        // The map stays consistent whatever panicked while holding the lock.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn register(self: &Arc<Self>, id: u128) -> WaiterGuard {
-        let notify = self.lock().entry(id).or_default().clone();
+        let notify = lock(&self.0).entry(id).or_default().clone();
         WaiterGuard {
             waiters: self.clone(),
             id,
@@ -78,13 +75,13 @@ impl Waiters {
     }
 
     fn wake(&self, id: u128) {
-        if let Some(notify) = self.lock().get(&id) {
+        if let Some(notify) = lock(&self.0).get(&id) {
             notify.notify_waiters();
         }
     }
 
     fn wake_all(&self) {
-        for notify in self.lock().values() {
+        for notify in lock(&self.0).values() {
             notify.notify_waiters();
         }
     }
@@ -100,7 +97,7 @@ struct WaiterGuard {
 
 impl Drop for WaiterGuard {
     fn drop(&mut self) {
-        let mut map = self.waiters.lock();
+        let mut map = lock(&self.waiters.0);
         // Two references left: the map's and ours. Registrations happen under this lock too.
         if map
             .get(&self.id)
