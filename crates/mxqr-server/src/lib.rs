@@ -19,6 +19,9 @@ pub mod client_ip;
 pub mod config;
 pub mod device_grant;
 pub mod error;
+// Fuzz-only entry points: compiled only in cargo-fuzz builds (which set `--cfg fuzzing`), so
+// the product never carries them.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod matrix;
