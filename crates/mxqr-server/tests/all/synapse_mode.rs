@@ -208,17 +208,18 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage(backend: Bac
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
-    let queued: Vec<OutboxKind> = db
+    // The start-up reconciliation runs on its own task: on a loaded machine it lists alice
+    // (created just after the start) and queues her `sync_devices` ahead of the sign-in's jobs.
+    // That job is harmless and not what this test is about, so it is left out here and below.
+    let queued: Vec<_> = db
         .outbox_head(10)
         .await
         .unwrap()
-        .iter()
-        .map(|e| e.job.kind)
+        .into_iter()
+        .filter(|e| e.job.kind != OutboxKind::SyncDevices)
         .collect();
-    assert_eq!(
-        queued,
-        [OutboxKind::ProvisionUser, OutboxKind::UpsertDevice]
-    );
+    let kinds: Vec<OutboxKind> = queued.iter().map(|e| e.job.kind).collect();
+    assert_eq!(kinds, [OutboxKind::ProvisionUser, OutboxKind::UpsertDevice]);
     let head = db.outbox_head(1).await.unwrap();
     assert!(head[0].attempts >= 1, "retried while down: {head:?}");
 
@@ -281,9 +282,12 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage(backend: Bac
         assert!(Instant::now() < deadline, "outbox not drained");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let seen = calls.lock().unwrap().clone();
+    let provisioning = || -> Vec<_> {
+        let seen = calls.lock().unwrap().clone();
+        seen.into_iter().filter(|(op, ..)| op != "sync_devices").collect()
+    };
     assert_eq!(
-        seen,
+        provisioning(),
         [
             (
                 "provision_user".to_owned(),
@@ -314,7 +318,7 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage(backend: Bac
         let (_, body) = server.introspect(SECRET, &minted.access_token).await;
         assert_eq!(body["device_id"], "DEVADMIN");
     }
-    let seen = calls.lock().unwrap()[2..].to_vec();
+    let seen = provisioning()[2..].to_vec();
     assert_eq!(
         seen,
         [
