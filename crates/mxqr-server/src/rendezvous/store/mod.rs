@@ -1,9 +1,9 @@
-//! Rendezvous session storage behind one async trait.
+//! Rendezvous session storage: one [`Store`] over two back ends.
 //!
-//! The HTTP layer speaks only to [`RendezvousStore`], so a shared back end (PostgreSQL with
-//! `LISTEN/NOTIFY` for wake-ups) can replace the in-memory one to run several instances. The
-//! trait carries everything a back end must get right atomically: compare-and-set on the
-//! sequence token, the retried-write rule, transaction-ID idempotency and waiting for a change.
+//! The HTTP layer speaks only to [`Store`], so a shared back end (PostgreSQL with
+//! `LISTEN/NOTIFY` for wake-ups) can replace the in-memory one to run several instances. Each
+//! back end gets right atomically what the store promises: compare-and-set on the sequence
+//! token, the retried-write rule, transaction-ID idempotency and waiting for a change.
 
 mod ids;
 pub mod limits;
@@ -21,16 +21,17 @@ pub use limits::{MAX_PAYLOAD, PROTECT_WRITTEN_WITHIN, SessionLimits};
 pub use memory::MemoryStore;
 pub use postgres::{PgStoreError, PostgresStore, open_configured};
 
-/// Boxed future, so the trait stays object-safe (`Arc<dyn RendezvousStore>`).
+/// Boxed future, for the object-safe traits of the crate (hooks, the creation policy).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Which rendezvous API a session belongs to; a session is visible only through its own API.
+/// The discriminant is its [`index`](Self::index).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Transport {
     /// MSC4388: JSON bodies with `sequence_token`.
-    Msc4388,
+    Msc4388 = 0,
     /// MSC4108 (2024 revision): text bodies, ETag versioning.
-    Msc4108,
+    Msc4108 = 1,
 }
 
 impl Transport {
@@ -48,10 +49,7 @@ impl Transport {
     /// Its position in [`Self::ALL`], also its code in the PostgreSQL store: neither may
     /// change.
     pub(crate) fn index(self) -> usize {
-        match self {
-            Transport::Msc4388 => 0,
-            Transport::Msc4108 => 1,
-        }
+        self as usize
     }
 }
 
@@ -182,52 +180,90 @@ impl Counters {
     }
 }
 
-/// Storage of rendezvous sessions.
+/// Storage of rendezvous sessions: in this process, or in PostgreSQL shared by several.
 ///
-/// Implementations must make [`update`](Self::update) atomic (compare-and-set on the token)
-/// and wake every [`wait_for_change`](Self::wait_for_change) caller of a session when it is
+/// Each back end makes [`update`](Self::update) atomic (compare-and-set on the token) and
+/// wakes every [`wait_for_change`](Self::wait_for_change) caller of a session when it is
 /// written, deleted, evicted or expires.
-pub trait RendezvousStore: Send + Sync + 'static {
+pub enum Store {
+    /// One process; sessions are lost on restart.
+    Memory(MemoryStore),
+    /// Shared by every instance using the database.
+    Postgres(PostgresStore),
+}
+
+impl Store {
     /// Creates a session holding `data`; returns its ID and metadata.
-    fn create(
+    pub async fn create(
         &self,
         transport: Transport,
         data: Arc<str>,
-    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>>;
+    ) -> Result<(SessionId, SessionMeta), StoreError> {
+        match self {
+            Self::Memory(store) => store.create(transport, data),
+            Self::Postgres(store) => store.create(transport, data).await,
+        }
+    }
 
     /// Current payload of a live session.
-    fn get(
-        &self,
-        transport: Transport,
-        id: SessionId,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+    pub async fn get(&self, transport: Transport, id: SessionId) -> Result<Snapshot, StoreError> {
+        match self {
+            Self::Memory(store) => store.get(transport, id),
+            Self::Postgres(store) => store.get(transport, id).await,
+        }
+    }
 
     /// Waits until the session's token differs from `since` or `deadline` passes, then
     /// answers as [`get`](Self::get) would.
-    fn wait_for_change(
+    pub async fn wait_for_change(
         &self,
         transport: Transport,
         id: SessionId,
         since: SequenceToken,
         deadline: Instant,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+    ) -> Result<Snapshot, StoreError> {
+        match self {
+            Self::Memory(store) => store.wait_for_change(transport, id, since, deadline).await,
+            Self::Postgres(store) => store.wait_for_change(transport, id, since, deadline).await,
+        }
+    }
 
     /// Replaces the payload if `write.expected` is current. Also succeeds, returning the
     /// current metadata unchanged, when `write.expected` is the token the latest write
     /// replaced and the data is identical: that is a retry whose response was lost.
-    fn update(
+    pub async fn update(
         &self,
         transport: Transport,
         id: SessionId,
         write: Write,
-    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>>;
+    ) -> Result<SessionMeta, StoreError> {
+        match self {
+            Self::Memory(store) => store.update(transport, id, write),
+            Self::Postgres(store) => store.update(transport, id, write).await,
+        }
+    }
 
     /// Removes a session.
-    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>>;
+    pub async fn delete(&self, transport: Transport, id: SessionId) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => store.delete(transport, id),
+            Self::Postgres(store) => store.delete(transport, id).await,
+        }
+    }
 
     /// Removes sessions past their expiry; returns how many. Called periodically.
-    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.purge_expired().await),
+            Self::Postgres(store) => store.purge_expired().await,
+        }
+    }
 
     /// Counters for metrics.
-    fn stats(&self) -> StoreStats;
+    pub fn stats(&self) -> StoreStats {
+        match self {
+            Self::Memory(store) => store.stats(),
+            Self::Postgres(store) => store.stats(),
+        }
+    }
 }
