@@ -122,31 +122,24 @@ impl StoreError {
     }
 }
 
-/// Counters for metrics and health; cheap to read, may lag a shared back end slightly.
+/// Counters for metrics and health; cheap to read, may lag a shared back end slightly. A
+/// store keeps them as relaxed atomics ([`Counters`]), read only by metrics and health.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreStats {
+pub struct StoreStats<T = u64> {
     /// Live sessions per transport ([`Transport::index`] order).
-    pub live: [u64; 2],
+    pub live: [T; 2],
     /// Sessions created since start, per transport.
-    pub created: [u64; 2],
+    pub created: [T; 2],
     /// Sessions that reached their expiry, per transport.
-    pub expired: [u64; 2],
+    pub expired: [T; 2],
     /// Sessions evicted by the live-session cap, per transport.
-    pub evicted: [u64; 2],
+    pub evicted: [T; 2],
     /// Sessions deleted by a client, per transport.
-    pub deleted: [u64; 2],
+    pub deleted: [T; 2],
 }
 
-/// What a store did, per transport ([`Transport::index`] order), behind [`StoreStats`]:
-/// relaxed atomics, read only by metrics and health.
-#[derive(Default)]
-struct Counters {
-    live: [AtomicU64; 2],
-    created: [AtomicU64; 2],
-    expired: [AtomicU64; 2],
-    evicted: [AtomicU64; 2],
-    deleted: [AtomicU64; 2],
-}
+/// What a store did, behind [`StoreStats`].
+type Counters = StoreStats<AtomicU64>;
 
 impl Counters {
     fn bump(counter: &[AtomicU64; 2], transport: Transport) {
@@ -168,8 +161,7 @@ impl Counters {
     }
 
     fn stats(&self) -> StoreStats {
-        let read =
-            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
+        let read = |c: &[AtomicU64; 2]| c.each_ref().map(|n| n.load(Ordering::Relaxed));
         StoreStats {
             live: read(&self.live),
             created: read(&self.created),

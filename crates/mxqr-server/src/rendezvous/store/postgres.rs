@@ -311,8 +311,13 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Counts the sessions a row's `evicted` and `expired` columns (transport codes) list.
-    fn count_removed(&self, row: &PgRow) -> Result<(), StoreError> {
+    /// What a row of `mxqr_rendezvous_make_room` says: no room for `room_in_ms` yet
+    /// ([`StoreError::Full`]), or room made by removing the sessions its `evicted` and
+    /// `expired` columns list (transport codes), which are counted.
+    fn made_room(&self, row: &PgRow) -> Result<(), StoreError> {
+        if let Some(room_in_ms) = row.try_get::<Option<i64>, _>("room_in_ms")? {
+            return Err(self.full(room_in_ms));
+        }
         for (column, counter) in [
             ("evicted", &self.counters.evicted),
             ("expired", &self.counters.expired),
@@ -351,14 +356,10 @@ impl PostgresStore {
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some(row) = row else { continue };
-                let room_in_ms: Option<i64> = row.try_get("room_in_ms")?;
-                if let Some(room_in_ms) = room_in_ms {
-                    return Err(self.full(room_in_ms));
-                }
+                self.made_room(&row)?;
                 let meta = meta_from_row(&row, token.0)?;
                 self.set_live_from(&row)?;
                 Counters::bump(&self.counters.created, transport);
-                self.count_removed(&row)?;
                 return Ok((id, meta));
             }
             Err(StoreError::Unavailable(
@@ -394,11 +395,7 @@ impl PostgresStore {
         .bind(id_sql(keep))
         .fetch_one(&self.pool)
         .await?;
-        let room_in_ms: Option<i64> = row.try_get("room_in_ms")?;
-        if let Some(room_in_ms) = room_in_ms {
-            return Err(self.full(room_in_ms));
-        }
-        self.count_removed(&row)
+        self.made_room(&row)
     }
 
     /// See [`Store::get`].
@@ -543,19 +540,18 @@ impl PostgresStore {
             return Ok(TxnStep::Fresh(CasOutcome::NotFound));
         }
         let fingerprint = fingerprint(write);
-        let earlier = sqlx::query(
+        let earlier: Option<(Vec<u8>, Option<i64>)> = sqlx::query_as(
             "SELECT fingerprint, outcome FROM rendezvous_txns WHERE session_id = $1 AND txn_id = $2",
         )
         .bind(id_sql(id))
         .bind(txn_id)
         .fetch_optional(&mut **tx)
         .await?;
-        if let Some(earlier) = earlier {
-            let seen: Vec<u8> = earlier.try_get("fingerprint")?;
+        if let Some((seen, outcome)) = earlier {
             if seen != fingerprint {
                 return Ok(TxnStep::Repeat(Err(StoreError::TxnReused)));
             }
-            let Some(token) = earlier.try_get::<Option<i64>, _>("outcome")? else {
+            let Some(token) = outcome else {
                 return Ok(TxnStep::Repeat(Err(StoreError::ConcurrentWrite)));
             };
             let mut current = self.get_on(&mut **tx, transport, id).await?.meta;
