@@ -123,7 +123,7 @@ impl StoreError {
 }
 
 /// Counters for metrics and health; cheap to read, may lag a shared back end slightly. A
-/// store keeps them as relaxed atomics ([`Counters`]), read only by metrics and health.
+/// store keeps them as relaxed atomics, `StoreStats<AtomicU64>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats<T = u64> {
     /// Live sessions per transport ([`Transport::index`] order).

@@ -330,7 +330,8 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// See [`Store::create`]; within the overall time bound, as every operation here.
+    /// See [`Store::create`]. Every operation runs inside [`bounded`](Self::bounded), but a
+    /// wait, which bounds each of its reads instead.
     pub(super) async fn create(
         &self,
         transport: Transport,
