@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxqr_server::rendezvous::store::{PostgresStore, SessionLimits};
+use mxqr_server::rendezvous::store::{PostgresStore, SessionLimits, Store};
 use mxqr_server::{AppState, Config};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
@@ -27,7 +27,7 @@ pub struct TestServer {
     pub base: String,
     pub client: Client,
     /// The PostgreSQL store, when the sessions live in PostgreSQL.
-    pub store: Option<Arc<PostgresStore>>,
+    pub store: Option<Arc<Store>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -92,7 +92,7 @@ impl TestServer {
         let store = PostgresStore::connect(database_url, 8, limits.clone())
             .await
             .unwrap();
-        Self::launch(config, limits, Some(Arc::new(store))).await
+        Self::launch(config, limits, Some(Arc::new(Store::Postgres(store)))).await
     }
 
     /// Sessions in `database_url` with the default test configuration.
@@ -102,11 +102,7 @@ impl TestServer {
         Self::postgres(database_url, config, limits).await
     }
 
-    async fn launch(
-        mut config: Config,
-        limits: SessionLimits,
-        store: Option<Arc<PostgresStore>>,
-    ) -> Self {
+    async fn launch(mut config: Config, limits: SessionLimits, store: Option<Arc<Store>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.listen = addr;

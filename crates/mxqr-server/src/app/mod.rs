@@ -169,7 +169,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let text = state
         .core()
         .metrics
-        .render(&state.rendezvous().store().stats());
+        .render(&state.rendezvous().store.stats());
     (
         [(
             header::CONTENT_TYPE,
@@ -205,7 +205,8 @@ pub async fn serve(
     // Long-polls must leave connections for everything else.
     state
         .rendezvous()
-        .lower_long_poll_total((limits.total / 2).max(1));
+        .long_polls
+        .lower_total((limits.total / 2).max(1));
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
     tracing::info!(
         max_connections = limits.total,

@@ -16,7 +16,7 @@ use crate::oauth::OAuthState;
 use crate::ratelimit::RateLimiter;
 use crate::rendezvous::create_policy::{self, CreateAuthorizer};
 use crate::rendezvous::longpoll::LongPolls;
-use crate::rendezvous::store::{MemoryStore, RendezvousStore, SessionLimits};
+use crate::rendezvous::store::{MemoryStore, SessionLimits, Store};
 use crate::rendezvous::{Parts, RendezvousState};
 use crate::synapse::{SynapseHooks, SynapseLink, SynapseState};
 
@@ -99,17 +99,17 @@ impl AppState {
     /// State for `config` with the in-memory store and the configured session limits.
     pub fn new(config: Config) -> Self {
         let limits = config.session_limits();
-        Self::with_store(config, Arc::new(MemoryStore::new(limits)))
+        Self::with_limits(config, limits)
     }
 
     /// State with explicit session limits, bypassing the 120–300 s TTL floor of user
     /// configuration (tests use sub-second lives).
     pub fn with_limits(config: Config, limits: SessionLimits) -> Self {
-        Self::with_store(config, Arc::new(MemoryStore::new(limits)))
+        Self::with_store(config, Arc::new(Store::Memory(MemoryStore::new(limits))))
     }
 
     /// State over any store back end, with the configured creation policy.
-    pub fn with_store(config: Config, store: Arc<dyn RendezvousStore>) -> Self {
+    pub fn with_store(config: Config, store: Arc<Store>) -> Self {
         let authorizer = create_policy::for_policy(config.rendezvous.create_policy);
         Self::with_parts(config, store, authorizer)
     }
@@ -117,7 +117,7 @@ impl AppState {
     /// State over any store back end and creation policy (a token validator plugs in here).
     pub fn with_parts(
         config: Config,
-        store: Arc<dyn RendezvousStore>,
+        store: Arc<Store>,
         authorizer: Box<dyn CreateAuthorizer>,
     ) -> Self {
         let rl = &config.rate_limit;
@@ -193,8 +193,8 @@ impl AppState {
     pub(super) fn matrix(&self) -> MatrixState {
         MatrixState {
             oauth: self.oauth.clone(),
-            write_limiter: self.rendezvous.write_limiter(),
-            public_url: self.rendezvous.public_url().to_owned(),
+            write_limiter: self.rendezvous.write_limiter.clone(),
+            public_url: self.rendezvous.public_url.clone(),
         }
     }
 
@@ -215,7 +215,7 @@ impl AppState {
             if let Some(oauth) = &self.oauth {
                 oauth.purge_expired().await;
             }
-            match self.rendezvous.store().purge_expired().await {
+            match self.rendezvous.store.purge_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "expired rendezvous sessions purged"),
                 Err(err) => tracing::warn!(%err, "purging expired sessions failed"),

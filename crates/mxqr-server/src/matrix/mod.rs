@@ -36,7 +36,7 @@ const VERSIONS: [&str; 18] = [
 
 /// `GET /_matrix/client/versions`: clients look here for the rendezvous APIs before using them.
 pub async fn versions(State(state): State<RendezvousState>) -> Json<Value> {
-    let rendezvous = state.config();
+    let rendezvous = &state.config;
     // Our extension: GET …/rendezvous/{id}?since=…&timeout_ms=… waits for a change.
     // `long_poll_max_ms = 0` turns it off (requests then answer at once).
     let long_poll = (rendezvous.msc4388_enabled || rendezvous.msc4108_enabled)

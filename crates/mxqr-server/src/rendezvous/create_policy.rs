@@ -9,29 +9,20 @@ pub trait CreateAuthorizer: Send + Sync + 'static {
     fn may_create<'a>(&'a self, access_token: Option<&'a str>) -> BoxFuture<'a, bool>;
 }
 
-/// Policy `open`: anyone may create.
-pub struct OpenCreation;
-
-impl CreateAuthorizer for OpenCreation {
-    fn may_create<'a>(&'a self, _access_token: Option<&'a str>) -> BoxFuture<'a, bool> {
-        Box::pin(async { true })
-    }
-}
-
-/// Policy `authenticated` until this server issues tokens of its own: a request must carry a
-/// bearer token. Validating the token is the job of the authorizer that replaces this one.
-pub struct RequireAccessToken;
-
-impl CreateAuthorizer for RequireAccessToken {
+/// The configured policy on its own: `open` lets anyone create, and `authenticated`, until
+/// this server issues tokens of its own, wants a bearer token. Validating the token is the job
+/// of the authorizer that replaces this one.
+impl CreateAuthorizer for CreatePolicy {
     fn may_create<'a>(&'a self, access_token: Option<&'a str>) -> BoxFuture<'a, bool> {
-        Box::pin(async move { access_token.is_some_and(|t| !t.is_empty()) })
+        let allowed = match self {
+            CreatePolicy::Open => true,
+            CreatePolicy::Authenticated => access_token.is_some_and(|t| !t.is_empty()),
+        };
+        Box::pin(std::future::ready(allowed))
     }
 }
 
 /// The authorizer for a configured policy.
 pub fn for_policy(policy: CreatePolicy) -> Box<dyn CreateAuthorizer> {
-    match policy {
-        CreatePolicy::Open => Box::new(OpenCreation),
-        CreatePolicy::Authenticated => Box::new(RequireAccessToken),
-    }
+    Box::new(policy)
 }

@@ -21,7 +21,7 @@ use super::state::RendezvousState;
 use super::{MAX_PAYLOAD, PollQuery, parse_id, refuse_navigation};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
-use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
+use crate::rendezvous::store::{SequenceToken, SessionMeta};
 use crate::response::{PathParams, RawBody, json};
 
 /// Where sessions are created.
@@ -118,15 +118,11 @@ async fn create(
 ) -> Result<Response, ApiError> {
     state.check_create_rate(client)?;
     let data = payload(&body)?;
-    let (id, meta) = state
-        .store()
-        .create(Transport::Msc4108, data)
-        .await
-        .map_err(|e| ApiError::from_store(e, STYLE))?;
+    let (id, meta) = state.create(STYLE, data).await?;
     let url = format!(
         "{}{}/{id}",
-        state.public_url(),
-        state.config().msc4108_sessions_path.trim_matches('/')
+        state.public_url,
+        state.config.msc4108_sessions_path.trim_matches('/')
     );
     let mut response = json(StatusCode::CREATED, &json!({ "url": url }));
     version_headers(&mut response, &meta);
@@ -150,10 +146,7 @@ async fn read(
     let any = if_none_match.is_some_and(|v| v.as_bytes().trim_ascii() == b"*");
     let known = if_none_match.and_then(parse_etag);
     let poll = known.zip(requested_wait(&query, &headers));
-    let snapshot = state
-        .read(client, Transport::Msc4108, id, poll)
-        .await
-        .map_err(|e| ApiError::from_store(e, STYLE))?;
+    let snapshot = state.read(client, STYLE, id, poll).await?;
     let mut response = if any || known == Some(snapshot.meta.token) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -182,19 +175,7 @@ async fn write(
     let data = payload(&body)?;
     let id = parse_id(&id)?;
     let expected = parse_etag(if_match).ok_or(ApiError::ConcurrentWrite(STYLE))?;
-    let meta = state
-        .store()
-        .update(
-            Transport::Msc4108,
-            id,
-            Write {
-                expected,
-                data,
-                txn_id: None,
-            },
-        )
-        .await
-        .map_err(|e| ApiError::from_store(e, STYLE))?;
+    let meta = state.update(STYLE, id, expected, data, None).await?;
     let mut response = StatusCode::ACCEPTED.into_response();
     version_headers(&mut response, &meta);
     Ok(response)
@@ -206,11 +187,7 @@ async fn remove(
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    state
-        .store()
-        .delete(Transport::Msc4108, id)
-        .await
-        .map_err(|e| ApiError::from_store(e, STYLE))?;
+    state.delete(STYLE, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -17,7 +17,7 @@ use super::state::RendezvousState;
 use super::{MAX_PAYLOAD, PollQuery, parse_id, refuse_navigation};
 use crate::client_ip::ClientIp;
 use crate::error::{ApiError, ConflictStyle};
-use crate::rendezvous::store::{SequenceToken, SessionMeta, Transport, Write};
+use crate::rendezvous::store::{SequenceToken, SessionMeta};
 use crate::response::{PathParams, RawBody, bearer_token, json};
 
 /// Stable prefix (Matrix spec).
@@ -38,7 +38,7 @@ where
                 &format!("{prefix}/{{id}}"),
                 get(read).put(write).delete(remove),
             )
-            .route(&format!("{prefix}/{{id}}/{{txn_id}}"), put(write_txn))
+            .route(&format!("{prefix}/{{id}}/{{txn_id}}"), put(write))
             .layer(Extension(style))
     };
     under(STABLE_PREFIX, ConflictStyle::Msc4388Stable)
@@ -87,7 +87,7 @@ async fn discover(
     State(state): State<RendezvousState>,
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
-    let allowed = state.authorizer().may_create(bearer_token(&headers)).await;
+    let allowed = state.authorizer.may_create(bearer_token(&headers)).await;
     Json(json!({ "create_available": allowed }))
 }
 
@@ -99,7 +99,7 @@ async fn create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    if !state.authorizer().may_create(bearer_token(&headers)).await {
+    if !state.authorizer.may_create(bearer_token(&headers)).await {
         return Err(ApiError::Forbidden(
             "creating a rendezvous session needs an access token here",
         ));
@@ -107,11 +107,7 @@ async fn create(
     state.check_create_rate(client)?;
     let CreateBody { data } = parse_body(&body)?;
     check_data(&data)?;
-    let (id, meta) = state
-        .store()
-        .create(Transport::Msc4388, Arc::from(data))
-        .await
-        .map_err(|e| ApiError::from_store(e, style))?;
+    let (id, meta) = state.create(style, Arc::from(data)).await?;
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -139,9 +135,8 @@ async fn read(
         .since
         .and_then(|since| since.parse::<SequenceToken>().ok());
     let snapshot = state
-        .read(client, Transport::Msc4388, id, since.zip(poll.timeout))
-        .await
-        .map_err(|e| ApiError::from_store(e, style))?;
+        .read(client, style, id, since.zip(poll.timeout))
+        .await?;
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -152,64 +147,43 @@ async fn read(
     ))
 }
 
-/// `PUT <prefix>/{id}` `{"sequence_token","data"}` → `{"sequence_token"}`.
+/// Where a write goes: `<prefix>/{id}`, or `<prefix>/{id}/{txnId}` with a transaction ID.
+#[derive(Deserialize)]
+struct WritePath {
+    id: String,
+    txn_id: Option<String>,
+}
+
+/// `PUT <prefix>/{id}` `{"sequence_token","data"}` → `{"sequence_token"}`. Under
+/// `<prefix>/{id}/{txnId}`, a repeat with the same transaction ID and body gets the first
+/// answer again.
 async fn write(
     State(state): State<RendezvousState>,
     Extension(style): Extension<ConflictStyle>,
     Extension(client): Extension<ClientIp>,
-    PathParams(id): PathParams<String>,
+    PathParams(WritePath { id, txn_id }): PathParams<WritePath>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    do_write(state, style, client, &id, None, &body).await
-}
-
-/// `PUT <prefix>/{id}/{txnId}`: as `PUT <prefix>/{id}`, and a repeat with the same
-/// transaction ID and body gets the first answer again.
-async fn write_txn(
-    State(state): State<RendezvousState>,
-    Extension(style): Extension<ConflictStyle>,
-    Extension(client): Extension<ClientIp>,
-    PathParams((id, txn_id)): PathParams<(String, String)>,
-    RawBody(body): RawBody,
-) -> Result<Response, ApiError> {
-    if txn_id.is_empty() || txn_id.len() > 255 {
+    if txn_id
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > 255)
+    {
         return Err(ApiError::InvalidParam("txnId must be 1 to 255 bytes"));
     }
-    do_write(state, style, client, &id, Some(txn_id.into()), &body).await
-}
-
-async fn do_write(
-    state: RendezvousState,
-    style: ConflictStyle,
-    client: ClientIp,
-    id: &str,
-    txn_id: Option<Box<str>>,
-    body: &[u8],
-) -> Result<Response, ApiError> {
     state.check_write_rate(client)?;
     let WriteBody {
         sequence_token,
         data,
-    } = parse_body(body)?;
+    } = parse_body(&body)?;
     check_data(&data)?;
-    let id = parse_id(id)?;
+    let id = parse_id(&id)?;
     // A token we never issued cannot be current: that is a stale write, not a bad request.
     let expected = sequence_token
         .parse::<SequenceToken>()
         .map_err(|_| ApiError::ConcurrentWrite(style))?;
     let meta = state
-        .store()
-        .update(
-            Transport::Msc4388,
-            id,
-            Write {
-                expected,
-                data: Arc::from(data),
-                txn_id,
-            },
-        )
-        .await
-        .map_err(|e| ApiError::from_store(e, style))?;
+        .update(style, id, expected, Arc::from(data), txn_id.map(Into::into))
+        .await?;
     Ok(json(
         StatusCode::OK,
         &json!({ "sequence_token": meta.token.to_string() }),
@@ -223,10 +197,6 @@ async fn remove(
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    state
-        .store()
-        .delete(Transport::Msc4388, id)
-        .await
-        .map_err(|e| ApiError::from_store(e, style))?;
+    state.delete(style, id).await?;
     Ok(json(StatusCode::OK, &json!({})))
 }

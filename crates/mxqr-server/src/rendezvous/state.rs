@@ -1,18 +1,19 @@
 //! What the rendezvous handlers get of the application state: the session store, the
 //! creation policy, their rate limits and long-poll budget, and the shutdown signal.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::create_policy::CreateAuthorizer;
 use super::longpoll::LongPolls;
-use super::store::{RendezvousStore, SequenceToken, SessionId, Snapshot, StoreError, Transport};
+use super::store::{SequenceToken, SessionId, SessionMeta, Snapshot, Store, Transport, Write};
 use crate::client_ip::ClientIp;
 use crate::config::RendezvousConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, ConflictStyle};
 use crate::ratelimit::{RateLimiter, client_key};
 
-/// The rendezvous part of the application state (cheap to clone).
+/// The rendezvous part of the application state (cheap to clone), its [`Parts`] at hand.
 #[derive(Clone)]
 pub struct RendezvousState(Arc<Parts>);
 
@@ -23,7 +24,7 @@ pub struct Parts {
     /// Base URL clients see, ending in `/` (MSC4108 session URLs start with it).
     pub public_url: String,
     /// The session store.
-    pub store: Arc<dyn RendezvousStore>,
+    pub store: Arc<Store>,
     /// The MSC4388 creation policy.
     pub authorizer: Box<dyn CreateAuthorizer>,
     /// Session creations per address, when rate limits are on.
@@ -36,30 +37,39 @@ pub struct Parts {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+impl Deref for RendezvousState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// The sessions an API sees, told by its conflict style: MSC4388 under either prefix shares
+/// one set, MSC4108 has its own.
+fn transport(style: ConflictStyle) -> Transport {
+    match style {
+        ConflictStyle::Msc4388Stable | ConflictStyle::Msc4388Unstable => Transport::Msc4388,
+        ConflictStyle::Msc4108 => Transport::Msc4108,
+    }
+}
+
+/// The session operations of the handlers take the API's conflict style, which picks the
+/// transport and spells store errors as that API does.
 impl RendezvousState {
     /// Assembles the state.
     pub fn new(parts: Parts) -> Self {
         Self(Arc::new(parts))
     }
 
-    /// `[rendezvous]`.
-    pub fn config(&self) -> &RendezvousConfig {
-        &self.0.config
-    }
-
-    /// Base URL clients see, ending in `/`.
-    pub fn public_url(&self) -> &str {
-        &self.0.public_url
-    }
-
-    /// The session store.
-    pub fn store(&self) -> &dyn RendezvousStore {
-        &*self.0.store
-    }
-
-    /// The MSC4388 creation policy.
-    pub fn authorizer(&self) -> &dyn CreateAuthorizer {
-        &*self.0.authorizer
+    /// Creates a session holding `data`.
+    pub async fn create(
+        &self,
+        style: ConflictStyle,
+        data: Arc<str>,
+    ) -> Result<(SessionId, SessionMeta), ApiError> {
+        let created = self.store.create(transport(style), data).await;
+        created.map_err(|e| ApiError::from_store(e, style))
     }
 
     /// The session's payload: at once, or with `poll = Some((since, wait))` once its token
@@ -69,39 +79,62 @@ impl RendezvousState {
     pub async fn read(
         &self,
         client: ClientIp,
-        transport: Transport,
+        style: ConflictStyle,
         id: SessionId,
         poll: Option<(SequenceToken, Duration)>,
-    ) -> Result<Snapshot, StoreError> {
-        let store = self.store();
-        let slot = poll.and_then(|poll| Some((self.0.long_polls.try_start(client.0, id)?, poll)));
-        let Some((_slot, (since, wait))) = slot else {
-            return store.get(transport, id).await;
+    ) -> Result<Snapshot, ApiError> {
+        let (store, transport) = (&self.store, transport(style));
+        let slot = poll.and_then(|poll| Some((self.long_polls.try_start(client.0, id)?, poll)));
+        let read = match slot {
+            None => store.get(transport, id).await,
+            Some((_slot, (since, wait))) => {
+                let until = super::deadline(wait, self.config.long_poll_max_ms);
+                let mut stopping = self.shutdown.clone();
+                // The watch guards are not `Send`: let none of them live across an await.
+                let already = *stopping.borrow_and_update();
+                let stopped = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+                };
+                if already {
+                    store.get(transport, id).await
+                } else {
+                    tokio::select! {
+                        value = store.wait_for_change(transport, id, since, until) => value,
+                        () = stopped => store.get(transport, id).await,
+                    }
+                }
+            }
         };
-        let until = super::deadline(wait, self.0.config.long_poll_max_ms);
-        let mut stopping = self.0.shutdown.clone();
-        // The watch guards are not `Send`: let none of them live across an await.
-        let already = *stopping.borrow_and_update();
-        if already {
-            return store.get(transport, id).await;
-        }
-        let stopped = async move {
-            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
-        };
-        tokio::select! {
-            value = store.wait_for_change(transport, id, since, until) => value,
-            () = stopped => store.get(transport, id).await,
-        }
+        read.map_err(|e| ApiError::from_store(e, style))
     }
 
-    /// The write budget, which the client-server API charges too.
-    pub fn write_limiter(&self) -> Option<Arc<RateLimiter>> {
-        self.0.write_limiter.clone()
+    /// Replaces the payload with `data` if `expected` is still current; see [`Write`].
+    pub async fn update(
+        &self,
+        style: ConflictStyle,
+        id: SessionId,
+        expected: SequenceToken,
+        data: Arc<str>,
+        txn_id: Option<Box<str>>,
+    ) -> Result<SessionMeta, ApiError> {
+        let write = Write {
+            expected,
+            data,
+            txn_id,
+        };
+        let written = self.store.update(transport(style), id, write).await;
+        written.map_err(|e| ApiError::from_store(e, style))
+    }
+
+    /// Removes a session.
+    pub async fn delete(&self, style: ConflictStyle, id: SessionId) -> Result<(), ApiError> {
+        let deleted = self.store.delete(transport(style), id).await;
+        deleted.map_err(|e| ApiError::from_store(e, style))
     }
 
     /// Drops idle rate-limit buckets.
     pub fn prune_limiters(&self) {
-        for limiter in [&self.0.create_limiter, &self.0.write_limiter]
+        for limiter in [&self.create_limiter, &self.write_limiter]
             .into_iter()
             .flatten()
         {
@@ -109,19 +142,14 @@ impl RendezvousState {
         }
     }
 
-    /// Lowers the long-poll cap (to leave connections for everything else).
-    pub fn lower_long_poll_total(&self, total: usize) {
-        self.0.long_polls.lower_total(total);
-    }
-
     /// Charges one session creation to `client`.
     pub fn check_create_rate(&self, client: ClientIp) -> Result<(), ApiError> {
-        charge(self.0.create_limiter.as_deref(), client)
+        charge(self.create_limiter.as_deref(), client)
     }
 
     /// Charges one write to `client`.
     pub fn check_write_rate(&self, client: ClientIp) -> Result<(), ApiError> {
-        charge(self.0.write_limiter.as_deref(), client)
+        charge(self.write_limiter.as_deref(), client)
     }
 }
 

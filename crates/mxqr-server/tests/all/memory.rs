@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxqr_testkit::api::rendezvous::store::{
-    MemoryStore, RendezvousStore, SessionLimits, Transport,
-};
+use mxqr_testkit::api::rendezvous::store::{MemoryStore, SessionLimits, Transport};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -34,7 +32,7 @@ async fn a_million_sessions_of_100_bytes_fit_in_well_under_a_gibibyte() {
     for i in 0..SESSIONS {
         // Distinct payloads, as real ones are (no sharing of one allocation).
         let data: Arc<str> = Arc::from(format!("{i:0>100}"));
-        store.create(Transport::Msc4388, data).await.unwrap();
+        store.create(Transport::Msc4388, data).unwrap();
     }
     let grown = rss_bytes().saturating_sub(before);
     assert_eq!(store.stats().live[0], SESSIONS);

@@ -17,11 +17,15 @@ const ID_CHARS: usize = 26;
 /// Characters in a rendered [`SequenceToken`] (13 × 5 bits ≥ 64 bits).
 const TOKEN_CHARS: usize = 13;
 
-fn encode(mut value: u128, out: &mut [u8]) {
-    for slot in out.iter_mut().rev() {
+/// Writes `value` as its last `N` base32 digits.
+fn render<const N: usize>(mut value: u128, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut buf = [0u8; N];
+    for slot in buf.iter_mut().rev() {
         *slot = ALPHABET[(value & 31) as usize];
         value >>= 5;
     }
+    // The alphabet is ASCII, so this cannot fail.
+    f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
 }
 
 fn decode(text: &str, chars: usize, bits: u32) -> Option<u128> {
@@ -61,10 +65,7 @@ impl SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; ID_CHARS];
-        encode(self.0, &mut buf);
-        // The alphabet is ASCII, so this cannot fail.
-        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+        render::<ID_CHARS>(self.0, f)
     }
 }
 
@@ -100,9 +101,7 @@ impl SequenceToken {
 
 impl fmt::Display for SequenceToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; TOKEN_CHARS];
-        encode(u128::from(self.0), &mut buf);
-        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+        render::<TOKEN_CHARS>(u128::from(self.0), f)
     }
 }
 

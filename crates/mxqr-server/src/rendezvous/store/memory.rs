@@ -1,4 +1,4 @@
-//! In-memory [`RendezvousStore`]: one process, sessions lost on restart.
+//! In-memory back end of [`super::Store`]: one process, sessions lost on restart.
 //!
 //! Layout is chosen for a million live sessions in well under 1 GiB: IDs and tokens are
 //! integers, times are milliseconds since the store started, the payload is one shared string,
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use super::{
-    BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
-    Snapshot, StoreError, StoreStats, Transport, Write,
+    Counters, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot, StoreError,
+    StoreStats, Transport, Write,
 };
 use crate::sync::lock;
 
@@ -106,11 +106,7 @@ impl MemoryStore {
     }
 
     fn now_ms(&self) -> u64 {
-        self.ms_since_epoch(Instant::now())
-    }
-
-    fn ms_since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+        Self::ms(self.epoch.elapsed())
     }
 
     fn meta(&self, entry: &Entry, now_ms: u64) -> SessionMeta {
@@ -226,7 +222,8 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn do_create(
+    /// See [`super::Store::create`].
+    pub fn create(
         &self,
         transport: Transport,
         data: Arc<str>,
@@ -260,7 +257,8 @@ impl MemoryStore {
         Ok((id, meta))
     }
 
-    fn do_update(
+    /// See [`super::Store::update`].
+    pub fn update(
         &self,
         transport: Transport,
         id: SessionId,
@@ -342,106 +340,80 @@ impl MemoryStore {
         }
         Ok(self.meta(entry, now_ms))
     }
-}
 
-impl RendezvousStore for MemoryStore {
-    fn create(
-        &self,
-        transport: Transport,
-        data: Arc<str>,
-    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>> {
-        Box::pin(async move { self.do_create(transport, data) })
-    }
-
-    fn get(
-        &self,
-        transport: Transport,
-        id: SessionId,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
-        Box::pin(async move {
-            let now_ms = self.now_ms();
-            let mut inner = lock(&self.inner);
-            let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
-            Ok(Snapshot {
-                data: entry.data.clone(),
-                meta: self.meta(entry, now_ms),
-            })
+    /// See [`super::Store::get`].
+    pub fn get(&self, transport: Transport, id: SessionId) -> Result<Snapshot, StoreError> {
+        let now_ms = self.now_ms();
+        let mut inner = lock(&self.inner);
+        let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
+        Ok(Snapshot {
+            data: entry.data.clone(),
+            meta: self.meta(entry, now_ms),
         })
     }
 
-    fn wait_for_change(
+    /// See [`super::Store::wait_for_change`].
+    pub async fn wait_for_change(
         &self,
         transport: Transport,
         id: SessionId,
         since: SequenceToken,
         deadline: Instant,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
-        Box::pin(async move {
-            loop {
-                let now_ms = self.now_ms();
-                let notify: Arc<Notify>;
-                let notified;
-                {
-                    let mut inner = lock(&self.inner);
-                    let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
-                    if entry.token != since.0 || Instant::now() >= deadline {
-                        return Ok(Snapshot {
-                            data: entry.data.clone(),
-                            meta: self.meta(entry, now_ms),
-                        });
-                    }
-                    notify = entry
-                        .waiters
-                        .get_or_insert_with(|| Arc::new(Notify::new()))
-                        .clone();
-                    // Created under the lock: any later write's `notify_waiters` reaches it.
-                    notified = notify.notified();
-                }
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
-                }
-            }
-        })
-    }
-
-    fn update(
-        &self,
-        transport: Transport,
-        id: SessionId,
-        write: Write,
-    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>> {
-        Box::pin(async move { self.do_update(transport, id, write) })
-    }
-
-    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> Result<Snapshot, StoreError> {
+        loop {
             let now_ms = self.now_ms();
-            let mut inner = lock(&self.inner);
-            self.live_entry(&mut inner, transport, id, now_ms)?;
-            if let Some(t) = inner.remove(id.0) {
-                self.counters.gone(&self.counters.deleted, t);
-            }
-            Ok(())
-        })
-    }
-
-    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
-        Box::pin(async move {
-            let now_ms = self.now_ms();
-            let mut total = 0;
-            loop {
-                let (removed, more) = self.purge_batch(now_ms);
-                total += removed;
-                if !more {
-                    return Ok(total);
+            let notify: Arc<Notify>;
+            let notified;
+            {
+                let mut inner = lock(&self.inner);
+                let entry = self.live_entry(&mut inner, transport, id, now_ms)?;
+                if entry.token != since.0 || Instant::now() >= deadline {
+                    return Ok(Snapshot {
+                        data: entry.data.clone(),
+                        meta: self.meta(entry, now_ms),
+                    });
                 }
-                tokio::task::yield_now().await;
+                notify = entry
+                    .waiters
+                    .get_or_insert_with(|| Arc::new(Notify::new()))
+                    .clone();
+                // Created under the lock: any later write's `notify_waiters` reaches it.
+                notified = notify.notified();
             }
-        })
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+            }
+        }
     }
 
-    fn stats(&self) -> StoreStats {
+    /// See [`super::Store::delete`].
+    pub fn delete(&self, transport: Transport, id: SessionId) -> Result<(), StoreError> {
+        let now_ms = self.now_ms();
+        let mut inner = lock(&self.inner);
+        self.live_entry(&mut inner, transport, id, now_ms)?;
+        if let Some(t) = inner.remove(id.0) {
+            self.counters.gone(&self.counters.deleted, t);
+        }
+        Ok(())
+    }
+
+    /// Removes sessions past their expiry, a batch per lock; returns how many.
+    pub async fn purge_expired(&self) -> usize {
+        let now_ms = self.now_ms();
+        let mut total = 0;
+        loop {
+            let (removed, more) = self.purge_batch(now_ms);
+            total += removed;
+            if !more {
+                return total;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// See [`super::Store::stats`].
+    pub fn stats(&self) -> StoreStats {
         self.counters.stats()
     }
 }

@@ -1,9 +1,9 @@
-//! Rendezvous session storage behind one async trait.
+//! Rendezvous session storage: one [`Store`] over two back ends.
 //!
-//! The HTTP layer speaks only to [`RendezvousStore`], so a shared back end (PostgreSQL with
-//! `LISTEN/NOTIFY` for wake-ups) can replace the in-memory one to run several instances. The
-//! trait carries everything a back end must get right atomically: compare-and-set on the
-//! sequence token, the retried-write rule, transaction-ID idempotency and waiting for a change.
+//! The HTTP layer speaks only to [`Store`], so a shared back end (PostgreSQL with
+//! `LISTEN/NOTIFY` for wake-ups) can replace the in-memory one to run several instances. Each
+//! back end gets right atomically what the store promises: compare-and-set on the sequence
+//! token, the retried-write rule, transaction-ID idempotency and waiting for a change.
 
 mod ids;
 pub mod limits;
@@ -21,16 +21,17 @@ pub use limits::{MAX_PAYLOAD, PROTECT_WRITTEN_WITHIN, SessionLimits};
 pub use memory::MemoryStore;
 pub use postgres::{PgStoreError, PostgresStore, open_configured};
 
-/// Boxed future, so the trait stays object-safe (`Arc<dyn RendezvousStore>`).
+/// Boxed future, for the object-safe traits of the crate (hooks, the creation policy).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Which rendezvous API a session belongs to; a session is visible only through its own API.
+/// The discriminant is its [`index`](Self::index).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Transport {
     /// MSC4388: JSON bodies with `sequence_token`.
-    Msc4388,
+    Msc4388 = 0,
     /// MSC4108 (2024 revision): text bodies, ETag versioning.
-    Msc4108,
+    Msc4108 = 1,
 }
 
 impl Transport {
@@ -48,10 +49,7 @@ impl Transport {
     /// Its position in [`Self::ALL`], also its code in the PostgreSQL store: neither may
     /// change.
     pub(crate) fn index(self) -> usize {
-        match self {
-            Transport::Msc4388 => 0,
-            Transport::Msc4108 => 1,
-        }
+        self as usize
     }
 }
 
@@ -124,31 +122,24 @@ impl StoreError {
     }
 }
 
-/// Counters for metrics and health; cheap to read, may lag a shared back end slightly.
+/// Counters for metrics and health; cheap to read, may lag a shared back end slightly. A
+/// store keeps them as relaxed atomics, `StoreStats<AtomicU64>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreStats {
+pub struct StoreStats<T = u64> {
     /// Live sessions per transport ([`Transport::index`] order).
-    pub live: [u64; 2],
+    pub live: [T; 2],
     /// Sessions created since start, per transport.
-    pub created: [u64; 2],
+    pub created: [T; 2],
     /// Sessions that reached their expiry, per transport.
-    pub expired: [u64; 2],
+    pub expired: [T; 2],
     /// Sessions evicted by the live-session cap, per transport.
-    pub evicted: [u64; 2],
+    pub evicted: [T; 2],
     /// Sessions deleted by a client, per transport.
-    pub deleted: [u64; 2],
+    pub deleted: [T; 2],
 }
 
-/// What a store did, per transport ([`Transport::index`] order), behind [`StoreStats`]:
-/// relaxed atomics, read only by metrics and health.
-#[derive(Default)]
-struct Counters {
-    live: [AtomicU64; 2],
-    created: [AtomicU64; 2],
-    expired: [AtomicU64; 2],
-    evicted: [AtomicU64; 2],
-    deleted: [AtomicU64; 2],
-}
+/// What a store did, behind [`StoreStats`].
+type Counters = StoreStats<AtomicU64>;
 
 impl Counters {
     fn bump(counter: &[AtomicU64; 2], transport: Transport) {
@@ -170,8 +161,7 @@ impl Counters {
     }
 
     fn stats(&self) -> StoreStats {
-        let read =
-            |c: &[AtomicU64; 2]| [c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)];
+        let read = |c: &[AtomicU64; 2]| c.each_ref().map(|n| n.load(Ordering::Relaxed));
         StoreStats {
             live: read(&self.live),
             created: read(&self.created),
@@ -182,52 +172,90 @@ impl Counters {
     }
 }
 
-/// Storage of rendezvous sessions.
+/// Storage of rendezvous sessions: in this process, or in PostgreSQL shared by several.
 ///
-/// Implementations must make [`update`](Self::update) atomic (compare-and-set on the token)
-/// and wake every [`wait_for_change`](Self::wait_for_change) caller of a session when it is
+/// Each back end makes [`update`](Self::update) atomic (compare-and-set on the token) and
+/// wakes every [`wait_for_change`](Self::wait_for_change) caller of a session when it is
 /// written, deleted, evicted or expires.
-pub trait RendezvousStore: Send + Sync + 'static {
+pub enum Store {
+    /// One process; sessions are lost on restart.
+    Memory(MemoryStore),
+    /// Shared by every instance using the database.
+    Postgres(PostgresStore),
+}
+
+impl Store {
     /// Creates a session holding `data`; returns its ID and metadata.
-    fn create(
+    pub async fn create(
         &self,
         transport: Transport,
         data: Arc<str>,
-    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>>;
+    ) -> Result<(SessionId, SessionMeta), StoreError> {
+        match self {
+            Self::Memory(store) => store.create(transport, data),
+            Self::Postgres(store) => store.create(transport, data).await,
+        }
+    }
 
     /// Current payload of a live session.
-    fn get(
-        &self,
-        transport: Transport,
-        id: SessionId,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+    pub async fn get(&self, transport: Transport, id: SessionId) -> Result<Snapshot, StoreError> {
+        match self {
+            Self::Memory(store) => store.get(transport, id),
+            Self::Postgres(store) => store.get(transport, id).await,
+        }
+    }
 
     /// Waits until the session's token differs from `since` or `deadline` passes, then
     /// answers as [`get`](Self::get) would.
-    fn wait_for_change(
+    pub async fn wait_for_change(
         &self,
         transport: Transport,
         id: SessionId,
         since: SequenceToken,
         deadline: Instant,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+    ) -> Result<Snapshot, StoreError> {
+        match self {
+            Self::Memory(store) => store.wait_for_change(transport, id, since, deadline).await,
+            Self::Postgres(store) => store.wait_for_change(transport, id, since, deadline).await,
+        }
+    }
 
     /// Replaces the payload if `write.expected` is current. Also succeeds, returning the
     /// current metadata unchanged, when `write.expected` is the token the latest write
     /// replaced and the data is identical: that is a retry whose response was lost.
-    fn update(
+    pub async fn update(
         &self,
         transport: Transport,
         id: SessionId,
         write: Write,
-    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>>;
+    ) -> Result<SessionMeta, StoreError> {
+        match self {
+            Self::Memory(store) => store.update(transport, id, write),
+            Self::Postgres(store) => store.update(transport, id, write).await,
+        }
+    }
 
     /// Removes a session.
-    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>>;
+    pub async fn delete(&self, transport: Transport, id: SessionId) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => store.delete(transport, id),
+            Self::Postgres(store) => store.delete(transport, id).await,
+        }
+    }
 
     /// Removes sessions past their expiry; returns how many. Called periodically.
-    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.purge_expired().await),
+            Self::Postgres(store) => store.purge_expired().await,
+        }
+    }
 
     /// Counters for metrics.
-    fn stats(&self) -> StoreStats;
+    pub fn stats(&self) -> StoreStats {
+        match self {
+            Self::Memory(store) => store.stats(),
+            Self::Postgres(store) => store.stats(),
+        }
+    }
 }

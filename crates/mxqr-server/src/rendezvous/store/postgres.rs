@@ -1,4 +1,4 @@
-//! PostgreSQL [`RendezvousStore`]: sessions shared by several mxqr instances.
+//! PostgreSQL back end of [`super::Store`]: sessions shared by several mxqr instances.
 //!
 //! Every rule of the in-memory store holds across instances because the database decides it:
 //! a write is one statement that compares and sets the token (the retried-write rule is read
@@ -26,8 +26,8 @@ use crate::pg_gate::PgGate;
 use crate::sync::lock;
 
 use super::{
-    BoxFuture, Counters, RendezvousStore, SequenceToken, SessionId, SessionLimits, SessionMeta,
-    Snapshot, StoreError, StoreStats, Transport, Write,
+    Counters, SequenceToken, SessionId, SessionLimits, SessionMeta, Snapshot, Store, StoreError,
+    StoreStats, Transport, Write,
 };
 
 /// Channel carrying the hex ID of every session written, deleted or evicted.
@@ -50,13 +50,13 @@ const TXN_LOG_LEN: i64 = 4;
 pub enum PgStoreError {
     /// The URL does not parse as a PostgreSQL connection string.
     #[error("invalid PostgreSQL URL: {0}")]
-    Url(String),
+    Url(#[source] sqlx::Error),
     /// The server could not be reached or refused the login.
     #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(String),
+    Connect(#[from] sqlx::Error),
     /// The schema could not be created or upgraded.
     #[error("cannot migrate the PostgreSQL rendezvous schema: {0}")]
-    Migrate(String),
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// Local waiters per session ID; entries exist only while someone waits. Taken with
@@ -254,32 +254,22 @@ impl PostgresStore {
         max_connections: u32,
         limits: SessionLimits,
     ) -> Result<Self, PgStoreError> {
-        let options =
-            PgConnectOptions::from_str(url).map_err(|e| PgStoreError::Url(e.to_string()))?;
+        let options = PgConnectOptions::from_str(url).map_err(PgStoreError::Url)?;
         let pool = PgPoolOptions::new()
             // One connection is held by the listener.
             .max_connections(max_connections.max(1) + 1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
-            .await
-            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+            .await?;
         // `migrations/rendezvous-postgres/`, apart from the SQLite ones. Its dated versions never collide with
         // another migration set sharing the database (accounts on PostgreSQL, later), whose
         // entries it ignores. Instances starting at once queue on sqlx's advisory lock.
         let mut migrator = sqlx::migrate!("./migrations/rendezvous-postgres");
         migrator.set_ignore_missing(true);
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| PgStoreError::Migrate(e.to_string()))?;
+        migrator.run(&pool).await?;
         // Listen before serving: a long-poll started at once must not miss its wake-up.
-        let mut listener = PgListener::connect_with(&pool)
-            .await
-            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
-        listener
-            .listen(CHANNEL)
-            .await
-            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
         let waiters = Arc::new(Waiters::default());
         let task = tokio::spawn(listen(pool.clone(), listener, waiters.clone()));
         let store = Self {
@@ -290,10 +280,7 @@ impl PostgresStore {
             counters: Counters::default(),
             listener: task,
         };
-        store
-            .refresh_live()
-            .await
-            .map_err(|e| PgStoreError::Connect(e.to_string()))?;
+        store.refresh_live().await?;
         Ok(store)
     }
 
@@ -305,7 +292,12 @@ impl PostgresStore {
         self.gate.run(operation, StoreError::Unavailable).await
     }
 
-    async fn refresh_live(&self) -> Result<(), StoreError> {
+    /// See [`Store::stats`].
+    pub(super) fn stats(&self) -> StoreStats {
+        self.counters.stats()
+    }
+
+    async fn refresh_live(&self) -> Result<(), sqlx::Error> {
         let row = sqlx::query("SELECT live_msc4388, live_msc4108 FROM rendezvous_counts")
             .fetch_one(&self.pool)
             .await?;
@@ -313,14 +305,19 @@ impl PostgresStore {
     }
 
     /// Takes the live counts from a row's `live_msc4388` and `live_msc4108` columns.
-    fn set_live_from(&self, row: &PgRow) -> Result<(), StoreError> {
+    fn set_live_from(&self, row: &PgRow) -> Result<(), sqlx::Error> {
         self.counters
             .set_live(row.try_get("live_msc4388")?, row.try_get("live_msc4108")?);
         Ok(())
     }
 
-    /// Counts the sessions a row's `evicted` and `expired` columns (transport codes) list.
-    fn count_removed(&self, row: &PgRow) -> Result<(), StoreError> {
+    /// What a row of `mxqr_rendezvous_make_room` says: no room for `room_in_ms` yet
+    /// ([`StoreError::Full`]), or room made by removing the sessions its `evicted` and
+    /// `expired` columns list (transport codes), which are counted.
+    fn made_room(&self, row: &PgRow) -> Result<(), StoreError> {
+        if let Some(room_in_ms) = row.try_get::<Option<i64>, _>("room_in_ms")? {
+            return Err(self.full(room_in_ms));
+        }
         for (column, counter) in [
             ("evicted", &self.counters.evicted),
             ("expired", &self.counters.expired),
@@ -333,43 +330,44 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn do_create(
+    /// See [`Store::create`]. Every operation runs inside [`bounded`](Self::bounded), but a
+    /// wait, which bounds each of its reads instead.
+    pub(super) async fn create(
         &self,
         transport: Transport,
         data: Arc<str>,
     ) -> Result<(SessionId, SessionMeta), StoreError> {
-        // A taken ID (2^-128 per try) yields no row: draw again.
-        for _ in 0..4 {
-            let id = SessionId::random();
-            let token = SequenceToken::fresh(&[]);
-            let row = sqlx::query(
-                "SELECT expires_in_ms, modified_ms, live_msc4388, live_msc4108, evicted, expired, \
-                 room_in_ms FROM mxqr_rendezvous_create_bounded($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(id_sql(id))
-            .bind(transport_code(transport))
-            .bind(&*data)
-            .bind(token_sql(token.0))
-            .bind(ms(self.limits.ttl))
-            .bind(self.max_sessions())
-            .bind(self.max_bytes())
-            .bind(ms(self.limits.protect_written_within))
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(row) = row else { continue };
-            let room_in_ms: Option<i64> = row.try_get("room_in_ms")?;
-            if let Some(room_in_ms) = room_in_ms {
-                return Err(self.full(room_in_ms));
+        self.bounded(async {
+            // A taken ID (2^-128 per try) yields no row: draw again.
+            for _ in 0..4 {
+                let id = SessionId::random();
+                let token = SequenceToken::fresh(&[]);
+                let row = sqlx::query(
+                    "SELECT expires_in_ms, modified_ms, live_msc4388, live_msc4108, evicted, expired, \
+                     room_in_ms FROM mxqr_rendezvous_create_bounded($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(id_sql(id))
+                .bind(transport_code(transport))
+                .bind(&*data)
+                .bind(token_sql(token.0))
+                .bind(ms(self.limits.ttl))
+                .bind(self.max_sessions())
+                .bind(self.max_bytes())
+                .bind(ms(self.limits.protect_written_within))
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { continue };
+                self.made_room(&row)?;
+                let meta = meta_from_row(&row, token.0)?;
+                self.set_live_from(&row)?;
+                Counters::bump(&self.counters.created, transport);
+                return Ok((id, meta));
             }
-            let meta = meta_from_row(&row, token.0)?;
-            self.set_live_from(&row)?;
-            Counters::bump(&self.counters.created, transport);
-            self.count_removed(&row)?;
-            return Ok((id, meta));
-        }
-        Err(StoreError::Unavailable(
-            "could not draw an unused session ID".into(),
-        ))
+            Err(StoreError::Unavailable(
+                "could not draw an unused session ID".into(),
+            ))
+        })
+        .await
     }
 
     fn max_sessions(&self) -> i64 {
@@ -398,15 +396,20 @@ impl PostgresStore {
         .bind(id_sql(keep))
         .fetch_one(&self.pool)
         .await?;
-        let room_in_ms: Option<i64> = row.try_get("room_in_ms")?;
-        if let Some(room_in_ms) = room_in_ms {
-            return Err(self.full(room_in_ms));
-        }
-        self.count_removed(&row)
+        self.made_room(&row)
+    }
+
+    /// See [`Store::get`].
+    pub(super) async fn get(
+        &self,
+        transport: Transport,
+        id: SessionId,
+    ) -> Result<Snapshot, StoreError> {
+        self.bounded(self.get_on(&self.pool, transport, id)).await
     }
 
     /// A live session, on the pool or inside a transaction.
-    async fn do_get<'e>(
+    async fn get_on<'e>(
         &self,
         executor: impl Executor<'e, Database = Postgres>,
         transport: Transport,
@@ -467,50 +470,54 @@ impl PostgresStore {
         })
     }
 
-    async fn do_update(
+    /// See [`Store::update`].
+    pub(super) async fn update(
         &self,
         transport: Transport,
         id: SessionId,
         write: Write,
     ) -> Result<SessionMeta, StoreError> {
-        let outcome = match &write.txn_id {
-            None => match self
-                .compare_and_set(&self.pool, transport, id, &write)
-                .await?
-            {
-                CasOutcome::OverBudget(growth) => {
-                    self.room_for_growth(growth, id).await?;
-                    self.compare_and_set(&self.pool, transport, id, &write)
-                        .await?
-                }
-                outcome => outcome,
-            },
-            Some(txn_id) => {
-                let mut tx = self.pool.begin().await?;
-                match self
-                    .update_with_txn_id(&mut tx, transport, id, &write, txn_id)
+        self.bounded(async {
+            let outcome = match &write.txn_id {
+                None => match self
+                    .compare_and_set(&self.pool, transport, id, &write)
                     .await?
                 {
-                    TxnStep::Fresh(outcome) => {
-                        tx.commit().await?;
-                        outcome
+                    CasOutcome::OverBudget(growth) => {
+                        self.room_for_growth(growth, id).await?;
+                        self.compare_and_set(&self.pool, transport, id, &write)
+                            .await?
                     }
-                    TxnStep::Repeat(answer) => return answer,
+                    outcome => outcome,
+                },
+                Some(txn_id) => {
+                    let mut tx = self.pool.begin().await?;
+                    match self
+                        .update_with_txn_id(&mut tx, transport, id, &write, txn_id)
+                        .await?
+                    {
+                        TxnStep::Fresh(outcome) => {
+                            tx.commit().await?;
+                            outcome
+                        }
+                        TxnStep::Repeat(answer) => return answer,
+                    }
                 }
+            };
+            match outcome {
+                CasOutcome::Written(meta) => {
+                    // The NOTIFY reaches this instance too; waking here saves its round trip.
+                    self.waiters.wake(id.0);
+                    Ok(meta)
+                }
+                CasOutcome::Retry(meta) => Ok(meta),
+                CasOutcome::Conflict => Err(StoreError::ConcurrentWrite),
+                CasOutcome::NotFound => Err(StoreError::NotFound),
+                // Room was made, then taken by a concurrent write: try again shortly.
+                CasOutcome::OverBudget(_) => Err(self.full(0)),
             }
-        };
-        match outcome {
-            CasOutcome::Written(meta) => {
-                // The NOTIFY reaches this instance too; waking here saves its round trip.
-                self.waiters.wake(id.0);
-                Ok(meta)
-            }
-            CasOutcome::Retry(meta) => Ok(meta),
-            CasOutcome::Conflict => Err(StoreError::ConcurrentWrite),
-            CasOutcome::NotFound => Err(StoreError::NotFound),
-            // Room was made, then taken by a concurrent write: try again shortly.
-            CasOutcome::OverBudget(_) => Err(self.full(0)),
-        }
+        })
+        .await
     }
 
     /// The transaction-ID path, under a row lock so the log and the write agree.
@@ -534,22 +541,21 @@ impl PostgresStore {
             return Ok(TxnStep::Fresh(CasOutcome::NotFound));
         }
         let fingerprint = fingerprint(write);
-        let earlier = sqlx::query(
+        let earlier: Option<(Vec<u8>, Option<i64>)> = sqlx::query_as(
             "SELECT fingerprint, outcome FROM rendezvous_txns WHERE session_id = $1 AND txn_id = $2",
         )
         .bind(id_sql(id))
         .bind(txn_id)
         .fetch_optional(&mut **tx)
         .await?;
-        if let Some(earlier) = earlier {
-            let seen: Vec<u8> = earlier.try_get("fingerprint")?;
+        if let Some((seen, outcome)) = earlier {
             if seen != fingerprint {
                 return Ok(TxnStep::Repeat(Err(StoreError::TxnReused)));
             }
-            let Some(token) = earlier.try_get::<Option<i64>, _>("outcome")? else {
+            let Some(token) = outcome else {
                 return Ok(TxnStep::Repeat(Err(StoreError::ConcurrentWrite)));
             };
-            let mut current = self.do_get(&mut **tx, transport, id).await?.meta;
+            let mut current = self.get_on(&mut **tx, transport, id).await?.meta;
             current.token = SequenceToken(token_rust(token));
             return Ok(TxnStep::Repeat(Ok(current)));
         }
@@ -592,55 +598,68 @@ impl PostgresStore {
         Ok(TxnStep::Fresh(outcome))
     }
 
-    async fn do_delete(&self, transport: Transport, id: SessionId) -> Result<(), StoreError> {
-        let deleted = sqlx::query(
-            "WITH gone AS (DELETE FROM rendezvous_sessions \
-                 WHERE id = $1 AND transport = $2 AND expires_at > now() RETURNING id) \
-             SELECT pg_notify('mxqr_rendezvous', $3)::TEXT AS sent FROM gone",
-        )
-        .bind(id_sql(id))
-        .bind(transport_code(transport))
-        .bind(id_hex(id))
-        .fetch_optional(&self.pool)
-        .await?;
-        if deleted.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        self.waiters.wake(id.0);
-        Counters::bump(&self.counters.deleted, transport);
-        self.counters.live[transport.index()]
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .ok();
-        Ok(())
-    }
-
-    async fn do_purge(&self) -> Result<usize, StoreError> {
-        let mut total = 0;
-        loop {
-            // SKIP LOCKED: instances purging at once split the work instead of queueing.
-            let gone: Vec<i16> = sqlx::query_scalar(
-                "DELETE FROM rendezvous_sessions WHERE id IN (\
-                    SELECT id FROM rendezvous_sessions WHERE expires_at <= now() \
-                    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING transport",
+    /// See [`Store::delete`].
+    pub(super) async fn delete(
+        &self,
+        transport: Transport,
+        id: SessionId,
+    ) -> Result<(), StoreError> {
+        self.bounded(async {
+            let deleted = sqlx::query(
+                "WITH gone AS (DELETE FROM rendezvous_sessions \
+                     WHERE id = $1 AND transport = $2 AND expires_at > now() RETURNING id) \
+                 SELECT pg_notify('mxqr_rendezvous', $3)::TEXT AS sent FROM gone",
             )
-            .bind(PURGE_BATCH)
-            .fetch_all(&self.pool)
+            .bind(id_sql(id))
+            .bind(transport_code(transport))
+            .bind(id_hex(id))
+            .fetch_optional(&self.pool)
             .await?;
-            for t in gone.iter().copied().filter_map(transport_from_code) {
-                Counters::bump(&self.counters.expired, t);
+            if deleted.is_none() {
+                return Err(StoreError::NotFound);
             }
-            total += gone.len();
-            if i64::try_from(gone.len()).unwrap_or(i64::MAX) < PURGE_BATCH {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        self.refresh_live().await?;
-        Ok(total)
+            self.waiters.wake(id.0);
+            Counters::bump(&self.counters.deleted, transport);
+            self.counters.live[transport.index()]
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .ok();
+            Ok(())
+        })
+        .await
     }
 
-    async fn do_wait(
+    /// See [`Store::purge_expired`].
+    pub(super) async fn purge_expired(&self) -> Result<usize, StoreError> {
+        self.bounded(async {
+            let mut total = 0;
+            loop {
+                // SKIP LOCKED: instances purging at once split the work instead of queueing.
+                let gone: Vec<i16> = sqlx::query_scalar(
+                    "DELETE FROM rendezvous_sessions WHERE id IN (\
+                        SELECT id FROM rendezvous_sessions WHERE expires_at <= now() \
+                        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING transport",
+                )
+                .bind(PURGE_BATCH)
+                .fetch_all(&self.pool)
+                .await?;
+                for t in gone.iter().copied().filter_map(transport_from_code) {
+                    Counters::bump(&self.counters.expired, t);
+                }
+                total += gone.len();
+                if i64::try_from(gone.len()).unwrap_or(i64::MAX) < PURGE_BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            self.refresh_live().await?;
+            Ok(total)
+        })
+        .await
+    }
+
+    /// See [`Store::wait_for_change`]. Each read is bounded; the wait lasts until `deadline`.
+    pub(super) async fn wait_for_change(
         &self,
         transport: Transport,
         id: SessionId,
@@ -653,7 +672,7 @@ impl PostgresStore {
             let notified = registration.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let snapshot = self.bounded(self.do_get(&self.pool, transport, id)).await?;
+            let snapshot = self.get(transport, id).await?;
             let now = Instant::now();
             if snapshot.meta.token != since || now >= deadline {
                 return Ok(snapshot);
@@ -707,66 +726,14 @@ async fn listen(pool: PgPool, mut listener: PgListener, waiters: Arc<Waiters>) {
     }
 }
 
-impl RendezvousStore for PostgresStore {
-    fn create(
-        &self,
-        transport: Transport,
-        data: Arc<str>,
-    ) -> BoxFuture<'_, Result<(SessionId, SessionMeta), StoreError>> {
-        Box::pin(self.bounded(self.do_create(transport, data)))
-    }
-
-    fn get(
-        &self,
-        transport: Transport,
-        id: SessionId,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
-        Box::pin(self.bounded(self.do_get(&self.pool, transport, id)))
-    }
-
-    fn wait_for_change(
-        &self,
-        transport: Transport,
-        id: SessionId,
-        since: SequenceToken,
-        deadline: Instant,
-    ) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
-        // Each read inside is bounded; the wait itself lasts until `deadline`.
-        Box::pin(self.do_wait(transport, id, since, deadline))
-    }
-
-    fn update(
-        &self,
-        transport: Transport,
-        id: SessionId,
-        write: Write,
-    ) -> BoxFuture<'_, Result<SessionMeta, StoreError>> {
-        Box::pin(self.bounded(self.do_update(transport, id, write)))
-    }
-
-    fn delete(&self, transport: Transport, id: SessionId) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.bounded(self.do_delete(transport, id)))
-    }
-
-    fn purge_expired(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
-        Box::pin(self.bounded(self.do_purge()))
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.counters.stats()
-    }
-}
-
 /// The store the configuration asks for: PostgreSQL when `rendezvous.postgres_url` or
 /// `database.url` is set, else memory.
-pub async fn open_configured(
-    config: &crate::config::Config,
-) -> Result<Arc<dyn RendezvousStore>, PgStoreError> {
+pub async fn open_configured(config: &crate::config::Config) -> Result<Arc<Store>, PgStoreError> {
     let limits = config.session_limits();
-    Ok(match config.rendezvous_postgres_url() {
-        Some(url) => Arc::new(
+    Ok(Arc::new(match config.rendezvous_postgres_url() {
+        Some(url) => Store::Postgres(
             PostgresStore::connect(url, config.rendezvous.postgres_max_connections, limits).await?,
         ),
-        None => Arc::new(super::MemoryStore::new(limits)),
-    })
+        None => Store::Memory(super::MemoryStore::new(limits)),
+    }))
 }
