@@ -9,7 +9,17 @@ use crate::rendezvous::store::StoreError;
 use crate::response::json;
 
 /// `Retry-After` (seconds) on a 503: long enough for a pool to reconnect, short for a sign-in.
-const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+pub(crate) const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
+/// `response` with `Retry-After: secs` when there is a time to give.
+pub(crate) fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
 
 /// How a stale write is reported: MSC4388 uses 409 (with an unstable errcode under the
 /// unstable prefix), MSC4108 uses 412 like any failed `If-Match`.
@@ -189,12 +199,6 @@ impl IntoResponse for ApiError {
             Self::Unavailable | Self::Database => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         };
-        let mut response = json(status, &body);
-        if let Some(secs) = retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        with_retry_after(json(status, &body), retry_after_secs)
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mxqr_server::accounts::SqlDb;
-use mxqr_server::oauth::{Clock, Lifetimes, OAuthState, SystemClock, password, tokens};
+use mxqr_server::oauth::{Clock, Lifetimes, OAuthState, Standalone, SystemClock, password, tokens};
 use mxqr_server::{AppState, Config};
 
 use crate::{Backend, pg};
@@ -175,7 +175,7 @@ impl OAuthServer {
         if let Some(n) = options.device_grants_per_client {
             life.device_grants_per_client = n;
         }
-        let oauth = OAuthState::with_clock(&config, db, clock.clone(), life);
+        let oauth = OAuthState::build(&config, db, Arc::new(Standalone), clock.clone(), life);
         let state = AppState::new(config).with_oauth(oauth.clone());
         let (tx, rx) = oneshot::channel();
         tokio::spawn(mxqr_server::serve(state, listener, async {

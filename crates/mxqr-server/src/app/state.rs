@@ -89,11 +89,9 @@ impl AppState {
             CreatePolicy::Authenticated => oauth.create_authorizer(),
             CreatePolicy::Open => create_policy::for_policy(CreatePolicy::Open),
         };
-        let state = Self::with_parts(config, store, authorizer).with_oauth(oauth);
-        Ok(match link {
-            Some(link) => state.with_synapse(link),
-            None => state,
-        })
+        let mut state = Self::with_parts(config, store, authorizer).with_oauth(oauth);
+        state.synapse = link;
+        Ok(state)
     }
 
     /// State for `config` with the in-memory store and the configured session limits.

@@ -146,16 +146,21 @@ fn redirect_err(uri: &str, why: &str) -> MetadataError {
     MetadataError::RedirectUri(format!("redirect URI {uri:?}: {why}"))
 }
 
+/// The URI `value` of metadata `key`, at most [`MAX_URI_BYTES`] long.
+fn parse_uri(key: &str, value: &str) -> Result<Url, MetadataError> {
+    if value.len() > MAX_URI_BYTES {
+        return Err(meta_err(format!(
+            "{key} is longer than {MAX_URI_BYTES} bytes"
+        )));
+    }
+    Url::parse(value).map_err(|_| meta_err(format!("{key} is not a valid URI")))
+}
+
 /// `client_uri`: an https URL without user information whose host is a domain under a public
 /// suffix. A public suffix itself (`com`, `github.io`) would make every site under it the
 /// client's site, for its redirect URIs too; `localhost` and IP literals name no site at all.
 fn check_client_uri(value: &str) -> Result<String, MetadataError> {
-    if value.len() > MAX_URI_BYTES {
-        return Err(meta_err(format!(
-            "client_uri is longer than {MAX_URI_BYTES} bytes"
-        )));
-    }
-    let url = Url::parse(value).map_err(|_| meta_err("client_uri is not a valid URI"))?;
+    let url = parse_uri("client_uri", value)?;
     if url.scheme() != "https" {
         return Err(meta_err("client_uri must use https"));
     }
@@ -179,12 +184,7 @@ fn check_client_uri(value: &str) -> Result<String, MetadataError> {
 
 /// A URI that must live on the client's site (`logo_uri`, `policy_uri`, `tos_uri`).
 fn check_hosted_uri(key: &str, value: &str, client_host: &str) -> Result<(), MetadataError> {
-    if value.len() > MAX_URI_BYTES {
-        return Err(meta_err(format!(
-            "{key} is longer than {MAX_URI_BYTES} bytes"
-        )));
-    }
-    let url = Url::parse(value).map_err(|_| meta_err(format!("{key} is not a valid URI")))?;
+    let url = parse_uri(key, value)?;
     let ok = url.scheme() == "https"
         && url.username().is_empty()
         && url.password().is_none()
@@ -392,28 +392,23 @@ pub fn validate(body: &Value) -> Result<ClientMetadata, MetadataError> {
                 )));
             }
         }
-        if base == "client_name" || HOSTED_URIS.contains(&base) {
-            let Value::String(text) = value else {
-                return Err(meta_err(format!("{key} must be a string")));
-            };
-            if base == "client_name" {
-                if text.chars().count() > MAX_CLIENT_NAME_CHARS {
-                    return Err(meta_err(format!(
-                        "{key} is longer than {MAX_CLIENT_NAME_CHARS} characters"
-                    )));
-                }
-            } else {
-                check_hosted_uri(key, text, &client_host)?;
-            }
-            json.insert(key.clone(), value.clone());
-        } else if lang.is_some() && base == "client_uri" {
-            let Value::String(text) = value else {
-                return Err(meta_err(format!("{key} must be a string")));
-            };
-            check_hosted_uri(key, text, &client_host)?;
-            json.insert(key.clone(), value.clone());
+        // The plain `client_uri` is stored below; other keys (contacts, software_id, …) are
+        // not used and so not stored or echoed.
+        let hosted = HOSTED_URIS.contains(&base) || (lang.is_some() && base == "client_uri");
+        if !hosted && base != "client_name" {
+            continue;
         }
-        // Other keys (contacts, software_id, …) are not used and so not stored or echoed.
+        let Value::String(text) = value else {
+            return Err(meta_err(format!("{key} must be a string")));
+        };
+        if hosted {
+            check_hosted_uri(key, text, &client_host)?;
+        } else if text.chars().count() > MAX_CLIENT_NAME_CHARS {
+            return Err(meta_err(format!(
+                "{key} is longer than {MAX_CLIENT_NAME_CHARS} characters"
+            )));
+        }
+        json.insert(key.clone(), value.clone());
     }
     json.insert("client_uri".into(), Value::String(client_uri.clone()));
     json.insert(

@@ -2,17 +2,15 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::model::auth_code::CodeError;
 use super::model::device_grant::PollError;
 use super::model::refresh::RefreshError;
 use crate::accounts::DbError;
+use crate::error::{UNAVAILABLE_RETRY_AFTER_SECS, with_retry_after};
 use crate::response::json;
-
-/// `Retry-After` (seconds) on a 503, as the client-server API answers.
-const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 /// Every refusal of the JSON OAuth endpoints (RFC 6749 §5.2, RFC 7591 §3.2.2, RFC 8628 §3.5).
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +129,7 @@ impl IntoResponse for OAuthError {
             tracing::error!(%err, "OAuth store failure");
         }
         let (status, code) = self.status_and_code();
-        let mut response = json(
-            status,
-            &serde_json::json!({ "error": code, "error_description": self.to_string() }),
-        );
+        let body = serde_json::json!({ "error": code, "error_description": self.to_string() });
         let retry_after = match self {
             Self::RateLimited(wait)
             | Self::Throttled {
@@ -144,11 +139,6 @@ impl IntoResponse for OAuthError {
             Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         };
-        if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        with_retry_after(json(status, &body), retry_after)
     }
 }

@@ -224,25 +224,17 @@ impl OAuthState {
     /// State over `db` telling the homeserver about sessions through `hooks`.
     pub fn with_hooks(config: &Config, db: SharedDb, hooks: Arc<dyn HomeserverHooks>) -> Self {
         let life = Lifetimes::from_config(&config.oauth);
-        Self::build(config, db, Arc::new(SystemClock), life, hooks)
+        Self::build(config, db, hooks, Arc::new(SystemClock), life)
     }
 
-    /// Standalone state with an explicit clock and lifetimes (tests).
-    pub fn with_clock(
+    /// State with an explicit clock and lifetimes: tests expire codes without sleeping and
+    /// set lifetimes the configuration's floors would refuse.
+    pub fn build(
         config: &Config,
         db: SharedDb,
-        clock: Arc<dyn Clock>,
-        life: Lifetimes,
-    ) -> Self {
-        Self::build(config, db, clock, life, Arc::new(Standalone))
-    }
-
-    fn build(
-        config: &Config,
-        db: SharedDb,
-        clock: Arc<dyn Clock>,
-        life: Lifetimes,
         hooks: Arc<dyn HomeserverHooks>,
+        clock: Arc<dyn Clock>,
+        life: Lifetimes,
     ) -> Self {
         let public_url = config.effective_public_url();
         let window = Duration::from_secs(config.oauth.failed_attempts_window_secs);

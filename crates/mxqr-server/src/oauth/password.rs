@@ -49,29 +49,22 @@ pub fn hash(password: &str) -> Result<String, HashError> {
 /// parameters it names; the comparison is constant-time). Blocking; the server uses
 /// [`verify_bounded`].
 pub fn verify(password: &str, stored: &str) -> bool {
-    let Ok(parsed) = PasswordHash::new(stored) else {
-        return false;
-    };
-    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
-        return false;
-    };
-    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
-        return false;
-    };
-    let Ok(version) = parsed.version.map(Version::try_from).transpose() else {
-        return false;
-    };
-    let Ok(params) = Params::try_from(&parsed) else {
-        return false;
-    };
+    verify_phc(password, stored).unwrap_or(false)
+}
+
+/// [`verify`]; `None` when `stored` is not a PHC string Argon2 can check against.
+fn verify_phc(password: &str, stored: &str) -> Option<bool> {
+    let parsed = PasswordHash::new(stored).ok()?;
+    let (salt, expected) = (parsed.salt?, parsed.hash?);
+    let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = parsed.version.map(Version::try_from).transpose().ok()?;
+    let params = Params::try_from(&parsed).ok()?;
     let mut salt_buf = [0u8; 64];
-    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
-        return false;
-    };
+    let salt = salt.decode_b64(&mut salt_buf).ok()?;
     let argon2 = Argon2::new(algorithm, version.unwrap_or_default(), params.clone());
     let mut out = vec![0u8; expected.len()];
-    argon2_into(&argon2, &params, password.as_bytes(), salt, &mut out).is_ok()
-        && bool::from(out.ct_eq(expected.as_bytes()))
+    argon2_into(&argon2, &params, password.as_bytes(), salt, &mut out).ok()?;
+    Some(bool::from(out.ct_eq(expected.as_bytes())))
 }
 
 std::thread_local! {

@@ -19,20 +19,8 @@ pub async fn register(
     State(state): State<OAuthState>,
     ClientIp(ip): ClientIp,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Err(err) = state.charge_creation(ip) {
-        return axum::response::IntoResponse::into_response(err);
-    }
-    match register_inner(&state, body).await {
-        Ok(response) => response,
-        Err(err) => axum::response::IntoResponse::into_response(err),
-    }
-}
-
-async fn register_inner(
-    state: &OAuthState,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
+    state.charge_creation(ip)?;
     let body = body
         .map_err(|_| OAuthError::InvalidClientMetadata("request body could not be read".into()))?;
     let value: Value = serde_json::from_slice(&body)

@@ -2,8 +2,6 @@
 //! `urn:matrix:client:device:<id>`, or the MSC2967 spellings that matrix-sdk still sends
 //! (`urn:matrix:org.matrix.msc2967.client:…`), never a mix of the two in one request.
 
-use std::fmt;
-
 const STABLE_API: &str = "urn:matrix:client:api:*";
 const STABLE_DEVICE: &str = "urn:matrix:client:device:";
 const UNSTABLE_API: &str = "urn:matrix:org.matrix.msc2967.client:api:*";
@@ -22,14 +20,9 @@ pub struct MatrixScope {
 }
 
 /// Why a scope cannot be granted (the `error_description` of `invalid_scope`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ScopeError(&'static str);
-
-impl fmt::Display for ScopeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Spelling {

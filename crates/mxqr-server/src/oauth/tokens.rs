@@ -51,10 +51,11 @@ impl Kind {
     }
 }
 
-fn random_base62(len: usize) -> String {
+/// `len` characters drawn uniformly from `alphabet`.
+fn random_chars(alphabet: &[u8], len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
-        .map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())]))
+        .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
         .collect()
 }
 
@@ -70,7 +71,7 @@ fn checksum(body: &str) -> String {
 
 /// A fresh random token of `kind`.
 pub fn generate(kind: Kind) -> String {
-    let body = format!("{}{}", kind.prefix(), random_base62(RANDOM_CHARS));
+    let body = format!("{}{}", kind.prefix(), random_chars(BASE62, RANDOM_CHARS));
     let sum = checksum(&body);
     format!("{body}_{sum}")
 }
@@ -96,15 +97,12 @@ pub fn hash(secret: &str) -> String {
 
 /// A random value for the CSRF nonce cookie (not stored server-side).
 pub fn csrf_token() -> String {
-    random_base62(RANDOM_CHARS)
+    random_chars(BASE62, RANDOM_CHARS)
 }
 
 /// A fresh user code, normalized (8 letters, no dash).
 pub fn user_code() -> String {
-    let mut rng = rand::rng();
-    (0..USER_CODE_LEN)
-        .map(|_| char::from(USER_CODE_ALPHABET[rng.random_range(0..USER_CODE_ALPHABET.len())]))
-        .collect()
+    random_chars(USER_CODE_ALPHABET, USER_CODE_LEN)
 }
 
 /// `WDJBMJHT` → `WDJB-MJHT`, the form shown to people.

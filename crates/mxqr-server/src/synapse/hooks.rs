@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{SynapseLink, device_job, user_job};
-use crate::accounts::{DbResult, OutboxKind, SharedDb};
+use crate::accounts::{DbResult, OutboxJob, OutboxKind, SharedDb};
 use crate::oauth::HomeserverHooks;
 use crate::rendezvous::store::BoxFuture;
 
@@ -18,6 +18,12 @@ impl SynapseHooks {
     /// Hooks queueing into `db`'s outbox, drained by `link`.
     pub fn new(link: Arc<SynapseLink>, db: SharedDb) -> Self {
         Self { link, db }
+    }
+
+    /// Queues `jobs` and waits briefly for Synapse to have them (the outbox keeps trying).
+    async fn send(&self, jobs: &[OutboxJob], now_ms: i64) -> DbResult<()> {
+        let _delivered = self.link.enqueue_and_wait(&self.db, jobs, now_ms).await?;
+        Ok(())
     }
 }
 
@@ -42,7 +48,7 @@ impl HomeserverHooks for SynapseHooks {
             // Marked at once: the outbox delivers what is queued, so later introspections
             // need not queue it again while Synapse is slow.
             self.link.set_provisioned(localpart, device_id, true);
-            if let Err(err) = self.link.enqueue_and_wait(&self.db, &jobs, now_ms).await {
+            if let Err(err) = self.send(&jobs, now_ms).await {
                 self.link.set_provisioned(localpart, device_id, false);
                 return Err(err);
             }
@@ -60,10 +66,7 @@ impl HomeserverHooks for SynapseHooks {
         Box::pin(async move {
             self.link.set_provisioned(localpart, device_id, false);
             let job = device_job(OutboxKind::DeleteDevice, localpart, device_id);
-            self.link
-                .enqueue_and_wait(&self.db, &[job], now_ms)
-                .await
-                .map(|_| ())
+            self.send(&[job], now_ms).await
         })
     }
 
@@ -74,10 +77,7 @@ impl HomeserverHooks for SynapseHooks {
     ) -> BoxFuture<'a, DbResult<()>> {
         Box::pin(async move {
             let job = user_job(OutboxKind::AllowCrossSigningReset, localpart);
-            self.link
-                .enqueue_and_wait(&self.db, &[job], now_ms)
-                .await
-                .map(|_| ())
+            self.send(&[job], now_ms).await
         })
     }
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::SynapseLink;
 use crate::client_ip::ClientIp;
+use crate::error::{UNAVAILABLE_RETRY_AFTER_SECS, with_retry_after};
 use crate::oauth::{OAuthState, tokens};
 use crate::response::{bearer_token, json as json_response};
 
@@ -55,13 +56,6 @@ fn introspection_error(status: StatusCode, error: &str, description: &str) -> Re
     response
 }
 
-/// `response` asking the client to come back in `secs` seconds.
-fn retry_after(mut response: Response, secs: u64) -> Response {
-    let value = header::HeaderValue::from(secs);
-    response.headers_mut().insert(header::RETRY_AFTER, value);
-    response
-}
-
 /// `POST /oauth2/introspect` (RFC 7662), for Synapse only: authenticated with the shared
 /// secret as a bearer token. Unknown, revoked and expired tokens, and tokens of locked users,
 /// are all `{"active": false}`.
@@ -83,7 +77,7 @@ pub(crate) async fn introspect(
                 "invalid_client",
                 "too many wrong shared secrets from this address",
             );
-            return retry_after(response, wait.as_secs().max(1));
+            return with_retry_after(response, Some(wait.as_secs().max(1)));
         }
         link.secret_failures.fail(ip);
         return introspection_error(
@@ -119,7 +113,7 @@ pub(crate) async fn introspect(
                 "temporarily_unavailable",
                 "the store is unavailable",
             );
-            return retry_after(response, 2);
+            return with_retry_after(response, Some(UNAVAILABLE_RETRY_AFTER_SECS));
         }
     };
     if let Some(info) = &info {

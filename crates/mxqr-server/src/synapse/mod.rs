@@ -150,13 +150,6 @@ impl SynapseLink {
         bool::from(digest.ct_eq(&self.secret_digest))
     }
 
-    /// Queues `jobs` and wakes the drainer; returns the last job's ID.
-    pub async fn enqueue(&self, db: &SharedDb, jobs: &[OutboxJob], now: i64) -> DbResult<i64> {
-        let last = db.outbox_push(jobs, now).await?;
-        self.queued.notify_one();
-        Ok(last)
-    }
-
     /// Queues `jobs` and waits up to [`DELIVERY_WAIT`] for Synapse to have them; `false`
     /// when it did not in time. A store failure is returned; a slow or absent Synapse is only
     /// logged (the outbox retries).
@@ -167,7 +160,8 @@ impl SynapseLink {
         now: i64,
     ) -> DbResult<bool> {
         let mut drained = self.drained.subscribe();
-        let last = self.enqueue(db, jobs, now).await?;
+        let last = db.outbox_push(jobs, now).await?;
+        self.queued.notify_one();
         let wait = async {
             loop {
                 if !db.outbox_pending(last).await? {
@@ -270,8 +264,7 @@ impl SynapseLink {
             for entry in head {
                 let now = oauth.now_ms();
                 if entry.next_attempt_at > now {
-                    let ms = u64::try_from(entry.next_attempt_at - now).unwrap_or(0);
-                    return Ok(Some(Duration::from_millis(ms)));
+                    return Ok(Some(wait_ms(entry.next_attempt_at - now)));
                 }
                 match self.deliver(oauth, &entry.job).await {
                     Ok(()) => db.outbox_done(entry.id).await?,
@@ -302,9 +295,7 @@ impl SynapseLink {
                             "Synapse provisioning failed; will retry"
                         );
                         db.outbox_retry(entry.id, now + delay, &why).await?;
-                        return Ok(Some(Duration::from_millis(
-                            u64::try_from(delay).unwrap_or(0),
-                        )));
+                        return Ok(Some(wait_ms(delay)));
                     }
                 }
             }
@@ -381,6 +372,11 @@ impl SynapseLink {
             _ => Err(Failure::Transient(why)),
         }
     }
+}
+
+/// A wait of `ms` milliseconds (none when negative).
+fn wait_ms(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 fn backoff_ms(entry: &OutboxEntry) -> i64 {
