@@ -170,14 +170,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .core()
         .metrics
         .render(&state.rendezvous().store().stats());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn unknown_endpoint() -> ApiError {
@@ -218,7 +211,7 @@ pub async fn serve(
             let metrics_listener = TcpListener::bind(addr).await?;
             tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
             let app = metrics_router(state.clone());
-            let stop = state.core().shutdown.subscribe();
+            let mut stop = state.core().shutdown.subscribe();
             let metrics_limits = ConnectionLimits {
                 total: 16,
                 per_address: 16,
@@ -229,7 +222,6 @@ pub async fn serve(
                 metrics_limits,
                 header_timeout,
                 async move {
-                    let mut stop = stop;
                     let _ = stop.wait_for(|stop| *stop).await;
                 },
                 || {},
