@@ -47,7 +47,7 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// Range checks; `listen` is the main listener, which the metrics one must not repeat.
     pub fn validate(&self, listen: SocketAddr) -> Result<(), String> {
-        super::check_range(
+        super::checks::check_range(
             "http.header_read_timeout_secs",
             self.header_read_timeout_secs,
             HEADER_TIMEOUT_RANGE_SECS,

@@ -11,9 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+mod checks;
 mod database;
 mod homeserver;
 mod http;
@@ -302,25 +302,6 @@ impl Config {
         }
         // Every field is a plain string, number, bool or table: serialising cannot fail.
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
-    }
-}
-
-/// `key` must lie within `range`; the message names the key and the bounds.
-fn check_range(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<(), String> {
-    if range.contains(&value) {
-        return Ok(());
-    }
-    let (start, end) = range.into_inner();
-    Err(format!("{key} must be within {start}..={end}, got {value}"))
-}
-
-/// `url`, when `key` is set, must name PostgreSQL.
-fn check_postgres_url(key: &str, url: Option<&str>) -> Result<(), String> {
-    match url {
-        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
-            Err(format!("{key} must start with postgres://"))
-        }
-        _ => Ok(()),
     }
 }
 

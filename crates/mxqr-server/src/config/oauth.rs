@@ -104,7 +104,7 @@ impl OAuthConfig {
             ),
         ];
         for (key, value, range) in ranges {
-            super::check_range(&format!("oauth.{key}"), value, range)?;
+            super::checks::check_range(&format!("oauth.{key}"), value, range)?;
         }
         if self.device_grants_pending_per_address == 0 || self.device_grants_pending_per_client == 0
         {

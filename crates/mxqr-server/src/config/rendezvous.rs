@@ -98,7 +98,7 @@ impl Default for RendezvousConfig {
 impl RendezvousConfig {
     /// Range and format checks; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        super::check_range("rendezvous.ttl_secs", self.ttl_secs, TTL_RANGE_SECS)?;
+        super::checks::check_range("rendezvous.ttl_secs", self.ttl_secs, TTL_RANGE_SECS)?;
         if self.max_lifetime_secs < self.ttl_secs {
             return Err("rendezvous.max_lifetime_secs must be at least ttl_secs".into());
         }
@@ -154,7 +154,7 @@ impl RendezvousConfig {
                 "rendezvous.msc4108_sessions_path {path:?} is an MSC4388 prefix"
             ));
         }
-        super::check_postgres_url("rendezvous.postgres_url", self.postgres_url.as_deref())?;
+        super::checks::check_postgres_url("rendezvous.postgres_url", self.postgres_url.as_deref())?;
         if self.postgres_max_connections == 0 {
             return Err("rendezvous.postgres_max_connections must be at least 1".into());
         }
