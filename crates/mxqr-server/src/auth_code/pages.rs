@@ -111,23 +111,18 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Pa
     if !client.matching_redirect_uri(redirect_uri) {
         return Err(bad("redirect_uri is not registered for this application"));
     }
-    let client_state = params.get("state");
-    let mode = match params.get("response_mode") {
+    // Until the response mode is known, errors go back in the query.
+    let mut reply = Reply {
+        redirect_uri,
+        mode: Mode::Query,
+        state: params.get("state"),
+    };
+    reply.mode = match params.get("response_mode") {
         None | Some("query") => Mode::Query,
         Some("fragment") => Mode::Fragment,
         Some(_) => {
-            let reply = Reply {
-                redirect_uri,
-                mode: Mode::Query,
-                state: client_state,
-            };
             return Err(reply.error("invalid_request", "response_mode must be query or fragment"));
         }
-    };
-    let reply = Reply {
-        redirect_uri,
-        mode,
-        state: client_state,
     };
     if params.get("response_type") != Some("code") {
         return Err(reply.error("unsupported_response_type", "response_type must be code"));
@@ -160,8 +155,8 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Pa
     Ok(AuthRequest {
         client_id: client_id.to_owned(),
         redirect_uri: redirect_uri.to_owned(),
-        mode,
-        state: client_state.map(str::to_owned),
+        mode: reply.mode,
+        state: reply.state.map(str::to_owned),
         scope: requested,
         challenge: challenge.to_owned(),
         prompt: params.get("prompt").map(str::to_owned),
