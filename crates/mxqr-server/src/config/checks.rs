@@ -20,3 +20,8 @@ pub(super) fn check_postgres_url(key: &str, url: Option<&str>) -> Result<(), Str
         _ => Ok(()),
     }
 }
+
+/// Whether `url` is an absolute http(s) URL with a host.
+pub(super) fn is_http_url(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
