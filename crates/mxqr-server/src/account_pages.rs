@@ -158,10 +158,9 @@ pub(crate) async fn allow_reset(
 }
 
 /// The account pages (`account_management_uri`).
-pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+pub fn routes() -> Router<OAuthState> {
     Router::new()
         .route("/account", get(account_page))
         .route("/account/device/delete", post(delete_device))
         .route("/account/cross-signing-reset", post(allow_reset))
-        .with_state(state)
 }

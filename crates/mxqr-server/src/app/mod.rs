@@ -45,12 +45,13 @@ pub fn router(state: AppState) -> Router {
         ));
     }
     if let Some(oauth) = state.oauth() {
+        let pages = web::routes()
+            .merge(device_grant::routes())
+            .merge(auth_code::routes())
+            .merge(account_pages::routes());
         app = app
             .merge(oauth::routes::router(oauth.clone()))
-            .merge(web::routes(oauth.clone()))
-            .merge(device_grant::routes(oauth.clone()))
-            .merge(auth_code::routes(oauth.clone()))
-            .merge(account_pages::routes(oauth.clone()));
+            .merge(pages.with_state(oauth.clone()));
     }
     if config.homeserver.mode == HomeserverMode::Synapse {
         // Synapse serves the client-server API (discovery included); mxqr answers its

@@ -473,7 +473,7 @@ pub(crate) async fn existing_device(
 }
 
 /// Routes of the sign-in pages; the flows add their own pages (keep [`is_page`] in step).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+pub(crate) fn routes() -> Router<OAuthState> {
     Router::new()
         .route("/login", get(login::login_page).post(login::login_submit))
         .route(
@@ -481,7 +481,6 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Rou
             get(login::register_page).post(login::register_submit),
         )
         .route("/logout", post(login::logout))
-        .with_state(state)
 }
 
 #[cfg(test)]
