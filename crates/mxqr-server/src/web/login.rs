@@ -144,17 +144,23 @@ pub(crate) async fn login_submit(
     }
 }
 
+/// The registration pages exist only when registration is enabled.
+fn registration_open(state: &OAuthState) -> Result<(), PageError> {
+    if state.registration_enabled() {
+        return Ok(());
+    }
+    Err(PageError::NotFound(
+        "registration is disabled on this server".into(),
+    ))
+}
+
 /// `GET /register` (only when registration is enabled).
 pub(crate) async fn register_page(
     State(state): State<OAuthState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
-    if !state.registration_enabled() {
-        return Err(PageError::NotFound(
-            "registration is disabled on this server".into(),
-        ));
-    }
+    registration_open(&state)?;
     show_form(&state, query.as_deref(), &headers, Form::register).await
 }
 
@@ -165,11 +171,7 @@ pub(crate) async fn register_submit(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {
-    if !state.registration_enabled() {
-        return Err(PageError::NotFound(
-            "registration is disabled on this server".into(),
-        ));
-    }
+    registration_open(&state)?;
     let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let next = safe_next(params.get("next"));
     let username = params.get("username").unwrap_or("").trim().to_owned();
