@@ -2,15 +2,13 @@
 //! spec's stable action names and the MSC4191 ones older clients send.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::oauth::OAuthState;
-use crate::oauth::endpoints::{Params, load_client};
+use crate::oauth::endpoints::load_client;
+use crate::oauth::{OAuthState, ms};
 use crate::web::{PageBody, PageError, PageResult, Visit, see_other, show_time};
 
 #[derive(Serialize)]
@@ -30,23 +28,19 @@ async fn client_label(state: &OAuthState, client_id: Option<&str>) -> Result<Str
     })
 }
 
+fn no_such_device() -> PageError {
+    PageError::NotFound("you have no device with this ID".into())
+}
+
 /// `GET /account[?action=…&device_id=…]`.
 pub(crate) async fn account_page(
     State(state): State<OAuthState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
-    let raw = query.clone().unwrap_or_default();
-    let params = crate::web::query_params(query)?;
+    let params = crate::web::query_params(query.as_deref())?;
     let visit = Visit::of(&state, &headers).await?;
-    let Some(localpart) = visit.localpart.clone() else {
-        let next = if raw.is_empty() {
-            "/account".to_owned()
-        } else {
-            format!("/account?{raw}")
-        };
-        return Ok(visit.login_redirect(&state, &next));
-    };
+    let localpart = visit.user(&state, "/account", query.as_deref())?;
     let device_id = params.get("device_id");
     match (params.get("action"), device_id) {
         (Some("org.matrix.device_view" | "org.matrix.session_view"), Some(id)) => {
@@ -95,9 +89,7 @@ async fn device_page(
     confirm_delete: bool,
 ) -> PageResult {
     let Some(device) = state.db().device(localpart, device_id).await? else {
-        return Err(PageError::NotFound(
-            "you have no device with this ID".into(),
-        ));
+        return Err(no_such_device());
     };
     visit.render(
         state,
@@ -115,26 +107,14 @@ async fn device_page(
     )
 }
 
-async fn signed_in_form(
-    state: &OAuthState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Visit, Params, Option<String>), PageError> {
-    let (visit, params) = Visit::of_form(state, headers, body).await?;
-    let localpart = visit.localpart.clone();
-    Ok((visit, params, localpart))
-}
-
 /// `POST /account/device/delete`: signs a device out (revokes its tokens, removes it).
 pub(crate) async fn delete_device(
     State(state): State<OAuthState>,
     headers: HeaderMap,
     PageBody(body): PageBody,
-) -> Result<Response, PageError> {
-    let (visit, params, localpart) = signed_in_form(&state, &headers, &body).await?;
-    let Some(localpart) = localpart else {
-        return Ok(visit.login_redirect(&state, "/account"));
-    };
+) -> PageResult {
+    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
+    let localpart = visit.user(&state, "/account", None)?;
     let device_id = params
         .get("device_id")
         .ok_or_else(|| PageError::BadRequest("device_id is missing".into()))?;
@@ -143,9 +123,7 @@ pub(crate) async fn delete_device(
         .delete_device(&localpart, device_id, state.now_ms())
         .await?
     {
-        return Err(PageError::NotFound(
-            "you have no device with this ID".into(),
-        ));
+        return Err(no_such_device());
     }
     state.synapse_device_ended(&localpart, device_id).await?;
     Ok(see_other("/account?notice=device_deleted"))
@@ -158,14 +136,11 @@ pub(crate) async fn allow_reset(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {
-    let (visit, _params, localpart) = signed_in_form(&state, &headers, &body).await?;
-    let Some(localpart) = localpart else {
-        return Ok(visit.login_redirect(&state, "/account?action=org.matrix.cross_signing_reset"));
-    };
+    let (visit, _params) = Visit::of_form(&state, &headers, &body).await?;
+    let action = Some("action=org.matrix.cross_signing_reset");
+    let localpart = visit.user(&state, "/account", action)?;
     let now = state.now_ms();
-    let until = now.saturating_add(
-        i64::try_from(state.lifetimes().cross_signing_reset.as_millis()).unwrap_or(i64::MAX),
-    );
+    let until = now.saturating_add(ms(state.lifetimes().cross_signing_reset));
     state
         .db()
         .approve_cross_signing_reset(&localpart, now, until)
@@ -183,10 +158,9 @@ pub(crate) async fn allow_reset(
 }
 
 /// The account pages (`account_management_uri`).
-pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+pub fn routes() -> Router<OAuthState> {
     Router::new()
         .route("/account", get(account_page))
         .route("/account/device/delete", post(delete_device))
         .route("/account/cross-signing-reset", post(allow_reset))
-        .with_state(state)
 }

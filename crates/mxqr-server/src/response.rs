@@ -1,9 +1,9 @@
 //! Small response and request-body helpers shared by the handlers.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -13,13 +13,7 @@ use crate::error::ApiError;
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response {
     // Serialising our own plain structs and `json!` values cannot fail; fall back to `{}`.
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The request body as bytes; an over-limit body becomes `413 M_TOO_LARGE` in Matrix JSON

@@ -48,18 +48,25 @@ pub enum ServeError {
 /// Logs to stderr under the `RUST_LOG` filter when it is set, for servers embedded in another
 /// command (`mxqr demo`), which otherwise log nothing. Keeps an already installed subscriber.
 pub fn log_from_env() -> Result<(), ServeError> {
-    let Ok(filter) = std::env::var("RUST_LOG") else {
-        return Ok(());
-    };
+    match std::env::var("RUST_LOG") {
+        // The embedding command's cookie jar (reqwest's `cookie_store`) logs every Set-Cookie
+        // value, browser session tokens included, at debug level: always off.
+        Ok(filter) => log_to_stderr(&filter, &["cookie_store=off"]),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Logs to stderr under `filter` plus `directives`. A global subscriber may already exist
+/// when embedded; the existing one is kept then.
+fn log_to_stderr(filter: &str, directives: &[&str]) -> Result<(), ServeError> {
     let bad_filter = |e: &dyn std::fmt::Display| ServeError::LogFilter {
-        filter: filter.clone(),
+        filter: filter.to_owned(),
         detail: e.to_string(),
     };
-    // The embedding command's cookie jar (reqwest's `cookie_store`) logs every Set-Cookie
-    // value, browser session tokens included, at debug level: always off.
-    let env_filter = EnvFilter::try_new(&filter)
-        .map_err(|e| bad_filter(&e))?
-        .add_directive("cookie_store=off".parse().map_err(|e| bad_filter(&e))?);
+    let mut env_filter = EnvFilter::try_new(filter).map_err(|e| bad_filter(&e))?;
+    for directive in directives {
+        env_filter = env_filter.add_directive(directive.parse().map_err(|e| bad_filter(&e))?);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
@@ -71,15 +78,7 @@ pub fn log_from_env() -> Result<(), ServeError> {
 /// socket is bound (with `listen = "…:0"` that line tells the port).
 pub fn run(config: Config) -> Result<(), ServeError> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.clone());
-    let env_filter = EnvFilter::try_new(&filter).map_err(|e| ServeError::LogFilter {
-        filter: filter.clone(),
-        detail: e.to_string(),
-    })?;
-    // A global subscriber may already exist when embedded; keep the existing one then.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    log_to_stderr(&filter, &[])?;
 
     // Every connection costs a descriptor: use all the hard limit allows (the connection
     // budget is derived from the result).

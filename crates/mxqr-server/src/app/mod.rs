@@ -45,12 +45,13 @@ pub fn router(state: AppState) -> Router {
         ));
     }
     if let Some(oauth) = state.oauth() {
+        let pages = web::routes()
+            .merge(device_grant::routes())
+            .merge(auth_code::routes())
+            .merge(account_pages::routes());
         app = app
             .merge(oauth::routes::router(oauth.clone()))
-            .merge(web::routes(oauth.clone()))
-            .merge(device_grant::routes(oauth.clone()))
-            .merge(auth_code::routes(oauth.clone()))
-            .merge(account_pages::routes(oauth.clone()));
+            .merge(pages.with_state(oauth.clone()));
     }
     if config.homeserver.mode == HomeserverMode::Synapse {
         // Synapse serves the client-server API (discovery included); mxqr answers its
@@ -170,14 +171,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .core()
         .metrics
         .render(&state.rendezvous().store.stats());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn unknown_endpoint() -> ApiError {
@@ -219,7 +213,7 @@ pub async fn serve(
             let metrics_listener = TcpListener::bind(addr).await?;
             tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
             let app = metrics_router(state.clone());
-            let stop = state.core().shutdown.subscribe();
+            let mut stop = state.core().shutdown.subscribe();
             let metrics_limits = ConnectionLimits {
                 total: 16,
                 per_address: 16,
@@ -230,7 +224,6 @@ pub async fn serve(
                 metrics_limits,
                 header_timeout,
                 async move {
-                    let mut stop = stop;
                     let _ = stop.wait_for(|stop| *stop).await;
                 },
                 || {},

@@ -10,11 +10,9 @@ use axum::routing::get;
 use crate::oauth::OAuthState;
 
 /// `GET`/`POST /oauth2/authorize`.
-pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
-    Router::new()
-        .route(
-            "/oauth2/authorize",
-            get(pages::authorize_page).post(pages::authorize_submit),
-        )
-        .with_state(state)
+pub fn routes() -> Router<OAuthState> {
+    Router::new().route(
+        "/oauth2/authorize",
+        get(pages::authorize_page).post(pages::authorize_submit),
+    )
 }

@@ -13,7 +13,7 @@ use crate::accounts::NewAuthCode;
 use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
 use crate::oauth::scope::{self, MatrixScope};
-use crate::oauth::{OAuthState, tokens};
+use crate::oauth::{OAuthState, ms, tokens};
 use crate::web::{PageBody, PageError, PageResult, Visit, see_other};
 
 /// Parameters carried from the consent page back to the POST.
@@ -47,68 +47,63 @@ struct AuthRequest {
     carried: Vec<(String, String)>,
 }
 
-pub(crate) enum Rejection {
-    /// The redirect URI is not trusted: show the error here.
-    Page(PageError),
-    /// Tell the client through its redirect URI.
-    Client(Response),
+/// Where answers go once the redirect URI is verified: back to the client, in the query or the
+/// fragment, with its `state`.
+#[derive(Clone, Copy)]
+struct Reply<'a> {
+    redirect_uri: &'a str,
+    mode: Mode,
+    state: Option<&'a str>,
 }
 
-impl From<PageError> for Rejection {
-    fn from(err: PageError) -> Self {
-        Self::Page(err)
-    }
-}
-
-impl IntoResponse for Rejection {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Page(err) => err.into_response(),
-            Self::Client(response) => response,
-        }
-    }
-}
-
-/// A redirect to the client with `pairs` in the query or the fragment.
-fn to_client(redirect_uri: &str, mode: Mode, pairs: &[(&str, &str)]) -> Response {
-    let Ok(mut url) = Url::parse(redirect_uri) else {
-        return PageError::BadRequest("the redirect URI is not valid".into()).into_response();
-    };
-    match mode {
-        Mode::Query => {
-            let mut query = url.query_pairs_mut();
-            for (k, v) in pairs {
-                query.append_pair(k, v);
+impl Reply<'_> {
+    /// A redirect to the client with `pairs`, then `state`.
+    fn send(self, pairs: &[(&str, &str)]) -> Response {
+        let Ok(mut url) = Url::parse(self.redirect_uri) else {
+            return PageError::BadRequest("the redirect URI is not valid".into()).into_response();
+        };
+        let pairs = pairs
+            .iter()
+            .copied()
+            .chain(self.state.map(|s| ("state", s)));
+        match self.mode {
+            Mode::Query => {
+                url.query_pairs_mut().extend_pairs(pairs);
+            }
+            Mode::Fragment => {
+                let fragment = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs)
+                    .finish();
+                url.set_fragment(Some(&fragment));
             }
         }
-        Mode::Fragment => {
-            let mut fragment = url::form_urlencoded::Serializer::new(String::new());
-            for (k, v) in pairs {
-                fragment.append_pair(k, v);
-            }
-            url.set_fragment(Some(&fragment.finish()));
+        see_other(url.as_str())
+    }
+
+    /// An RFC 6749 §4.1.2.1 error response.
+    fn error(self, error: &str, description: &str) -> PageError {
+        let pairs = [("error", error), ("error_description", description)];
+        PageError::Redirect(Box::new(self.send(&pairs)))
+    }
+}
+
+impl AuthRequest {
+    fn reply(&self) -> Reply<'_> {
+        Reply {
+            redirect_uri: &self.redirect_uri,
+            mode: self.mode,
+            state: self.state.as_deref(),
         }
     }
-    see_other(url.as_str())
 }
 
-fn client_error(req: (&str, Mode, Option<&str>), error: &str, description: &str) -> Rejection {
-    let (redirect_uri, mode, state) = req;
-    let mut pairs = vec![("error", error), ("error_description", description)];
-    if let Some(s) = state {
-        pairs.push(("state", s));
-    }
-    Rejection::Client(to_client(redirect_uri, mode, &pairs))
-}
-
-async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Rejection> {
-    let bad = |m: &str| Rejection::Page(PageError::BadRequest(m.to_owned()));
+async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, PageError> {
+    let bad = |m: &str| PageError::BadRequest(m.to_owned());
     let client_id = params
         .get("client_id")
         .ok_or_else(|| bad("client_id is missing"))?;
     let client = load_client(state, client_id)
-        .await
-        .map_err(PageError::from)?
+        .await?
         .ok_or_else(|| bad("this application is not registered (unknown client_id)"))?;
     let redirect_uri = params
         .get("redirect_uri")
@@ -116,50 +111,43 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Re
     if !client.matching_redirect_uri(redirect_uri) {
         return Err(bad("redirect_uri is not registered for this application"));
     }
-    let client_state = params.get("state");
-    let mode = match params.get("response_mode") {
+    // Until the response mode is known, errors go back in the query.
+    let mut reply = Reply {
+        redirect_uri,
+        mode: Mode::Query,
+        state: params.get("state"),
+    };
+    reply.mode = match params.get("response_mode") {
         None | Some("query") => Mode::Query,
         Some("fragment") => Mode::Fragment,
         Some(_) => {
-            return Err(client_error(
-                (redirect_uri, Mode::Query, client_state),
-                "invalid_request",
-                "response_mode must be query or fragment",
-            ));
+            return Err(reply.error("invalid_request", "response_mode must be query or fragment"));
         }
     };
-    let req = (redirect_uri, mode, client_state);
     if params.get("response_type") != Some("code") {
-        return Err(client_error(
-            req,
-            "unsupported_response_type",
-            "response_type must be code",
-        ));
+        return Err(reply.error("unsupported_response_type", "response_type must be code"));
     }
     if !client.allows_grant("authorization_code") {
-        return Err(client_error(
-            req,
+        return Err(reply.error(
             "unauthorized_client",
             "the client did not register the authorization_code grant type",
         ));
     }
     if params.get("code_challenge_method") != Some("S256") {
-        return Err(client_error(
-            req,
+        return Err(reply.error(
             "invalid_request",
             "PKCE with code_challenge_method S256 is required",
         ));
     }
     let challenge = params.get("code_challenge").unwrap_or("");
     if challenge.len() != 43 || !tokens::valid_pkce_string(challenge) {
-        return Err(client_error(
-            req,
+        return Err(reply.error(
             "invalid_request",
             "code_challenge must be a 43-character S256 challenge",
         ));
     }
     let requested = scope::parse(params.get("scope").unwrap_or(""))
-        .map_err(|e| client_error(req, "invalid_scope", &e.to_string()))?;
+        .map_err(|e| reply.error("invalid_scope", &e.to_string()))?;
     let carried = CARRIED
         .iter()
         .filter_map(|k| params.get(k).map(|v| ((*k).to_owned(), v.to_owned())))
@@ -167,8 +155,8 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Re
     Ok(AuthRequest {
         client_id: client_id.to_owned(),
         redirect_uri: redirect_uri.to_owned(),
-        mode,
-        state: client_state.map(str::to_owned),
+        mode: reply.mode,
+        state: reply.state.map(str::to_owned),
         scope: requested,
         challenge: challenge.to_owned(),
         prompt: params.get("prompt").map(str::to_owned),
@@ -178,11 +166,10 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Re
 }
 
 fn authorize_path(carried: &[(String, String)]) -> String {
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in carried {
-        query.append_pair(k, v);
-    }
-    format!("/oauth2/authorize?{}", query.finish())
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(carried)
+        .finish();
+    format!("/oauth2/authorize?{query}")
 }
 
 /// `GET /oauth2/authorize`: checks the request, signs the user in, then asks for consent.
@@ -190,8 +177,8 @@ pub(crate) async fn authorize_page(
     State(state): State<OAuthState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Result<Response, Rejection> {
-    let params = crate::web::query_params(query)?;
+) -> PageResult {
+    let params = crate::web::query_params(query.as_deref())?;
     let request = validate(&state, &params).await?;
     let visit = Visit::of(&state, &headers).await?;
     if let Some(answer) = request
@@ -202,39 +189,28 @@ pub(crate) async fn authorize_page(
         return Err(answer);
     }
     let Some(localpart) = visit.localpart.clone() else {
+        let create = request.prompt.as_deref() == Some("create") && state.registration_enabled();
+        let form = if create { "/register" } else { "/login" };
         let next = authorize_path(&request.carried);
-        if request.prompt.as_deref() == Some("create") && state.registration_enabled() {
-            let query: String = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("next", &next)
-                .finish();
-            let mut response = see_other(&format!("/register?{query}"));
-            visit.finish(&state, &mut response);
-            return Ok(response);
-        }
-        return Ok(visit.login_redirect(&state, &next));
+        return Ok(visit.redirect_to_form(&state, form, &next));
     };
-    Ok(consent(&state, &visit, &request, &localpart).await?)
+    consent(&state, &visit, &request, &localpart).await
 }
 
 /// OpenID Connect `prompt=none`: the client asks for an answer without any page. Consent is
 /// asked on every authorization here, so a signed-in user still gets `consent_required`.
-fn silent_answer(request: &AuthRequest, prompt: &str, signed_in: bool) -> Option<Rejection> {
+fn silent_answer(request: &AuthRequest, prompt: &str, signed_in: bool) -> Option<PageError> {
     let values: Vec<&str> = prompt.split(' ').collect();
     if !values.contains(&"none") {
         return None;
     }
-    let req = (
-        request.redirect_uri.as_str(),
-        request.mode,
-        request.state.as_deref(),
-    );
+    let reply = request.reply();
     Some(if values.len() > 1 {
-        client_error(req, "invalid_request", "prompt=none cannot be combined")
+        reply.error("invalid_request", "prompt=none cannot be combined")
     } else if !signed_in {
-        client_error(req, "login_required", "the user is not signed in")
+        reply.error("login_required", "the user is not signed in")
     } else {
-        client_error(
-            req,
+        reply.error(
             "consent_required",
             "the user has to approve this application on the consent page",
         )
@@ -273,27 +249,18 @@ pub(crate) async fn authorize_submit(
     State(state): State<OAuthState>,
     headers: HeaderMap,
     PageBody(body): PageBody,
-) -> Result<Response, Rejection> {
+) -> PageResult {
     let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let request = validate(&state, &params).await?;
-    let Some(localpart) = visit.localpart.clone() else {
-        return Ok(visit.login_redirect(&state, &authorize_path(&request.carried)));
-    };
-    let req = (
-        request.redirect_uri.as_str(),
-        request.mode,
-        request.state.as_deref(),
-    );
+    let localpart = visit.user(&state, &authorize_path(&request.carried), None)?;
     if params.get("decision") != Some("approve") {
-        return Err(client_error(
-            req,
-            "access_denied",
-            "the user denied the request",
-        ));
+        return Err(request
+            .reply()
+            .error("access_denied", "the user denied the request"));
     }
     let code = tokens::generate(tokens::Kind::AuthCode);
     let now = state.now_ms();
-    let life = i64::try_from(state.lifetimes().auth_code.as_millis()).unwrap_or(i64::MAX);
+    let life = ms(state.lifetimes().auth_code);
     state
         .db()
         .create_auth_code(
@@ -309,11 +276,6 @@ pub(crate) async fn authorize_submit(
             },
             now,
         )
-        .await
-        .map_err(PageError::from)?;
-    let mut pairs = vec![("code", code.as_str())];
-    if let Some(s) = request.state.as_deref() {
-        pairs.push(("state", s));
-    }
-    Ok(to_client(&request.redirect_uri, request.mode, &pairs))
+        .await?;
+    Ok(request.reply().send(&[("code", &code)]))
 }

@@ -32,11 +32,7 @@ impl Default for DatabaseConfig {
 impl DatabaseConfig {
     /// The URL, when set, must name PostgreSQL; the pool must hold a connection.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(url) = &self.url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
-            return Err("database.url must start with postgres://".into());
-        }
+        super::checks::check_postgres_url("database.url", self.url.as_deref())?;
         if self.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
         }

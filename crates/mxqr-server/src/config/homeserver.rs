@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use super::checks::is_http_url;
 
 /// Who serves the client-server API for mxqr's accounts.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,13 +57,7 @@ impl HomeserverConfig {
     pub fn load_secret(&self) -> Result<String, ConfigError> {
         let secret = match (&self.secret, &self.secret_path) {
             (Some(inline), None) => inline.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
+            (None, Some(path)) => super::read_file(path)?.trim().to_owned(),
             _ => {
                 return Err(ConfigError::Invalid(
                     "homeserver: exactly one of secret and secret_path must be set".into(),
@@ -76,14 +71,10 @@ impl HomeserverConfig {
     /// Synapse mode needs a Synapse URL and exactly one well-sized secret.
     pub fn validate(&self) -> Result<(), String> {
         if self.mode == HomeserverMode::Synapse {
-            match self.synapse_url.as_deref().map(url::Url::parse) {
-                Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => {
-                    return Err(
-                        "homeserver.synapse_url must be an absolute http(s) URL in synapse mode"
-                            .into(),
-                    );
-                }
+            if !self.synapse_url.as_deref().is_some_and(is_http_url) {
+                return Err(
+                    "homeserver.synapse_url must be an absolute http(s) URL in synapse mode".into(),
+                );
             }
             if self.secret.is_some() == self.secret_path.is_some() {
                 return Err(

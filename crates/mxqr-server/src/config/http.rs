@@ -47,12 +47,11 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// Range checks; `listen` is the main listener, which the metrics one must not repeat.
     pub fn validate(&self, listen: SocketAddr) -> Result<(), String> {
-        if !HEADER_TIMEOUT_RANGE_SECS.contains(&self.header_read_timeout_secs) {
-            return Err(format!(
-                "http.header_read_timeout_secs must be within 1..=300, got {}",
-                self.header_read_timeout_secs
-            ));
-        }
+        super::checks::check_range(
+            "http.header_read_timeout_secs",
+            self.header_read_timeout_secs,
+            HEADER_TIMEOUT_RANGE_SECS,
+        )?;
         if self.max_connections == Some(0) {
             return Err("http.max_connections must be at least 1".into());
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod checks;
 mod database;
 mod homeserver;
 mod http;
@@ -150,10 +151,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
+                let text = read_file(path)?;
                 text.parse::<toml::Table>()
                     .map_err(|source| ConfigError::Syntax {
                         path: path.to_owned(),
@@ -208,15 +206,12 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         self.database.validate().map_err(ConfigError::Invalid)?;
         self.rate_limit.validate().map_err(ConfigError::Invalid)?;
-        if let Some(url) = &self.public_url {
-            match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => {
-                    return invalid(format!(
-                        "public_url {url:?} must be an absolute http(s) URL"
-                    ));
-                }
-            }
+        if let Some(url) = &self.public_url
+            && !checks::is_http_url(url)
+        {
+            return invalid(format!(
+                "public_url {url:?} must be an absolute http(s) URL"
+            ));
         }
         self.oauth.validate().map_err(ConfigError::Invalid)?;
         if self.effective_server_name().is_empty() {
@@ -302,6 +297,14 @@ impl Config {
         // Every field is a plain string, number, bool or table: serialising cannot fail.
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// The text of `path`, which the configuration names.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads an environment value as TOML when it is one, else as a string.

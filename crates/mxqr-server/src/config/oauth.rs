@@ -104,13 +104,7 @@ impl OAuthConfig {
             ),
         ];
         for (key, value, range) in ranges {
-            if !range.contains(&value) {
-                return Err(format!(
-                    "oauth.{key} must be within {}..={}, got {value}",
-                    range.start(),
-                    range.end()
-                ));
-            }
+            super::checks::check_range(&format!("oauth.{key}"), value, range)?;
         }
         if self.device_grants_pending_per_address == 0 || self.device_grants_pending_per_client == 0
         {

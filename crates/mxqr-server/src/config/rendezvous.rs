@@ -98,12 +98,7 @@ impl Default for RendezvousConfig {
 impl RendezvousConfig {
     /// Range and format checks; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !TTL_RANGE_SECS.contains(&self.ttl_secs) {
-            return Err(format!(
-                "rendezvous.ttl_secs must be within 10..=3600, got {}",
-                self.ttl_secs
-            ));
-        }
+        super::checks::check_range("rendezvous.ttl_secs", self.ttl_secs, TTL_RANGE_SECS)?;
         if self.max_lifetime_secs < self.ttl_secs {
             return Err("rendezvous.max_lifetime_secs must be at least ttl_secs".into());
         }
@@ -159,11 +154,7 @@ impl RendezvousConfig {
                 "rendezvous.msc4108_sessions_path {path:?} is an MSC4388 prefix"
             ));
         }
-        if let Some(url) = &self.postgres_url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
-            return Err("rendezvous.postgres_url must start with postgres://".into());
-        }
+        super::checks::check_postgres_url("rendezvous.postgres_url", self.postgres_url.as_deref())?;
         if self.postgres_max_connections == 0 {
             return Err("rendezvous.postgres_max_connections must be at least 1".into());
         }

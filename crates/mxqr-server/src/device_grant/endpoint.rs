@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::json;
 
-use crate::accounts::{GrantAdmission, NewDeviceGrant, PendingGrantCaps};
+use crate::accounts::{DbError, GrantAdmission, NewDeviceGrant, PendingGrantCaps};
 use crate::client_ip::ClientIp;
 use crate::oauth::client::DEVICE_CODE_GRANT;
 use crate::oauth::endpoints::{form, require_client};
@@ -75,34 +75,25 @@ pub async fn device_authorization(
             .then_some(life.device_grants_per_address),
         per_client: life.device_grants_per_client,
     };
-    let mut stored = false;
-    for _ in 0..USER_CODE_TRIES {
+    let mut tries = 1;
+    let admission = loop {
         grant.user_code = tokens::user_code();
         match state.db().create_device_grant(&grant, caps, now).await {
-            Ok(GrantAdmission::Stored) => {
-                stored = true;
-                break;
-            }
-            Ok(GrantAdmission::AddressFull { retry_at }) => {
-                return Err(pending_cap_reached(
-                    &state,
-                    retry_at,
-                    "too many pending device authorizations from this address",
-                ));
-            }
-            Ok(GrantAdmission::ClientFull { retry_at }) => {
-                return Err(pending_cap_reached(
-                    &state,
-                    retry_at,
-                    "too many pending device authorizations for this client",
-                ));
-            }
-            Err(crate::accounts::DbError::Conflict) => continue,
-            Err(err) => return Err(err.into()),
+            // The user code is taken: draw another.
+            Err(DbError::Conflict) if tries < USER_CODE_TRIES => tries += 1,
+            other => break other?,
         }
-    }
-    if !stored {
-        return Err(OAuthError::Unavailable(crate::accounts::DbError::Conflict));
+    };
+    match admission {
+        GrantAdmission::Stored => {}
+        GrantAdmission::AddressFull { retry_at } => {
+            let reason = "too many pending device authorizations from this address";
+            return Err(pending_cap_reached(&state, retry_at, reason));
+        }
+        GrantAdmission::ClientFull { retry_at } => {
+            let reason = "too many pending device authorizations for this client";
+            return Err(pending_cap_reached(&state, retry_at, reason));
+        }
     }
     let verification_uri = state.url("link");
     Ok(json_response(

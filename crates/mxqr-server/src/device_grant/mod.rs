@@ -12,9 +12,8 @@ use axum::routing::{get, post};
 use crate::oauth::OAuthState;
 
 /// `POST /oauth2/device` and the `/link` pages.
-pub fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+pub fn routes() -> Router<OAuthState> {
     Router::new()
         .route("/oauth2/device", post(endpoint::device_authorization))
         .route("/link", get(pages::link_page).post(pages::link_submit))
-        .with_state(state)
 }

@@ -42,13 +42,8 @@ async fn show_grant(
         .count_user_code_entry(ip)
         .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        return entry_form(
-            state,
-            visit,
-            StatusCode::BAD_REQUEST,
-            typed,
-            Some("That is not a valid code: it has 8 letters, like WDJB-MJHT."),
-        );
+        let error = "That is not a valid code: it has 8 letters, like WDJB-MJHT.";
+        return entry_form(state, visit, StatusCode::BAD_REQUEST, typed, Some(error));
     };
     let max = i64::from(state.lifetimes().user_code_max_lookups);
     let lookup = state
@@ -61,26 +56,12 @@ async fn show_grant(
             grant
         }
         UserCodeLookup::NotFound => {
-            return entry_form(
-                state,
-                visit,
-                StatusCode::NOT_FOUND,
-                typed,
-                Some(
-                    "No sign-in is waiting for this code. It may have expired: start again on the device.",
-                ),
-            );
+            let error = "No sign-in is waiting for this code. It may have expired: start again on the device.";
+            return entry_form(state, visit, StatusCode::NOT_FOUND, typed, Some(error));
         }
         UserCodeLookup::TooManyAttempts => {
-            return entry_form(
-                state,
-                visit,
-                StatusCode::FORBIDDEN,
-                "",
-                Some(
-                    "This code was tried too many times and is no longer valid. Start again on the device.",
-                ),
-            );
+            let error = "This code was tried too many times and is no longer valid. Start again on the device.";
+            return entry_form(state, visit, StatusCode::FORBIDDEN, "", Some(error));
         }
     };
     let client = load_client(state, &grant.client_id).await?;
@@ -117,17 +98,9 @@ pub(crate) async fn link_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
-    let raw_query = query.clone().unwrap_or_default();
-    let params = crate::web::query_params(query)?;
+    let params = crate::web::query_params(query.as_deref())?;
     let visit = Visit::of(&state, &headers).await?;
-    if visit.localpart.is_none() {
-        let next = if raw_query.is_empty() {
-            "/link".to_owned()
-        } else {
-            format!("/link?{raw_query}")
-        };
-        return Ok(visit.login_redirect(&state, &next));
-    }
+    visit.user(&state, "/link", query.as_deref())?;
     match params.get("code") {
         Some(typed) => show_grant(&state, &visit, ip, typed, None).await,
         None => entry_form(&state, &visit, StatusCode::OK, "", None),
@@ -142,9 +115,7 @@ pub(crate) async fn link_submit(
     PageBody(body): PageBody,
 ) -> PageResult {
     let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
-    let Some(localpart) = visit.localpart.clone() else {
-        return Ok(visit.login_redirect(&state, "/link"));
-    };
+    let localpart = visit.user(&state, "/link", None)?;
     let typed = params.get("code").unwrap_or("");
     let decision = params.get("decision");
     let approve = match decision {
@@ -154,26 +125,15 @@ pub(crate) async fn link_submit(
         Some(_) => return Err(PageError::BadRequest("unknown decision".into())),
     };
     if approve && params.get("confirm") != Some("yes") {
-        return show_grant(
-            &state,
-            &visit,
-            ip,
-            typed,
-            Some("Tick the box to confirm that you started this sign-in yourself."),
-        )
-        .await;
+        let error = "Tick the box to confirm that you started this sign-in yourself.";
+        return show_grant(&state, &visit, ip, typed, Some(error)).await;
     }
     state
         .count_user_code_entry(ip)
         .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
-        return entry_form(
-            &state,
-            &visit,
-            StatusCode::BAD_REQUEST,
-            typed,
-            Some("That is not a valid code."),
-        );
+        let error = "That is not a valid code.";
+        return entry_form(&state, &visit, StatusCode::BAD_REQUEST, typed, Some(error));
     };
     let decided = state
         .db()

@@ -5,18 +5,85 @@ use super::{
 };
 use crate::accounts::DbError;
 use crate::client_ip::ClientIp;
-use crate::oauth::{OAuthState, password, tokens};
+use crate::oauth::{OAuthState, ms, password, tokens};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
 use std::time::Duration;
+
+/// The sign-in or the registration form, with where it leads afterwards and the username
+/// typed so far: its GET shows it, and a refused POST shows it again.
+struct Form<'a> {
+    template: &'static str,
+    title: &'static str,
+    next: &'a str,
+    username: &'a str,
+}
+
+impl Form<'_> {
+    fn login<'a>(next: &'a str, username: &'a str) -> Form<'a> {
+        Form {
+            template: "login.html",
+            title: "Sign in",
+            next,
+            username,
+        }
+    }
+
+    fn register<'a>(next: &'a str, username: &'a str) -> Form<'a> {
+        Form {
+            template: "register.html",
+            title: "Create account",
+            next,
+            username,
+        }
+    }
+
+    /// The form, below `error` when there is one.
+    fn render(
+        &self,
+        state: &OAuthState,
+        visit: &Visit,
+        status: StatusCode,
+        error: Option<&str>,
+    ) -> PageResult {
+        let context = minijinja::context! {
+            title => self.title, next => self.next, username => self.username, error => error,
+        };
+        visit.render(state, status, self.template, context)
+    }
+
+    /// The form again, refusing the attempt for `wait`: 429 with `Retry-After`.
+    fn too_many_attempts(&self, state: &OAuthState, visit: &Visit, wait: Duration) -> PageResult {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let plural = if secs == 1 { "" } else { "s" };
+        let error = format!("Too many attempts: try again in {secs} second{plural}.");
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let mut response = self.render(state, visit, status, Some(&error))?;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        Ok(response)
+    }
+}
+
+/// A form's `GET`: the empty form, going to the query's `next` afterwards.
+async fn show_form(
+    state: &OAuthState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    form: for<'a> fn(&'a str, &'a str) -> Form<'a>,
+) -> PageResult {
+    let visit = Visit::of(state, headers).await?;
+    let next = safe_next(super::query_params(query)?.get("next"));
+    form(&next, "").render(state, &visit, StatusCode::OK, None)
+}
 
 /// Starts a browser session for `localpart` and redirects to `next`.
 async fn sign_in(state: &OAuthState, visit: &Visit, localpart: &str, next: &str) -> PageResult {
     let token = tokens::generate(tokens::Kind::BrowserSession);
     let now = state.now_ms();
     let life = state.lifetimes().browser_session;
-    let expires_at = now.saturating_add(i64::try_from(life.as_millis()).unwrap_or(i64::MAX));
+    let expires_at = now.saturating_add(ms(life));
     state
         .db()
         .create_browser_session(&tokens::hash(&token), localpart, now, expires_at)
@@ -36,47 +103,7 @@ pub(crate) async fn login_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
-    let visit = Visit::of(&state, &headers).await?;
-    let query = super::query_params(query)?;
-    let next = safe_next(query.get("next"));
-    visit.render(
-        &state,
-        StatusCode::OK,
-        "login.html",
-        minijinja::context! { title => "Sign in", next => next, username => "" },
-    )
-}
-
-/// The form `template` again, refusing the attempt for `wait`: 429 with `Retry-After`.
-fn too_many_attempts(
-    state: &OAuthState,
-    visit: &Visit,
-    template: &str,
-    title: &str,
-    next: &str,
-    username: &str,
-    wait: Duration,
-) -> PageResult {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let secs = secs.max(1);
-    let mut response = visit.render(
-        state,
-        StatusCode::TOO_MANY_REQUESTS,
-        template,
-        minijinja::context! {
-            title => title,
-            next => next,
-            username => username,
-            error => format!(
-                "Too many attempts: try again in {secs} second{}.",
-                if secs == 1 { "" } else { "s" }
-            ),
-        },
-    )?;
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    Ok(response)
+    show_form(&state, query.as_deref(), &headers, Form::login).await
 }
 
 /// `POST /login`: username and password; a locked account cannot sign in.
@@ -95,11 +122,10 @@ pub(crate) async fn login_submit(
     let typed = params.get("username").unwrap_or("");
     let localpart = password::localpart_of(typed, state.server_name());
     let user = state.db().user(&localpart).await?;
+    let form = Form::login(&next, typed);
     let attempt = match state.begin_password_attempt(ip, &localpart) {
         Ok(attempt) => attempt,
-        Err(wait) => {
-            return too_many_attempts(&state, &visit, "login.html", "Sign in", &next, typed, wait);
-        }
+        Err(wait) => return form.too_many_attempts(&state, &visit, wait),
     };
     let given = params.get("password").unwrap_or("").to_owned();
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
@@ -112,19 +138,20 @@ pub(crate) async fn login_submit(
         _ => {
             // Dropping the attempt leaves it counted as a failure.
             drop(attempt);
-            visit.render(
-                &state,
-                StatusCode::UNAUTHORIZED,
-                "login.html",
-                minijinja::context! {
-                    title => "Sign in",
-                    next => next,
-                    username => typed,
-                    error => "Wrong username or password, or the account is locked.",
-                },
-            )
+            let error = "Wrong username or password, or the account is locked.";
+            form.render(&state, &visit, StatusCode::UNAUTHORIZED, Some(error))
         }
     }
+}
+
+/// The registration pages exist only when registration is enabled.
+fn registration_open(state: &OAuthState) -> Result<(), PageError> {
+    if state.registration_enabled() {
+        return Ok(());
+    }
+    Err(PageError::NotFound(
+        "registration is disabled on this server".into(),
+    ))
 }
 
 /// `GET /register` (only when registration is enabled).
@@ -133,20 +160,8 @@ pub(crate) async fn register_page(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
-    if !state.registration_enabled() {
-        return Err(PageError::NotFound(
-            "registration is disabled on this server".into(),
-        ));
-    }
-    let visit = Visit::of(&state, &headers).await?;
-    let query = super::query_params(query)?;
-    let next = safe_next(query.get("next"));
-    visit.render(
-        &state,
-        StatusCode::OK,
-        "register.html",
-        minijinja::context! { title => "Create account", next => next, username => "" },
-    )
+    registration_open(&state)?;
+    show_form(&state, query.as_deref(), &headers, Form::register).await
 }
 
 /// `POST /register`: creates the account and signs it in.
@@ -156,39 +171,17 @@ pub(crate) async fn register_submit(
     headers: HeaderMap,
     PageBody(body): PageBody,
 ) -> PageResult {
-    if !state.registration_enabled() {
-        return Err(PageError::NotFound(
-            "registration is disabled on this server".into(),
-        ));
-    }
+    registration_open(&state)?;
     let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let next = safe_next(params.get("next"));
     let username = params.get("username").unwrap_or("").trim().to_owned();
+    let form = Form::register(&next, &username);
     let _slot = match state.begin_registration(ip) {
         Ok(slot) => slot,
-        Err(wait) => {
-            return too_many_attempts(
-                &state,
-                &visit,
-                "register.html",
-                "Create account",
-                &next,
-                &username,
-                wait,
-            );
-        }
+        Err(wait) => return form.too_many_attempts(&state, &visit, wait),
     };
     let pw = params.get("password").unwrap_or("").to_owned();
-    let refuse = |error: &str| {
-        visit.render(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "register.html",
-            minijinja::context! {
-                title => "Create account", next => &next, username => &username, error => error,
-            },
-        )
-    };
+    let refuse = |error: &str| form.render(&state, &visit, StatusCode::BAD_REQUEST, Some(error));
     if !password::valid_localpart(&username) {
         return refuse("Usernames use lowercase letters, digits and ._=-/+ only.");
     }
@@ -220,7 +213,7 @@ pub(crate) async fn logout(
     State(state): State<OAuthState>,
     headers: HeaderMap,
     PageBody(body): PageBody,
-) -> Result<Response, PageError> {
+) -> PageResult {
     // Only for the CSRF check: a forged form must not sign anyone out.
     Visit::of_form(&state, &headers, &body).await?;
     if let Some(token) = super::cookie(&headers, session_cookie(&state)) {
@@ -232,12 +225,7 @@ pub(crate) async fn logout(
     let mut response = see_other("/login");
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(
-            &state,
-            session_cookie(&state),
-            "",
-            Some(std::time::Duration::ZERO),
-        ),
+        set_cookie(&state, session_cookie(&state), "", Some(Duration::ZERO)),
     );
     Ok(response)
 }

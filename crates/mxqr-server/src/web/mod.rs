@@ -134,22 +134,27 @@ pub enum PageError {
     /// A template failed to render.
     #[error("the page could not be displayed; try again shortly")]
     Render(#[from] minijinja::Error),
+    /// Not an error page: the answer is this redirect, to sign in first or (once the client's
+    /// redirect URI is verified) an error response back to the client.
+    #[error("redirected")]
+    Redirect(Box<Response>),
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status = match &self {
+        let status = match self {
+            Self::Redirect(redirect) => return *redirect,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Csrf => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(err) => {
+            Self::Unavailable(ref err) => {
                 tracing::error!(%err, "page store failure");
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Render(err) => {
+            Self::Render(ref err) => {
                 tracing::error!(%err, "page render failure");
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -180,26 +185,14 @@ pub type PageResult = Result<Response, PageError>;
 
 /// An HTML response with the page security headers.
 fn html(status: StatusCode, body: String) -> Response {
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ];
+    (status, headers, body).into_response()
 }
 
 /// Lets the forms of `response` end in a redirect to `redirect_uri`: browsers apply
@@ -358,19 +351,38 @@ impl Visit {
         }
     }
 
-    /// A redirect to the sign-in page, returning to `next` afterwards.
-    pub(crate) fn login_redirect(&self, state: &OAuthState, next: &str) -> Response {
+    /// A redirect to the sign-in or registration `page`, returning to `next` afterwards.
+    pub(crate) fn redirect_to_form(&self, state: &OAuthState, page: &str, next: &str) -> Response {
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("next", next)
             .finish();
-        let mut response = see_other(&format!("/login?{query}"));
+        let mut response = see_other(&format!("{page}?{query}"));
         self.finish(state, &mut response);
         response
+    }
+
+    /// The signed-in user; when there is none, [`PageError::Redirect`] to sign in, which comes
+    /// back to `path` (with `query`, if any) afterwards.
+    pub(crate) fn user(
+        &self,
+        state: &OAuthState,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<String, PageError> {
+        if let Some(localpart) = &self.localpart {
+            return Ok(localpart.clone());
+        }
+        let next = match query.filter(|q| !q.is_empty()) {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        let redirect = self.redirect_to_form(state, "/login", &next);
+        Err(PageError::Redirect(Box::new(redirect)))
     }
 }
 
 /// Query-string parameters (same rules as form bodies: no repeated parameters).
-pub(crate) fn query_params(raw: Option<String>) -> Result<Params, PageError> {
+pub(crate) fn query_params(raw: Option<&str>) -> Result<Params, PageError> {
     Params::parse(raw.unwrap_or_default().as_bytes()).map_err(PageError::BadRequest)
 }
 
@@ -461,7 +473,7 @@ pub(crate) async fn existing_device(
 }
 
 /// Routes of the sign-in pages; the flows add their own pages (keep [`is_page`] in step).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Router<S> {
+pub(crate) fn routes() -> Router<OAuthState> {
     Router::new()
         .route("/login", get(login::login_page).post(login::login_submit))
         .route(
@@ -469,7 +481,6 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(state: OAuthState) -> Rou
             get(login::register_page).post(login::register_submit),
         )
         .route("/logout", post(login::logout))
-        .with_state(state)
 }
 
 #[cfg(test)]
