@@ -188,7 +188,7 @@ impl SqlDb {
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                         WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
             if device_ids.is_empty() {
-                let order = self.pool.dialect().byte_order();
+                let order = self.dialect().byte_order();
                 return fetch!(
                     c.conn(),
                     fetch_all,
@@ -222,38 +222,37 @@ impl SqlDb {
         new: &str,
         now: i64,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let Some(old) = old else {
-                    let mut tx = self.pool.begin().await?;
-                    tx.lock_device(localpart, device_id).await?;
-                    tx.purge_stale(localpart, device_id).await?;
-                    let done = exec!(
-                        tx.conn(),
-                        "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
-                        localpart,
-                        device_id,
-                        new,
-                        now
-                    )?;
-                    tx.commit().await?;
-                    return Ok(done > 0);
-                };
-                let mut c = self.pool.acquire().await?;
+        self.run(async move {
+            let Some(old) = old else {
+                let mut tx = self.begin().await?;
+                tx.lock_device(localpart, device_id).await?;
+                tx.purge_stale(localpart, device_id).await?;
                 let done = exec!(
-                    c.conn(),
-                    "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
-                     WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
-                    new,
-                    now,
+                    tx.conn(),
+                    "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
                     localpart,
                     device_id,
-                    old
+                    new,
+                    now
                 )?;
-                Ok(done > 0)
-            })
-            .await
+                tx.commit().await?;
+                return Ok(done > 0);
+            };
+            let mut c = self.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
+                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                new,
+                now,
+                localpart,
+                device_id,
+                old
+            )?;
+            Ok(done > 0)
+        })
+        .await
     }
 
     /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
@@ -309,7 +308,7 @@ impl SqlDb {
         localpart: &str,
         device_id: &str,
     ) -> DbResult<Vec<(String, i64)>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -408,7 +407,7 @@ impl SqlDb {
 
     /// The user's cross-signing keys as `(usage, JSON text)`.
     pub async fn cross_signing_keys(&self, localpart: &str) -> DbResult<Vec<(String, String)>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -508,7 +507,7 @@ impl SqlDb {
         signer: &str,
         target_user_id: &str,
     ) -> DbResult<Vec<(String, String, String)>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,

@@ -1,7 +1,7 @@
 //! The accounts and OAuth half of the store ([`SqlDb`]), written once for both back ends.
 //!
-//! Each method is one call of [`super::sql::Pool::run`]: a single statement on a pooled
-//! connection, or a transaction ([`super::sql::Pool::begin`]) committed at its end. The
+//! Each method is one call of [`SqlDb::run`]: a single statement on a pooled
+//! connection, or a transaction ([`SqlDb::begin`]) committed at its end. The
 //! locking the back ends differ in is in [`Tx`]'s lock helpers and [`super::sql::Dialect`]:
 //! on SQLite they are no-ops (the transaction holds the one write lock from its start); on
 //! PostgreSQL the code, device grant or OAuth session being redeemed is locked `FOR UPDATE`
@@ -235,7 +235,7 @@ impl SqlDb {
 
     /// All users, by localpart.
     pub async fn users(&self) -> DbResult<Vec<User>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -270,7 +270,7 @@ impl SqlDb {
 
     /// Devices of a user, oldest first.
     pub async fn devices(&self, localpart: &str) -> DbResult<Vec<Device>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -438,63 +438,60 @@ impl SqlDb {
         caps: PendingGrantCaps,
         now: i64,
     ) -> DbResult<GrantAdmission> {
-        self.pool
-            .run(async move {
-                // The counts and the insert are one step for every writer: the whole transaction
-                // on SQLite, the caps' advisory locks on PostgreSQL.
-                let mut tx = self.pool.begin().await?;
-                if let Some(cap) = caps.per_address {
-                    let (n, oldest) = tx
-                        .pending_grants(
-                            ADDRESS_GRANTS_LOCK,
-                            "requester_key",
-                            &grant.requester_key,
-                            now,
-                        )
-                        .await?;
-                    if n >= i64::from(cap) {
-                        return Ok(GrantAdmission::AddressFull {
-                            retry_at: oldest.unwrap_or(now),
-                        });
-                    }
-                }
+        // The counts and the insert are one step for every writer: the whole transaction
+        // on SQLite, the caps' advisory locks on PostgreSQL.
+        with_tx!(self, |tx| {
+            if let Some(cap) = caps.per_address {
                 let (n, oldest) = tx
-                    .pending_grants(CLIENT_GRANTS_LOCK, "client_id", &grant.client_id, now)
+                    .pending_grants(
+                        ADDRESS_GRANTS_LOCK,
+                        "requester_key",
+                        &grant.requester_key,
+                        now,
+                    )
                     .await?;
-                if n >= i64::from(caps.per_client) {
-                    return Ok(GrantAdmission::ClientFull {
+                if n >= i64::from(cap) {
+                    return Ok(GrantAdmission::AddressFull {
                         retry_at: oldest.unwrap_or(now),
                     });
                 }
-                // An expired grant must not block its user code forever.
-                exec!(
-                    tx.conn(),
-                    "DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2",
-                    &grant.user_code,
-                    now
-                )?;
-                exec!(
-                    tx.conn(),
-                    "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
-                     device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
-                     interval_secs, status, lookups) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
-                    &grant.device_code_hash,
-                    &grant.user_code,
-                    &grant.client_id,
-                    &grant.scope,
-                    &grant.device_id,
-                    &grant.requester_ip,
-                    &grant.requester_key,
-                    &grant.requester_ua,
-                    now,
-                    grant.expires_at,
-                    grant.interval_secs
-                )?;
-                tx.commit().await?;
-                Ok(GrantAdmission::Stored)
-            })
-            .await
+            }
+            let (n, oldest) = tx
+                .pending_grants(CLIENT_GRANTS_LOCK, "client_id", &grant.client_id, now)
+                .await?;
+            if n >= i64::from(caps.per_client) {
+                return Ok(GrantAdmission::ClientFull {
+                    retry_at: oldest.unwrap_or(now),
+                });
+            }
+            // An expired grant must not block its user code forever.
+            exec!(
+                tx.conn(),
+                "DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2",
+                &grant.user_code,
+                now
+            )?;
+            exec!(
+                tx.conn(),
+                "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
+                 device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
+                 interval_secs, status, lookups) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
+                &grant.device_code_hash,
+                &grant.user_code,
+                &grant.client_id,
+                &grant.scope,
+                &grant.device_id,
+                &grant.requester_ip,
+                &grant.requester_key,
+                &grant.requester_ua,
+                now,
+                grant.expires_at,
+                grant.interval_secs
+            )?;
+            tx.commit().await?;
+            Ok(GrantAdmission::Stored)
+        })
     }
 
     /// Looks a user code up, counting the lookup against the grant's cap `max_lookups`.
@@ -512,7 +509,7 @@ impl SqlDb {
                 &format!(
                     "{GRANT_COLUMNS} WHERE user_code = $1 AND status = 'pending' \
                      AND expires_at > $2{}",
-                    self.pool.dialect().for_update()
+                    self.dialect().for_update()
                 ),
                 user_code,
                 now
