@@ -31,10 +31,8 @@ struct CodeRow {
 /// An OAuth session as a refresh reads it, with its user's lock.
 #[derive(sqlx::FromRow)]
 struct SessionRow {
-    localpart: String,
-    device_id: String,
-    client_id: Option<String>,
-    scope: String,
+    #[sqlx(flatten)]
+    grant: Grant,
     revoked_at: Option<i64>,
     locked: bool,
 }
@@ -156,12 +154,7 @@ impl Tx {
         };
         Ok(Some(RefreshToken {
             session_id,
-            grant: Grant {
-                localpart: session.localpart,
-                device_id: session.device_id,
-                client_id: session.client_id,
-                scope: session.scope,
-            },
+            grant: session.grant,
             session_revoked: session.revoked_at.is_some(),
             user_locked: session.locked,
             state,
