@@ -10,7 +10,7 @@
 //! order everywhere (code or grant, then user, then session, then tokens) so that racing
 //! transactions queue instead of deadlocking.
 
-use super::sql::{Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
+use super::sql::{Conn, Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
 use super::{
     DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
     NewTokens, PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
@@ -43,6 +43,18 @@ struct GrantRow {
 const GRANT_COLUMNS: &str = "SELECT user_code, client_id, scope, device_id, requester_ip, \
                              requester_ua, created_at, expires_at, lookups FROM device_grants";
 
+/// Records the first use of a client (an authorization code or a session issued to it),
+/// which exempts it from the purge of unused registrations.
+async fn mark_client_used(conn: Conn<'_>, client_id: &str, now: i64) -> DbResult<()> {
+    exec!(
+        conn,
+        "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
+        now,
+        client_id
+    )?;
+    Ok(())
+}
+
 impl Tx {
     /// Serializes the session and device changes of one user (sign-in, device deletion,
     /// lock, backup-version numbering). `NO KEY UPDATE` leaves foreign-key checks of other
@@ -57,18 +69,6 @@ impl Tx {
                 localpart
             )?;
         }
-        Ok(())
-    }
-
-    /// Records the first use of a client (an authorization code or a session issued to it),
-    /// which exempts it from the purge of unused registrations.
-    async fn mark_client_used(&mut self, client_id: &str, now: i64) -> DbResult<()> {
-        exec!(
-            self.conn(),
-            "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
-            now,
-            client_id
-        )?;
         Ok(())
     }
 
@@ -132,7 +132,7 @@ impl Tx {
         )?;
         self.insert_pair(&session_id, tokens, now).await?;
         if let Some(client_id) = &grant.client_id {
-            self.mark_client_used(client_id, now).await?;
+            mark_client_used(self.conn(), client_id, now).await?;
         }
         Ok(session_id)
     }
@@ -420,13 +420,7 @@ impl SqlDb {
                 now,
                 code.expires_at
             )?;
-            exec!(
-                c.conn(),
-                "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
-                now,
-                &code.client_id
-            )?;
-            Ok(())
+            mark_client_used(c.conn(), &code.client_id, now).await
         })
     }
 
