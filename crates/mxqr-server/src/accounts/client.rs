@@ -126,9 +126,10 @@ impl Tx {
 }
 
 impl SqlDb {
-    /// An access token by hash, with its session's and user's standing.
-    pub async fn access_token(&self, access_hash: &str) -> DbResult<Option<AccessToken>> {
-        with_conn!(self, |c| fetch!(
+    /// An access token's standing at `now` ([`AccessToken::status`]), read with its
+    /// session's and user's standing.
+    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
+        let token: Option<AccessToken> = with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_optional,
             "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
@@ -138,15 +139,8 @@ impl SqlDb {
              FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
              JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
             access_hash
-        ))
-    }
-
-    /// An access token's standing at `now` ([`AccessToken::status`]).
-    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
-        Ok(self
-            .access_token(access_hash)
-            .await?
-            .map_or(TokenStatus::Unknown, |token| token.status(now)))
+        ))?;
+        Ok(token.map_or(TokenStatus::Unknown, |token| token.status(now)))
     }
 
     /// Sets (or clears) a device's display name; `false` if there is no such device.
