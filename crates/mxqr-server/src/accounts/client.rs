@@ -555,25 +555,15 @@ impl SqlDb {
         localpart: &str,
         version: Option<i64>,
     ) -> DbResult<Option<BackupVersion>> {
-        with_conn!(self, |c| {
-            let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
-                        WHERE localpart = $1 AND deleted_at IS NULL";
-            match version {
-                Some(version) => fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{base} AND version = $2"),
-                    localpart,
-                    version
-                ),
-                None => fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{base} ORDER BY version DESC LIMIT 1"),
-                    localpart
-                ),
-            }
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
+             WHERE localpart = $1 AND deleted_at IS NULL AND ($2 IS NULL OR version = $2) \
+             ORDER BY version DESC LIMIT 1",
+            localpart,
+            version
+        ))
     }
 
     /// Replaces a live version's `auth_data`; `false` if there is no such version.
