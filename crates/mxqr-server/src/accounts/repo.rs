@@ -17,10 +17,11 @@ use super::{
 };
 use crate::oauth::model::device_grant::may_look_up;
 
-/// Advisory-lock classes (two-key form, PostgreSQL) serializing the pending-grant caps: one
-/// lock per requesting address, then one per client, always in that order.
-const ADDRESS_GRANTS_LOCK: i32 = 0x6d78_0001;
-const CLIENT_GRANTS_LOCK: i32 = 0x6d78_0002;
+/// The pending-grant caps: the advisory-lock class (two-key form, PostgreSQL) serializing
+/// each, and the column it counts by. One lock per requesting address, then one per client,
+/// always in that order.
+const ADDRESS_CAP: (i32, &str) = (0x6d78_0001, "requester_key");
+const CLIENT_CAP: (i32, &str) = (0x6d78_0002, "client_id");
 
 const USER_COLUMNS: &str = "SELECT localpart, password_hash, locked, created_at FROM users";
 
@@ -72,15 +73,16 @@ impl Tx {
         Ok(())
     }
 
-    /// Counts the pending grants of a cap (after taking the cap's advisory lock for `value` on
-    /// PostgreSQL): how many, and when the oldest expires.
-    async fn pending_grants(
+    /// Whether the pending grants with `value` in `column` have reached `cap` (counted after
+    /// taking the cap's advisory lock for `value` on PostgreSQL): if so, when the oldest
+    /// expires, the time to retry at.
+    async fn cap_reached(
         &mut self,
-        lock_class: i32,
-        column: &str,
+        (lock_class, column): (i32, &str),
         value: &str,
+        cap: u32,
         now: i64,
-    ) -> DbResult<(i64, Option<i64>)> {
+    ) -> DbResult<Option<i64>> {
         if self.dialect() == Dialect::Postgres {
             exec!(
                 self.conn(),
@@ -89,7 +91,7 @@ impl Tx {
                 value
             )?;
         }
-        fetch!(
+        let (n, oldest): (i64, Option<i64>) = fetch!(
             self.conn(),
             fetch_one,
             &format!(
@@ -98,7 +100,8 @@ impl Tx {
             ),
             value,
             now
-        )
+        )?;
+        Ok((n >= i64::from(cap)).then_some(oldest.unwrap_or(now)))
     }
 
     /// Starts a session with its first token pair, inserting the device if missing; returns
@@ -435,28 +438,18 @@ impl SqlDb {
         // The counts and the insert are one step for every writer: the whole transaction
         // on SQLite, the caps' advisory locks on PostgreSQL.
         with_tx!(self, |tx| {
-            if let Some(cap) = caps.per_address {
-                let (n, oldest) = tx
-                    .pending_grants(
-                        ADDRESS_GRANTS_LOCK,
-                        "requester_key",
-                        &grant.requester_key,
-                        now,
-                    )
-                    .await?;
-                if n >= i64::from(cap) {
-                    return Ok(GrantAdmission::AddressFull {
-                        retry_at: oldest.unwrap_or(now),
-                    });
-                }
+            if let Some(cap) = caps.per_address
+                && let Some(retry_at) = tx
+                    .cap_reached(ADDRESS_CAP, &grant.requester_key, cap, now)
+                    .await?
+            {
+                return Ok(GrantAdmission::AddressFull { retry_at });
             }
-            let (n, oldest) = tx
-                .pending_grants(CLIENT_GRANTS_LOCK, "client_id", &grant.client_id, now)
-                .await?;
-            if n >= i64::from(caps.per_client) {
-                return Ok(GrantAdmission::ClientFull {
-                    retry_at: oldest.unwrap_or(now),
-                });
+            if let Some(retry_at) = tx
+                .cap_reached(CLIENT_CAP, &grant.client_id, caps.per_client, now)
+                .await?
+            {
+                return Ok(GrantAdmission::ClientFull { retry_at });
             }
             // An expired grant must not block its user code forever.
             exec!(
