@@ -126,9 +126,10 @@ impl Tx {
 }
 
 impl SqlDb {
-    /// An access token by hash, with its session's and user's standing.
-    pub async fn access_token(&self, access_hash: &str) -> DbResult<Option<AccessToken>> {
-        with_conn!(self, |c| fetch!(
+    /// An access token's standing at `now` ([`AccessToken::status`]), read with its
+    /// session's and user's standing.
+    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
+        let token: Option<AccessToken> = with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_optional,
             "SELECT s.localpart, s.device_id, s.scope, s.session_id, t.expires_at, \
@@ -138,15 +139,8 @@ impl SqlDb {
              FROM access_tokens t JOIN oauth_sessions s ON s.session_id = t.session_id \
              JOIN users u ON u.localpart = s.localpart WHERE t.token_hash = $1",
             access_hash
-        ))
-    }
-
-    /// An access token's standing at `now` ([`AccessToken::status`]).
-    pub async fn token_status(&self, access_hash: &str, now: i64) -> DbResult<TokenStatus> {
-        Ok(self
-            .access_token(access_hash)
-            .await?
-            .map_or(TokenStatus::Unknown, |token| token.status(now)))
+        ))?;
+        Ok(token.map_or(TokenStatus::Unknown, |token| token.status(now)))
     }
 
     /// Sets (or clears) a device's display name; `false` if there is no such device.
@@ -188,7 +182,7 @@ impl SqlDb {
                         JOIN devices d ON d.localpart = k.localpart AND d.device_id = k.device_id \
                         WHERE k.localpart = $1 AND k.updated_at >= d.created_at";
             if device_ids.is_empty() {
-                let order = self.pool.dialect().byte_order();
+                let order = self.dialect().byte_order();
                 return fetch!(
                     c.conn(),
                     fetch_all,
@@ -222,38 +216,37 @@ impl SqlDb {
         new: &str,
         now: i64,
     ) -> DbResult<bool> {
-        self.pool
-            .run(async move {
-                let Some(old) = old else {
-                    let mut tx = self.pool.begin().await?;
-                    tx.lock_device(localpart, device_id).await?;
-                    tx.purge_stale(localpart, device_id).await?;
-                    let done = exec!(
-                        tx.conn(),
-                        "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
-                        localpart,
-                        device_id,
-                        new,
-                        now
-                    )?;
-                    tx.commit().await?;
-                    return Ok(done > 0);
-                };
-                let mut c = self.pool.acquire().await?;
+        self.run(async move {
+            let Some(old) = old else {
+                let mut tx = self.begin().await?;
+                tx.lock_device(localpart, device_id).await?;
+                tx.purge_stale(localpart, device_id).await?;
                 let done = exec!(
-                    c.conn(),
-                    "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
-                     WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
-                    new,
-                    now,
+                    tx.conn(),
+                    "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
                     localpart,
                     device_id,
-                    old
+                    new,
+                    now
                 )?;
-                Ok(done > 0)
-            })
-            .await
+                tx.commit().await?;
+                return Ok(done > 0);
+            };
+            let mut c = self.acquire().await?;
+            let done = exec!(
+                c.conn(),
+                "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
+                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                new,
+                now,
+                localpart,
+                device_id,
+                old
+            )?;
+            Ok(done > 0)
+        })
+        .await
     }
 
     /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
@@ -309,7 +302,7 @@ impl SqlDb {
         localpart: &str,
         device_id: &str,
     ) -> DbResult<Vec<(String, i64)>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -408,7 +401,7 @@ impl SqlDb {
 
     /// The user's cross-signing keys as `(usage, JSON text)`.
     pub async fn cross_signing_keys(&self, localpart: &str) -> DbResult<Vec<(String, String)>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -508,7 +501,7 @@ impl SqlDb {
         signer: &str,
         target_user_id: &str,
     ) -> DbResult<Vec<(String, String, String)>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -562,25 +555,15 @@ impl SqlDb {
         localpart: &str,
         version: Option<i64>,
     ) -> DbResult<Option<BackupVersion>> {
-        with_conn!(self, |c| {
-            let base = "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
-                        WHERE localpart = $1 AND deleted_at IS NULL";
-            match version {
-                Some(version) => fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{base} AND version = $2"),
-                    localpart,
-                    version
-                ),
-                None => fetch!(
-                    c.conn(),
-                    fetch_optional,
-                    &format!("{base} ORDER BY version DESC LIMIT 1"),
-                    localpart
-                ),
-            }
-        })
+        with_conn!(self, |c| fetch!(
+            c.conn(),
+            fetch_optional,
+            "SELECT version, algorithm, auth_data, etag FROM e2e_backup_versions \
+             WHERE localpart = $1 AND deleted_at IS NULL AND ($2 IS NULL OR version = $2) \
+             ORDER BY version DESC LIMIT 1",
+            localpart,
+            version
+        ))
     }
 
     /// Replaces a live version's `auth_data`; `false` if there is no such version.

@@ -88,11 +88,6 @@ impl SqlDb {
             pool: Pool::Postgres { pool, gate },
         })
     }
-
-    /// Closes the pool, waiting for connections in use to be returned.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 async fn try_open_sqlite(path: &Path) -> Result<sqlx::SqlitePool, OpenFailure> {

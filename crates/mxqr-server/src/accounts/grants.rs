@@ -1,5 +1,5 @@
 //! Loading and saving the OAuth grant states of [`crate::oauth::model`] inside a transaction
-//! ([`SqlDb::begin`]): what an authorization code, a refresh token or a device grant is, and
+//! ([`super::SqlDb::begin`]): what an authorization code, a refresh token or a device grant is, and
 //! the changes the model decided. No rule is judged here.
 //!
 //! Each `load_*` locks what it reads (`FOR UPDATE` on PostgreSQL; SQLite's transaction holds
@@ -7,33 +7,12 @@
 //! reads this one's result. Locks are taken in the store's one order: code or grant, then
 //! user, then session, then tokens.
 
-use std::future::Future;
-
 use super::sql::{Dialect, Tx, exec, fetch, scalar};
-use super::{DbError, DbResult, NewTokens, SqlDb};
+use super::{DbError, DbResult, NewTokens};
 use crate::oauth::model::Grant;
 use crate::oauth::model::auth_code::{AuthCode, CodeState};
 use crate::oauth::model::device_grant::{DeviceGrant, GrantStatus};
 use crate::oauth::model::refresh::{RefreshState, RefreshToken, Successor};
-use crate::rendezvous::store::BoxFuture;
-
-impl SqlDb {
-    /// Starts a transaction that may write; see [`Tx`]. Run it inside [`Self::run`], which
-    /// bounds it like every other store call.
-    pub async fn begin(&self) -> DbResult<Tx> {
-        self.pool.begin().await
-    }
-
-    /// Runs a unit of store work (typically [`Self::begin`] … [`Tx::commit`]); on PostgreSQL
-    /// once admitted and under the store's time bound, so that a database that is down or
-    /// stalls yields [`DbError::Unavailable`], never a hang.
-    pub fn run<'a, T: Send + 'a>(
-        &'a self,
-        work: impl Future<Output = DbResult<T>> + Send + 'a,
-    ) -> BoxFuture<'a, DbResult<T>> {
-        self.pool.run(work)
-    }
-}
 
 /// An authorization code's columns.
 #[derive(sqlx::FromRow)]
@@ -52,10 +31,8 @@ struct CodeRow {
 /// An OAuth session as a refresh reads it, with its user's lock.
 #[derive(sqlx::FromRow)]
 struct SessionRow {
-    localpart: String,
-    device_id: String,
-    client_id: Option<String>,
-    scope: String,
+    #[sqlx(flatten)]
+    grant: Grant,
     revoked_at: Option<i64>,
     locked: bool,
 }
@@ -177,12 +154,7 @@ impl Tx {
         };
         Ok(Some(RefreshToken {
             session_id,
-            grant: Grant {
-                localpart: session.localpart,
-                device_id: session.device_id,
-                client_id: session.client_id,
-                scope: session.scope,
-            },
+            grant: session.grant,
             session_revoked: session.revoked_at.is_some(),
             user_locked: session.locked,
             state,

@@ -1,7 +1,7 @@
 //! The accounts and OAuth half of the store ([`SqlDb`]), written once for both back ends.
 //!
-//! Each method is one call of [`super::sql::Pool::run`]: a single statement on a pooled
-//! connection, or a transaction ([`super::sql::Pool::begin`]) committed at its end. The
+//! Each method is one call of [`SqlDb::run`]: a single statement on a pooled
+//! connection, or a transaction ([`SqlDb::begin`]) committed at its end. The
 //! locking the back ends differ in is in [`Tx`]'s lock helpers and [`super::sql::Dialect`]:
 //! on SQLite they are no-ops (the transaction holds the one write lock from its start); on
 //! PostgreSQL the code, device grant or OAuth session being redeemed is locked `FOR UPDATE`
@@ -10,17 +10,18 @@
 //! order everywhere (code or grant, then user, then session, then tokens) so that racing
 //! transactions queue instead of deadlocking.
 
-use super::sql::{Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
+use super::sql::{Conn, Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
 use super::{
     DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
     NewTokens, PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
 };
 use crate::oauth::model::device_grant::may_look_up;
 
-/// Advisory-lock classes (two-key form, PostgreSQL) serializing the pending-grant caps: one
-/// lock per requesting address, then one per client, always in that order.
-const ADDRESS_GRANTS_LOCK: i32 = 0x6d78_0001;
-const CLIENT_GRANTS_LOCK: i32 = 0x6d78_0002;
+/// The pending-grant caps: the advisory-lock class (two-key form, PostgreSQL) serializing
+/// each, and the column it counts by. One lock per requesting address, then one per client,
+/// always in that order.
+const ADDRESS_CAP: (i32, &str) = (0x6d78_0001, "requester_key");
+const CLIENT_CAP: (i32, &str) = (0x6d78_0002, "client_id");
 
 const USER_COLUMNS: &str = "SELECT localpart, password_hash, locked, created_at FROM users";
 
@@ -43,6 +44,18 @@ struct GrantRow {
 const GRANT_COLUMNS: &str = "SELECT user_code, client_id, scope, device_id, requester_ip, \
                              requester_ua, created_at, expires_at, lookups FROM device_grants";
 
+/// Records the first use of a client (an authorization code or a session issued to it),
+/// which exempts it from the purge of unused registrations.
+async fn mark_client_used(conn: Conn<'_>, client_id: &str, now: i64) -> DbResult<()> {
+    exec!(
+        conn,
+        "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
+        now,
+        client_id
+    )?;
+    Ok(())
+}
+
 impl Tx {
     /// Serializes the session and device changes of one user (sign-in, device deletion,
     /// lock, backup-version numbering). `NO KEY UPDATE` leaves foreign-key checks of other
@@ -60,27 +73,16 @@ impl Tx {
         Ok(())
     }
 
-    /// Records the first use of a client (an authorization code or a session issued to it),
-    /// which exempts it from the purge of unused registrations.
-    async fn mark_client_used(&mut self, client_id: &str, now: i64) -> DbResult<()> {
-        exec!(
-            self.conn(),
-            "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
-            now,
-            client_id
-        )?;
-        Ok(())
-    }
-
-    /// Counts the pending grants of a cap (after taking the cap's advisory lock for `value` on
-    /// PostgreSQL): how many, and when the oldest expires.
-    async fn pending_grants(
+    /// Whether the pending grants with `value` in `column` have reached `cap` (counted after
+    /// taking the cap's advisory lock for `value` on PostgreSQL): if so, when the oldest
+    /// expires, the time to retry at.
+    async fn cap_reached(
         &mut self,
-        lock_class: i32,
-        column: &str,
+        (lock_class, column): (i32, &str),
         value: &str,
+        cap: u32,
         now: i64,
-    ) -> DbResult<(i64, Option<i64>)> {
+    ) -> DbResult<Option<i64>> {
         if self.dialect() == Dialect::Postgres {
             exec!(
                 self.conn(),
@@ -89,7 +91,7 @@ impl Tx {
                 value
             )?;
         }
-        fetch!(
+        let (n, oldest): (i64, Option<i64>) = fetch!(
             self.conn(),
             fetch_one,
             &format!(
@@ -98,7 +100,8 @@ impl Tx {
             ),
             value,
             now
-        )
+        )?;
+        Ok((n >= i64::from(cap)).then_some(oldest.unwrap_or(now)))
     }
 
     /// Starts a session with its first token pair, inserting the device if missing; returns
@@ -132,7 +135,7 @@ impl Tx {
         )?;
         self.insert_pair(&session_id, tokens, now).await?;
         if let Some(client_id) = &grant.client_id {
-            self.mark_client_used(client_id, now).await?;
+            mark_client_used(self.conn(), client_id, now).await?;
         }
         Ok(session_id)
     }
@@ -235,7 +238,7 @@ impl SqlDb {
 
     /// All users, by localpart.
     pub async fn users(&self) -> DbResult<Vec<User>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -270,7 +273,7 @@ impl SqlDb {
 
     /// Devices of a user, oldest first.
     pub async fn devices(&self, localpart: &str) -> DbResult<Vec<Device>> {
-        let order = self.pool.dialect().byte_order();
+        let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
@@ -420,13 +423,7 @@ impl SqlDb {
                 now,
                 code.expires_at
             )?;
-            exec!(
-                c.conn(),
-                "UPDATE clients SET used_at = $1 WHERE client_id = $2 AND used_at IS NULL",
-                now,
-                &code.client_id
-            )?;
-            Ok(())
+            mark_client_used(c.conn(), &code.client_id, now).await
         })
     }
 
@@ -438,63 +435,50 @@ impl SqlDb {
         caps: PendingGrantCaps,
         now: i64,
     ) -> DbResult<GrantAdmission> {
-        self.pool
-            .run(async move {
-                // The counts and the insert are one step for every writer: the whole transaction
-                // on SQLite, the caps' advisory locks on PostgreSQL.
-                let mut tx = self.pool.begin().await?;
-                if let Some(cap) = caps.per_address {
-                    let (n, oldest) = tx
-                        .pending_grants(
-                            ADDRESS_GRANTS_LOCK,
-                            "requester_key",
-                            &grant.requester_key,
-                            now,
-                        )
-                        .await?;
-                    if n >= i64::from(cap) {
-                        return Ok(GrantAdmission::AddressFull {
-                            retry_at: oldest.unwrap_or(now),
-                        });
-                    }
-                }
-                let (n, oldest) = tx
-                    .pending_grants(CLIENT_GRANTS_LOCK, "client_id", &grant.client_id, now)
-                    .await?;
-                if n >= i64::from(caps.per_client) {
-                    return Ok(GrantAdmission::ClientFull {
-                        retry_at: oldest.unwrap_or(now),
-                    });
-                }
-                // An expired grant must not block its user code forever.
-                exec!(
-                    tx.conn(),
-                    "DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2",
-                    &grant.user_code,
-                    now
-                )?;
-                exec!(
-                    tx.conn(),
-                    "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
-                     device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
-                     interval_secs, status, lookups) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
-                    &grant.device_code_hash,
-                    &grant.user_code,
-                    &grant.client_id,
-                    &grant.scope,
-                    &grant.device_id,
-                    &grant.requester_ip,
-                    &grant.requester_key,
-                    &grant.requester_ua,
-                    now,
-                    grant.expires_at,
-                    grant.interval_secs
-                )?;
-                tx.commit().await?;
-                Ok(GrantAdmission::Stored)
-            })
-            .await
+        // The counts and the insert are one step for every writer: the whole transaction
+        // on SQLite, the caps' advisory locks on PostgreSQL.
+        with_tx!(self, |tx| {
+            if let Some(cap) = caps.per_address
+                && let Some(retry_at) = tx
+                    .cap_reached(ADDRESS_CAP, &grant.requester_key, cap, now)
+                    .await?
+            {
+                return Ok(GrantAdmission::AddressFull { retry_at });
+            }
+            if let Some(retry_at) = tx
+                .cap_reached(CLIENT_CAP, &grant.client_id, caps.per_client, now)
+                .await?
+            {
+                return Ok(GrantAdmission::ClientFull { retry_at });
+            }
+            // An expired grant must not block its user code forever.
+            exec!(
+                tx.conn(),
+                "DELETE FROM device_grants WHERE user_code = $1 AND expires_at <= $2",
+                &grant.user_code,
+                now
+            )?;
+            exec!(
+                tx.conn(),
+                "INSERT INTO device_grants (device_code_hash, user_code, client_id, scope, \
+                 device_id, requester_ip, requester_key, requester_ua, created_at, expires_at, \
+                 interval_secs, status, lookups) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0)",
+                &grant.device_code_hash,
+                &grant.user_code,
+                &grant.client_id,
+                &grant.scope,
+                &grant.device_id,
+                &grant.requester_ip,
+                &grant.requester_key,
+                &grant.requester_ua,
+                now,
+                grant.expires_at,
+                grant.interval_secs
+            )?;
+            tx.commit().await?;
+            Ok(GrantAdmission::Stored)
+        })
     }
 
     /// Looks a user code up, counting the lookup against the grant's cap `max_lookups`.
@@ -512,7 +496,7 @@ impl SqlDb {
                 &format!(
                     "{GRANT_COLUMNS} WHERE user_code = $1 AND status = 'pending' \
                      AND expires_at > $2{}",
-                    self.pool.dialect().for_update()
+                    self.dialect().for_update()
                 ),
                 user_code,
                 now

@@ -10,6 +10,7 @@
 //! `INTEGER` on SQLite, which sqlx decodes as `bool` too.
 
 use std::future::Future;
+use std::ops::DerefMut;
 use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
@@ -19,7 +20,6 @@ use sqlx::{Postgres, Sqlite, Transaction};
 
 use super::error::{DbError, DbResult, Unreachable};
 use crate::pg_gate::PgGate;
-use crate::rendezvous::store::BoxFuture;
 
 /// The store, on SQLite or PostgreSQL: [`SqlDb::open`] or [`SqlDb::connect`]. One body of
 /// code and query text serves both (crate README, "Storage"). Times are ms since the Unix
@@ -128,75 +128,96 @@ pub(super) enum Pool {
     },
 }
 
-impl Pool {
+impl SqlDb {
     /// The SQL dialect of this back end.
     pub(super) fn dialect(&self) -> Dialect {
-        match self {
-            Self::Sqlite(_) => Dialect::Sqlite,
-            Self::Postgres { .. } => Dialect::Postgres,
+        match self.pool {
+            Pool::Sqlite(_) => Dialect::Sqlite,
+            Pool::Postgres { .. } => Dialect::Postgres,
         }
     }
 
-    /// Runs one store call; on PostgreSQL once admitted, under the overall time bound, so
-    /// that a database that is down or stalls yields [`DbError::Unavailable`], never a hang.
-    pub(super) fn run<'a, T: Send + 'a>(
-        &'a self,
-        call: impl Future<Output = DbResult<T>> + Send + 'a,
-    ) -> BoxFuture<'a, DbResult<T>> {
-        match self {
-            Self::Sqlite(_) => Box::pin(call),
-            Self::Postgres { gate, .. } => Box::pin(gate.run(call, |reason| {
-                DbError::Unavailable(Unreachable::Gate(reason))
-            })),
+    /// Runs a unit of store work (one store method, or [`Self::begin`] … [`Tx::commit`]); on
+    /// PostgreSQL once admitted and under the store's time bound, so that a database that is
+    /// down or stalls yields [`DbError::Unavailable`], never a hang.
+    pub async fn run<T>(&self, work: impl Future<Output = DbResult<T>>) -> DbResult<T> {
+        match &self.pool {
+            Pool::Sqlite(_) => work.await,
+            Pool::Postgres { gate, .. } => {
+                gate.run(work, |reason| {
+                    DbError::Unavailable(Unreachable::Gate(reason))
+                })
+                .await
+            }
         }
     }
 
-    /// Starts a transaction that may write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so concurrent redemptions serialize instead of failing with
-    /// `SQLITE_BUSY` on lock upgrade; on PostgreSQL (READ COMMITTED) the transaction's
-    /// statements take the row locks.
-    pub(super) async fn begin(&self) -> DbResult<Tx> {
-        Ok(match self {
-            Self::Sqlite(pool) => Tx(TxInner::Sqlite(
+    /// Starts a transaction that may write (run it inside [`Self::run`]). On SQLite it takes
+    /// the write lock up front (`BEGIN IMMEDIATE`), so concurrent redemptions serialize
+    /// instead of failing with `SQLITE_BUSY` on lock upgrade; on PostgreSQL (READ COMMITTED)
+    /// the transaction's statements take the row locks.
+    pub async fn begin(&self) -> DbResult<Tx> {
+        Ok(Tx(match &self.pool {
+            Pool::Sqlite(pool) => Backend::Sqlite(
                 pool.begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(sqlite_error)?,
-            )),
-            Self::Postgres { pool, .. } => {
-                Tx(TxInner::Postgres(pool.begin().await.map_err(pg_error)?))
-            }
-        })
+            ),
+            Pool::Postgres { pool, .. } => Backend::Postgres(pool.begin().await.map_err(pg_error)?),
+        }))
     }
 
     /// A connection for statements that need no transaction.
     pub(super) async fn acquire(&self) -> DbResult<Pooled> {
-        Ok(match self {
-            Self::Sqlite(pool) => Pooled::Sqlite(pool.acquire().await.map_err(sqlite_error)?),
-            Self::Postgres { pool, .. } => {
-                Pooled::Postgres(pool.acquire().await.map_err(pg_error)?)
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => Backend::Sqlite(pool.acquire().await.map_err(sqlite_error)?),
+            Pool::Postgres { pool, .. } => {
+                Backend::Postgres(pool.acquire().await.map_err(pg_error)?)
             }
         })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
-    pub(super) async fn close(&self) {
-        match self {
-            Self::Sqlite(pool) => pool.close().await,
-            Self::Postgres { pool, .. } => pool.close().await,
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres { pool, .. } => pool.close().await,
         }
     }
 }
 
-/// An open transaction of the store ([`super::SqlDb::begin`]), holding what it loaded locked
-/// until [`Tx::commit`]; dropped without it, it rolls back.
-pub struct Tx(TxInner);
-
-enum TxInner {
-    /// SQLite, holding the write lock.
-    Sqlite(Transaction<'static, Sqlite>),
+/// Something of either back end: a pooled connection ([`Pooled`]), a transaction ([`Tx`]),
+/// or the connection either lends to the query macros ([`Conn`]).
+pub(super) enum Backend<S, P> {
+    /// SQLite.
+    Sqlite(S),
     /// PostgreSQL.
-    Postgres(Transaction<'static, Postgres>),
+    Postgres(P),
 }
+
+/// A borrowed connection of either back end: what the query macros run on.
+pub(super) type Conn<'c> = Backend<&'c mut SqliteConnection, &'c mut PgConnection>;
+
+/// A pooled connection of either back end, outside a transaction.
+pub(super) type Pooled = Backend<PoolConnection<Sqlite>, PoolConnection<Postgres>>;
+
+impl<S, P> Backend<S, P>
+where
+    S: DerefMut<Target = SqliteConnection>,
+    P: DerefMut<Target = PgConnection>,
+{
+    /// The connection, for the query macros.
+    pub(super) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Sqlite(c) => Backend::Sqlite(&mut **c),
+            Self::Postgres(c) => Backend::Postgres(&mut **c),
+        }
+    }
+}
+
+/// An open transaction of the store ([`SqlDb::begin`]), holding what it loaded locked
+/// until [`Tx::commit`]; dropped without it, it rolls back. On SQLite it holds the write lock.
+pub struct Tx(Backend<Transaction<'static, Sqlite>, Transaction<'static, Postgres>>);
 
 impl std::fmt::Debug for Tx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,72 +228,49 @@ impl std::fmt::Debug for Tx {
 impl Tx {
     /// The connection, for the query macros.
     pub(super) fn conn(&mut self) -> Conn<'_> {
-        match &mut self.0 {
-            TxInner::Sqlite(tx) => Conn::Sqlite(tx),
-            TxInner::Postgres(tx) => Conn::Postgres(tx),
-        }
+        self.0.conn()
     }
 
     /// The SQL dialect of this transaction's back end.
     pub(super) fn dialect(&self) -> Dialect {
         match self.0 {
-            TxInner::Sqlite(_) => Dialect::Sqlite,
-            TxInner::Postgres(_) => Dialect::Postgres,
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
         }
     }
 
     /// Makes the transaction's changes durable and releases its locks.
     pub async fn commit(self) -> DbResult<()> {
         match self.0 {
-            TxInner::Sqlite(tx) => tx.commit().await.map_err(sqlite_error),
-            TxInner::Postgres(tx) => tx.commit().await.map_err(pg_error),
+            Backend::Sqlite(tx) => tx.commit().await.map_err(sqlite_error),
+            Backend::Postgres(tx) => tx.commit().await.map_err(pg_error),
         }
     }
 }
 
-/// A pooled connection of either back end, outside a transaction.
-pub(super) enum Pooled {
-    /// SQLite.
-    Sqlite(PoolConnection<Sqlite>),
-    /// PostgreSQL.
-    Postgres(PoolConnection<Postgres>),
-}
-
-impl Pooled {
-    /// The connection, for the query macros.
-    pub(super) fn conn(&mut self) -> Conn<'_> {
-        match self {
-            Self::Sqlite(c) => Conn::Sqlite(c),
-            Self::Postgres(c) => Conn::Postgres(c),
+/// Runs `$query`, a query on `$c`, the connection `$conn` borrows, whichever its back end,
+/// and maps the driver's error: the one arm per back end of the macros below.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $query:expr) => {
+        match $conn {
+            $crate::accounts::sql::Backend::Sqlite($c) => {
+                $query.map_err($crate::accounts::sql::sqlite_error)
+            }
+            $crate::accounts::sql::Backend::Postgres($c) => {
+                $query.map_err($crate::accounts::sql::pg_error)
+            }
         }
-    }
-}
-
-/// A borrowed connection of either back end: what the query macros run on.
-pub(super) enum Conn<'c> {
-    /// SQLite.
-    Sqlite(&'c mut SqliteConnection),
-    /// PostgreSQL.
-    Postgres(&'c mut PgConnection),
+    };
 }
 
 /// Runs a statement: `exec!(conn, "… $1 …", arg, …)` → `DbResult<u64>` (rows affected).
 macro_rules! exec {
     ($conn:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
-        match $conn {
-            $crate::accounts::sql::Conn::Sqlite(c) => sqlx::query($sql)
-                $(.bind($arg))*
-                .execute(&mut *c)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err($crate::accounts::sql::sqlite_error),
-            $crate::accounts::sql::Conn::Postgres(c) => sqlx::query($sql)
-                $(.bind($arg))*
-                .execute(&mut *c)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err($crate::accounts::sql::pg_error),
-        }
+        $crate::accounts::sql::on_backend!($conn, |c| sqlx::query($sql)
+            $(.bind($arg))*
+            .execute(&mut *c)
+            .await
+            .map(|done| done.rows_affected()))
     };
 }
 
@@ -280,87 +278,71 @@ macro_rules! exec {
 /// (or `fetch_one`, `fetch_all`) → `DbResult<…>`, typed by the caller's binding.
 macro_rules! fetch {
     ($conn:expr, $how:ident, $sql:expr $(, $arg:expr)* $(,)?) => {
-        match $conn {
-            $crate::accounts::sql::Conn::Sqlite(c) => sqlx::query_as($sql)
-                $(.bind($arg))*
-                .$how(&mut *c)
-                .await
-                .map_err($crate::accounts::sql::sqlite_error),
-            $crate::accounts::sql::Conn::Postgres(c) => sqlx::query_as($sql)
-                $(.bind($arg))*
-                .$how(&mut *c)
-                .await
-                .map_err($crate::accounts::sql::pg_error),
-        }
+        $crate::accounts::sql::on_backend!($conn, |c| sqlx::query_as($sql)
+            $(.bind($arg))*
+            .$how(&mut *c)
+            .await)
     };
 }
 
 /// Like [`fetch!`], for a single column.
 macro_rules! scalar {
     ($conn:expr, $how:ident, $sql:expr $(, $arg:expr)* $(,)?) => {
-        match $conn {
-            $crate::accounts::sql::Conn::Sqlite(c) => sqlx::query_scalar($sql)
-                $(.bind($arg))*
-                .$how(&mut *c)
-                .await
-                .map_err($crate::accounts::sql::sqlite_error),
-            $crate::accounts::sql::Conn::Postgres(c) => sqlx::query_scalar($sql)
-                $(.bind($arg))*
-                .$how(&mut *c)
-                .await
-                .map_err($crate::accounts::sql::pg_error),
-        }
+        $crate::accounts::sql::on_backend!($conn, |c| sqlx::query_scalar($sql)
+            $(.bind($arg))*
+            .$how(&mut *c)
+            .await)
     };
 }
 
 /// Runs the body of a store method on a pooled connection: `with_conn!(self, |c| { … })`,
-/// or `with_conn!(self, |c| exec!(c.conn(), …))` for a single statement, under [`Pool::run`]
-/// (admission and time bound on PostgreSQL).
+/// or `with_conn!(self, |c| exec!(c.conn(), …))` for a single statement, under
+/// [`SqlDb::run`] (admission and time bound on PostgreSQL).
 macro_rules! with_conn {
     ($db:expr, |$c:ident| $body:expr) => {
-        $db.pool
-            .run(async move {
-                let mut $c = $db.pool.acquire().await?;
-                $body
-            })
-            .await
+        $db.run(async move {
+            let mut $c = $db.acquire().await?;
+            $body
+        })
+        .await
     };
 }
 
 /// Like [`with_conn!`], in a transaction that may write (`$tx`, committed by the body).
 macro_rules! with_tx {
     ($db:expr, |$tx:ident| $body:block) => {
-        $db.pool
-            .run(async move {
-                let mut $tx = $db.pool.begin().await?;
-                $body
-            })
-            .await
+        $db.run(async move {
+            let mut $tx = $db.begin().await?;
+            $body
+        })
+        .await
     };
 }
 
-pub(super) use {exec, fetch, scalar, with_conn, with_tx};
+pub(super) use {exec, fetch, on_backend, scalar, with_conn, with_tx};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn memory() -> Pool {
-        Pool::Sqlite(
-            sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect("sqlite::memory:")
-                .await
-                .unwrap(),
-        )
+    async fn memory() -> SqlDb {
+        SqlDb {
+            pool: Pool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect("sqlite::memory:")
+                    .await
+                    .unwrap(),
+            ),
+        }
     }
 
     /// The mechanism everything else rests on: SQLite binds `$N` by number (reused and out of
     /// order), decodes a 0/1 INTEGER as `bool`, and reports a unique violation as a conflict.
     #[tokio::test]
     async fn sqlite_binds_dollar_placeholders_by_number() {
-        let pool = memory().await;
-        let mut tx = pool.begin().await.unwrap();
+        let db = memory().await;
+        let mut tx = db.begin().await.unwrap();
         exec!(
             tx.conn(),
             "CREATE TABLE t (a TEXT PRIMARY KEY, b INTEGER NOT NULL, c INTEGER NOT NULL, \
@@ -392,7 +374,7 @@ mod tests {
         );
         assert!(matches!(again, Err(DbError::Conflict)), "{again:?}");
         tx.commit().await.unwrap();
-        let mut conn = pool.acquire().await.unwrap();
+        let mut conn = db.acquire().await.unwrap();
         let missing: Option<i64> = scalar!(
             conn.conn(),
             fetch_optional,
@@ -407,8 +389,8 @@ mod tests {
     /// apart, instead of flattening it to text.
     #[tokio::test]
     async fn errors_keep_the_driver_error_as_source() {
-        let pool = memory().await;
-        let mut conn = pool.acquire().await.unwrap();
+        let db = memory().await;
+        let mut conn = db.acquire().await.unwrap();
         let err = exec!(conn.conn(), "SELECT * FROM no_such_table").unwrap_err();
         assert!(matches!(err, DbError::Backend(_)), "{err:?}");
         let source = std::error::Error::source(&err).expect("a source");

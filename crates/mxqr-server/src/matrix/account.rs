@@ -1,7 +1,7 @@
 //! Discovery, `whoami`, logout and global account data.
 
+use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -10,24 +10,18 @@ use super::bearer::Authed;
 use super::{ok, parse_body, stored_json};
 use crate::accounts::{AccountDataQuota, AccountDataWrite};
 use crate::error::ApiError;
-use crate::response::{PathParams, RawBody, json};
+use crate::response::{PathParams, RawBody};
 
 /// `GET /.well-known/matrix/client`: where the client-server API lives. CORS comes from the
 /// global layer, as the spec asks for this document.
-pub async fn well_known(State(state): State<MatrixState>) -> Response {
+pub async fn well_known(State(state): State<MatrixState>) -> Json<Value> {
     let base_url = state.public_url.trim_end_matches('/');
-    json(
-        StatusCode::OK,
-        &json!({ "m.homeserver": { "base_url": base_url } }),
-    )
+    Json(json!({ "m.homeserver": { "base_url": base_url } }))
 }
 
 /// `GET /_matrix/client/v3/account/whoami`.
-pub async fn whoami(auth: Authed) -> Response {
-    json(
-        StatusCode::OK,
-        &json!({ "user_id": auth.user_id, "device_id": auth.device_id(), "is_guest": false }),
-    )
+pub async fn whoami(auth: Authed) -> Json<Value> {
+    Json(json!({ "user_id": auth.user_id, "device_id": auth.device_id(), "is_guest": false }))
 }
 
 /// `POST /_matrix/client/v3/logout`: the spec deletes the token's device with it (and so

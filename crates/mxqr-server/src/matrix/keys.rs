@@ -115,23 +115,8 @@ fn retain_verified(
     value
 }
 
-/// A user's stored cross-signing keys, parsed.
-#[derive(Default)]
-struct CrossSigning {
-    master: Option<(Value, Ed25519PublicKey)>,
-    self_signing: Option<(Value, Ed25519PublicKey)>,
-    user_signing: Option<(Value, Ed25519PublicKey)>,
-}
-
-impl CrossSigning {
-    fn get(&self, usage: KeyUsage) -> Option<&(Value, Ed25519PublicKey)> {
-        match usage {
-            KeyUsage::Master => self.master.as_ref(),
-            KeyUsage::SelfSigning => self.self_signing.as_ref(),
-            KeyUsage::UserSigning => self.user_signing.as_ref(),
-        }
-    }
-}
+/// A user's stored cross-signing keys, parsed, by usage.
+type CrossSigning = HashMap<KeyUsage, (Value, Ed25519PublicKey)>;
 
 const USAGES: [KeyUsage; 3] = [
     KeyUsage::Master,
@@ -148,7 +133,7 @@ async fn load_cross_signing(
     localpart: &str,
     user_id: &str,
 ) -> Result<CrossSigning, ApiError> {
-    let mut out = CrossSigning::default();
+    let mut out = CrossSigning::new();
     for (usage, text) in db.cross_signing_keys(localpart).await? {
         let Some(usage) = usage_named(&usage) else {
             continue;
@@ -158,12 +143,7 @@ async fn load_cross_signing(
             tracing::error!(%err, "stored cross-signing key does not parse");
             ApiError::Database
         })?;
-        let slot = match usage {
-            KeyUsage::Master => &mut out.master,
-            KeyUsage::SelfSigning => &mut out.self_signing,
-            KeyUsage::UserSigning => &mut out.user_signing,
-        };
-        *slot = Some((value, key));
+        out.insert(usage, (value, key));
     }
     Ok(out)
 }
@@ -238,16 +218,18 @@ fn check_one_time_key(
     })
 }
 
-/// Checks and stores the caller's `device_keys`: its own, self-signed, plus a verifying
-/// self-signing-key signature if present.
-async fn store_device_keys(auth: &Authed, uploaded: &Value) -> Result<(), ApiError> {
-    let identity = verify_device_keys(uploaded, &auth.user_id, auth.device_id())
-        .map_err(|err| ApiError::Invalid(format!("device_keys: {err}")))?;
+/// Stores the caller's `device_keys`, already verified as its own and self-signed with
+/// `ed25519`, plus a verifying self-signing-key signature if present.
+async fn store_device_keys(
+    auth: &Authed,
+    uploaded: &Value,
+    ed25519: Ed25519PublicKey,
+) -> Result<(), ApiError> {
     let db = auth.oauth.db();
     let cross = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
     let self_key_id = ed25519_key_id(auth.device_id());
-    let mut keyring = HashMap::from([(self_key_id, identity.ed25519)]);
-    if let Some((_, ssk)) = &cross.self_signing {
+    let mut keyring = HashMap::from([(self_key_id, ed25519)]);
+    if let Some((_, ssk)) = cross.get(&KeyUsage::SelfSigning) {
         keyring.insert(cross_signing_key_id(ssk), *ssk);
     }
     // Own-user signatures can only be the device's and the self-signing key's; each must
@@ -261,7 +243,7 @@ async fn store_device_keys(auth: &Authed, uploaded: &Value) -> Result<(), ApiErr
         match keyring.get(&key_id) {
             Some(key) => verify_json(uploaded, &auth.user_id, &key_id, key)
                 .map_err(|err| ApiError::Invalid(format!("device_keys: {key_id}: {err}")))?,
-            None if cross.self_signing.is_some() => {
+            None if cross.contains_key(&KeyUsage::SelfSigning) => {
                 return Err(ApiError::Invalid(format!(
                     "device_keys: signature by {key_id}, which is neither this device's key \
                      nor the published self-signing key"
@@ -344,8 +326,8 @@ pub async fn upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, Ap
     };
     let one_time = check_all(&one_time)?;
     let fallback = check_all(&fallback)?;
-    if let Some(device_keys) = &request.device_keys {
-        store_device_keys(&auth, device_keys).await?;
+    if let (Some(device_keys), Some(ed25519)) = (&request.device_keys, device_key) {
+        store_device_keys(&auth, device_keys, ed25519).await?;
     }
     let now = auth.oauth.now_ms();
     if !one_time.is_empty() {
@@ -428,8 +410,8 @@ pub async fn query(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
         }
         device_keys.insert(user_id.clone(), Value::Object(devices));
 
-        let cross = load_cross_signing(db, localpart, user_id).await?;
-        if let Some((mut master, key)) = cross.master {
+        let mut cross = load_cross_signing(db, localpart, user_id).await?;
+        if let Some((mut master, key)) = cross.remove(&KeyUsage::Master) {
             if *user_id != auth.user_id {
                 // The caller's own user-signing signatures of this master key: only for it.
                 let target = key.to_base64();
@@ -444,11 +426,11 @@ pub async fn query(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
             }
             masters.insert(user_id.clone(), master);
         }
-        if let Some((ssk, _)) = cross.self_signing {
+        if let Some((ssk, _)) = cross.remove(&KeyUsage::SelfSigning) {
             self_signing.insert(user_id.clone(), ssk);
         }
         if *user_id == auth.user_id
-            && let Some((usk, _)) = cross.user_signing
+            && let Some((usk, _)) = cross.remove(&KeyUsage::UserSigning)
         {
             user_signing.insert(user_id.clone(), usk);
         }
@@ -532,7 +514,8 @@ pub async fn device_signing_upload(
         .map(|value| cross_signing_public_key(value, user_id, KeyUsage::Master))
         .transpose()
         .map_err(|e| invalid(KeyUsage::Master, e))?;
-    let Some(master) = new_master.or(stored.master.as_ref().map(|(_, k)| *k)) else {
+    let stored_master = stored.get(&KeyUsage::Master).map(|(_, key)| *key);
+    let Some(master) = new_master.or(stored_master) else {
         return Err(ApiError::Invalid(
             "master_key is required: no master key is stored yet".into(),
         ));
@@ -566,9 +549,9 @@ pub async fn device_signing_upload(
         return ok(json!({}));
     }
     // A new master key invalidates the subkeys it did not sign.
-    if new_master.is_some_and(|m| stored.master.as_ref().is_some_and(|(_, old)| *old != m)) {
+    if new_master.is_some_and(|m| stored_master.is_some_and(|old| old != m)) {
         for usage in [KeyUsage::SelfSigning, KeyUsage::UserSigning] {
-            if stored.get(usage).is_some() && !uploads.iter().any(|(u, _, _)| *u == usage) {
+            if stored.contains_key(&usage) && !uploads.iter().any(|(u, _, _)| *u == usage) {
                 return Err(ApiError::Invalid(format!(
                     "a new master key needs a new {} too",
                     usage.field()
@@ -578,11 +561,11 @@ pub async fn device_signing_upload(
     }
     let replaces = uploads
         .iter()
-        .any(|(usage, _, key)| stored.get(*usage).is_some_and(|(_, old)| old != key));
+        .any(|(usage, _, key)| stored.get(usage).is_some_and(|(_, old)| old != key));
     if !replaces
         && uploads
             .iter()
-            .all(|(usage, _, _)| stored.get(*usage).is_some())
+            .all(|(usage, _, _)| stored.contains_key(usage))
     {
         // Re-upload of the keys in force (a retried bootstrap): nothing changes.
         return ok(json!({}));
@@ -711,8 +694,7 @@ async fn sign_own_key(
         let target = match db.device_keys(auth.localpart(), &ids).await?.pop() {
             Some(device) => Target::Device(device),
             None if cross
-                .master
-                .as_ref()
+                .get(&KeyUsage::Master)
                 .is_some_and(|(_, key)| key.to_base64() == id) =>
             {
                 Target::OwnMaster
@@ -722,7 +704,7 @@ async fn sign_own_key(
         // The exact stored text is the compare-and-swap operand.
         let (text, ring) = match &target {
             Target::Device(device) => {
-                let Some((_, ssk)) = &cross.self_signing else {
+                let Some((_, ssk)) = cross.get(&KeyUsage::SelfSigning) else {
                     return Ok(Err(SignatureFailure::WrongSigner(
                         "the self-signing key (none is published)".into(),
                     )));
@@ -785,15 +767,15 @@ async fn sign_other_master(
         return Ok(Err(SignatureFailure::UnknownTarget));
     };
     let db = auth.oauth.db();
-    let target = load_cross_signing(db, localpart, user_id).await?;
-    let Some((master, key)) = target.master else {
+    let mut target = load_cross_signing(db, localpart, user_id).await?;
+    let Some((master, key)) = target.remove(&KeyUsage::Master) else {
         return Ok(Err(SignatureFailure::UnknownTarget));
     };
     if key.to_base64() != id {
         return Ok(Err(SignatureFailure::UnknownTarget));
     }
-    let own = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
-    let Some((_, usk)) = own.user_signing else {
+    let mut own = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
+    let Some((_, usk)) = own.remove(&KeyUsage::UserSigning) else {
         return Ok(Err(SignatureFailure::WrongSigner(
             "the user-signing key (none is published)".into(),
         )));

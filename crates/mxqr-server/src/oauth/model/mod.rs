@@ -15,8 +15,9 @@ pub mod device_grant;
 pub mod refresh;
 pub mod session;
 
-/// Who a session (and so its tokens) belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who a session (and so its tokens) belongs to. Decodes from the store's rows, whose
+/// columns carry these names.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Grant {
     /// Localpart of the user.
     pub localpart: String,
