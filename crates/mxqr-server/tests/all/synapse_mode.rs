@@ -284,7 +284,9 @@ async fn introspection_and_an_outbox_that_outlives_a_synapse_outage(backend: Bac
     }
     let provisioning = || -> Vec<_> {
         let seen = calls.lock().unwrap().clone();
-        seen.into_iter().filter(|(op, ..)| op != "sync_devices").collect()
+        seen.into_iter()
+            .filter(|(op, ..)| op != "sync_devices")
+            .collect()
     };
     assert_eq!(
         provisioning(),
