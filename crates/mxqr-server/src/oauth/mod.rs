@@ -51,7 +51,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// Lifetimes and caps, from `[oauth]` or (in tests) set directly, bypassing the config floors.
+/// Lifetimes and caps, from `[oauth]`.
 #[derive(Clone, Debug)]
 pub struct Lifetimes {
     /// Access-token life.
@@ -80,7 +80,7 @@ pub struct Lifetimes {
 
 impl Lifetimes {
     /// The configured values.
-    pub fn from_config(c: &OAuthConfig) -> Self {
+    fn from_config(c: &OAuthConfig) -> Self {
         Self {
             access_token: Duration::from_secs(c.access_token_ttl_secs),
             refresh_grace: Duration::from_secs(c.refresh_grace_secs),
@@ -190,7 +190,12 @@ impl OAuthState {
     /// database unless the configuration names one (which must then match).
     pub async fn open(config: &Config) -> DbResult<Self> {
         let (config, db) = Self::open_db(config, config.configured_server_name(), false).await?;
-        Ok(Self::new(&config, db))
+        Ok(Self::new(
+            &config,
+            db,
+            Arc::new(Standalone),
+            Arc::new(SystemClock),
+        ))
     }
 
     /// Opens the database of `config` and settles the server name against the one pinned in
@@ -216,25 +221,14 @@ impl OAuthState {
         Ok((settled, db))
     }
 
-    /// State over `db` with the configured lifetimes and the system clock, standalone.
-    pub fn new(config: &Config, db: SharedDb) -> Self {
-        Self::with_hooks(config, db, Arc::new(Standalone))
-    }
-
-    /// State over `db` telling the homeserver about sessions through `hooks`.
-    pub fn with_hooks(config: &Config, db: SharedDb, hooks: Arc<dyn HomeserverHooks>) -> Self {
-        let life = Lifetimes::from_config(&config.oauth);
-        Self::build(config, db, hooks, Arc::new(SystemClock), life)
-    }
-
-    /// State with an explicit clock and lifetimes: tests expire codes without sleeping and
-    /// set lifetimes the configuration's floors would refuse.
-    pub fn build(
+    /// State over `db` with the configured lifetimes, telling the homeserver about sessions
+    /// through `hooks` ([`Standalone`]: nobody to tell) and reading the time from `clock`
+    /// ([`SystemClock`]; tests turn theirs by hand to expire codes without sleeping).
+    pub fn new(
         config: &Config,
         db: SharedDb,
         hooks: Arc<dyn HomeserverHooks>,
         clock: Arc<dyn Clock>,
-        life: Lifetimes,
     ) -> Self {
         let public_url = config.effective_public_url();
         let window = Duration::from_secs(config.oauth.failed_attempts_window_secs);
@@ -249,7 +243,7 @@ impl OAuthState {
         Self(Arc::new(Inner {
             db,
             clock,
-            life,
+            life: Lifetimes::from_config(&config.oauth),
             secure_cookies: public_url.starts_with("https://"),
             server_name: config.effective_server_name(),
             public_url,
