@@ -400,17 +400,15 @@ impl OAuthState {
 
     /// Charges one client registration or device authorization to `ip`'s creation bucket.
     pub(crate) fn charge_creation(&self, ip: IpAddr) -> Result<(), OAuthError> {
-        match &self.0.creation_limiter {
-            Some(limiter) => {
-                limiter
-                    .check(crate::ratelimit::client_key(ip))
-                    .map_err(|retry_after| OAuthError::Throttled {
-                        retry_after,
-                        reason: "too many registrations or device authorizations from this address",
-                    })
-            }
-            None => Ok(()),
-        }
+        let Some(limiter) = &self.0.creation_limiter else {
+            return Ok(());
+        };
+        limiter
+            .check(crate::ratelimit::client_key(ip))
+            .map_err(|retry_after| OAuthError::Throttled {
+                retry_after,
+                reason: "too many registrations or device authorizations from this address",
+            })
     }
 
     /// Whether per-address caps apply (client addresses are only trusted with the rate
@@ -481,10 +479,8 @@ impl OAuthState {
     /// guesses cannot all pass; refused (with how long to wait) once `ip` has used up its
     /// wrong codes. Give it back with [`Self::uncount_user_code_entry`] when the code is right.
     pub(crate) fn count_user_code_entry(&self, ip: IpAddr) -> Result<(), Duration> {
-        match &self.0.guards {
-            Some(g) => g.user_code.attempt(ip),
-            None => Ok(()),
-        }
+        let guards = self.0.guards.as_ref();
+        guards.map_or(Ok(()), |g| g.user_code.attempt(ip))
     }
 
     /// Gives back an entry counted by [`Self::count_user_code_entry`] that found its grant
@@ -497,15 +493,10 @@ impl OAuthState {
 
     /// Refuses `ip` while it has used up its unknown device codes at the token endpoint.
     pub(crate) fn check_unknown_code(&self, ip: IpAddr) -> Result<(), Duration> {
-        match self
-            .0
-            .guards
-            .as_ref()
+        let guards = self.0.guards.as_ref();
+        guards
             .and_then(|g| g.unknown_code.blocked(ip))
-        {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
+            .map_or(Ok(()), Err)
     }
 
     /// Counts an unknown device code presented by `ip`.
