@@ -78,7 +78,7 @@ async fn introspect_for_a_second(
 async fn introspection_benchmark_runs_against_synapse_mode() {
     use mxqr_testkit::api::accounts::Grant;
     use mxqr_testkit::api::config::HomeserverMode;
-    use mxqr_testkit::api::oauth::OAuthState;
+    use mxqr_testkit::api::oauth::{OAuthState, SystemClock};
     use mxqr_testkit::api::synapse::{SynapseHooks, SynapseLink};
 
     const SECRET: &str = "bench-shared-secret-0123456789abcdef";
@@ -108,7 +108,7 @@ async fn introspection_benchmark_runs_against_synapse_mode() {
     let link = std::sync::Arc::new(SynapseLink::new("http://127.0.0.1:9", SECRET.into()));
     link.set_provisioned("alice", "BENCHDEVICE", true);
     let hooks = std::sync::Arc::new(SynapseHooks::new(link.clone(), db.clone()));
-    let oauth = OAuthState::with_hooks(&config, db, hooks);
+    let oauth = OAuthState::new(&config, db, hooks, std::sync::Arc::new(SystemClock));
     oauth
         .db()
         .create_user("alice", None, oauth.now_ms())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mxqr_server::accounts::SqlDb;
-use mxqr_server::oauth::{Clock, Lifetimes, OAuthState, Standalone, SystemClock, password, tokens};
+use mxqr_server::oauth::{Clock, OAuthState, Standalone, SystemClock, password, tokens};
 use mxqr_server::{AppState, Config};
 
 use crate::{Backend, pg};
@@ -161,6 +161,10 @@ impl OAuthServer {
         }
         config.oauth.registration_enabled = options.registration;
         config.oauth.failed_attempts_max = 5;
+        config.oauth.user_code_max_lookups = options.max_lookups;
+        if let Some(n) = options.device_grants_per_client {
+            config.oauth.device_grants_pending_per_client = n;
+        }
         let mut pg_database = None;
         if backend == Backend::Postgres {
             let (url, name) = pg::fresh_database().await;
@@ -170,12 +174,7 @@ impl OAuthServer {
         // The selection `mxqr serve` uses: `database.url` picks PostgreSQL.
         let db = mxqr_server::accounts::open(&config).await.unwrap();
         let clock = Arc::new(ManualClock::default());
-        let mut life = Lifetimes::from_config(&config.oauth);
-        life.user_code_max_lookups = options.max_lookups;
-        if let Some(n) = options.device_grants_per_client {
-            life.device_grants_per_client = n;
-        }
-        let oauth = OAuthState::build(&config, db, Arc::new(Standalone), clock.clone(), life);
+        let oauth = OAuthState::new(&config, db, Arc::new(Standalone), clock.clone());
         let state = AppState::new(config).with_oauth(oauth.clone());
         let (tx, rx) = oneshot::channel();
         tokio::spawn(mxqr_server::serve(state, listener, async {

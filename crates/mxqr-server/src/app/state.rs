@@ -12,7 +12,7 @@ use super::metrics::Metrics;
 use crate::accounts::{DbError, DbResult, OpenFailure};
 use crate::config::{Config, CreatePolicy, HomeserverMode};
 use crate::matrix::MatrixState;
-use crate::oauth::OAuthState;
+use crate::oauth::{HomeserverHooks, OAuthState, Standalone, SystemClock};
 use crate::ratelimit::RateLimiter;
 use crate::rendezvous::create_policy::{self, CreateAuthorizer};
 use crate::rendezvous::longpoll::LongPolls;
@@ -73,18 +73,22 @@ impl AppState {
             return Ok(Self::with_store(config, store));
         }
         let (settled, db) = OAuthState::open_db(&config, configured_name, true).await?;
-        let (oauth, link) = if config.homeserver.mode == HomeserverMode::Synapse {
-            let secret = config
-                .homeserver
-                .load_secret()
-                .map_err(|e| open_failure("homeserver shared secret", e.into()))?;
-            let url = config.homeserver.synapse_url.as_deref().unwrap_or_default();
-            let link = Arc::new(SynapseLink::new(url, secret));
-            let hooks = Arc::new(SynapseHooks::new(link.clone(), db.clone()));
-            (OAuthState::with_hooks(&settled, db, hooks), Some(link))
-        } else {
-            (OAuthState::new(&settled, db), None)
-        };
+        let (hooks, link): (Arc<dyn HomeserverHooks>, _) =
+            if config.homeserver.mode == HomeserverMode::Synapse {
+                let secret = config
+                    .homeserver
+                    .load_secret()
+                    .map_err(|e| open_failure("homeserver shared secret", e.into()))?;
+                let url = config.homeserver.synapse_url.as_deref().unwrap_or_default();
+                let link = Arc::new(SynapseLink::new(url, secret));
+                (
+                    Arc::new(SynapseHooks::new(link.clone(), db.clone())),
+                    Some(link),
+                )
+            } else {
+                (Arc::new(Standalone), None)
+            };
+        let oauth = OAuthState::new(&settled, db, hooks, Arc::new(SystemClock));
         let authorizer = match config.rendezvous.create_policy {
             CreatePolicy::Authenticated => oauth.create_authorizer(),
             CreatePolicy::Open => create_policy::for_policy(CreatePolicy::Open),

@@ -142,10 +142,6 @@ fn meta_err(msg: impl Into<String>) -> MetadataError {
     MetadataError::Metadata(msg.into())
 }
 
-fn redirect_err(uri: &str, why: &str) -> MetadataError {
-    MetadataError::RedirectUri(format!("redirect URI {uri:?}: {why}"))
-}
-
 /// The URI `value` of metadata `key`, at most [`MAX_URI_BYTES`] long.
 fn parse_uri(key: &str, value: &str) -> Result<Url, MetadataError> {
     if value.len() > MAX_URI_BYTES {
@@ -204,77 +200,60 @@ fn check_redirect_uri(uri: &str, native: bool, client_host: &str) -> Result<(), 
             "a redirect URI is longer than {MAX_URI_BYTES} bytes"
         )));
     }
-    let url = Url::parse(uri).map_err(|_| redirect_err(uri, "not a valid URI"))?;
+    redirect_uri_refusal(uri, native, client_host)
+        .map_err(|why| MetadataError::RedirectUri(format!("redirect URI {uri:?}: {why}")))
+}
+
+/// Why `uri` cannot be registered by a client of `client_host`, if it cannot.
+fn redirect_uri_refusal(uri: &str, native: bool, client_host: &str) -> Result<(), &'static str> {
+    let url = Url::parse(uri).map_err(|_| "not a valid URI")?;
     if url.fragment().is_some() {
-        return Err(redirect_err(uri, "must not contain a fragment"));
+        return Err("must not contain a fragment");
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(redirect_err(uri, "must not contain user information"));
+        return Err("must not contain user information");
     }
     match url.scheme() {
         "https" => {
             let on_site = url.host_str().is_some_and(|h| within(h, client_host))
                 && matches!(url.host(), Some(Host::Domain(_)));
-            if on_site {
-                Ok(())
-            } else {
-                Err(redirect_err(
-                    uri,
-                    "https redirect URIs must be on the client_uri host",
-                ))
+            if !on_site {
+                return Err("https redirect URIs must be on the client_uri host");
             }
         }
         "http" if native => {
             if !is_loopback_http(&url) {
-                return Err(redirect_err(
-                    uri,
+                return Err(
                     "http is only allowed on the loopback interface (localhost, 127.0.0.1, [::1])",
-                ));
+                );
             }
             // Matrix spec: no port is registered; any port is accepted at authorization.
             if url.port().is_some() {
-                Err(redirect_err(
-                    uri,
+                return Err(
                     "a loopback redirect URI must not have a port (any port is accepted when authorizing)",
-                ))
-            } else {
-                Ok(())
+                );
             }
         }
-        "http" => Err(redirect_err(
-            uri,
-            "web clients must use https redirect URIs",
-        )),
         scheme if native => {
             // Private-use scheme: reverse DNS of the client's domain, no authority part.
             if !scheme.contains('.') {
-                return Err(redirect_err(
-                    uri,
-                    "a private-use scheme must be a reversed domain name",
-                ));
+                return Err("a private-use scheme must be a reversed domain name");
             }
             if url.host().is_some() {
-                return Err(redirect_err(
-                    uri,
-                    "a private-use URI must not have an authority (use scheme:/path)",
-                ));
+                return Err("a private-use URI must not have an authority (use scheme:/path)");
             }
             let domain: Vec<&str> = scheme.split('.').rev().collect();
             if domain.iter().any(|label| label.is_empty())
                 || !within(&domain.join("."), client_host)
             {
-                return Err(redirect_err(
-                    uri,
+                return Err(
                     "the private-use scheme must be the reversed client_uri host or a subdomain of it",
-                ));
+                );
             }
-            Ok(())
         }
-        _ => Err(redirect_err(
-            uri,
-            "web clients must use https redirect URIs",
-        )),
+        _ => return Err("web clients must use https redirect URIs"),
     }
+    Ok(())
 }
 
 /// An array of strings, each kept once (in first-seen order).

@@ -4,10 +4,10 @@
 //! [`Standalone`] keeps the defaults, which do nothing.
 
 use crate::accounts::DbResult;
-use crate::rendezvous::store::BoxFuture;
 
 /// Side effects a session's life has on the homeserver. Each call returns once the
 /// homeserver has the news or it is safely queued; a store failure is returned.
+#[async_trait::async_trait]
 pub trait HomeserverHooks: Send + Sync + 'static {
     /// Whether any homeserver listens; `false` spares the lookups that only feed the hooks.
     fn active(&self) -> bool {
@@ -16,33 +16,24 @@ pub trait HomeserverHooks: Send + Sync + 'static {
 
     /// A session's first tokens are about to go out: the user and the device must exist
     /// there first. `display_name` names a new device after its client.
-    fn session_started<'a>(
-        &'a self,
-        _localpart: &'a str,
-        _device_id: &'a str,
+    async fn session_started(
+        &self,
+        _localpart: &str,
+        _device_id: &str,
         _display_name: Option<String>,
         _now_ms: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async { Ok(()) })
+    ) -> DbResult<()> {
+        Ok(())
     }
 
     /// A device's session ended: the homeserver drops the device (and so its tokens).
-    fn device_ended<'a>(
-        &'a self,
-        _localpart: &'a str,
-        _device_id: &'a str,
-        _now_ms: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async { Ok(()) })
+    async fn device_ended(&self, _localpart: &str, _device_id: &str, _now_ms: i64) -> DbResult<()> {
+        Ok(())
     }
 
     /// The account page approved a cross-signing reset, which the homeserver checks itself.
-    fn cross_signing_reset_allowed<'a>(
-        &'a self,
-        _localpart: &'a str,
-        _now_ms: i64,
-    ) -> BoxFuture<'a, DbResult<()>> {
-        Box::pin(async { Ok(()) })
+    async fn cross_signing_reset_allowed(&self, _localpart: &str, _now_ms: i64) -> DbResult<()> {
+        Ok(())
     }
 }
 

@@ -51,7 +51,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// Lifetimes and caps, from `[oauth]` or (in tests) set directly, bypassing the config floors.
+/// Lifetimes and caps, from `[oauth]`.
 #[derive(Clone, Debug)]
 pub struct Lifetimes {
     /// Access-token life.
@@ -80,7 +80,7 @@ pub struct Lifetimes {
 
 impl Lifetimes {
     /// The configured values.
-    pub fn from_config(c: &OAuthConfig) -> Self {
+    fn from_config(c: &OAuthConfig) -> Self {
         Self {
             access_token: Duration::from_secs(c.access_token_ttl_secs),
             refresh_grace: Duration::from_secs(c.refresh_grace_secs),
@@ -190,7 +190,12 @@ impl OAuthState {
     /// database unless the configuration names one (which must then match).
     pub async fn open(config: &Config) -> DbResult<Self> {
         let (config, db) = Self::open_db(config, config.configured_server_name(), false).await?;
-        Ok(Self::new(&config, db))
+        Ok(Self::new(
+            &config,
+            db,
+            Arc::new(Standalone),
+            Arc::new(SystemClock),
+        ))
     }
 
     /// Opens the database of `config` and settles the server name against the one pinned in
@@ -216,25 +221,14 @@ impl OAuthState {
         Ok((settled, db))
     }
 
-    /// State over `db` with the configured lifetimes and the system clock, standalone.
-    pub fn new(config: &Config, db: SharedDb) -> Self {
-        Self::with_hooks(config, db, Arc::new(Standalone))
-    }
-
-    /// State over `db` telling the homeserver about sessions through `hooks`.
-    pub fn with_hooks(config: &Config, db: SharedDb, hooks: Arc<dyn HomeserverHooks>) -> Self {
-        let life = Lifetimes::from_config(&config.oauth);
-        Self::build(config, db, hooks, Arc::new(SystemClock), life)
-    }
-
-    /// State with an explicit clock and lifetimes: tests expire codes without sleeping and
-    /// set lifetimes the configuration's floors would refuse.
-    pub fn build(
+    /// State over `db` with the configured lifetimes, telling the homeserver about sessions
+    /// through `hooks` ([`Standalone`]: nobody to tell) and reading the time from `clock`
+    /// ([`SystemClock`]; tests turn theirs by hand to expire codes without sleeping).
+    pub fn new(
         config: &Config,
         db: SharedDb,
         hooks: Arc<dyn HomeserverHooks>,
         clock: Arc<dyn Clock>,
-        life: Lifetimes,
     ) -> Self {
         let public_url = config.effective_public_url();
         let window = Duration::from_secs(config.oauth.failed_attempts_window_secs);
@@ -249,7 +243,7 @@ impl OAuthState {
         Self(Arc::new(Inner {
             db,
             clock,
-            life,
+            life: Lifetimes::from_config(&config.oauth),
             secure_cookies: public_url.starts_with("https://"),
             server_name: config.effective_server_name(),
             public_url,
@@ -406,17 +400,15 @@ impl OAuthState {
 
     /// Charges one client registration or device authorization to `ip`'s creation bucket.
     pub(crate) fn charge_creation(&self, ip: IpAddr) -> Result<(), OAuthError> {
-        match &self.0.creation_limiter {
-            Some(limiter) => {
-                limiter
-                    .check(crate::ratelimit::client_key(ip))
-                    .map_err(|retry_after| OAuthError::Throttled {
-                        retry_after,
-                        reason: "too many registrations or device authorizations from this address",
-                    })
-            }
-            None => Ok(()),
-        }
+        let Some(limiter) = &self.0.creation_limiter else {
+            return Ok(());
+        };
+        limiter
+            .check(crate::ratelimit::client_key(ip))
+            .map_err(|retry_after| OAuthError::Throttled {
+                retry_after,
+                reason: "too many registrations or device authorizations from this address",
+            })
     }
 
     /// Whether per-address caps apply (client addresses are only trusted with the rate
@@ -487,10 +479,8 @@ impl OAuthState {
     /// guesses cannot all pass; refused (with how long to wait) once `ip` has used up its
     /// wrong codes. Give it back with [`Self::uncount_user_code_entry`] when the code is right.
     pub(crate) fn count_user_code_entry(&self, ip: IpAddr) -> Result<(), Duration> {
-        match &self.0.guards {
-            Some(g) => g.user_code.attempt(ip),
-            None => Ok(()),
-        }
+        let guards = self.0.guards.as_ref();
+        guards.map_or(Ok(()), |g| g.user_code.attempt(ip))
     }
 
     /// Gives back an entry counted by [`Self::count_user_code_entry`] that found its grant
@@ -503,15 +493,10 @@ impl OAuthState {
 
     /// Refuses `ip` while it has used up its unknown device codes at the token endpoint.
     pub(crate) fn check_unknown_code(&self, ip: IpAddr) -> Result<(), Duration> {
-        match self
-            .0
-            .guards
-            .as_ref()
+        let guards = self.0.guards.as_ref();
+        guards
             .and_then(|g| g.unknown_code.blocked(ip))
-        {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
+            .map_or(Ok(()), Err)
     }
 
     /// Counts an unknown device code presented by `ip`.

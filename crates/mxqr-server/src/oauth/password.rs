@@ -109,13 +109,10 @@ static ARGON2_QUEUE: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(|| {
             .spawn(move || {
                 loop {
                     // The lock is held while waiting for a job, not while running it.
-                    let job = lock(&receiver).recv();
-                    match job {
-                        Ok(job) => {
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                        }
-                        Err(mpsc::RecvError) => return,
-                    }
+                    let Ok(job) = lock(&receiver).recv() else {
+                        return;
+                    };
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             });
         match spawned {

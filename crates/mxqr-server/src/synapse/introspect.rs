@@ -8,9 +8,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::SynapseLink;
 use crate::client_ip::ClientIp;
@@ -105,7 +105,8 @@ pub(crate) async fn introspect(
     };
     // Only access tokens authenticate against Synapse; refresh tokens are never active here.
     let info = match state.token_info(&token).await {
-        Ok(info) => info,
+        Ok(Some(info)) => info,
+        Ok(None) => return json_response(StatusCode::OK, &json!({ "active": false })),
         Err(err) => {
             tracing::error!(%err, "token lookup for introspection failed");
             let response = introspection_error(
@@ -116,12 +117,9 @@ pub(crate) async fn introspect(
             return with_retry_after(response, Some(UNAVAILABLE_RETRY_AFTER_SECS));
         }
     };
-    if let Some(info) = &info {
-        // Synapse asks only about tokens a client presented: that is their use.
-        state.record_token_use(&tokens::hash(&token), info).await;
-    }
-    if let Some(info) = &info
-        && !link.is_provisioned(&info.localpart, &info.device_id)
+    // Synapse asks only about tokens a client presented: that is their use.
+    state.record_token_use(&tokens::hash(&token), &info).await;
+    if !link.is_provisioned(&info.localpart, &info.device_id)
         && let Err(err) = state
             .hooks()
             .session_started(&info.localpart, &info.device_id, None, state.now_ms())
@@ -129,22 +127,18 @@ pub(crate) async fn introspect(
     {
         tracing::error!(%err, "queueing the provisioning of an introspected device failed");
     }
-    let body: Value = match info {
-        None => json!({ "active": false }),
-        Some(info) => {
-            let now = state.now_ms();
-            let user_id = state.user_id(&info.localpart);
-            json!({
-                "active": true,
-                "token_type": "access_token",
-                "scope": info.scope,
-                "username": info.localpart,
-                "sub": user_id,
-                "device_id": info.device_id,
-                "expires_in": ((info.expires_at - now).max(0) + 999) / 1000,
-                "exp": (info.expires_at + 999) / 1000,
-            })
-        }
-    };
-    json_response(StatusCode::OK, &body).into_response()
+    let now = state.now_ms();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "active": true,
+            "token_type": "access_token",
+            "scope": info.scope,
+            "username": info.localpart,
+            "sub": state.user_id(&info.localpart),
+            "device_id": info.device_id,
+            "expires_in": ((info.expires_at - now).max(0) + 999) / 1000,
+            "exp": (info.expires_at + 999) / 1000,
+        }),
+    )
 }

@@ -14,7 +14,7 @@ use mxqr_testkit::api::accounts::{
 use mxqr_testkit::api::oauth::model::auth_code::{CodeError, Presented};
 use mxqr_testkit::api::oauth::model::device_grant::PollError;
 use mxqr_testkit::api::oauth::model::refresh::RefreshError;
-use mxqr_testkit::api::oauth::{Clock, Minted, OAuthState, SystemClock, token};
+use mxqr_testkit::api::oauth::{Clock, Minted, OAuthState, Standalone, SystemClock, token};
 use mxqr_testkit::pg::{admin, fresh_database};
 use mxqr_testkit::rendezvous::test_config;
 use reqwest::StatusCode;
@@ -349,7 +349,12 @@ async fn database_url_puts_accounts_and_rendezvous_in_postgres() {
     let other = SqlDb::connect(&url, 2).await.unwrap();
     let now = SystemClock.now_ms();
     other.create_user("alice", None, now).await.unwrap();
-    let oauth = OAuthState::new(&test_config(), Arc::new(other));
+    let oauth = OAuthState::new(
+        &test_config(),
+        Arc::new(other),
+        Arc::new(Standalone),
+        Arc::new(SystemClock),
+    );
     let minted = oauth.mint();
     let grant = Grant {
         localpart: "alice".into(),

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use mxqr_testkit::api::accounts::{Grant, OutboxJob, OutboxKind};
 use mxqr_testkit::api::config::HomeserverMode;
-use mxqr_testkit::api::oauth::{OAuthState, password};
+use mxqr_testkit::api::oauth::{OAuthState, SystemClock, password};
 use mxqr_testkit::api::synapse::{SynapseHooks, SynapseLink};
 use mxqr_testkit::api::{AppState, Config};
 use serde_json::{Value, json};
@@ -94,7 +94,7 @@ async fn start(backend: Backend, synapse_port: u16) -> Server {
         config.homeserver.load_secret().unwrap(),
     ));
     let hooks = Arc::new(SynapseHooks::new(link.clone(), db.clone()));
-    let oauth = OAuthState::with_hooks(&config, db, hooks);
+    let oauth = OAuthState::new(&config, db, hooks, Arc::new(SystemClock));
     let state = AppState::new(config)
         .with_oauth(oauth.clone())
         .with_synapse(link.clone());
