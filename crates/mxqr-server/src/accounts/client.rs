@@ -522,20 +522,14 @@ impl SqlDb {
         with_tx!(self, |tx| {
             // Creations of one user queue here, so each gets the next number.
             tx.lock_user(localpart).await?;
-            let last: Option<i64> = scalar!(
+            let version: i64 = scalar!(
                 tx.conn(),
                 fetch_one,
-                "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
-                localpart
-            )?;
-            let version = last.unwrap_or(0) + 1;
-            exec!(
-                tx.conn(),
                 "INSERT INTO e2e_backup_versions \
                  (localpart, version, algorithm, auth_data, etag, created_at) \
-                 VALUES ($1, $2, $3, $4, 0, $5)",
+                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, 0, $4 \
+                 FROM e2e_backup_versions WHERE localpart = $1 RETURNING version",
                 localpart,
-                version,
                 algorithm,
                 auth_data,
                 now
