@@ -90,7 +90,8 @@ pub(super) fn entry_bytes(data_type: &str, content: &str) -> i64 {
 }
 
 impl Tx {
-    /// Serializes the key writes of one device (uploads, claims) on PostgreSQL; `false` if
+    /// Serializes the key writes of one device (uploads, claims) on PostgreSQL and removes the
+    /// key rows left by an earlier device with this ID (older than the device row); `false` if
     /// there is no device.
     async fn lock_device(&mut self, localpart: &str, device_id: &str) -> DbResult<bool> {
         let lock = self.dialect().for_no_key_update();
@@ -101,11 +102,9 @@ impl Tx {
             localpart,
             device_id
         )?;
-        Ok(row.is_some())
-    }
-
-    /// Removes key rows left by an earlier device with this ID (older than the device row).
-    async fn purge_stale(&mut self, localpart: &str, device_id: &str) -> DbResult<()> {
+        if row.is_none() {
+            return Ok(false);
+        }
         for (table, column) in [
             ("e2e_device_keys", "updated_at"),
             ("e2e_one_time_keys", "created_at"),
@@ -121,7 +120,7 @@ impl Tx {
                 device_id
             )?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -216,37 +215,35 @@ impl SqlDb {
         new: &str,
         now: i64,
     ) -> DbResult<bool> {
-        self.run(async move {
-            let Some(old) = old else {
-                let mut tx = self.begin().await?;
-                tx.lock_device(localpart, device_id).await?;
-                tx.purge_stale(localpart, device_id).await?;
-                let done = exec!(
+        with_tx!(self, |tx| {
+            let done = match old {
+                None => {
+                    tx.lock_device(localpart, device_id).await?;
+                    exec!(
+                        tx.conn(),
+                        "INSERT INTO e2e_device_keys \
+                         (localpart, device_id, key_json, updated_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (localpart, device_id) DO NOTHING",
+                        localpart,
+                        device_id,
+                        new,
+                        now
+                    )?
+                }
+                Some(old) => exec!(
                     tx.conn(),
-                    "INSERT INTO e2e_device_keys (localpart, device_id, key_json, updated_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (localpart, device_id) DO NOTHING",
+                    "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
+                     WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
+                    new,
+                    now,
                     localpart,
                     device_id,
-                    new,
-                    now
-                )?;
-                tx.commit().await?;
-                return Ok(done > 0);
+                    old
+                )?,
             };
-            let mut c = self.acquire().await?;
-            let done = exec!(
-                c.conn(),
-                "UPDATE e2e_device_keys SET key_json = $1, updated_at = $2 \
-                 WHERE localpart = $3 AND device_id = $4 AND key_json = $5",
-                new,
-                now,
-                localpart,
-                device_id,
-                old
-            )?;
+            tx.commit().await?;
             Ok(done > 0)
         })
-        .await
     }
 
     /// Adds one-time keys; re-uploading an identical key is a no-op, a different key under a
@@ -261,7 +258,6 @@ impl SqlDb {
         with_tx!(self, |tx| {
             // Two identical uploads racing must both succeed, not collide on the key.
             tx.lock_device(localpart, device_id).await?;
-            tx.purge_stale(localpart, device_id).await?;
             for key in keys {
                 let existing: Option<String> = scalar!(
                     tx.conn(),
@@ -329,7 +325,6 @@ impl SqlDb {
     ) -> DbResult<()> {
         with_tx!(self, |tx| {
             tx.lock_device(localpart, device_id).await?;
-            tx.purge_stale(localpart, device_id).await?;
             exec!(
                 tx.conn(),
                 "INSERT INTO e2e_fallback_keys \
@@ -364,7 +359,6 @@ impl SqlDb {
             if !tx.lock_device(localpart, device_id).await? {
                 return Ok(None);
             }
-            tx.purge_stale(localpart, device_id).await?;
             let order = tx.dialect().byte_order();
             let one_time: Option<UploadedKey> = fetch!(
                 tx.conn(),
@@ -494,24 +488,26 @@ impl SqlDb {
         .map(drop)
     }
 
-    /// `signer`'s signatures of `target_user_id`'s keys: `(target key ID, signer key ID,
+    /// `signer`'s signatures of `target_user_id`'s key `target_key_id`: `(signer key ID,
     /// signature)`.
     pub async fn user_signatures(
         &self,
         signer: &str,
         target_user_id: &str,
-    ) -> DbResult<Vec<(String, String, String)>> {
+        target_key_id: &str,
+    ) -> DbResult<Vec<(String, String)>> {
         let order = self.dialect().byte_order();
         with_conn!(self, |c| fetch!(
             c.conn(),
             fetch_all,
             &format!(
-                "SELECT target_key_id, signer_key_id, signature FROM e2e_user_signatures \
-                 WHERE signer = $1 AND target_user_id = $2 \
-                 ORDER BY target_key_id{order}, signer_key_id{order}"
+                "SELECT signer_key_id, signature FROM e2e_user_signatures \
+                 WHERE signer = $1 AND target_user_id = $2 AND target_key_id = $3 \
+                 ORDER BY signer_key_id{order}"
             ),
             signer,
-            target_user_id
+            target_user_id,
+            target_key_id
         ))
     }
 
@@ -526,20 +522,14 @@ impl SqlDb {
         with_tx!(self, |tx| {
             // Creations of one user queue here, so each gets the next number.
             tx.lock_user(localpart).await?;
-            let last: Option<i64> = scalar!(
+            let version: i64 = scalar!(
                 tx.conn(),
                 fetch_one,
-                "SELECT MAX(version) FROM e2e_backup_versions WHERE localpart = $1",
-                localpart
-            )?;
-            let version = last.unwrap_or(0) + 1;
-            exec!(
-                tx.conn(),
                 "INSERT INTO e2e_backup_versions \
                  (localpart, version, algorithm, auth_data, etag, created_at) \
-                 VALUES ($1, $2, $3, $4, 0, $5)",
+                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, 0, $4 \
+                 FROM e2e_backup_versions WHERE localpart = $1 RETURNING version",
                 localpart,
-                version,
                 algorithm,
                 auth_data,
                 now

@@ -115,27 +115,30 @@ fn retain_verified(
     value
 }
 
-/// A user's stored cross-signing keys, parsed, by usage.
-type CrossSigning = HashMap<KeyUsage, (Value, Ed25519PublicKey)>;
-
-const USAGES: [KeyUsage; 3] = [
-    KeyUsage::Master,
-    KeyUsage::SelfSigning,
-    KeyUsage::UserSigning,
-];
-
-fn usage_named(name: &str) -> Option<KeyUsage> {
-    USAGES.into_iter().find(|u| u.as_str() == name)
+/// A stored cross-signing key.
+struct CrossSigningKey {
+    /// The JSON text as stored: the compare-and-swap operand when signatures are merged in.
+    text: String,
+    value: Value,
+    key: Ed25519PublicKey,
 }
+
+/// A user's stored cross-signing keys, by usage.
+type CrossSigning = HashMap<KeyUsage, CrossSigningKey>;
 
 async fn load_cross_signing(
     db: &SharedDb,
     localpart: &str,
     user_id: &str,
 ) -> Result<CrossSigning, ApiError> {
+    let usages = [
+        KeyUsage::Master,
+        KeyUsage::SelfSigning,
+        KeyUsage::UserSigning,
+    ];
     let mut out = CrossSigning::new();
     for (usage, text) in db.cross_signing_keys(localpart).await? {
-        let Some(usage) = usage_named(&usage) else {
+        let Some(usage) = usages.into_iter().find(|u| u.as_str() == usage) else {
             continue;
         };
         let value = stored_json(&text)?;
@@ -143,18 +146,19 @@ async fn load_cross_signing(
             tracing::error!(%err, "stored cross-signing key does not parse");
             ApiError::Database
         })?;
-        out.insert(usage, (value, key));
+        out.insert(usage, CrossSigningKey { text, value, key });
     }
     Ok(out)
 }
 
-/// The Ed25519 key of a stored `device_keys` object.
-fn device_ed25519(keys: &StoredDeviceKeys, value: &Value) -> Option<Ed25519PublicKey> {
+/// The Ed25519 key of stored device keys.
+fn device_ed25519(stored: &StoredDeviceKeys) -> Result<Option<Ed25519PublicKey>, ApiError> {
+    let value = stored_json(&stored.key_json)?;
     let encoded = value
-        .get("keys")?
-        .get(ed25519_key_id(&keys.device_id))?
-        .as_str()?;
-    ed25519_public_key_from_base64(encoded).ok()
+        .get("keys")
+        .and_then(|keys| keys.get(ed25519_key_id(&stored.device_id)))
+        .and_then(Value::as_str);
+    Ok(encoded.and_then(|encoded| ed25519_public_key_from_base64(encoded).ok()))
 }
 
 /// `ed25519:<device_id>` → key, for the user's devices with uploaded keys.
@@ -164,8 +168,7 @@ async fn device_keyring(
 ) -> Result<HashMap<String, Ed25519PublicKey>, ApiError> {
     let mut ring = HashMap::new();
     for stored in db.device_keys(localpart, &[]).await? {
-        let value = stored_json(&stored.key_json)?;
-        if let Some(key) = device_ed25519(&stored, &value) {
+        if let Some(key) = device_ed25519(&stored)? {
             ring.insert(ed25519_key_id(&stored.device_id), key);
         }
     }
@@ -229,8 +232,8 @@ async fn store_device_keys(
     let cross = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
     let self_key_id = ed25519_key_id(auth.device_id());
     let mut keyring = HashMap::from([(self_key_id, ed25519)]);
-    if let Some((_, ssk)) = cross.get(&KeyUsage::SelfSigning) {
-        keyring.insert(cross_signing_key_id(ssk), *ssk);
+    if let Some(ssk) = cross.get(&KeyUsage::SelfSigning) {
+        keyring.insert(cross_signing_key_id(&ssk.key), ssk.key);
     }
     // Own-user signatures can only be the device's and the self-signing key's; each must
     // verify, since a device that sent one believes itself cross-signed (docs/protocol.md §7).
@@ -314,7 +317,7 @@ pub async fn upload(auth: Authed, RawBody(body): RawBody) -> Result<Response, Ap
         None => {
             let ids = [auth.device_id().to_owned()];
             match db.device_keys(auth.localpart(), &ids).await?.pop() {
-                Some(stored) => device_ed25519(&stored, &stored_json(&stored.key_json)?),
+                Some(stored) => device_ed25519(&stored)?,
                 None => None,
             }
         }
@@ -411,28 +414,23 @@ pub async fn query(auth: Authed, RawBody(body): RawBody) -> Result<Response, Api
         device_keys.insert(user_id.clone(), Value::Object(devices));
 
         let mut cross = load_cross_signing(db, localpart, user_id).await?;
-        if let Some((mut master, key)) = cross.remove(&KeyUsage::Master) {
+        if let Some(mut master) = cross.remove(&KeyUsage::Master) {
             if *user_id != auth.user_id {
                 // The caller's own user-signing signatures of this master key: only for it.
-                let target = key.to_base64();
-                let mine: Vec<(String, String)> = db
-                    .user_signatures(auth.localpart(), user_id)
-                    .await?
-                    .into_iter()
-                    .filter(|(target_key, _, _)| *target_key == target)
-                    .map(|(_, signer_key, signature)| (signer_key, signature))
-                    .collect();
-                add_signatures(&mut master, &auth.user_id, &mine);
+                let mine = db
+                    .user_signatures(auth.localpart(), user_id, &master.key.to_base64())
+                    .await?;
+                add_signatures(&mut master.value, &auth.user_id, &mine);
             }
-            masters.insert(user_id.clone(), master);
+            masters.insert(user_id.clone(), master.value);
         }
-        if let Some((ssk, _)) = cross.remove(&KeyUsage::SelfSigning) {
-            self_signing.insert(user_id.clone(), ssk);
+        if let Some(ssk) = cross.remove(&KeyUsage::SelfSigning) {
+            self_signing.insert(user_id.clone(), ssk.value);
         }
         if *user_id == auth.user_id
-            && let Some((usk, _)) = cross.remove(&KeyUsage::UserSigning)
+            && let Some(usk) = cross.remove(&KeyUsage::UserSigning)
         {
-            user_signing.insert(user_id.clone(), usk);
+            user_signing.insert(user_id.clone(), usk.value);
         }
     }
     ok(json!({
@@ -514,7 +512,7 @@ pub async fn device_signing_upload(
         .map(|value| cross_signing_public_key(value, user_id, KeyUsage::Master))
         .transpose()
         .map_err(|e| invalid(KeyUsage::Master, e))?;
-    let stored_master = stored.get(&KeyUsage::Master).map(|(_, key)| *key);
+    let stored_master = stored.get(&KeyUsage::Master).map(|master| master.key);
     let Some(master) = new_master.or(stored_master) else {
         return Err(ApiError::Invalid(
             "master_key is required: no master key is stored yet".into(),
@@ -561,7 +559,7 @@ pub async fn device_signing_upload(
     }
     let replaces = uploads
         .iter()
-        .any(|(usage, _, key)| stored.get(usage).is_some_and(|(_, old)| old != key));
+        .any(|(usage, _, key)| stored.get(usage).is_some_and(|old| old.key != *key));
     if !replaces
         && uploads
             .iter()
@@ -648,7 +646,7 @@ fn verified_new_signatures(
 /// Which stored object a signatures-upload entry targets.
 enum Target {
     Device(StoredDeviceKeys),
-    OwnMaster,
+    OwnMaster(CrossSigningKey),
 }
 
 /// `POST /_matrix/client/v3/keys/signatures/upload`.
@@ -689,42 +687,32 @@ async fn sign_own_key(
     let db = auth.oauth.db();
     let user_id = auth.user_id.as_str();
     for _ in 0..CAS_ATTEMPTS {
-        let cross = load_cross_signing(db, auth.localpart(), user_id).await?;
+        let mut cross = load_cross_signing(db, auth.localpart(), user_id).await?;
         let ids = [id.to_owned()];
         let target = match db.device_keys(auth.localpart(), &ids).await?.pop() {
             Some(device) => Target::Device(device),
-            None if cross
-                .get(&KeyUsage::Master)
-                .is_some_and(|(_, key)| key.to_base64() == id) =>
-            {
-                Target::OwnMaster
-            }
-            None => return Ok(Err(SignatureFailure::UnknownTarget)),
+            None => match cross.remove(&KeyUsage::Master) {
+                Some(master) if master.key.to_base64() == id => Target::OwnMaster(master),
+                _ => return Ok(Err(SignatureFailure::UnknownTarget)),
+            },
         };
         // The exact stored text is the compare-and-swap operand.
         let (text, ring) = match &target {
             Target::Device(device) => {
-                let Some((_, ssk)) = cross.get(&KeyUsage::SelfSigning) else {
+                let Some(ssk) = cross.get(&KeyUsage::SelfSigning) else {
                     return Ok(Err(SignatureFailure::WrongSigner(
                         "the self-signing key (none is published)".into(),
                     )));
                 };
-                let ring = HashMap::from([(cross_signing_key_id(ssk), *ssk)]);
-                (device.key_json.clone(), ring)
+                let ring = HashMap::from([(cross_signing_key_id(&ssk.key), ssk.key)]);
+                (device.key_json.as_str(), ring)
             }
-            Target::OwnMaster => {
-                let Some((_, text)) = db
-                    .cross_signing_keys(auth.localpart())
-                    .await?
-                    .into_iter()
-                    .find(|(usage, _)| usage == KeyUsage::Master.as_str())
-                else {
-                    return Ok(Err(SignatureFailure::UnknownTarget));
-                };
-                (text, device_keyring(db, auth.localpart()).await?)
-            }
+            Target::OwnMaster(master) => (
+                master.text.as_str(),
+                device_keyring(db, auth.localpart()).await?,
+            ),
         };
-        let current = stored_json(&text)?;
+        let current = stored_json(text)?;
         let added = match verified_new_signatures(uploaded, &current, user_id, &ring) {
             Ok(added) if added.is_empty() => return Ok(Ok(())),
             Ok(added) => added,
@@ -733,14 +721,14 @@ async fn sign_own_key(
         let mut merged = current;
         add_signatures(&mut merged, user_id, &added);
         let (merged, now) = (merged.to_string(), auth.oauth.now_ms());
-        let swapped = match target {
+        let swapped = match &target {
             Target::Device(_) => {
-                db.swap_device_keys(auth.localpart(), id, Some(&text), &merged, now)
+                db.swap_device_keys(auth.localpart(), id, Some(text), &merged, now)
                     .await?
             }
-            Target::OwnMaster => {
+            Target::OwnMaster(_) => {
                 let master = KeyUsage::Master.as_str();
-                db.swap_cross_signing_key(auth.localpart(), master, &text, &merged, now)
+                db.swap_cross_signing_key(auth.localpart(), master, text, &merged, now)
                     .await?
             }
         };
@@ -768,20 +756,20 @@ async fn sign_other_master(
     };
     let db = auth.oauth.db();
     let mut target = load_cross_signing(db, localpart, user_id).await?;
-    let Some((master, key)) = target.remove(&KeyUsage::Master) else {
+    let Some(master) = target
+        .remove(&KeyUsage::Master)
+        .filter(|master| master.key.to_base64() == id)
+    else {
         return Ok(Err(SignatureFailure::UnknownTarget));
     };
-    if key.to_base64() != id {
-        return Ok(Err(SignatureFailure::UnknownTarget));
-    }
     let mut own = load_cross_signing(db, auth.localpart(), &auth.user_id).await?;
-    let Some((_, usk)) = own.remove(&KeyUsage::UserSigning) else {
+    let Some(usk) = own.remove(&KeyUsage::UserSigning) else {
         return Ok(Err(SignatureFailure::WrongSigner(
             "the user-signing key (none is published)".into(),
         )));
     };
-    let ring = HashMap::from([(cross_signing_key_id(&usk), usk)]);
-    let added = match verified_new_signatures(uploaded, &master, &auth.user_id, &ring) {
+    let ring = HashMap::from([(cross_signing_key_id(&usk.key), usk.key)]);
+    let added = match verified_new_signatures(uploaded, &master.value, &auth.user_id, &ring) {
         Ok(added) => added,
         Err(failure) => return Ok(Err(failure)),
     };
