@@ -338,8 +338,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
 }
 
-/// A database URL with its password replaced, so printed configuration can be shared.
-fn redact_url_password(raw: &str) -> String {
+/// A database URL with its password replaced, so printed configuration and error messages
+/// can be shared.
+pub(crate) fn redact_url_password(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Only fails for URLs that cannot carry credentials, which this one just did.
