@@ -3,13 +3,13 @@
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::oauth::endpoints::load_client;
 use crate::oauth::{OAuthState, ms};
-use crate::web::{PageBody, PageError, PageResult, Visit, see_other, show_time};
+use crate::web::{PageError, PageForm, PageResult, Visit, see_other, show_time};
 
 #[derive(Serialize)]
 struct DeviceRow {
@@ -36,11 +36,10 @@ fn no_such_device() -> PageError {
 pub(crate) async fn account_page(
     State(state): State<OAuthState>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    visit: Visit,
 ) -> PageResult {
     let params = crate::web::query_params(query.as_deref())?;
-    let visit = Visit::of(&state, &headers).await?;
-    let localpart = visit.user(&state, "/account", query.as_deref())?;
+    let localpart = visit.user("/account", query.as_deref())?;
     let device_id = params.get("device_id");
     match (params.get("action"), device_id) {
         (Some("org.matrix.device_view" | "org.matrix.session_view"), Some(id)) => {
@@ -50,7 +49,6 @@ pub(crate) async fn account_page(
             device_page(&state, &visit, &localpart, id, true).await
         }
         (Some("org.matrix.cross_signing_reset"), _) => visit.render(
-            &state,
             StatusCode::OK,
             "reset.html",
             minijinja::context! { title => "Reset cross-signing keys" },
@@ -72,7 +70,6 @@ pub(crate) async fn account_page(
                 _ => "",
             });
             visit.render(
-                &state,
                 StatusCode::OK,
                 "account.html",
                 minijinja::context! { title => "Your account", devices => devices, notice => notice },
@@ -92,7 +89,6 @@ async fn device_page(
         return Err(no_such_device());
     };
     visit.render(
-        state,
         StatusCode::OK,
         "device.html",
         minijinja::context! {
@@ -110,11 +106,9 @@ async fn device_page(
 /// `POST /account/device/delete`: signs a device out (revokes its tokens, removes it).
 pub(crate) async fn delete_device(
     State(state): State<OAuthState>,
-    headers: HeaderMap,
-    PageBody(body): PageBody,
+    PageForm { visit, params }: PageForm,
 ) -> PageResult {
-    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
-    let localpart = visit.user(&state, "/account", None)?;
+    let localpart = visit.user("/account", None)?;
     let device_id = params
         .get("device_id")
         .ok_or_else(|| PageError::BadRequest("device_id is missing".into()))?;
@@ -133,12 +127,10 @@ pub(crate) async fn delete_device(
 /// user-interactive auth for a short while (read by `/keys/device_signing/upload`).
 pub(crate) async fn allow_reset(
     State(state): State<OAuthState>,
-    headers: HeaderMap,
-    PageBody(body): PageBody,
+    PageForm { visit, .. }: PageForm,
 ) -> PageResult {
-    let (visit, _params) = Visit::of_form(&state, &headers, &body).await?;
     let action = Some("action=org.matrix.cross_signing_reset");
-    let localpart = visit.user(&state, "/account", action)?;
+    let localpart = visit.user("/account", action)?;
     let now = state.now_ms();
     let until = now.saturating_add(ms(state.lifetimes().cross_signing_reset));
     state
@@ -150,7 +142,6 @@ pub(crate) async fn allow_reset(
         .cross_signing_reset_allowed(&localpart, state.now_ms())
         .await?;
     visit.render(
-        &state,
         StatusCode::OK,
         "reset.html",
         minijinja::context! { title => "Reset cross-signing keys", allowed_until => show_time(until) },

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxqr_server::rendezvous::store::{PostgresStore, SessionLimits, Store};
+use mxqr_server::rendezvous::store::{MemoryStore, PostgresStore, SessionLimits, Store};
 use mxqr_server::{AppState, Config};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
@@ -109,10 +109,8 @@ impl TestServer {
         if config.public_url.is_none() {
             config.public_url = Some(format!("http://{addr}/"));
         }
-        let state = match &store {
-            Some(store) => AppState::with_store(config, store.clone()),
-            None => AppState::with_limits(config, limits),
-        };
+        let memory = || Arc::new(Store::Memory(MemoryStore::new(limits)));
+        let state = AppState::with_store(config, store.clone().unwrap_or_else(memory));
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(mxqr_server::serve(state, listener, async {
             let _ = rx.await;

@@ -66,7 +66,7 @@ impl SqlDb {
     /// and its `_sqlx_migrations` table: each migrator ignores the other's entries.
     pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
         let open_error = |source: OpenFailure| DbError::Open {
-            path: redacted(url),
+            path: crate::config::redact_url_password(url),
             source,
         };
         let options =
@@ -123,19 +123,6 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparsable PostgreSQL URL>".to_owned(),
     }
 }
 

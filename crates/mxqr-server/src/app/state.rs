@@ -16,7 +16,7 @@ use crate::oauth::{HomeserverHooks, OAuthState, Standalone, SystemClock};
 use crate::ratelimit::RateLimiter;
 use crate::rendezvous::create_policy::{self, CreateAuthorizer};
 use crate::rendezvous::longpoll::LongPolls;
-use crate::rendezvous::store::{MemoryStore, SessionLimits, Store};
+use crate::rendezvous::store::{MemoryStore, Store};
 use crate::rendezvous::{Parts, RendezvousState};
 use crate::synapse::{SynapseHooks, SynapseLink, SynapseState};
 
@@ -100,17 +100,13 @@ impl AppState {
 
     /// State for `config` with the in-memory store and the configured session limits.
     pub fn new(config: Config) -> Self {
-        let limits = config.session_limits();
-        Self::with_limits(config, limits)
+        let store = MemoryStore::new(config.session_limits());
+        Self::with_store(config, Arc::new(Store::Memory(store)))
     }
 
-    /// State with explicit session limits, bypassing the 120–300 s TTL floor of user
-    /// configuration (tests use sub-second lives).
-    pub fn with_limits(config: Config, limits: SessionLimits) -> Self {
-        Self::with_store(config, Arc::new(Store::Memory(MemoryStore::new(limits))))
-    }
-
-    /// State over any store back end, with the configured creation policy.
+    /// State over any store back end (a memory store with explicit session limits bypasses
+    /// the TTL floor of user configuration: tests use sub-second lives), with the
+    /// configured creation policy.
     pub fn with_store(config: Config, store: Arc<Store>) -> Self {
         let authorizer = create_policy::for_policy(config.rendezvous.create_policy);
         Self::with_parts(config, store, authorizer)

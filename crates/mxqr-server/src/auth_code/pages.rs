@@ -5,7 +5,7 @@
 //! that they go back to the client as RFC 6749 §4.1.2.1 error responses.
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
@@ -14,7 +14,7 @@ use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
 use crate::oauth::scope::{self, MatrixScope};
 use crate::oauth::{OAuthState, ms, tokens};
-use crate::web::{PageBody, PageError, PageResult, Visit, see_other};
+use crate::web::{PageError, PageForm, PageResult, Visit, see_other};
 
 /// Parameters carried from the consent page back to the POST.
 const CARRIED: [&str; 9] = [
@@ -38,9 +38,8 @@ enum Mode {
 struct AuthRequest {
     client_id: String,
     client: ClientMetadata,
-    redirect_uri: String,
-    mode: Mode,
-    state: Option<String>,
+    /// Where and how the answer goes back to the client.
+    reply: Reply,
     scope: MatrixScope,
     challenge: String,
     prompt: Option<String>,
@@ -49,23 +48,22 @@ struct AuthRequest {
 
 /// Where answers go once the redirect URI is verified: back to the client, in the query or the
 /// fragment, with its `state`.
-#[derive(Clone, Copy)]
-struct Reply<'a> {
-    redirect_uri: &'a str,
+struct Reply {
+    redirect_uri: String,
     mode: Mode,
-    state: Option<&'a str>,
+    state: Option<String>,
 }
 
-impl Reply<'_> {
+impl Reply {
     /// A redirect to the client with `pairs`, then `state`.
-    fn send(self, pairs: &[(&str, &str)]) -> Response {
-        let Ok(mut url) = Url::parse(self.redirect_uri) else {
+    fn send(&self, pairs: &[(&str, &str)]) -> Response {
+        let Ok(mut url) = Url::parse(&self.redirect_uri) else {
             return PageError::BadRequest("the redirect URI is not valid".into()).into_response();
         };
         let pairs = pairs
             .iter()
             .copied()
-            .chain(self.state.map(|s| ("state", s)));
+            .chain(self.state.as_deref().map(|s| ("state", s)));
         match self.mode {
             Mode::Query => {
                 url.query_pairs_mut().extend_pairs(pairs);
@@ -81,19 +79,9 @@ impl Reply<'_> {
     }
 
     /// An RFC 6749 §4.1.2.1 error response.
-    fn error(self, error: &str, description: &str) -> PageError {
+    fn error(&self, error: &str, description: &str) -> PageError {
         let pairs = [("error", error), ("error_description", description)];
         PageError::Redirect(Box::new(self.send(&pairs)))
-    }
-}
-
-impl AuthRequest {
-    fn reply(&self) -> Reply<'_> {
-        Reply {
-            redirect_uri: &self.redirect_uri,
-            mode: self.mode,
-            state: self.state.as_deref(),
-        }
     }
 }
 
@@ -113,9 +101,9 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Pa
     }
     // Until the response mode is known, errors go back in the query.
     let mut reply = Reply {
-        redirect_uri,
+        redirect_uri: redirect_uri.to_owned(),
         mode: Mode::Query,
-        state: params.get("state"),
+        state: params.get("state").map(str::to_owned),
     };
     reply.mode = match params.get("response_mode") {
         None | Some("query") => Mode::Query,
@@ -154,9 +142,7 @@ async fn validate(state: &OAuthState, params: &Params) -> Result<AuthRequest, Pa
         .collect();
     Ok(AuthRequest {
         client_id: client_id.to_owned(),
-        redirect_uri: redirect_uri.to_owned(),
-        mode: reply.mode,
-        state: reply.state.map(str::to_owned),
+        reply,
         scope: requested,
         challenge: challenge.to_owned(),
         prompt: params.get("prompt").map(str::to_owned),
@@ -175,12 +161,11 @@ fn authorize_path(carried: &[(String, String)]) -> String {
 /// `GET /oauth2/authorize`: checks the request, signs the user in, then asks for consent.
 pub(crate) async fn authorize_page(
     State(state): State<OAuthState>,
+    visit: Visit,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
 ) -> PageResult {
     let params = crate::web::query_params(query.as_deref())?;
     let request = validate(&state, &params).await?;
-    let visit = Visit::of(&state, &headers).await?;
     if let Some(answer) = request
         .prompt
         .as_deref()
@@ -192,7 +177,7 @@ pub(crate) async fn authorize_page(
         let create = request.prompt.as_deref() == Some("create") && state.registration_enabled();
         let form = if create { "/register" } else { "/login" };
         let next = authorize_path(&request.carried);
-        return Ok(visit.redirect_to_form(&state, form, &next));
+        return Ok(visit.redirect_to_form(form, &next));
     };
     consent(&state, &visit, &request, &localpart).await
 }
@@ -204,7 +189,7 @@ fn silent_answer(request: &AuthRequest, prompt: &str, signed_in: bool) -> Option
     if !values.contains(&"none") {
         return None;
     }
-    let reply = request.reply();
+    let reply = &request.reply;
     Some(if values.len() > 1 {
         reply.error("invalid_request", "prompt=none cannot be combined")
     } else if !signed_in {
@@ -223,10 +208,8 @@ async fn consent(
     request: &AuthRequest,
     localpart: &str,
 ) -> PageResult {
-    let existing =
-        crate::web::existing_device(state, Some(localpart), &request.scope.device_id).await?;
+    let existing = visit.existing_device(&request.scope.device_id).await?;
     let mut response = visit.render(
-        state,
         StatusCode::OK,
         "consent.html",
         minijinja::context! {
@@ -235,27 +218,25 @@ async fn consent(
             client_uri => &request.client.client_uri,
             device_id => &request.scope.device_id,
             existing_device => existing,
-            redirect_uri => &request.redirect_uri,
+            redirect_uri => &request.reply.redirect_uri,
             params => &request.carried,
             user_id => state.user_id(localpart),
         },
     )?;
-    crate::web::allow_form_redirect(&mut response, &request.redirect_uri);
+    crate::web::allow_form_redirect(&mut response, &request.reply.redirect_uri);
     Ok(response)
 }
 
 /// `POST /oauth2/authorize`: the consent decision.
 pub(crate) async fn authorize_submit(
     State(state): State<OAuthState>,
-    headers: HeaderMap,
-    PageBody(body): PageBody,
+    PageForm { visit, params }: PageForm,
 ) -> PageResult {
-    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let request = validate(&state, &params).await?;
-    let localpart = visit.user(&state, &authorize_path(&request.carried), None)?;
+    let localpart = visit.user(&authorize_path(&request.carried), None)?;
     if params.get("decision") != Some("approve") {
         return Err(request
-            .reply()
+            .reply
             .error("access_denied", "the user denied the request"));
     }
     let code = tokens::generate(tokens::Kind::AuthCode);
@@ -270,12 +251,12 @@ pub(crate) async fn authorize_submit(
                 localpart,
                 device_id: request.scope.device_id.clone(),
                 scope: request.scope.granted.clone(),
-                redirect_uri: request.redirect_uri.clone(),
+                redirect_uri: request.reply.redirect_uri.clone(),
                 code_challenge: request.challenge.clone(),
                 expires_at: now.saturating_add(life),
             },
             now,
         )
         .await?;
-    Ok(request.reply().send(&[("code", &code)]))
+    Ok(request.reply.send(&[("code", &code)]))
 }

@@ -131,13 +131,16 @@ pub enum ConfigError {
 }
 
 /// Values given on the command line; they override file and environment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Overrides {
     /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// `--public-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
 }
 
@@ -179,19 +182,10 @@ impl Config {
             set_path(&mut table, &segments, env_value(&value))
                 .map_err(|()| ConfigError::Env(name))?;
         }
-        let strings = [
-            ("listen", overrides.listen.clone()),
-            (
-                "data_dir",
-                overrides.data_dir.as_ref().map(|p| p.display().to_string()),
-            ),
-            ("public_url", overrides.public_url.clone()),
-        ];
-        for (key, value) in strings {
-            if let Some(value) = value {
-                table.insert(key.to_owned(), toml::Value::String(value));
-            }
-        }
+        // The flags as the keys they set (a data directory must be UTF-8, as in a file).
+        let flags =
+            toml::Table::try_from(overrides).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        table.extend(flags);
         let config = Self::deserialize(toml::Value::Table(table)).map_err(ConfigError::Shape)?;
         config.validate()?;
         Ok(config)
@@ -338,8 +332,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
 }
 
-/// A database URL with its password replaced, so printed configuration can be shared.
-fn redact_url_password(raw: &str) -> String {
+/// A database URL with its password replaced, so printed configuration and error messages
+/// can be shared.
+pub(crate) fn redact_url_password(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Only fails for URLs that cannot carry credentials, which this one just did.

@@ -7,23 +7,16 @@
 //! grant is refused.
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 
 use crate::accounts::UserCodeLookup;
 use crate::client_ip::ClientIp;
 use crate::oauth::endpoints::load_client;
 use crate::oauth::{OAuthState, tokens};
-use crate::web::{PageBody, PageError, PageResult, Visit, show_time};
+use crate::web::{PageError, PageForm, PageResult, Visit, show_time};
 
-fn entry_form(
-    state: &OAuthState,
-    visit: &Visit,
-    status: StatusCode,
-    code: &str,
-    error: Option<&str>,
-) -> PageResult {
+fn entry_form(visit: &Visit, status: StatusCode, code: &str, error: Option<&str>) -> PageResult {
     visit.render(
-        state,
         status,
         "link.html",
         minijinja::context! { title => "Sign in a device", code => code, error => error },
@@ -43,7 +36,7 @@ async fn show_grant(
         .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
         let error = "That is not a valid code: it has 8 letters, like WDJB-MJHT.";
-        return entry_form(state, visit, StatusCode::BAD_REQUEST, typed, Some(error));
+        return entry_form(visit, StatusCode::BAD_REQUEST, typed, Some(error));
     };
     let max = i64::from(state.lifetimes().user_code_max_lookups);
     let lookup = state
@@ -57,22 +50,20 @@ async fn show_grant(
         }
         UserCodeLookup::NotFound => {
             let error = "No sign-in is waiting for this code. It may have expired: start again on the device.";
-            return entry_form(state, visit, StatusCode::NOT_FOUND, typed, Some(error));
+            return entry_form(visit, StatusCode::NOT_FOUND, typed, Some(error));
         }
         UserCodeLookup::TooManyAttempts => {
             let error = "This code was tried too many times and is no longer valid. Start again on the device.";
-            return entry_form(state, visit, StatusCode::FORBIDDEN, "", Some(error));
+            return entry_form(visit, StatusCode::FORBIDDEN, "", Some(error));
         }
     };
     let client = load_client(state, &grant.client_id).await?;
-    let existing =
-        crate::web::existing_device(state, visit.localpart.as_deref(), &grant.device_id).await?;
+    let existing = visit.existing_device(&grant.device_id).await?;
     let (client_name, client_uri) = match &client {
         Some(c) => (c.display_name(), c.client_uri.clone()),
         None => ("Unknown application".to_owned(), String::new()),
     };
     visit.render(
-        state,
         StatusCode::OK,
         "device_consent.html",
         minijinja::context! {
@@ -96,14 +87,13 @@ pub(crate) async fn link_page(
     State(state): State<OAuthState>,
     ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    visit: Visit,
 ) -> PageResult {
     let params = crate::web::query_params(query.as_deref())?;
-    let visit = Visit::of(&state, &headers).await?;
-    visit.user(&state, "/link", query.as_deref())?;
+    visit.user("/link", query.as_deref())?;
     match params.get("code") {
         Some(typed) => show_grant(&state, &visit, ip, typed, None).await,
-        None => entry_form(&state, &visit, StatusCode::OK, "", None),
+        None => entry_form(&visit, StatusCode::OK, "", None),
     }
 }
 
@@ -111,11 +101,9 @@ pub(crate) async fn link_page(
 pub(crate) async fn link_submit(
     State(state): State<OAuthState>,
     ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    PageBody(body): PageBody,
+    PageForm { visit, params }: PageForm,
 ) -> PageResult {
-    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
-    let localpart = visit.user(&state, "/link", None)?;
+    let localpart = visit.user("/link", None)?;
     let typed = params.get("code").unwrap_or("");
     let decision = params.get("decision");
     let approve = match decision {
@@ -133,7 +121,7 @@ pub(crate) async fn link_submit(
         .map_err(PageError::RateLimited)?;
     let Some(code) = tokens::normalize_user_code(typed) else {
         let error = "That is not a valid code.";
-        return entry_form(&state, &visit, StatusCode::BAD_REQUEST, typed, Some(error));
+        return entry_form(&visit, StatusCode::BAD_REQUEST, typed, Some(error));
     };
     let decided = state
         .db()
@@ -162,7 +150,6 @@ pub(crate) async fn link_submit(
         ),
     };
     visit.render(
-        &state,
         status,
         "message.html",
         minijinja::context! {

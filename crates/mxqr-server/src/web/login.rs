@@ -1,13 +1,15 @@
 //! Sign-in, self-registration and sign-out.
 
 use super::{
-    PageBody, PageError, PageResult, Visit, safe_next, see_other, session_cookie, set_cookie,
+    PageError, PageForm, PageResult, Visit, cookie_names, safe_next, see_other, set_cookie,
 };
 use crate::accounts::DbError;
 use crate::client_ip::ClientIp;
+use crate::error::with_retry_after;
 use crate::oauth::{OAuthState, ms, password, tokens};
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use std::time::Duration;
 
 /// The sign-in or the registration form, with where it leads afterwards and the username
@@ -39,43 +41,31 @@ impl Form<'_> {
     }
 
     /// The form, below `error` when there is one.
-    fn render(
-        &self,
-        state: &OAuthState,
-        visit: &Visit,
-        status: StatusCode,
-        error: Option<&str>,
-    ) -> PageResult {
+    fn render(&self, visit: &Visit, status: StatusCode, error: Option<&str>) -> PageResult {
         let context = minijinja::context! {
             title => self.title, next => self.next, username => self.username, error => error,
         };
-        visit.render(state, status, self.template, context)
+        visit.render(status, self.template, context)
     }
 
     /// The form again, refusing the attempt for `wait`: 429 with `Retry-After`.
-    fn too_many_attempts(&self, state: &OAuthState, visit: &Visit, wait: Duration) -> PageResult {
+    fn too_many_attempts(&self, visit: &Visit, wait: Duration) -> PageResult {
         let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
         let plural = if secs == 1 { "" } else { "s" };
         let error = format!("Too many attempts: try again in {secs} second{plural}.");
-        let status = StatusCode::TOO_MANY_REQUESTS;
-        let mut response = self.render(state, visit, status, Some(&error))?;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        Ok(response)
+        let response = self.render(visit, StatusCode::TOO_MANY_REQUESTS, Some(&error))?;
+        Ok(with_retry_after(response, Some(secs)))
     }
 }
 
 /// A form's `GET`: the empty form, going to the query's `next` afterwards.
-async fn show_form(
-    state: &OAuthState,
+fn show_form(
+    visit: &Visit,
     query: Option<&str>,
-    headers: &HeaderMap,
     form: for<'a> fn(&'a str, &'a str) -> Form<'a>,
 ) -> PageResult {
-    let visit = Visit::of(state, headers).await?;
     let next = safe_next(super::query_params(query)?.get("next"));
-    form(&next, "").render(state, &visit, StatusCode::OK, None)
+    form(&next, "").render(visit, StatusCode::OK, None)
 }
 
 /// Starts a browser session for `localpart` and redirects to `next`.
@@ -91,19 +81,15 @@ async fn sign_in(state: &OAuthState, visit: &Visit, localpart: &str, next: &str)
     let mut response = see_other(next);
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(state, session_cookie(state), &token, Some(life)),
+        set_cookie(state, cookie_names(state).0, &token, Some(life)),
     );
-    visit.finish(state, &mut response);
+    visit.finish(&mut response);
     Ok(response)
 }
 
 /// `GET /login`.
-pub(crate) async fn login_page(
-    State(state): State<OAuthState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> PageResult {
-    show_form(&state, query.as_deref(), &headers, Form::login).await
+pub(crate) async fn login_page(visit: Visit, RawQuery(query): RawQuery) -> PageResult {
+    show_form(&visit, query.as_deref(), Form::login)
 }
 
 /// `POST /login`: username and password; a locked account cannot sign in.
@@ -114,10 +100,8 @@ pub(crate) async fn login_page(
 pub(crate) async fn login_submit(
     State(state): State<OAuthState>,
     ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    PageBody(body): PageBody,
+    PageForm { visit, params }: PageForm,
 ) -> PageResult {
-    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let next = safe_next(params.get("next"));
     let typed = params.get("username").unwrap_or("");
     let localpart = password::localpart_of(typed, state.server_name());
@@ -125,7 +109,7 @@ pub(crate) async fn login_submit(
     let form = Form::login(&next, typed);
     let attempt = match state.begin_password_attempt(ip, &localpart) {
         Ok(attempt) => attempt,
-        Err(wait) => return form.too_many_attempts(&state, &visit, wait),
+        Err(wait) => return form.too_many_attempts(&visit, wait),
     };
     let given = params.get("password").unwrap_or("").to_owned();
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
@@ -139,49 +123,53 @@ pub(crate) async fn login_submit(
             // Dropping the attempt leaves it counted as a failure.
             drop(attempt);
             let error = "Wrong username or password, or the account is locked.";
-            form.render(&state, &visit, StatusCode::UNAUTHORIZED, Some(error))
+            form.render(&visit, StatusCode::UNAUTHORIZED, Some(error))
         }
     }
 }
 
-/// The registration pages exist only when registration is enabled.
-fn registration_open(state: &OAuthState) -> Result<(), PageError> {
-    if state.registration_enabled() {
-        return Ok(());
+/// The registration pages exist only when registration is enabled: an extractor placed
+/// before the others, so that nothing else is looked at when it is not.
+pub(crate) struct RegistrationOpen;
+
+impl FromRequestParts<OAuthState> for RegistrationOpen {
+    type Rejection = PageError;
+
+    async fn from_request_parts(_: &mut Parts, state: &OAuthState) -> Result<Self, PageError> {
+        if state.registration_enabled() {
+            return Ok(Self);
+        }
+        Err(PageError::NotFound(
+            "registration is disabled on this server".into(),
+        ))
     }
-    Err(PageError::NotFound(
-        "registration is disabled on this server".into(),
-    ))
 }
 
 /// `GET /register` (only when registration is enabled).
 pub(crate) async fn register_page(
-    State(state): State<OAuthState>,
+    _: RegistrationOpen,
+    visit: Visit,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
 ) -> PageResult {
-    registration_open(&state)?;
-    show_form(&state, query.as_deref(), &headers, Form::register).await
+    show_form(&visit, query.as_deref(), Form::register)
 }
 
 /// `POST /register`: creates the account and signs it in.
 pub(crate) async fn register_submit(
+    _: RegistrationOpen,
     State(state): State<OAuthState>,
     ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    PageBody(body): PageBody,
+    PageForm { visit, params }: PageForm,
 ) -> PageResult {
-    registration_open(&state)?;
-    let (visit, params) = Visit::of_form(&state, &headers, &body).await?;
     let next = safe_next(params.get("next"));
     let username = params.get("username").unwrap_or("").trim().to_owned();
     let form = Form::register(&next, &username);
     let _slot = match state.begin_registration(ip) {
         Ok(slot) => slot,
-        Err(wait) => return form.too_many_attempts(&state, &visit, wait),
+        Err(wait) => return form.too_many_attempts(&visit, wait),
     };
     let pw = params.get("password").unwrap_or("").to_owned();
-    let refuse = |error: &str| form.render(&state, &visit, StatusCode::BAD_REQUEST, Some(error));
+    let refuse = |error: &str| form.render(&visit, StatusCode::BAD_REQUEST, Some(error));
     if !password::valid_localpart(&username) {
         return refuse("Usernames use lowercase letters, digits and ._=-/+ only.");
     }
@@ -212,11 +200,11 @@ pub(crate) async fn register_submit(
 pub(crate) async fn logout(
     State(state): State<OAuthState>,
     headers: HeaderMap,
-    PageBody(body): PageBody,
-) -> PageResult {
     // Only for the CSRF check: a forged form must not sign anyone out.
-    Visit::of_form(&state, &headers, &body).await?;
-    if let Some(token) = super::cookie(&headers, session_cookie(&state)) {
+    _: PageForm,
+) -> PageResult {
+    let session_cookie = cookie_names(&state).0;
+    if let Some(token) = super::cookie(&headers, session_cookie) {
         state
             .db()
             .delete_browser_session(&tokens::hash(token))
@@ -225,7 +213,7 @@ pub(crate) async fn logout(
     let mut response = see_other("/login");
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&state, session_cookie(&state), "", Some(Duration::ZERO)),
+        set_cookie(&state, session_cookie, "", Some(Duration::ZERO)),
     );
     Ok(response)
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,33 +28,18 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use crate::accounts::DbError;
+use crate::error::with_retry_after;
 use crate::oauth::endpoints::Params;
 use crate::oauth::{OAuthState, tokens};
 
-/// Cookie holding the browser session token (over http, i.e. loopback development).
-const SESSION_COOKIE: &str = "mxqr_session";
-/// Cookie holding the CSRF nonce (over http).
-const CSRF_COOKIE: &str = "mxqr_csrf";
-/// The same cookies under an https public URL: browsers accept `__Host-` cookies only when
-/// Secure, with `Path=/` and no `Domain`, so no other host can set or shadow them.
-const SECURE_SESSION_COOKIE: &str = "__Host-mxqr_session";
-const SECURE_CSRF_COOKIE: &str = "__Host-mxqr_csrf";
-
-/// Name of the browser-session cookie on this server.
-fn session_cookie(state: &OAuthState) -> &'static str {
+/// The (browser session, CSRF nonce) cookie names on this server. Under an https public URL
+/// they are `__Host-` cookies: browsers accept those only when Secure, with `Path=/` and no
+/// `Domain`, so no other host can set or shadow them.
+fn cookie_names(state: &OAuthState) -> (&'static str, &'static str) {
     if state.secure_cookies() {
-        SECURE_SESSION_COOKIE
+        ("__Host-mxqr_session", "__Host-mxqr_csrf")
     } else {
-        SESSION_COOKIE
-    }
-}
-
-/// Name of the CSRF nonce cookie on this server.
-fn csrf_cookie(state: &OAuthState) -> &'static str {
-    if state.secure_cookies() {
-        SECURE_CSRF_COOKIE
-    } else {
-        CSRF_COOKIE
+        ("mxqr_session", "mxqr_csrf")
     }
 }
 
@@ -150,12 +136,8 @@ impl IntoResponse for PageError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(ref err) => {
-                tracing::error!(%err, "page store failure");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Render(ref err) => {
-                tracing::error!(%err, "page render failure");
+            Self::Unavailable(_) | Self::Render(_) => {
+                tracing::error!(err = ?self, "page failure");
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
@@ -169,14 +151,11 @@ impl IntoResponse for PageError {
             .get_template("message.html")
             .and_then(|t| t.render(context))
             .unwrap_or_else(|_| "<!DOCTYPE html><title>Error</title><p>Error</p>".to_owned());
-        let mut response = html(status, body);
-        if let Self::RateLimited(wait) = self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-        }
-        response
+        let retry_after = match self {
+            Self::RateLimited(wait) => Some(wait.as_secs().max(1)),
+            _ => None,
+        };
+        with_retry_after(html(status, body), retry_after)
     }
 }
 
@@ -259,24 +238,33 @@ fn set_cookie(
 }
 
 /// What a page needs from the request: the CSRF nonce (created if missing), the form token
-/// bound to it and the session, and the signed-in user.
+/// bound to it and the session, and the signed-in user; with the state it renders with.
 pub(crate) struct Visit {
-    pub(crate) nonce: String,
-    pub(crate) new_nonce: bool,
+    state: OAuthState,
+    /// The nonce this visit created, none having come with the request: it is set as the
+    /// cookie, and no form can have been sent with it yet.
+    new_nonce: Option<String>,
     /// The form token ([`form_token`]) forms of this visit carry.
-    pub(crate) csrf: String,
+    csrf: String,
     pub(crate) localpart: Option<String>,
 }
 
+impl FromRequestParts<OAuthState> for Visit {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &OAuthState) -> Result<Self, PageError> {
+        Self::of(state, &parts.headers).await
+    }
+}
+
 impl Visit {
-    pub(crate) async fn of(state: &OAuthState, headers: &HeaderMap) -> Result<Self, PageError> {
-        let existing = cookie(headers, csrf_cookie(state))
+    async fn of(state: &OAuthState, headers: &HeaderMap) -> Result<Self, PageError> {
+        let (session_cookie, csrf_cookie) = cookie_names(state);
+        let existing = cookie(headers, csrf_cookie)
             .filter(|v| v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric()));
-        let (nonce, new_nonce) = match existing {
-            Some(v) => (v.to_owned(), false),
-            None => (tokens::csrf_token(), true),
-        };
-        let session = cookie(headers, session_cookie(state))
+        let new_nonce = existing.is_none().then(tokens::csrf_token);
+        let nonce = existing.or(new_nonce.as_deref()).unwrap_or_default();
+        let session = cookie(headers, session_cookie)
             .filter(|token| tokens::well_formed(tokens::Kind::BrowserSession, token));
         let localpart = match session {
             Some(token) => {
@@ -288,33 +276,20 @@ impl Visit {
             None => None,
         };
         Ok(Self {
-            csrf: form_token(&nonce, session),
-            nonce,
+            state: state.clone(),
+            csrf: form_token(nonce, session),
             new_nonce,
             localpart,
         })
     }
 
-    /// The visit of a form submission and the form's fields, once its `csrf` field checks
-    /// out.
-    pub(crate) async fn of_form(
-        state: &OAuthState,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(Self, Params), PageError> {
-        let visit = Self::of(state, headers).await?;
-        let params = Params::parse(body).map_err(PageError::BadRequest)?;
-        visit.check_csrf(params.get("csrf"))?;
-        Ok((visit, params))
-    }
-
     /// Checks the form's `csrf` field against the token of this nonce and session, in
     /// constant time.
     fn check_csrf(&self, submitted: Option<&str>) -> Result<(), PageError> {
+        // A nonce created just now cannot be in any form yet.
+        let known = self.new_nonce.is_none();
         match submitted {
-            Some(s) if !self.new_nonce && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => {
-                Ok(())
-            }
+            Some(s) if known && bool::from(s.as_bytes().ct_eq(self.csrf.as_bytes())) => Ok(()),
             _ => Err(PageError::Csrf),
         }
     }
@@ -322,11 +297,11 @@ impl Visit {
     /// Renders `template` with the common context (CSRF token, user, server name).
     pub(crate) fn render(
         &self,
-        state: &OAuthState,
         status: StatusCode,
         template: &str,
         context: impl Serialize,
     ) -> PageResult {
+        let state = &self.state;
         let common = minijinja::context! {
             csrf => &self.csrf,
             server_name => state.server_name(),
@@ -337,38 +312,34 @@ impl Visit {
             minijinja::context! { ..minijinja::Value::from_serialize(&context), ..common },
         )?;
         let mut response = html(status, body);
-        self.finish(state, &mut response);
+        self.finish(&mut response);
         Ok(response)
     }
 
     /// Adds the CSRF nonce cookie when this visit created the nonce.
-    pub(crate) fn finish(&self, state: &OAuthState, response: &mut Response) {
-        if self.new_nonce {
+    pub(crate) fn finish(&self, response: &mut Response) {
+        if let Some(nonce) = &self.new_nonce {
+            let name = cookie_names(&self.state).1;
             response.headers_mut().append(
                 header::SET_COOKIE,
-                set_cookie(state, csrf_cookie(state), &self.nonce, None),
+                set_cookie(&self.state, name, nonce, None),
             );
         }
     }
 
     /// A redirect to the sign-in or registration `page`, returning to `next` afterwards.
-    pub(crate) fn redirect_to_form(&self, state: &OAuthState, page: &str, next: &str) -> Response {
+    pub(crate) fn redirect_to_form(&self, page: &str, next: &str) -> Response {
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("next", next)
             .finish();
         let mut response = see_other(&format!("{page}?{query}"));
-        self.finish(state, &mut response);
+        self.finish(&mut response);
         response
     }
 
     /// The signed-in user; when there is none, [`PageError::Redirect`] to sign in, which comes
     /// back to `path` (with `query`, if any) afterwards.
-    pub(crate) fn user(
-        &self,
-        state: &OAuthState,
-        path: &str,
-        query: Option<&str>,
-    ) -> Result<String, PageError> {
+    pub(crate) fn user(&self, path: &str, query: Option<&str>) -> Result<String, PageError> {
         if let Some(localpart) = &self.localpart {
             return Ok(localpart.clone());
         }
@@ -376,8 +347,28 @@ impl Visit {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),
         };
-        let redirect = self.redirect_to_form(state, "/login", &next);
+        let redirect = self.redirect_to_form("/login", &next);
         Err(PageError::Redirect(Box::new(redirect)))
+    }
+
+    /// The signed-in user's device of this ID, as the consent pages describe it, when it
+    /// exists: the scope then signs the application in as that device (with its keys and
+    /// messages), which the person must be told before approving.
+    pub(crate) async fn existing_device(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<minijinja::Value>, PageError> {
+        let Some(localpart) = &self.localpart else {
+            return Ok(None);
+        };
+        let device = self.state.db().device(localpart, device_id).await?;
+        Ok(device.map(|device| {
+            minijinja::context! {
+                display_name => device.display_name,
+                added => show_time(device.created_at),
+                signed_in => device.session_created_at.is_some(),
+            }
+        }))
     }
 }
 
@@ -416,20 +407,29 @@ pub(crate) fn show_time(ms: i64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-/// A form body; one over the body limit is an HTML page, not axum's plain-text rejection.
-pub(crate) struct PageBody(pub Bytes);
+/// A form submission: its visit and its fields, once the form's `csrf` field checks out. A
+/// body over the limit is an HTML page, not axum's plain-text rejection.
+pub(crate) struct PageForm {
+    pub(crate) visit: Visit,
+    pub(crate) params: Params,
+}
 
-impl<S: Send + Sync> FromRequest<S> for PageBody {
+impl FromRequest<OAuthState> for PageForm {
     type Rejection = PageError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(Self(bytes)),
+    async fn from_request(req: Request, state: &OAuthState) -> Result<Self, PageError> {
+        let headers = req.headers().clone();
+        let body = match Bytes::from_request(req, state).await {
+            Ok(body) => body,
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(PageError::TooLarge)
+                return Err(PageError::TooLarge);
             }
-            Err(_) => Err(PageError::BadRequest("the form could not be read".into())),
-        }
+            Err(_) => return Err(PageError::BadRequest("the form could not be read".into())),
+        };
+        let visit = Visit::of(state, &headers).await?;
+        let params = Params::parse(&body).map_err(PageError::BadRequest)?;
+        visit.check_csrf(params.get("csrf"))?;
+        Ok(Self { visit, params })
     }
 }
 
@@ -446,30 +446,6 @@ pub fn is_page(path: &str) -> bool {
             | "/account/device/delete"
             | "/account/cross-signing-reset"
     )
-}
-
-/// The user's device of this ID, as the consent pages describe it, when it exists: the scope
-/// then signs the application in as that device (with its keys and messages), which the
-/// person must be told before approving.
-pub(crate) async fn existing_device(
-    state: &OAuthState,
-    localpart: Option<&str>,
-    device_id: &str,
-) -> Result<Option<minijinja::Value>, PageError> {
-    let Some(localpart) = localpart else {
-        return Ok(None);
-    };
-    Ok(state
-        .db()
-        .device(localpart, device_id)
-        .await?
-        .map(|device| {
-            minijinja::context! {
-                display_name => device.display_name,
-                added => show_time(device.created_at),
-                signed_in => device.session_created_at.is_some(),
-            }
-        }))
 }
 
 /// Routes of the sign-in pages; the flows add their own pages (keep [`is_page`] in step).
@@ -568,7 +544,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; mxqr_csrf=abc; b=2"),
         );
-        assert_eq!(cookie(&headers, CSRF_COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers, SESSION_COOKIE), None);
+        assert_eq!(cookie(&headers, "mxqr_csrf"), Some("abc"));
+        assert_eq!(cookie(&headers, "mxqr_session"), None);
     }
 }
