@@ -30,7 +30,6 @@ pub use hooks::{HomeserverHooks, Standalone};
 use crate::accounts::{DbResult, NewTokens, SharedDb, TokenInfo};
 use crate::config::{Config, OAuthConfig};
 use crate::rendezvous::create_policy::CreateAuthorizer;
-use crate::rendezvous::store::BoxFuture;
 use limits::{FailureLimiter, InFlight, InFlightSlot};
 
 /// Source of the current time, injectable so tests can expire codes without sleeping.
@@ -45,9 +44,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
     }
 }
 
@@ -594,23 +591,22 @@ impl OAuthState {
 /// Validates bearer tokens against the store for rendezvous creation.
 struct TokenAuthorizer(OAuthState);
 
+#[async_trait::async_trait]
 impl CreateAuthorizer for TokenAuthorizer {
-    fn may_create<'a>(&'a self, access_token: Option<&'a str>) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            let Some(token) = access_token else {
-                return false;
-            };
-            match self.0.token_info(token).await {
-                Ok(Some(info)) => {
-                    self.0.record_token_use(&tokens::hash(token), &info).await;
-                    scope::grants_client_api(&info.scope)
-                }
-                Ok(None) => false,
-                Err(err) => {
-                    tracing::error!(%err, "token lookup failed; refusing creation");
-                    false
-                }
+    async fn may_create(&self, access_token: Option<&str>) -> bool {
+        let Some(token) = access_token else {
+            return false;
+        };
+        match self.0.token_info(token).await {
+            Ok(Some(info)) => {
+                self.0.record_token_use(&tokens::hash(token), &info).await;
+                scope::grants_client_api(&info.scope)
             }
-        })
+            Ok(None) => false,
+            Err(err) => {
+                tracing::error!(%err, "token lookup failed; refusing creation");
+                false
+            }
+        }
     }
 }
