@@ -10,20 +10,15 @@
 use super::sql::{Dialect, Tx, exec, fetch, scalar};
 use super::{DbError, DbResult, NewTokens};
 use crate::oauth::model::Grant;
-use crate::oauth::model::auth_code::{AuthCode, CodeState};
+use crate::oauth::model::auth_code::{AuthCode, CodeState, IssuedCode};
 use crate::oauth::model::device_grant::{DeviceGrant, GrantStatus};
 use crate::oauth::model::refresh::{RefreshState, RefreshToken, Successor};
 
 /// An authorization code's columns.
 #[derive(sqlx::FromRow)]
 struct CodeRow {
-    client_id: String,
-    localpart: String,
-    device_id: String,
-    scope: String,
-    redirect_uri: String,
-    code_challenge: String,
-    expires_at: i64,
+    #[sqlx(flatten)]
+    issued: IssuedCode,
     used_at: Option<i64>,
     session_id: Option<String>,
 }
@@ -65,19 +60,13 @@ impl Tx {
             code_hash
         )?;
         Ok(row.map(|r| AuthCode {
+            issued: r.issued,
             state: match r.used_at {
                 None => CodeState::Unused,
                 Some(_) => CodeState::Consumed {
                     session: r.session_id,
                 },
             },
-            client_id: r.client_id,
-            localpart: r.localpart,
-            device_id: r.device_id,
-            scope: r.scope,
-            redirect_uri: r.redirect_uri,
-            code_challenge: r.code_challenge,
-            expires_at: r.expires_at,
         }))
     }
 

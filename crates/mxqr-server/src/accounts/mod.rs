@@ -116,27 +116,6 @@ pub struct NewTokens {
     pub access_expires_at: i64,
 }
 
-/// A stored authorization code.
-#[derive(Clone, Debug)]
-pub struct NewAuthCode {
-    /// SHA-256 (hex) of the code.
-    pub code_hash: String,
-    /// Client it was issued to.
-    pub client_id: String,
-    /// User who consented.
-    pub localpart: String,
-    /// Device ID from the scope.
-    pub device_id: String,
-    /// Scope granted.
-    pub scope: String,
-    /// Redirect URI of the authorization request.
-    pub redirect_uri: String,
-    /// PKCE S256 challenge.
-    pub code_challenge: String,
-    /// Expiry, ms.
-    pub expires_at: i64,
-}
-
 /// A new device authorization request.
 #[derive(Clone, Debug)]
 pub struct NewDeviceGrant {

@@ -12,9 +12,10 @@
 
 use super::sql::{Conn, Dialect, Tx, exec, fetch, scalar, with_conn, with_tx};
 use super::{
-    DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant,
-    NewTokens, PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
+    DbError, DbResult, Device, DeviceGrantView, Grant, GrantAdmission, NewDeviceGrant, NewTokens,
+    PendingGrantCaps, SqlDb, TokenInfo, User, UserCodeLookup,
 };
+use crate::oauth::model::auth_code::IssuedCode;
 use crate::oauth::model::device_grant::may_look_up;
 
 /// The pending-grant caps: the advisory-lock class (two-key form, PostgreSQL) serializing
@@ -405,15 +406,20 @@ impl SqlDb {
         })
     }
 
-    /// Stores an authorization code.
-    pub async fn create_auth_code(&self, code: &NewAuthCode, now: i64) -> DbResult<()> {
+    /// Stores an authorization code under its digest `code_hash`.
+    pub async fn create_auth_code(
+        &self,
+        code_hash: &str,
+        code: &IssuedCode,
+        now: i64,
+    ) -> DbResult<()> {
         with_conn!(self, |c| {
             exec!(
                 c.conn(),
                 "INSERT INTO authorization_codes (code_hash, client_id, localpart, device_id, \
                  scope, redirect_uri, code_challenge, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &code.code_hash,
+                code_hash,
                 &code.client_id,
                 &code.localpart,
                 &code.device_id,

@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use crate::accounts::NewAuthCode;
 use crate::oauth::client::ClientMetadata;
 use crate::oauth::endpoints::{Params, load_client};
+use crate::oauth::model::auth_code::IssuedCode;
 use crate::oauth::scope::{self, MatrixScope};
 use crate::oauth::{OAuthState, ms, tokens};
 use crate::web::{PageError, PageForm, PageResult, Visit, see_other};
@@ -245,8 +245,8 @@ pub(crate) async fn authorize_submit(
     state
         .db()
         .create_auth_code(
-            &NewAuthCode {
-                code_hash: tokens::hash(&code),
+            &tokens::hash(&code),
+            &IssuedCode {
                 client_id: request.client_id.clone(),
                 localpart,
                 device_id: request.scope.device_id.clone(),

@@ -372,8 +372,8 @@ async fn unused_clients_are_purged_after_a_day(backend: Backend) {
     server
         .db()
         .create_auth_code(
-            &mxqr_testkit::api::accounts::NewAuthCode {
-                code_hash: "c".repeat(64),
+            &"c".repeat(64),
+            &mxqr_testkit::api::oauth::model::auth_code::IssuedCode {
                 client_id: with_code.clone(),
                 localpart: "alice".into(),
                 device_id: "DEV2".into(),

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxqr_testkit::api::accounts::{
-    DbError, Grant, GrantAdmission, NewAuthCode, NewDeviceGrant, NewTokens, PendingGrantCaps, SqlDb,
+    DbError, Grant, GrantAdmission, NewDeviceGrant, NewTokens, PendingGrantCaps, SqlDb,
 };
-use mxqr_testkit::api::oauth::model::auth_code::{CodeError, Presented};
+use mxqr_testkit::api::oauth::model::auth_code::{CodeError, IssuedCode, Presented};
 use mxqr_testkit::api::oauth::model::device_grant::PollError;
 use mxqr_testkit::api::oauth::model::refresh::RefreshError;
 use mxqr_testkit::api::oauth::{Clock, Minted, OAuthState, Standalone, SystemClock, token};
@@ -81,8 +81,8 @@ async fn two_instances_redeeming_one_code_exactly_one_wins() {
     let (a, b, pool) = two_instances().await;
     let now = SystemClock.now_ms();
     for round in 0..ROUNDS {
-        let code = NewAuthCode {
-            code_hash: random_hex(),
+        let code_hash = random_hex();
+        let code = IssuedCode {
             client_id: "client".into(),
             localpart: "alice".into(),
             device_id: format!("DEV{round}"),
@@ -91,9 +91,9 @@ async fn two_instances_redeeming_one_code_exactly_one_wins() {
             code_challenge: "challenge".into(),
             expires_at: now + 60_000,
         };
-        a.create_auth_code(&code, now).await.unwrap();
+        a.create_auth_code(&code_hash, &code, now).await.unwrap();
         let redeem = |db: Arc<SqlDb>| {
-            let (code_hash, redirect_uri) = (code.code_hash.clone(), code.redirect_uri.clone());
+            let (code_hash, redirect_uri) = (code_hash.clone(), code.redirect_uri.clone());
             tokio::spawn(async move {
                 let presented = Presented {
                     client_id: "client",

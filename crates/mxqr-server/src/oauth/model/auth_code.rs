@@ -6,9 +6,10 @@ use subtle::ConstantTimeEq;
 
 use super::Grant;
 
-/// An authorization code as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthCode {
+/// What an authorization code was issued for, as stored under the digest of the code.
+/// Decodes from the store's rows, whose columns carry these names.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct IssuedCode {
     /// Client it was issued to.
     pub client_id: String,
     /// User who consented.
@@ -23,6 +24,13 @@ pub struct AuthCode {
     pub code_challenge: String,
     /// Expiry, ms: the code is dead from this instant on.
     pub expires_at: i64,
+}
+
+/// An authorization code as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthCode {
+    /// What it was issued for.
+    pub issued: IssuedCode,
     /// Whether it was presented before.
     pub state: CodeState,
 }
@@ -97,14 +105,15 @@ impl AuthCode {
                 revoke: session.clone(),
             };
         }
-        let refusal = if self.expires_at <= now {
+        let code = &self.issued;
+        let refusal = if code.expires_at <= now {
             Some(CodeError::Expired)
-        } else if self.client_id != presented.client_id {
+        } else if code.client_id != presented.client_id {
             Some(CodeError::OtherClient)
-        } else if self.redirect_uri != presented.redirect_uri {
+        } else if code.redirect_uri != presented.redirect_uri {
             Some(CodeError::RedirectUri)
         } else if !bool::from(
-            self.code_challenge
+            code.code_challenge
                 .as_bytes()
                 .ct_eq(presented.verifier_challenge.as_bytes()),
         ) {
@@ -115,10 +124,10 @@ impl AuthCode {
         match refusal {
             Some(err) => Redemption::Refuse(err),
             None => Redemption::Issue(Grant {
-                localpart: self.localpart.clone(),
-                device_id: self.device_id.clone(),
-                client_id: Some(self.client_id.clone()),
-                scope: self.scope.clone(),
+                localpart: code.localpart.clone(),
+                device_id: code.device_id.clone(),
+                client_id: Some(code.client_id.clone()),
+                scope: code.scope.clone(),
             }),
         }
     }
@@ -132,13 +141,15 @@ mod tests {
 
     fn code() -> AuthCode {
         AuthCode {
-            client_id: "client".into(),
-            localpart: "alice".into(),
-            device_id: "DEV".into(),
-            scope: "urn:matrix:client:api:*".into(),
-            redirect_uri: "http://127.0.0.1/cb".into(),
-            code_challenge: "challenge".into(),
-            expires_at: NOW + 1,
+            issued: IssuedCode {
+                client_id: "client".into(),
+                localpart: "alice".into(),
+                device_id: "DEV".into(),
+                scope: "urn:matrix:client:api:*".into(),
+                redirect_uri: "http://127.0.0.1/cb".into(),
+                code_challenge: "challenge".into(),
+                expires_at: NOW + 1,
+            },
             state: CodeState::Unused,
         }
     }
@@ -166,10 +177,10 @@ mod tests {
     fn a_code_is_dead_from_its_expiry_instant_on() {
         let code = code();
         assert!(matches!(
-            code.redeem(&presented(), code.expires_at - 1),
+            code.redeem(&presented(), code.issued.expires_at - 1),
             Redemption::Issue(_)
         ));
-        for at in [code.expires_at, code.expires_at + 1] {
+        for at in [code.issued.expires_at, code.issued.expires_at + 1] {
             assert_eq!(
                 code.redeem(&presented(), at),
                 Redemption::Refuse(CodeError::Expired)
@@ -220,7 +231,7 @@ mod tests {
 
     #[test]
     fn expiry_is_judged_before_the_request_details() {
-        let late = code().expires_at;
+        let late = code().issued.expires_at;
         let wrong = Presented {
             client_id: "other",
             verifier_challenge: "x",
